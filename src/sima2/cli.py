@@ -1,0 +1,55 @@
+"""The `sima2` command line: `sima2 --version`, `sima2 convert SRC DST`, and the training subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import sima2
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from sima2.interop.convert import convert_checkpoint
+
+    out = convert_checkpoint(
+        args.src,
+        args.dst,
+        dtype=args.dtype,
+        revision=args.revision,
+        allow_pickle=args.allow_pickle,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sima2", description=sima2.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sima2 {sima2.__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    convert = sub.add_parser(
+        "convert",
+        help="load an HF checkpoint into sima2 and write it back as config.json + model.safetensors",
+    )
+    convert.add_argument("src", help="local folder, .safetensors/.bin file or Hub repo id")
+    convert.add_argument("dst", help="output folder")
+    convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    convert.add_argument("--revision", default=None)
+    convert.add_argument(
+        "--allow-pickle", action="store_true", help="allow legacy pickle (.bin/.pt) weights via torch"
+    )
+    convert.set_defaults(func=_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""sima2.planning."""
