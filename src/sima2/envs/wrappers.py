@@ -237,7 +237,9 @@ class RollbackState(eqx.Module):
 
 def _all_finite(tree: PyTree) -> Bool[Array, ""]:
     leaves = [
-        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
     ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
@@ -282,7 +284,9 @@ class RollbackWrapper(Wrapper):
         if self.tick_rate_hz <= 0:
             raise ValueError(f"tick_rate_hz must be positive, got {self.tick_rate_hz!r}")
 
-    def _fresh(self, obs: PyTree, inner: PyTree, rollback_count: Array, fallback_step_count: Array) -> RollbackState:
+    def _fresh(
+        self, obs: PyTree, inner: PyTree, rollback_count: Array, fallback_step_count: Array
+    ) -> RollbackState:
         return RollbackState(
             inner=inner,
             snapshot=inner,
@@ -345,7 +349,9 @@ class RollbackWrapper(Wrapper):
         rollback_count = state.rollback_count + rollback.astype(jnp.int32)
         fallback_step_count = state.fallback_step_count + use_fallback.astype(jnp.int32)
         fallback_left = jnp.where(
-            rollback, self.fallback_steps, jnp.maximum(state.fallback_left - use_fallback.astype(jnp.int32), 0)
+            rollback,
+            self.fallback_steps,
+            jnp.maximum(state.fallback_left - use_fallback.astype(jnp.int32), 0),
         ).astype(jnp.int32)
         take_snapshot = progress & ~rollback
         continued = RollbackState(
@@ -409,7 +415,8 @@ class SafetyFilter(Wrapper):
         nvec = self._nvec
         if math.prod(nvec) > self.max_joint_actions:
             raise ValueError(
-                f"SafetyFilter enumerates all {math.prod(nvec)} joint actions of action_nvec={nvec}, more than "
+                f"SafetyFilter enumerates all {math.prod(nvec)} joint actions of action_nvec={nvec}, "
+                f"more than "
                 f"max_joint_actions={self.max_joint_actions}; raise the limit if that is intended"
             )
         if self.safe_action is not None and np.shape(self.safe_action) != (len(nvec),):
@@ -427,7 +434,9 @@ class SafetyFilter(Wrapper):
 
     def _inner_mask(self, obs: PyTree) -> Bool[Array, " mask"]:
         if not isinstance(obs, dict):
-            raise TypeError(f"SafetyFilter needs dict observations to add 'action_mask', got {type(obs).__name__}")
+            raise TypeError(
+                f"SafetyFilter needs dict observations to add 'action_mask', got {type(obs).__name__}"
+            )
         if "action_mask" in obs:
             return jnp.asarray(obs["action_mask"], bool)
         return jnp.ones((sum(self._nvec),), bool)
@@ -484,5 +493,10 @@ class SafetyFilter(Wrapper):
         executed, blocked, none_safe = self.filter_action(state, action, params)
         obs, inner, reward, done, info = self.env.step(key, state.inner, executed, params)
         obs, new_state = self._wrap(obs, inner, params)
-        info = {**info, "safety_blocked": blocked, "safety_no_safe_action": none_safe, "executed_action": executed}
+        info = {
+            **info,
+            "safety_blocked": blocked,
+            "safety_no_safe_action": none_safe,
+            "executed_action": executed,
+        }
         return obs, new_state, reward, done, info
