@@ -1,0 +1,228 @@
+"""Adapter from gymnasium environments with image (and optional text mission) observations to sima2's format.
+
+`GymnasiumAdapter` runs N copies of a gymnasium env in a gymnasium vector env (sync or async, with
+same-step auto-reset, like sima2's worlds) and speaks sima2's observation/action format, so the agent,
+behaviour cloning and PPO can drive it from a host loop:
+
+    adapter = GymnasiumAdapter(lambda: RGBImgPartialObsWrapper(gym.make("MiniGrid-Empty-5x5-v0")),
+                               num_envs=8, tokenizer=tokenizer)
+    obs = adapter.reset(seed=0)                     # {"image": u8[N,H,W,3], "instruction": i32[N,L],
+                                                    #  "proprio": f32[N,P]}
+    obs, reward, done, info = adapter.step(actions) # actions: i32[N, 3] over adapter.action_nvec
+
+- Images are taken from ``obs[image_key]`` (or the observation itself when it is an array) and resized
+  to `image_size` (bilinear, antialiased, `jax.image.resize`). MiniGrid's "image" is a symbolic grid:
+  wrap it in `minigrid.wrappers.RGBImgPartialObsWrapper` (or `RGBImgObsWrapper`) for pixels.
+- Missions (``obs[mission_key]``) are tokenised with a Hugging Face tokenizer, padded/truncated to
+  `instruction_length`; the default is the built-in world's tokenizer when sima2 provides one.
+- Actions: `DiscreteActionMap` maps each (key, look, duration) index triple to the wrapped env's
+  Discrete action via a table of shape `action_nvec`. The default for a Discrete(n) env uses the key
+  factor only (table shape (n, 1, 1)); for MiniGrid that is left/right/forward/pickup/drop/toggle/done.
+- Vector envs: BabyAI/MiniGrid missions are text, so `AsyncVectorEnv` needs ``shared_memory=False``;
+  MiniWorld needs ``context="spawn"``. BabyAI prints "Sampling rejected" lines on reset: ``quiet=True``
+  (default) silences the envs' stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, UInt8
+
+__all__ = ["MINIGRID_ACTIONS", "DiscreteActionMap", "GymnasiumAdapter", "QuietStdout"]
+
+MINIGRID_ACTIONS = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
+
+
+class DiscreteActionMap:
+    """Maps sima2 (key, look, duration) indices to a Discrete action: ``table[key, look, duration]``."""
+
+    def __init__(self, table: np.ndarray):
+        table = np.asarray(table)
+        if table.ndim < 1 or not np.issubdtype(table.dtype, np.integer):
+            raise ValueError(
+                f"action table must be an integer array with one axis per factor, got {table.dtype}"
+            )
+        self.table = table
+
+    @classmethod
+    def for_discrete(cls, n: int) -> DiscreteActionMap:
+        """Key factor selects the action; look and duration have one value each."""
+        return cls(np.arange(n).reshape(n, 1, 1))
+
+    @property
+    def nvec(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.table.shape)
+
+    def __call__(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.asarray(actions)
+        if actions.ndim != 2 or actions.shape[1] != self.table.ndim:
+            raise ValueError(f"actions must have shape (num_envs, {self.table.ndim}), got {actions.shape}")
+        if np.any(actions < 0) or np.any(actions >= np.asarray(self.nvec)):
+            raise ValueError(f"action indices out of range for action_nvec={self.nvec}: {actions.tolist()}")
+        return self.table[tuple(actions.T)]
+
+
+class QuietStdout(gym.Wrapper):
+    """Silences what the wrapped env prints on stdout during reset and step (e.g. BabyAI's rejections)."""
+
+    def reset(self, **kwargs: Any):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self.env.reset(**kwargs)
+
+    def step(self, action: Any):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self.env.step(action)
+
+
+def _quiet_factory(env_fn: Callable[[], gym.Env]) -> gym.Env:
+    return QuietStdout(env_fn())
+
+
+def _default_tokenizer() -> Any:
+    try:
+        from sima2.envs import get_tokenizer  # provided by the built-in world
+    except ImportError:
+        return None
+    return get_tokenizer()
+
+
+@partial(jax.jit, static_argnames="size")
+def _resize_images(images: UInt8[Array, "N h w 3"], size: tuple[int, int]) -> UInt8[Array, "N H W 3"]:
+    shape = (images.shape[0], *size, images.shape[-1])
+    resized = jax.image.resize(images.astype(jnp.float32), shape, method="linear", antialias=True)
+    return jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8)
+
+
+class GymnasiumAdapter:
+    """N gymnasium envs, vectorised, in sima2's observation and action format (see module docstring)."""
+
+    def __init__(
+        self,
+        env_fn: Callable[[], gym.Env],
+        num_envs: int = 1,
+        *,
+        image_size: tuple[int, int] = (64, 64),
+        instruction_length: int = 16,
+        tokenizer: Any = None,
+        action_map: DiscreteActionMap | None = None,
+        proprio_fn: Callable[[Any], np.ndarray] | None = None,
+        proprio_dim: int = 4,
+        image_key: str = "image",
+        mission_key: str = "mission",
+        vectorization: str = "sync",
+        quiet: bool = True,
+        **vector_kwargs: Any,
+    ):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if vectorization not in ("sync", "async"):
+            raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
+        env_fns = [partial(_quiet_factory, env_fn) if quiet else env_fn for _ in range(num_envs)]
+        vector_cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
+        self.envs = vector_cls(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, **vector_kwargs)
+        self.num_envs = num_envs
+        self.image_size = tuple(int(s) for s in image_size)
+        self.instruction_length = int(instruction_length)
+        self.image_key, self.mission_key = image_key, mission_key
+        self.proprio_fn, self.proprio_dim = proprio_fn, int(proprio_dim)
+
+        space = self.envs.single_action_space
+        if action_map is None:
+            if not isinstance(space, gym.spaces.Discrete):
+                raise ValueError(
+                    f"no default action map for {space}; pass action_map=DiscreteActionMap(table)"
+                )
+            action_map = DiscreteActionMap.for_discrete(int(space.n))
+        self.action_map = action_map
+
+        obs_space = self.envs.single_observation_space
+        self._has_mission = isinstance(obs_space, gym.spaces.Dict) and mission_key in obs_space.spaces
+        if isinstance(obs_space, gym.spaces.Dict) and image_key not in obs_space.spaces:
+            raise ValueError(f"observations have no {image_key!r} entry; keys: {list(obs_space.spaces)}")
+        self.tokenizer = tokenizer if tokenizer is not None else _default_tokenizer()
+        if self._has_mission and self.tokenizer is None:
+            raise ValueError("the env has text missions: pass tokenizer= (any Hugging Face tokenizer)")
+        self._token_cache: dict[str, np.ndarray] = {}
+
+    @property
+    def action_nvec(self) -> tuple[int, ...]:
+        return self.action_map.nvec
+
+    def _tokenize(self, missions: Sequence[str]) -> np.ndarray:
+        new = sorted({m for m in missions if m not in self._token_cache})
+        if new:  # missions change only on reset: tokenise each distinct one once
+            ids = self.tokenizer(
+                new,
+                padding="max_length",
+                truncation=True,
+                max_length=self.instruction_length,
+                return_tensors="np",
+            )["input_ids"]
+            self._token_cache.update(zip(new, np.asarray(ids, np.int32), strict=True))
+        return np.stack([self._token_cache[m] for m in missions])
+
+    def _proprio(self, raw: Any) -> np.ndarray:
+        if self.proprio_fn is not None:
+            return np.asarray(self.proprio_fn(raw), np.float32).reshape(self.num_envs, -1)
+        proprio = np.zeros((self.num_envs, self.proprio_dim), np.float32)
+        if isinstance(raw, dict) and "direction" in raw:  # MiniGrid heading, one-hot
+            proprio[np.arange(self.num_envs), np.asarray(raw["direction"]) % self.proprio_dim] = 1.0
+        return proprio
+
+    def observe(self, raw: Any) -> dict[str, Array]:
+        """Batched raw observations of the vector env -> sima2 observation dict (leading axis N)."""
+        images = raw[self.image_key] if isinstance(raw, dict) else raw
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected RGB images of shape (N, H, W, 3), got {images.shape}")
+        if self._has_mission:
+            instruction = self._tokenize([str(m) for m in raw[self.mission_key]])
+        else:
+            instruction = np.zeros((self.num_envs, self.instruction_length), np.int32)
+        return {
+            "image": _resize_images(jnp.asarray(images, jnp.uint8), self.image_size),
+            "instruction": jnp.asarray(instruction, jnp.int32),
+            "proprio": jnp.asarray(self._proprio(raw)),
+        }
+
+    def reset(self, seed: int | None = None) -> dict[str, Array]:
+        raw, _ = self.envs.reset(seed=seed)
+        return self.observe(raw)
+
+    def step(
+        self, actions: Int[Array, "N factors"] | np.ndarray
+    ) -> tuple[dict[str, Array], Float[Array, " N"], Bool[Array, " N"], dict[str, Array]]:
+        """One step of every env; done envs reset in the same step (their next observation is returned)."""
+        env_actions = self.action_map(np.asarray(actions))
+        raw, reward, terminated, truncated, info = self.envs.step(env_actions)
+        reward, terminated, truncated = (np.asarray(x) for x in (reward, terminated, truncated))
+
+        def flag(key: str, default: np.ndarray) -> np.ndarray:
+            if key not in info:
+                return default
+            return np.where(info[f"_{key}"], np.asarray(info[key], bool), default)
+
+        out_info = {
+            "success": flag("success", terminated & (reward > 0)),
+            "invalid_move": flag("invalid_move", np.zeros(self.num_envs, bool)),
+            "timeout": truncated & ~terminated,
+            "terminated": terminated,
+        }
+        return (
+            self.observe(raw),
+            jnp.asarray(reward, jnp.float32),
+            jnp.asarray(terminated | truncated),
+            {k: jnp.asarray(v) for k, v in out_info.items()},
+        )
+
+    def close(self) -> None:
+        self.envs.close()
