@@ -178,15 +178,15 @@ class ViTEncoder(PretrainedModel):
 
     hf_aliases = (
         # transformers 5 names ViT layers `layers.N.attention.q_proj` in memory but still writes the names
-        # below to disk (as transformers 4 and the Hub checkpoints do); accept both, write the latter.
+        # on the right to disk (as transformers 4 and Hub checkpoints do); accept both, write the latter.
+        # Anchored on `encoder.layer.N` so CLIP/SigLIP names (`encoder.layers.N.mlp.fc1`) are untouched.
         (r"^layers\.(\d+)\.", r"encoder.layer.\1."),
-        (r"\.attention\.([qkv])_proj\.", r".attention.attention.\1_proj."),
-        (r"\.attention\.attention\.q_proj\.", ".attention.attention.query."),
-        (r"\.attention\.attention\.k_proj\.", ".attention.attention.key."),
-        (r"\.attention\.attention\.v_proj\.", ".attention.attention.value."),
-        (r"\.attention\.o_proj\.", ".attention.output.dense."),
-        (r"\.mlp\.fc1\.", ".intermediate.dense."),
-        (r"\.mlp\.fc2\.", ".output.dense."),
+        (r"^(encoder\.layer\.\d+)\.attention\.q_proj\.", r"\1.attention.attention.query."),
+        (r"^(encoder\.layer\.\d+)\.attention\.k_proj\.", r"\1.attention.attention.key."),
+        (r"^(encoder\.layer\.\d+)\.attention\.v_proj\.", r"\1.attention.attention.value."),
+        (r"^(encoder\.layer\.\d+)\.attention\.o_proj\.", r"\1.attention.output.dense."),
+        (r"^(encoder\.layer\.\d+)\.mlp\.fc1\.", r"\1.intermediate.dense."),
+        (r"^(encoder\.layer\.\d+)\.mlp\.fc2\.", r"\1.output.dense."),
     )
     hf_ignored = (r"position_ids$",)
 
