@@ -101,9 +101,11 @@ def shard_tree(tree: PyTree, mesh: Mesh, axis: int | None = None) -> PyTree:
 
 def shard_train_state(state: Any, mesh: Mesh, env_axis: int = 0) -> Any:
     """Replicate the model, optimiser and counters; split the rollout state (`state.env`) over worlds."""
+    if state.env is None:
+        return shard_tree(state, mesh)
     replicated_part = shard_tree(eqx.tree_at(lambda s: s.env, state, None), mesh)
-    env = None if state.env is None else shard_tree(state.env, mesh, env_axis)
-    return eqx.tree_at(lambda s: s.env, replicated_part, env, is_leaf=lambda x: x is None)
+    return eqx.tree_at(lambda s: s.env, replicated_part, shard_tree(state.env, mesh, env_axis),
+                       is_leaf=lambda x: x is None)
 
 
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
