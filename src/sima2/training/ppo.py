@@ -395,7 +395,7 @@ class HostRollout:
             self.episode_return[done] = 0.0
             self.episode_length[done] = 0
             self.obs, self.carry, self.first = self.to_obs(next_obs), carry, done
-        stacked = jax.tree.map(lambda *xs: np.stack(xs), *records)
+        stacked = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *records)
         final_key = jax.random.split(key, self.num_steps + 1)[-1]
         _, _, extras = self._act(model, final_key, self.obs, self.carry, jnp.asarray(self.first))
         return Trajectory(*stacked), start_carry, extras["value"]
@@ -440,8 +440,8 @@ def vmap_seeds(
     num_seeds: int,
 ) -> tuple[TrainState, Callable[[TrainState, Any], tuple[TrainState, dict]]]:
     """Initial states for `num_seeds` independent seeds and a step that advances them all at once."""
-    states = jax.vmap(init_fn)(jax.random.split(key, num_seeds))
-    return states, jax.vmap(step_fn, in_axes=(0, None))
+    states = eqx.filter_vmap(init_fn)(jax.random.split(key, num_seeds))
+    return states, eqx.filter_vmap(step_fn, in_axes=(eqx.if_array(0), None))
 
 
 def seed_keys(key: PRNGKeyArray, seeds: Sequence[int]) -> PRNGKeyArray:
