@@ -25,7 +25,7 @@ def _is_key(leaf: Any) -> bool:
     return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
-def _flatten(state: PyTree) -> dict[str, jax.Array]:
+def _flatten(state: PyTree) -> dict[str, Any]:
     arrays, _ = eqx.partition(state, eqx.is_array)
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(arrays)[0]:
@@ -46,7 +46,7 @@ def _unflatten(template: PyTree, flat: dict[str, Any]) -> PyTree:
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
 
 
-def _abstract(flat: dict[str, jax.Array]) -> dict[str, jax.ShapeDtypeStruct]:
+def _abstract(flat: dict[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
     return {
         name: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None))
         for name, a in flat.items()
