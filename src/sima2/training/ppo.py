@@ -42,7 +42,7 @@ class Trajectory(eqx.Module):
     """One rollout, time-major: every leaf has leading axes (T, E)."""
 
     obs: PyTree
-    action: Int[Array, "T E A"]
+    action: Int[Array, "T E *A"]
     log_prob: Float[Array, "T E"]
     value: Float[Array, "T E"]
     reward: Float[Array, "T E"]
