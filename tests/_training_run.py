@@ -50,11 +50,22 @@ if args.num_processes:
 config = apply_overrides(
     TrainConfig(),
     [
-        f"out={args.out}", f"num_steps={args.steps}", f"checkpoint.every={args.save_every}",
-        "checkpoint.async_save=False", "monitor.log_every=1", "monitor.progress=False",
-        "monitor.tensorboard=False", "optim.lr=3e-3", "optim.warmup_steps=2", "optim.decay_steps=50",
-        "ppo.num_envs=8", "ppo.num_steps=8", "ppo.num_minibatches=2", "ppo.num_epochs=2",
-        "bc.batch_size=16", "data.prefetch=2",
+        f"out={args.out}",
+        f"num_steps={args.steps}",
+        f"checkpoint.every={args.save_every}",
+        "checkpoint.async_save=False",
+        "monitor.log_every=1",
+        "monitor.progress=False",
+        "monitor.tensorboard=False",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=2",
+        "optim.decay_steps=50",
+        "ppo.num_envs=8",
+        "ppo.num_steps=8",
+        "ppo.num_minibatches=2",
+        "ppo.num_epochs=2",
+        "bc.batch_size=16",
+        "data.prefetch=2",
     ],
 )
 mesh = make_mesh() if args.mesh else None
@@ -63,13 +74,31 @@ hooks = [lambda step, state, metrics: time.sleep(args.sleep)] if args.sleep else
 if args.stage == "ppo":
     state = train_ppo(config, agent, LineWorld(), LineParams(), resume=args.resume, mesh=mesh, hooks=hooks)
 else:
-    dataset = record_demonstrations(LineWorld(), LineParams(), jax.random.key(3), num_envs=4, num_steps=24,
-                                    describe=lambda obs: (["go left", "go right"][int(obs["instruction"][0])], ["walk"]))
+    dataset = record_demonstrations(
+        LineWorld(),
+        LineParams(),
+        jax.random.key(3),
+        num_envs=4,
+        num_steps=24,
+        describe=lambda obs: (["go left", "go right"][int(obs["instruction"][0])], ["walk"]),
+    )
     if args.num_processes:  # each process trains on its own half of the data
         dataset = dataset.shard(args.num_processes, args.process_id, contiguous=True)
-    state = train_bc(config, agent, dataset, image_shape=(4, 4, 3), action_nvec=NVEC, resume=args.resume,
-                     mesh=mesh, hooks=hooks)
-leaves = jax.tree.leaves(to_host(jax.tree.map(lambda x: x, __import__("equinox").filter(state.model, __import__("equinox").is_array))))
+    state = train_bc(
+        config,
+        agent,
+        dataset,
+        image_shape=(4, 4, 3),
+        action_nvec=NVEC,
+        resume=args.resume,
+        mesh=mesh,
+        hooks=hooks,
+    )
+leaves = jax.tree.leaves(
+    to_host(
+        jax.tree.map(lambda x: x, __import__("equinox").filter(state.model, __import__("equinox").is_array))
+    )
+)
 if jax.process_index() == 0 or args.num_processes:
     name = "final_params.npz" if not args.num_processes else f"final_params_{args.process_id}.npz"
     np.savez(os.path.join(args.out, name), *leaves)

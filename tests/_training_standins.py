@@ -39,7 +39,9 @@ class LineWorld(eqx.Module):
 
     def reset(self, key, params):
         side = jax.random.bernoulli(key).astype(jnp.int32)
-        state = LineState(pos=jnp.int32(params.size // 2), goal=side * (params.size - 1), side=side, t=jnp.int32(0))
+        state = LineState(
+            pos=jnp.int32(params.size // 2), goal=side * (params.size - 1), side=side, t=jnp.int32(0)
+        )
         return self._obs(state, params), state
 
     def step(self, key, state, action, params):

@@ -66,13 +66,16 @@ def test_schedule_warms_up_then_decays_to_final_lr():
 
 
 def _toy_state() -> TrainState:
-    return TrainState(jnp.zeros(3), jnp.zeros(3), jax.random.key(0), jnp.zeros((), jnp.int32), GuardState.init())
+    return TrainState(
+        jnp.zeros(3), jnp.zeros(3), jax.random.key(0), jnp.zeros((), jnp.int32), GuardState.init()
+    )
 
 
 def _toy_step(state, loss):
     """Moves the 'model' by one and reports `loss`, as a real step would after an update."""
-    new = TrainState(state.model + 1.0, state.opt_state + 1.0, jax.random.split(state.key)[0], state.step + 1,
-                     state.guard)
+    new = TrainState(
+        state.model + 1.0, state.opt_state + 1.0, jax.random.split(state.key)[0], state.step + 1, state.guard
+    )
     return new, {"loss": loss, "grad_norm": jnp.abs(loss)}
 
 
@@ -112,8 +115,11 @@ def test_run_loop_halts_on_repeated_anomalies_and_keeps_last_good_checkpoint(tmp
 def _line_batch(size=8, nan=False):
     proprio = np.full((size, 2), np.nan if nan else 0.5, np.float32)
     return {
-        "obs": {"image": np.zeros((size, 4, 4, 3), np.uint8), "instruction": np.ones((size, 1), np.int32),
-                "proprio": proprio},
+        "obs": {
+            "image": np.zeros((size, 4, 4, 3), np.uint8),
+            "instruction": np.ones((size, 1), np.int32),
+            "proprio": proprio,
+        },
         "action": np.ones((size, 3), np.int32),
     }
 
@@ -129,7 +135,10 @@ def test_injected_nan_batch_is_survived_and_frozen_parts_stay_put():
     before = state.model
     state, metrics = step(state, _line_batch(nan=True))
     assert bool(metrics["anomaly"])
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.model), strict=True))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.model), strict=True)
+    )
     state, metrics = step(state, _line_batch())
     assert not bool(metrics["anomaly"]) and np.isfinite(float(metrics["loss"]))
     assert not np.array_equal(state.model.policy.weight, before.policy.weight)
@@ -149,11 +158,17 @@ def test_checkpoint_restores_exactly_keeps_last_k_and_exports_safetensors(tmp_pa
     assert checkpointer.all_steps() == [2, 3]
     restored, meta = checkpointer.restore(init(jax.random.key(7)))
     assert meta["data_position"] == 30 and meta["step"] == 3
-    same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
-                        jax.tree.map(lambda x: jax.random.key_data(x) if x.dtype == jax.random.key(0).dtype else x,
-                                     eqx.filter(state, eqx.is_array)),
-                        jax.tree.map(lambda x: jax.random.key_data(x) if x.dtype == jax.random.key(0).dtype else x,
-                                     eqx.filter(restored, eqx.is_array)))
+    same = jax.tree.map(
+        lambda a, b: bool(jnp.array_equal(a, b)),
+        jax.tree.map(
+            lambda x: jax.random.key_data(x) if x.dtype == jax.random.key(0).dtype else x,
+            eqx.filter(state, eqx.is_array),
+        ),
+        jax.tree.map(
+            lambda x: jax.random.key_data(x) if x.dtype == jax.random.key(0).dtype else x,
+            eqx.filter(restored, eqx.is_array),
+        ),
+    )
     assert all(jax.tree.leaves(same))
     # One more step from the restored state matches one more step from the original.
     a, _ = step(state, None)
@@ -167,8 +182,14 @@ def test_checkpoint_restores_exactly_keeps_last_k_and_exports_safetensors(tmp_pa
 
 def _run(args, **kwargs):
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{HERE}")
-    return subprocess.Popen([sys.executable, str(HERE / "_training_run.py"), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "_training_run.py"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):

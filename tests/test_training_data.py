@@ -31,8 +31,9 @@ def _describe(obs):
 
 @pytest.fixture(scope="module")
 def demos():
-    return record_demonstrations(LineWorld(), LineParams(), jax.random.key(0), num_envs=4, num_steps=20,
-                                 describe=_describe)
+    return record_demonstrations(
+        LineWorld(), LineParams(), jax.random.key(0), num_envs=4, num_steps=20, describe=_describe
+    )
 
 
 def test_recorded_demonstrations_round_trip_through_load_dataset(demos, tmp_path):
@@ -96,11 +97,23 @@ def test_augmentations_keep_shape_and_dtype_and_vary_images():
 
 
 def test_behaviour_cloning_learns_the_expert_and_writes_outputs(demos, tmp_path):
-    config = apply_overrides(TrainConfig(), [
-        f"out={tmp_path}", "num_steps=60", "bc.batch_size=16", "optim.lr=1e-2", "optim.warmup_steps=5",
-        "optim.decay_steps=60", "monitor.log_every=10", "monitor.progress=False", "checkpoint.every=30",
-        "checkpoint.async_save=False", "bc.crop_padding=0", "bc.noise_std=0.0",
-    ])
+    config = apply_overrides(
+        TrainConfig(),
+        [
+            f"out={tmp_path}",
+            "num_steps=60",
+            "bc.batch_size=16",
+            "optim.lr=1e-2",
+            "optim.warmup_steps=5",
+            "optim.decay_steps=60",
+            "monitor.log_every=10",
+            "monitor.progress=False",
+            "checkpoint.every=30",
+            "checkpoint.async_save=False",
+            "bc.crop_padding=0",
+            "bc.noise_std=0.0",
+        ],
+    )
     agent = MLPAgent(jax.random.key(1))
     plan_loss = lambda model, batch: 0.0 * jnp.mean(model.value.weight)  # noqa: E731
     state = train_bc(config, agent, demos, image_shape=(4, 4, 3), action_nvec=NVEC, plan_loss=plan_loss)

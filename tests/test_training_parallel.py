@@ -16,8 +16,13 @@ SRC = HERE.parent / "src"
 
 def _start(*args):
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{HERE}")
-    return subprocess.Popen([sys.executable, str(HERE / "_training_run.py"), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "_training_run.py"), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(process):
@@ -54,8 +59,21 @@ def _free_port():
 
 def test_two_processes_train_together(tmp_path):
     port = _free_port()
-    workers = [_start("ppo", tmp_path / "multi", 3, "--mesh", "--num-processes", 2, "--process-id", i,
-                      "--coordinator", f"localhost:{port}") for i in range(2)]
+    workers = [
+        _start(
+            "ppo",
+            tmp_path / "multi",
+            3,
+            "--mesh",
+            "--num-processes",
+            2,
+            "--process-id",
+            i,
+            "--coordinator",
+            f"localhost:{port}",
+        )
+        for i in range(2)
+    ]
     for worker in workers:
         assert "done 2" in _finish(worker)
     _finish(_start("ppo", tmp_path / "single", 3, "--devices", 2, "--mesh"))

@@ -24,8 +24,15 @@ from sima2.training import (
 )
 from sima2.training.ppo import _evaluate_sequences, collect_rollout, init_rollout
 
-SMALL = ["ppo.num_envs=16", "ppo.num_steps=16", "ppo.num_minibatches=2", "ppo.num_epochs=2",
-         "optim.lr=3e-3", "optim.warmup_steps=1", "optim.decay_steps=100"]
+SMALL = [
+    "ppo.num_envs=16",
+    "ppo.num_steps=16",
+    "ppo.num_minibatches=2",
+    "ppo.num_epochs=2",
+    "optim.lr=3e-3",
+    "optim.warmup_steps=1",
+    "optim.decay_steps=100",
+]
 
 
 def test_gae_matches_a_direct_computation():
@@ -33,7 +40,9 @@ def test_gae_matches_a_direct_computation():
     reward, value = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(6, 3)).astype(np.float32)
     done = rng.random((6, 3)) < 0.3
     last = rng.normal(size=3).astype(np.float32)
-    adv, ret = compute_gae(jnp.asarray(reward), jnp.asarray(value), jnp.asarray(done), jnp.asarray(last), 0.9, 0.8)
+    adv, ret = compute_gae(
+        jnp.asarray(reward), jnp.asarray(value), jnp.asarray(done), jnp.asarray(last), 0.9, 0.8
+    )
     expected = np.zeros((6, 3), np.float32)
     for e in range(3):
         running, next_value = 0.0, last[e]
@@ -47,7 +56,9 @@ def test_gae_matches_a_direct_computation():
 
 
 def test_ppo_learns_the_line_world():
-    init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), apply_overrides(TrainConfig(), SMALL))
+    init, step = make_ppo(
+        MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), apply_overrides(TrainConfig(), SMALL)
+    )
     step = eqx.filter_jit(step)
     state = init(jax.random.key(1))
     state, first = step(state, None)
@@ -64,7 +75,9 @@ def test_recurrent_replay_reproduces_rollout_log_probs_and_values():
     rollout = init_rollout(agent, LineWorld(), LineParams(), jax.random.key(1), 4)
     # Two rollouts so the second starts mid-episode with a non-trivial carry.
     rollout, _, _, _ = collect_rollout(agent, LineWorld(), LineParams(), rollout, jax.random.key(2), 5)
-    _, trajectory, start_carry, _ = collect_rollout(agent, LineWorld(), LineParams(), rollout, jax.random.key(3), 12)
+    _, trajectory, start_carry, _ = collect_rollout(
+        agent, LineWorld(), LineParams(), rollout, jax.random.key(3), 12
+    )
     assert bool(trajectory.first[1:].any())  # episodes restart inside the sequence
     assert float(jnp.abs(start_carry).max()) > 0
     log_prob, _, value = _evaluate_sequences(agent, trajectory, start_carry)
@@ -79,7 +92,9 @@ def test_vmapped_seeds_match_separate_runs():
     states, multi_step = vmap_seeds(init, step, key, 3)
     states, _ = eqx.filter_jit(multi_step)(states, None)
     single, _ = eqx.filter_jit(step)(init(jax.random.split(key, 3)[2]), None)
-    np.testing.assert_allclose(states.model.policy.weight[2], single.model.policy.weight, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        states.model.policy.weight[2], single.model.policy.weight, rtol=1e-5, atol=1e-6
+    )
     assert not np.allclose(states.model.policy.weight[0], states.model.policy.weight[1])
 
 
@@ -88,8 +103,11 @@ def test_host_loop_trains_on_gymnasium_cartpole():
 
     def to_obs(obs):
         n = obs.shape[0]
-        return {"image": np.zeros((n, 4, 4, 3), np.uint8), "instruction": np.zeros((n, 1), np.int32),
-                "proprio": np.asarray(obs, np.float32)}
+        return {
+            "image": np.zeros((n, 4, 4, 3), np.uint8),
+            "instruction": np.zeros((n, 1), np.int32),
+            "proprio": np.asarray(obs, np.float32),
+        }
 
     agent = MLPAgent(jax.random.key(0), in_size=4 * 4 * 3 + 2 + 4)
     rollout = HostRollout(agent, vector_env, 16, to_env_action=lambda a: a[:, 0] % 2, to_obs=to_obs, seed=0)
@@ -131,9 +149,13 @@ def test_evaluate_reports_success_efficiency_and_levels():
     assert expert["success_rate"] == 1.0 and expert["navigation_efficiency"] == 1.0
     assert expert["episode_length"] == 2.0 and expert["episodes"] == 16
     assert {"success_rate/level_0", "success_rate/level_1"} <= set(expert)
-    splits = evaluate_splits(MLPAgent(jax.random.key(0)), LineWorld(),
-                             {"train": LineParams(), "heldout": LineParams(size=7, max_steps=10)}, jax.random.key(2),
-                             config)
+    splits = evaluate_splits(
+        MLPAgent(jax.random.key(0)),
+        LineWorld(),
+        {"train": LineParams(), "heldout": LineParams(size=7, max_steps=10)},
+        jax.random.key(2),
+        config,
+    )
     assert set(splits) == {"train", "heldout"}
     assert splits["train"]["success_rate"] < 1.0 and splits["heldout"]["episodes_per_s"] > 0
     assert splits["heldout"].get("navigation_efficiency", 0.0) <= 1.0

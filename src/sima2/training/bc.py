@@ -58,14 +58,21 @@ def make_bc(
     bc = config.bc
 
     def init_fn(key: PRNGKeyArray) -> TrainState:
-        return TrainState(agent, init_opt_state(optimizer, agent, spec), key, jnp.zeros((), jnp.int32),
-                          GuardState.init(), None)
+        return TrainState(
+            agent,
+            init_opt_state(optimizer, agent, spec),
+            key,
+            jnp.zeros((), jnp.int32),
+            GuardState.init(),
+            None,
+        )
 
     def step_fn(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict]:
         key, augment_key = jax.random.split(state.key)
         obs = dict(batch["obs"])
-        obs["image"] = augment_images(augment_key, obs["image"], crop_padding=bc.crop_padding,
-                                      noise_std=bc.noise_std)
+        obs["image"] = augment_images(
+            augment_key, obs["image"], crop_padding=bc.crop_padding, noise_std=bc.noise_std
+        )
         batch = dict(batch, obs=obs)
         trainable, rest = split_trainable(state.model, spec)
 
@@ -75,7 +82,9 @@ def make_bc(
         (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
         trainable = eqx.apply_updates(trainable, updates)
-        new_state = TrainState(eqx.combine(trainable, rest), opt_state, key, state.step + 1, state.guard, None)
+        new_state = TrainState(
+            eqx.combine(trainable, rest), opt_state, key, state.step + 1, state.guard, None
+        )
         return new_state, dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
 
     return init_fn, guard_step(step_fn, config.guard)

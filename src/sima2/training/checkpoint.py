@@ -42,7 +42,9 @@ def _unflatten(template: PyTree, flat: dict[str, Any]) -> PyTree:
     leaves = []
     for path, leaf in leaves_with_path:
         value = flat[jax.tree_util.keystr(path)]
-        leaves.append(jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf)) if _is_key(leaf) else value)
+        leaves.append(
+            jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf)) if _is_key(leaf) else value
+        )
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
 
 
@@ -71,7 +73,9 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return step % self.every == 0
 
-    def save(self, step: int, state: PyTree, meta: dict[str, Any] | None = None, *, force: bool = False) -> None:
+    def save(
+        self, step: int, state: PyTree, meta: dict[str, Any] | None = None, *, force: bool = False
+    ) -> None:
         """Save `state` (and JSON-serialisable `meta`) as checkpoint `step`."""
         self._manager.save(
             step,
@@ -109,8 +113,10 @@ class Checkpointer:
         self._manager.close()
 
 
-def export_safetensors(model: PyTree, directory: str | os.PathLike, filename: str = "model.safetensors") -> Path:
-    """Write every array of `model` to `directory/filename`, named by its PyTree path (e.g. `.layers[0].weight`)."""
+def export_safetensors(
+    model: PyTree, directory: str | os.PathLike, filename: str = "model.safetensors"
+) -> Path:
+    """Write every array of `model` to `directory/filename`, named by PyTree path (`layers[0].weight`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {

@@ -91,7 +91,9 @@ def record_demonstrations(
                     "image": observation["image"],
                     "instruction": text,
                     "instruction_ids": observation["instruction"].astype(np.int32).tolist(),
-                    "proprio": observation.get("proprio", np.zeros(0, np.float32)).astype(np.float32).tolist(),
+                    "proprio": observation.get("proprio", np.zeros(0, np.float32))
+                    .astype(np.float32)
+                    .tolist(),
                     "action": np.asarray(actions[t, world]).astype(np.int32).tolist(),
                     "step_id": step_in_episode,
                     "plan": list(plan),
@@ -109,7 +111,7 @@ def record_demonstrations(
 
 
 def save_demonstrations(dataset: datasets.Dataset, folder: str | Path, split: str = "train") -> Path:
-    """Write `dataset` as `folder/data/<split>-00000-of-00001.parquet` (loadable with `load_dataset(folder)`)."""
+    """Write `dataset` as `folder/data/<split>-00000-of-00001.parquet` (for `load_dataset(folder)`)."""
     path = Path(folder) / "data" / f"{split}-00000-of-00001.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -118,7 +120,9 @@ def save_demonstrations(dataset: datasets.Dataset, folder: str | Path, split: st
     return path
 
 
-def load_demonstrations(path_or_repo: str, split: str = "train", revision: str | None = None) -> datasets.Dataset:
+def load_demonstrations(
+    path_or_repo: str, split: str = "train", revision: str | None = None
+) -> datasets.Dataset:
     """`datasets.load_dataset` on a local folder written by `save_demonstrations` or a Hub dataset repo."""
     dataset = datasets.load_dataset(path_or_repo, split=split, revision=revision)
     missing = [name for name in ("image", "instruction", "action") if name not in dataset.column_names]
@@ -161,7 +165,11 @@ def validate_rows(
 
 
 def check_dataset(
-    dataset: datasets.Dataset, *, image_shape: Sequence[int], action_nvec: Sequence[int], on_invalid: str = "raise"
+    dataset: datasets.Dataset,
+    *,
+    image_shape: Sequence[int],
+    action_nvec: Sequence[int],
+    on_invalid: str = "raise",
 ) -> datasets.Dataset:
     """Validate; with `on_invalid="raise"` bad rows raise a ValueError listing them, with `"drop"` they
     are logged with their index and removed. Bad rows are never trained on silently."""
@@ -290,15 +298,15 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
             self._thread.join(timeout=5)
 
 
-def augment_images(
-    key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, noise_std: float
-) -> jax.Array:
-    """Random crop (edge-pad by `crop_padding`, crop back) and Gaussian pixel noise, per image, staying uint8."""
+def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, noise_std: float) -> jax.Array:
+    """Random crop (edge-pad by `crop_padding`, crop back) and pixel noise, per image; stays uint8."""
     batch, height, width, _ = images.shape
     crop_key, noise_key = jax.random.split(key)
     out = images.astype(jnp.float32)
     if crop_padding > 0:
-        padded = jnp.pad(out, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)), mode="edge")
+        padded = jnp.pad(
+            out, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)), mode="edge"
+        )
         offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * crop_padding + 1)
 
         def crop(image: jax.Array, offset: jax.Array) -> jax.Array:

@@ -20,28 +20,43 @@ from sima2.training.ppo import _initial_carries, _reset_where
 
 
 def evaluate(
-    agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, config: EvalConfig = EvalConfig()
+    agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, config: EvalConfig | None = None
 ) -> dict[str, float]:
     """Run `config.num_envs` worlds for `config.max_steps` steps and score the episodes that finished,
     up to `config.num_episodes` of them (the earliest per world first)."""
 
+    config = EvalConfig() if config is None else config
+
     @jax.jit
     def rollout(key: PRNGKeyArray) -> tuple:
         reset_key, run_key = jax.random.split(key)
-        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, config.num_envs), env_params)
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(
+            jax.random.split(reset_key, config.num_envs), env_params
+        )
         initial = _initial_carries(agent, config.num_envs)
 
         def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
             obs, state, agent_carry, first, ep_return = carry
             act_key, env_key = jax.random.split(step_key)
             agent_carry = _reset_where(first, initial, agent_carry)
-            action, agent_carry, _ = jax.vmap(agent.act)(jax.random.split(act_key, config.num_envs), obs, agent_carry)
+            action, agent_carry, _ = jax.vmap(agent.act)(
+                jax.random.split(act_key, config.num_envs), obs, agent_carry
+            )
             obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(env_key, config.num_envs), state, action, env_params
             )
             ep_return = ep_return + reward
-            kept = {k: info[k] for k in ("success", config.optimal_path_key, config.actual_path_key,
-                                         config.level_key, "episode_length") if k in info}
+            kept = {
+                k: info[k]
+                for k in (
+                    "success",
+                    config.optimal_path_key,
+                    config.actual_path_key,
+                    config.level_key,
+                    "episode_length",
+                )
+                if k in info
+            }
             out = (done, ep_return, kept)
             return (obs, state, agent_carry, done, jnp.where(done, 0.0, ep_return)), out
 
@@ -85,11 +100,14 @@ def evaluate(
 
 
 def evaluate_splits(
-    agent: Any, env: Any, splits: dict[str, PyTree], key: PRNGKeyArray, config: EvalConfig = EvalConfig()
+    agent: Any, env: Any, splits: dict[str, PyTree], key: PRNGKeyArray, config: EvalConfig | None = None
 ) -> dict[str, dict[str, float]]:
     """`evaluate` on each named split (e.g. {"train": params, "heldout": heldout_params})."""
-    return {name: evaluate(agent, env, params, jax.random.fold_in(key, i), config)
-            for i, (name, params) in enumerate(splits.items())}
+    config = EvalConfig() if config is None else config
+    return {
+        name: evaluate(agent, env, params, jax.random.fold_in(key, i), config)
+        for i, (name, params) in enumerate(splits.items())
+    }
 
 
 def decision_latency(agent: Any, obs: PyTree, key: PRNGKeyArray, repeats: int = 20) -> float:

@@ -92,7 +92,9 @@ class MetricsLogger:
         """A notable event (warning, halt reason, resume) to the Python log and the JSONL file."""
         (log.error if kind == "halt" else log.warning)("step %d: %s: %s", step, kind, message)
         if self.is_main and self._jsonl is not None:
-            self._jsonl.write(json.dumps({"step": step, "time": time.time(), "event": kind, "message": message}) + "\n")
+            self._jsonl.write(
+                json.dumps({"step": step, "time": time.time(), "event": kind, "message": message}) + "\n"
+            )
             self._jsonl.flush()
 
     def maybe_profile(self, step: int) -> None:

@@ -104,8 +104,9 @@ def shard_train_state(state: Any, mesh: Mesh, env_axis: int = 0) -> Any:
     if state.env is None:
         return shard_tree(state, mesh)
     replicated_part = shard_tree(eqx.tree_at(lambda s: s.env, state, None), mesh)
-    return eqx.tree_at(lambda s: s.env, replicated_part, shard_tree(state.env, mesh, env_axis),
-                       is_leaf=lambda x: x is None)
+    return eqx.tree_at(
+        lambda s: s.env, replicated_part, shard_tree(state.env, mesh, env_axis), is_leaf=lambda x: x is None
+    )
 
 
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:

@@ -79,7 +79,9 @@ def init_rollout(agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, nu
     )
 
 
-def _step_stats(info: dict[str, Array], reward: Array, done: Array, ep_return: Array, ep_length: Array) -> dict:
+def _step_stats(
+    info: dict[str, Array], reward: Array, done: Array, ep_return: Array, ep_length: Array
+) -> dict:
     stats = {
         "episode_return": jnp.where(done, ep_return, 0.0),
         "episode_length": jnp.where(done, ep_length, 0).astype(jnp.float32),
@@ -117,8 +119,16 @@ def collect_rollout(
         ep_return = rollout.episode_return + reward
         ep_length = rollout.episode_length + 1
         stats = _step_stats(info, reward, done, ep_return, ep_length)
-        out = (rollout.obs, action.astype(jnp.int32), extras["log_prob"], extras["value"], reward, done,
-               rollout.first, stats)
+        out = (
+            rollout.obs,
+            action.astype(jnp.int32),
+            extras["log_prob"],
+            extras["value"],
+            reward,
+            done,
+            rollout.first,
+            stats,
+        )
         new = RolloutState(
             env_state=env_state,
             obs=obs,
@@ -162,9 +172,18 @@ def compute_gae(
     return advantages, advantages + value
 
 
-def _evaluate_sequences(model: Any, trajectory: Trajectory, start_carry: PyTree) -> tuple[Array, Array, Array]:
-    """Re-run `model.evaluate` over time per world (carry reset on episode starts): (log_prob, entropy, value)."""
+def _evaluate_sequences(
+    model: Any, trajectory: Trajectory, start_carry: PyTree
+) -> tuple[Array, Array, Array]:
+    """Re-run `model.evaluate` over time per world, resetting carries on episode starts."""
     initial = model.initial_carry()
+    if all(jnp.size(leaf) == 0 for leaf in jax.tree.leaves(initial)):
+        # A memoryless agent: no carry to thread, so evaluate all (time, world) pairs in parallel.
+        def one_step(obs: PyTree, action: Array) -> tuple[Array, Array, Array]:
+            log_prob, entropy, value, _ = model.evaluate(obs, initial, action)
+            return log_prob, entropy, value
+
+        return jax.vmap(jax.vmap(one_step))(trajectory.obs, trajectory.action)
 
     def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, Array, Array]:
         def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:
@@ -228,7 +247,9 @@ def ppo_update(
     """Epochs x minibatches of PPO on one trajectory (minibatches split worlds). Pure; jit it."""
     num_envs = trajectory.reward.shape[1]
     if num_envs % config.num_minibatches:
-        raise ValueError(f"num_envs ({num_envs}) must be divisible by num_minibatches ({config.num_minibatches})")
+        raise ValueError(
+            f"num_envs ({num_envs}) must be divisible by num_minibatches ({config.num_minibatches})"
+        )
     advantages, returns = compute_gae(
         trajectory.reward, trajectory.value, trajectory.done, last_value, config.gamma, config.gae_lambda
     )
@@ -306,7 +327,9 @@ def make_ppo(
     `step_fn(state, None) -> (state, metrics)` (rollout + update, guarded). Jit/vmap them as needed."""
     ppo = config.ppo
     if ppo.num_envs % ppo.num_minibatches:
-        raise ValueError(f"ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.num_minibatches ({ppo.num_minibatches})")
+        raise ValueError(
+            f"ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.num_minibatches ({ppo.num_minibatches})"
+        )
     optimizer = make_optimizer(config.optim)
     spec = trainable_spec(agent, filter_spec)
 
@@ -390,8 +413,18 @@ class HostRollout:
                 "episode_length": np.where(done, self.episode_length, 0).astype(np.float32),
                 "episodes": done.astype(np.float32),
             }
-            records.append((self.obs, host_action.astype(np.int32), np.asarray(extras["log_prob"]),
-                            np.asarray(extras["value"]), reward, done, self.first.copy(), stats))
+            records.append(
+                (
+                    self.obs,
+                    host_action.astype(np.int32),
+                    np.asarray(extras["log_prob"]),
+                    np.asarray(extras["value"]),
+                    reward,
+                    done,
+                    self.first.copy(),
+                    stats,
+                )
+            )
             self.episode_return[done] = 0.0
             self.episode_length[done] = 0
             self.obs, self.carry, self.first = self.to_obs(next_obs), carry, done
@@ -413,16 +446,21 @@ def make_host_ppo(
     spec = trainable_spec(agent, filter_spec)
 
     def init_fn(key: PRNGKeyArray) -> TrainState:
-        return TrainState(agent, init_opt_state(optimizer, agent, spec), key, jnp.zeros((), jnp.int32),
-                          GuardState.init(), None)
+        return TrainState(
+            agent,
+            init_opt_state(optimizer, agent, spec),
+            key,
+            jnp.zeros((), jnp.int32),
+            GuardState.init(),
+            None,
+        )
 
     def update(state: TrainState, trajectory: Trajectory, start_carry: PyTree, last_value: Array) -> tuple:
-        return ppo_update(state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec,
-                          config=config.ppo)
+        return ppo_update(
+            state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=config.ppo
+        )
 
-    guarded_update = eqx.filter_jit(
-        guard_step(lambda state, batch: update(state, *batch), config.guard)
-    )
+    guarded_update = eqx.filter_jit(guard_step(lambda state, batch: update(state, *batch), config.guard))
 
     def step_fn(state: TrainState, batch: Any = None) -> tuple[TrainState, dict]:
         del batch

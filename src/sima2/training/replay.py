@@ -17,7 +17,9 @@ def make_replay_buffer(
     """A uniform flat (transition) buffer: `buffer.init(example)`, `buffer.add(state, batch)` with a leading
     `add_batch_size` axis, `buffer.sample(state, key).experience.first` for a batch of transitions."""
     if capacity < add_batch_size or capacity <= 0:
-        raise ValueError(f"capacity ({capacity}) must be positive and at least add_batch_size ({add_batch_size})")
+        raise ValueError(
+            f"capacity ({capacity}) must be positive and at least add_batch_size ({add_batch_size})"
+        )
     return fbx.make_flat_buffer(
         max_length=capacity,
         min_length=min_length,

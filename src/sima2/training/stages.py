@@ -50,8 +50,12 @@ def run_stage(
         state = init_fn(key)
     if mesh is not None:
         state = shard_train_state(state, mesh, env_axis=1 if num_seeds > 1 else 0)
-    checkpointer = Checkpointer(out / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
-                                async_save=config.checkpoint.async_save)
+    checkpointer = Checkpointer(
+        out / "checkpoints",
+        every=config.checkpoint.every,
+        keep=config.checkpoint.keep,
+        async_save=config.checkpoint.async_save,
+    )
     logger = MetricsLogger(out, config.monitor)
     position = 0
     batches = None
@@ -61,9 +65,16 @@ def run_stage(
             position = int(meta.get("data_position", 0))
             logger.event(int(meta["step"]), "resume", f"resumed from {checkpointer.directory}/{meta['step']}")
         batches = make_batches(position) if make_batches is not None else None
-        state = run_loop(state, eqx.filter_jit(step_fn), config.num_steps, batches=batches,
-                         checkpointer=checkpointer, logger=logger, hooks=hooks,
-                         samples_per_step=samples_per_step)
+        state = run_loop(
+            state,
+            eqx.filter_jit(step_fn),
+            config.num_steps,
+            batches=batches,
+            checkpointer=checkpointer,
+            logger=logger,
+            hooks=hooks,
+            samples_per_step=samples_per_step,
+        )
     finally:
         if batches is not None and hasattr(batches, "close"):
             batches.close()
@@ -91,23 +102,39 @@ def train_bc(
     mesh: Mesh | None = None,
     hooks: Sequence[Hook] = (),
 ) -> TrainState:
-    """Behaviour cloning on a demonstration dataset (validated first: bad rows raise or are dropped and logged).
+    """Behaviour cloning on demonstrations, validated first (bad rows raise, or are logged and dropped).
 
     With several processes, each passes its own shard of the dataset and its local batch size.
     """
-    dataset = check_dataset(dataset, image_shape=image_shape, action_nvec=action_nvec,
-                            on_invalid=config.data.on_invalid)
+    dataset = check_dataset(
+        dataset, image_shape=image_shape, action_nvec=action_nvec, on_invalid=config.data.on_invalid
+    )
     init_fn, step_fn = make_bc(agent, config, filter_spec=filter_spec, plan_loss=plan_loss)
     local_batch = config.bc.batch_size // jax.process_count()
     put = (lambda batch: shard_batch(batch, mesh)) if mesh is not None else jax.device_put
 
     def make_batches(position: int) -> DemonstrationBatches:
-        return DemonstrationBatches(dataset, local_batch, seed=config.seed, shuffle=config.data.shuffle,
-                                    position=position, prefetch=config.data.prefetch, put=put,
-                                    transform=transform)
+        return DemonstrationBatches(
+            dataset,
+            local_batch,
+            seed=config.seed,
+            shuffle=config.data.shuffle,
+            position=position,
+            prefetch=config.data.prefetch,
+            put=put,
+            transform=transform,
+        )
 
-    return run_stage(config, init_fn, step_fn, resume=resume, make_batches=make_batches, mesh=mesh,
-                     hooks=hooks, samples_per_step=config.bc.batch_size)
+    return run_stage(
+        config,
+        init_fn,
+        step_fn,
+        resume=resume,
+        make_batches=make_batches,
+        mesh=mesh,
+        hooks=hooks,
+        samples_per_step=config.bc.batch_size,
+    )
 
 
 def train_ppo(
@@ -124,5 +151,13 @@ def train_ppo(
     """PPO on a functional env, `config.ppo.num_seeds` seeds at once (vmapped)."""
     init_fn, step_fn = make_ppo(agent, env, env_params, config, filter_spec=filter_spec)
     ppo = config.ppo
-    return run_stage(config, init_fn, step_fn, resume=resume, mesh=mesh, hooks=hooks,
-                     samples_per_step=ppo.num_envs * ppo.num_steps * ppo.num_seeds, num_seeds=ppo.num_seeds)
+    return run_stage(
+        config,
+        init_fn,
+        step_fn,
+        resume=resume,
+        mesh=mesh,
+        hooks=hooks,
+        samples_per_step=ppo.num_envs * ppo.num_steps * ppo.num_seeds,
+        num_seeds=ppo.num_seeds,
+    )
