@@ -1,1 +1,90 @@
-"""sima2.training."""
+"""sima2.training: behaviour cloning, PPO on vmapped worlds, data, checkpoints, monitoring, evaluation.
+
+One loop (`run_loop`) drives every stage; a stage is an `init_fn(key) -> TrainState` and a pure
+`step_fn(state, batch) -> (state, metrics)` (`make_bc`, `make_ppo`), and `train_bc` / `train_ppo` add
+resume, logging, checkpoints and the safetensors export.
+"""
+
+from sima2.training.bc import bc_loss, make_bc
+from sima2.training.checkpoint import Checkpointer, export_safetensors
+from sima2.training.config import (
+    BCConfig,
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    GuardConfig,
+    MonitorConfig,
+    OptimConfig,
+    PPOConfig,
+    TrainConfig,
+    apply_overrides,
+)
+from sima2.training.data import (
+    DemonstrationBatches,
+    augment_images,
+    check_dataset,
+    load_demonstrations,
+    record_demonstrations,
+    save_demonstrations,
+    validate_rows,
+)
+from sima2.training.evaluate import decision_latency, evaluate, evaluate_splits
+from sima2.training.loop import GuardState, TrainingHalted, TrainState, guard_step, run_loop, scan_steps
+from sima2.training.monitor import MetricsLogger, memory_stats
+from sima2.training.optim import make_optimizer, make_schedule, trainable_spec
+from sima2.training.parallel import initialize_distributed, make_mesh, shard_batch, shard_train_state
+from sima2.training.ppo import HostRollout, compute_gae, make_host_ppo, make_ppo, ppo_update, vmap_seeds
+from sima2.training.replay import make_replay_buffer
+from sima2.training.stages import run_stage, train_bc, train_ppo
+
+__all__ = [
+    "BCConfig",
+    "CheckpointConfig",
+    "Checkpointer",
+    "DataConfig",
+    "DemonstrationBatches",
+    "EvalConfig",
+    "GuardConfig",
+    "GuardState",
+    "HostRollout",
+    "MetricsLogger",
+    "MonitorConfig",
+    "OptimConfig",
+    "PPOConfig",
+    "TrainConfig",
+    "TrainState",
+    "TrainingHalted",
+    "apply_overrides",
+    "augment_images",
+    "bc_loss",
+    "check_dataset",
+    "compute_gae",
+    "decision_latency",
+    "evaluate",
+    "evaluate_splits",
+    "export_safetensors",
+    "guard_step",
+    "initialize_distributed",
+    "load_demonstrations",
+    "make_bc",
+    "make_host_ppo",
+    "make_mesh",
+    "make_optimizer",
+    "make_ppo",
+    "make_replay_buffer",
+    "make_schedule",
+    "memory_stats",
+    "ppo_update",
+    "record_demonstrations",
+    "run_loop",
+    "run_stage",
+    "save_demonstrations",
+    "scan_steps",
+    "shard_batch",
+    "shard_train_state",
+    "train_bc",
+    "train_ppo",
+    "trainable_spec",
+    "validate_rows",
+    "vmap_seeds",
+]

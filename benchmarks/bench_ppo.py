@@ -1,0 +1,179 @@
+"""End-to-end PPO throughput (env steps/s, rollout + update) on CartPole: sima2 vs rejax vs Stable-Baselines3.
+
+sima2 and rejax train on gymnax CartPole-v1 fully inside one `jit` (compile time excluded: each is run
+once to warm up, then timed). Stable-Baselines3 trains on gymnasium CartPole-v1 with PyTorch. All use
+separate actor and critic MLPs with two hidden layers of 64, the same number of parallel envs, rollout
+length, epochs and minibatch count. Needs the benchmark extra (gymnax, six, rejax, stable-baselines3).
+
+    python benchmarks/bench_ppo.py [--num-envs 64] [--num-steps 64] [--updates 32] [--sb3-updates 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import equinox as eqx
+import gymnax
+import jax
+import jax.numpy as jnp
+
+from sima2.training import TrainConfig, apply_overrides, make_ppo, scan_steps
+
+
+class CartPoleEnv(eqx.Module):
+    """gymnax CartPole has the functional reset/step signatures; it reports terminated and truncated apart."""
+
+    env: object = eqx.field(static=True)
+
+    def reset(self, key, params):
+        return self.env.reset(key, params)
+
+    def step(self, key, state, action, params):
+        obs, state, reward, terminated, truncated, _ = self.env.step(key, state, action, params)
+        return obs, state, reward, terminated | truncated, {}
+
+
+class MLPActorCritic(eqx.Module):
+    """Separate actor and critic MLPs (64, 64), as rejax and SB3 use by default."""
+
+    actor: eqx.nn.MLP
+    critic: eqx.nn.MLP
+
+    def __init__(self, key, obs_size=4, num_actions=2, width=64):
+        actor_key, critic_key = jax.random.split(key)
+        self.actor = eqx.nn.MLP(obs_size, num_actions, width, 2, activation=jax.nn.silu, key=actor_key)
+        self.critic = eqx.nn.MLP(obs_size, "scalar", width, 2, activation=jax.nn.silu, key=critic_key)
+
+    def initial_carry(self):
+        return jnp.zeros((0,), jnp.float32)
+
+    def act(self, key, obs, carry):
+        logits = jax.nn.log_softmax(self.actor(obs))
+        action = jax.random.categorical(key, logits)
+        entropy = -(jnp.exp(logits) * logits).sum()
+        return action, carry, {"log_prob": logits[action], "value": self.critic(obs), "entropy": entropy}
+
+    def evaluate(self, obs, carry, action):
+        logits = jax.nn.log_softmax(self.actor(obs))
+        entropy = -(jnp.exp(logits) * logits).sum()
+        return logits[action], entropy, self.critic(obs), carry
+
+
+def bench_sima2(num_envs, num_steps, num_epochs, num_minibatches, updates):
+    gym_env, env_params = gymnax.make("CartPole-v1")
+    config = apply_overrides(
+        TrainConfig(),
+        [
+            f"ppo.num_envs={num_envs}",
+            f"ppo.num_steps={num_steps}",
+            f"ppo.num_epochs={num_epochs}",
+            f"ppo.num_minibatches={num_minibatches}",
+            "optim.lr=3e-4",
+            "optim.final_lr=3e-4",
+            "optim.warmup_steps=0",
+            f"optim.decay_steps={updates * num_epochs * num_minibatches + 1}",
+            "optim.max_grad_norm=0.5",
+        ],
+    )
+    init_fn, step_fn = make_ppo(MLPActorCritic(jax.random.key(0)), CartPoleEnv(gym_env), env_params, config)
+
+    @eqx.filter_jit
+    def train(key):
+        state, metrics = scan_steps(step_fn, init_fn(key), updates)
+        return state.step, metrics["return"]
+
+    jax.block_until_ready(train(jax.random.key(0)))
+    start = time.perf_counter()
+    _, returns = jax.block_until_ready(train(jax.random.key(1)))
+    elapsed = time.perf_counter() - start
+    return updates * num_envs * num_steps / elapsed, float(returns[-1])
+
+
+def bench_rejax(num_envs, num_steps, num_epochs, num_minibatches, updates):
+    from gymnax.environments.classic_control import CartPole
+    from rejax import PPO
+
+    class FiveTupleCartPole(CartPole):
+        """rejax 0.1.3 expects the older 5-tuple gymnax step; gymnax 1.0 splits done in two."""
+
+        def step(self, key, state, action, params=None):
+            obs, state, reward, terminated, truncated, info = super().step(key, state, action, params)
+            return obs, state, reward, terminated | truncated, info
+
+    algo = PPO.create(
+        env=FiveTupleCartPole(),
+        num_envs=num_envs,
+        num_steps=num_steps,
+        num_epochs=num_epochs,
+        num_minibatches=num_minibatches,
+        total_timesteps=updates * num_envs * num_steps,
+        eval_freq=updates * num_envs * num_steps,
+        learning_rate=3e-4,
+        max_grad_norm=0.5,
+    )
+    train = jax.jit(algo.train)
+    jax.block_until_ready(train(jax.random.key(0)))
+    start = time.perf_counter()
+    jax.block_until_ready(train(jax.random.key(1)))
+    elapsed = time.perf_counter() - start
+    return updates * num_envs * num_steps / elapsed
+
+
+def bench_sb3(num_envs, num_steps, num_epochs, num_minibatches, updates):
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    env = make_vec_env("CartPole-v1", n_envs=num_envs, seed=0)
+    batch_size = num_envs * num_steps // num_minibatches
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=num_steps,
+        batch_size=batch_size,
+        n_epochs=num_epochs,
+        learning_rate=3e-4,
+        max_grad_norm=0.5,
+        ent_coef=0.01,
+        device="cpu",
+        seed=0,
+        policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}},
+    )
+    model.learn(total_timesteps=num_envs * num_steps)  # warm-up update
+    start = time.perf_counter()
+    model.learn(total_timesteps=updates * num_envs * num_steps, reset_num_timesteps=False)
+    elapsed = time.perf_counter() - start
+    return updates * num_envs * num_steps / elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-envs", type=int, default=64)
+    parser.add_argument("--num-steps", type=int, default=64)
+    parser.add_argument("--num-epochs", type=int, default=4)
+    parser.add_argument("--num-minibatches", type=int, default=4)
+    parser.add_argument("--updates", type=int, default=32)
+    parser.add_argument("--sb3-updates", type=int, default=2)
+    args = parser.parse_args()
+    shape = (args.num_envs, args.num_steps, args.num_epochs, args.num_minibatches)
+    print(
+        f"PPO on CartPole-v1: {args.num_envs} envs x {args.num_steps} steps, {args.num_epochs} epochs x "
+        f"{args.num_minibatches} minibatches, MLP (64, 64) actor/critic, {jax.devices()[0].platform}"
+    )
+    sima2_rate, final_return = bench_sima2(*shape, args.updates)
+    print(
+        f"sima2  : {sima2_rate:12,.0f} env-steps/s  (mean episode return after {args.updates} updates: "
+        f"{final_return:.1f})"
+    )
+    rejax_rate = bench_rejax(*shape, args.updates)
+    print(f"rejax  : {rejax_rate:12,.0f} env-steps/s")
+    sb3_rate = bench_sb3(*shape, args.sb3_updates)
+    print(f"SB3    : {sb3_rate:12,.0f} env-steps/s")
+    print(f"ratio sima2/rejax: {sima2_rate / rejax_rate:.2f}x (goal >= 1.0x)")
+    print(f"ratio sima2/SB3  : {sima2_rate / sb3_rate:.1f}x (goal >= 20x)")
+
+
+if __name__ == "__main__":
+    main()

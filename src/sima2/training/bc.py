@@ -1,0 +1,90 @@
+"""Behaviour cloning: cross-entropy on the factored expert actions, plus an optional planner loss.
+
+The loss is `-agent.evaluate(obs, initial_carry, action).log_prob`, which for a factored policy is the
+sum of the per-factor cross-entropies; an optional `plan_loss(model, batch)` (e.g. next-token loss of the
+planner on the subgoal plan) is added with weight `bc.plan_loss_weight` in the same jitted step. Images
+are augmented (random crop, pixel noise) inside the step from the state's key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from sima2.training.config import TrainConfig
+from sima2.training.data import augment_images
+from sima2.training.loop import GuardState, TrainState, guard_step
+from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
+
+PlanLoss = Callable[[Any, dict[str, Any]], Float[Array, ""]]
+
+
+def bc_loss(
+    model: Any, batch: dict[str, Any], plan_loss: PlanLoss | None = None, plan_loss_weight: float = 1.0
+) -> tuple[Float[Array, ""], dict[str, Array]]:
+    """Mean action cross-entropy over the batch (+ weighted plan loss); returns (loss, terms)."""
+    carry = model.initial_carry()
+
+    def one(obs: PyTree, action: Array) -> tuple[Array, Array]:
+        log_prob, entropy, _, _ = model.evaluate(obs, carry, action)
+        return log_prob, entropy
+
+    log_prob, entropy = jax.vmap(one)(batch["obs"], batch["action"])
+    action_loss = -log_prob.mean()
+    terms = {"action_loss": action_loss, "entropy": entropy.mean()}
+    loss = action_loss
+    if plan_loss is not None:
+        terms["plan_loss"] = plan_loss(model, batch)
+        loss = loss + plan_loss_weight * terms["plan_loss"]
+    return loss, terms
+
+
+def make_bc(
+    agent: Any,
+    config: TrainConfig,
+    *,
+    filter_spec: PyTree | None = None,
+    plan_loss: PlanLoss | None = None,
+) -> tuple[Callable[[PRNGKeyArray], TrainState], Callable[[TrainState, Any], tuple[TrainState, dict]]]:
+    """`(init_fn, step_fn)` for behaviour cloning; `step_fn(state, batch)` is pure and guarded."""
+    optimizer: optax.GradientTransformation = make_optimizer(config.optim)
+    spec = trainable_spec(agent, filter_spec)
+    bc = config.bc
+
+    def init_fn(key: PRNGKeyArray) -> TrainState:
+        return TrainState(
+            agent,
+            init_opt_state(optimizer, agent, spec),
+            key,
+            jnp.zeros((), jnp.int32),
+            GuardState.init(),
+            None,
+        )
+
+    def step_fn(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict]:
+        key, augment_key = jax.random.split(state.key)
+        obs = dict(batch["obs"])
+        obs["image"] = augment_images(
+            augment_key, obs["image"], crop_padding=bc.crop_padding, noise_std=bc.noise_std
+        )
+        batch = dict(batch, obs=obs)
+        trainable, rest = split_trainable(state.model, spec)
+
+        def loss_fn(trainable: PyTree) -> tuple[Array, dict]:
+            return bc_loss(eqx.combine(trainable, rest), batch, plan_loss, bc.plan_loss_weight)
+
+        (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+        trainable = eqx.apply_updates(trainable, updates)
+        new_state = TrainState(
+            eqx.combine(trainable, rest), opt_state, key, state.step + 1, state.guard, None
+        )
+        return new_state, dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
+
+    return init_fn, guard_step(step_fn, config.guard)

@@ -1,0 +1,214 @@
+"""Configuration dataclasses for every training stage, and `key=value` overrides from the command line.
+
+One `TrainConfig` holds the shared parts (optimiser, loop, checkpoints, monitoring, anomaly guard) and the
+stage-specific parts (`bc`, `ppo`, `data`, `eval`); `apply_overrides(config, ["ppo.lr=3e-4"])` returns a
+new config with typed values, so presets stay immutable.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import types
+import typing
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay from `lr` to `final_lr`, and global-norm clipping."""
+
+    lr: float = 1e-4
+    final_lr: float = 1e-5
+    warmup_steps: int = 100
+    decay_steps: int = 10_000
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BCConfig:
+    """Behaviour cloning: batch size, augmentation strengths and the weight of the planner's plan loss."""
+
+    batch_size: int = 64
+    plan_loss_weight: float = 1.0
+    crop_padding: int = 4
+    noise_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO with GAE on vmapped functional worlds; one update = one rollout of `num_steps` per env."""
+
+    num_envs: int = 64
+    num_steps: int = 128
+    num_epochs: int = 4
+    num_minibatches: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    clip_value: bool = True
+    vf_coef: float = 0.5
+    ent_coef: float = 0.01
+    normalize_advantages: bool = True
+    num_seeds: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Demonstration dataset location and what to do with rows that fail validation."""
+
+    path: str = ""
+    split: str = "train"
+    shuffle: bool = True
+    prefetch: int = 2
+    on_invalid: str = "raise"  # "raise" or "drop" (dropped rows are logged with their index)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints every `every` steps, keeping the last `keep`."""
+
+    every: int = 1000
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """Where metrics go, how often, and when to trace with the JAX profiler."""
+
+    log_every: int = 10
+    jsonl: bool = True
+    tensorboard: bool = True
+    progress: bool = True
+    memory_warning_fraction: float = 0.8
+    profile_start: int = -1  # first step of a profiler trace (-1: only on demand, via a PROFILE file)
+    profile_steps: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardConfig:
+    """Anomaly guard: skip updates with non-finite values or a loss spike; stop after repeated ones."""
+
+    enabled: bool = True
+    spike_factor: float = 10.0  # loss > spike_factor * running mean of |loss| counts as a spike
+    warmup_steps: int = 20  # no spike detection before the running mean has settled
+    ema_decay: float = 0.98
+    max_consecutive: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation episodes and the `info` keys that give path lengths and level ids."""
+
+    num_envs: int = 32
+    num_episodes: int = 64
+    max_steps: int = 500
+    optimal_path_key: str = "optimal_path_length"
+    actual_path_key: str = "path_length"
+    level_key: str = "level"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs besides the agent and the world."""
+
+    stage: str = "bc"  # "bc" or "ppo"
+    seed: int = 0
+    num_steps: int = 1000
+    out: str = "runs/default"
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    bc: BCConfig = dataclasses.field(default_factory=BCConfig)
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    guard: GuardConfig = dataclasses.field(default_factory=GuardConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Convert a parsed override to the field's declared type, or raise a ValueError naming the key."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, name)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"override {name}: expected a bool, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ValueError(f"override {name}: expected an int, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"override {name}: expected a float, got {value!r}")
+        return float(value)
+    if annotation is str:
+        return str(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            value = (value,)
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        return tuple(_coerce(v, item_type, name) if item_type is not Any else v for v in value)
+    return value
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # bare words such as `bc` or paths are strings
+
+
+def apply_overrides(config: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """Return a copy of the dataclass `config` with `a.b=value` overrides applied (values typed by field).
+
+    Raises ValueError for a malformed override, an unknown key or a value of the wrong type.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        dotted, text = item.split("=", 1)
+        path = dotted.strip().split(".")
+        config = _replace_path(config, path, _parse_value(text.strip()), dotted)
+    return config
+
+
+def _replace_path(node: Any, path: list[str], value: Any, dotted: str) -> Any:
+    if not dataclasses.is_dataclass(node):
+        raise ValueError(f"override {dotted!r}: {type(node).__name__} has no sub-keys")
+    hints = typing.get_type_hints(type(node))
+    fields = {f.name for f in dataclasses.fields(node)}
+    head = path[0]
+    if head not in fields:
+        raise ValueError(f"override {dotted!r}: unknown key {head!r} (choose from {sorted(fields)})")
+    if len(path) == 1:
+        if dataclasses.is_dataclass(getattr(node, head)):
+            raise ValueError(f"override {dotted!r}: {head!r} is a section, set one of its keys")
+        return dataclasses.replace(node, **{head: _coerce(value, hints[head], dotted)})
+    return dataclasses.replace(node, **{head: _replace_path(getattr(node, head), path[1:], value, dotted)})
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain nested dicts (for JSON logs and checkpoint metadata)."""
+    return dataclasses.asdict(config)

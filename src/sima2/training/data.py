@@ -1,0 +1,318 @@
+"""Expert demonstrations as Hugging Face datasets: recording, validation, saving, loading and batching.
+
+Rows are screenshot-instruction-action triples with their context: `image` (an HF `Image`), `instruction`
+(text) and `instruction_ids`, `proprio`, `action` (factor indices), `episode_id`, `step_id` and the
+subgoal `plan` (list of strings). Datasets are written as parquet under `data/<split>-*.parquet`, so
+`datasets.load_dataset(folder)` or a Hub repo id load them back with the same features.
+
+`DemonstrationBatches` shuffles with a permutation drawn from (seed, epoch) only, so its position (the
+number of batches served) is all a checkpoint needs to resume on the same batch. Augmentations are
+random, so they run inside the jitted step from the training key (see `sima2.training.bc`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray, PyTree
+
+log = logging.getLogger("sima2.training")
+
+FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "instruction": datasets.Value("string"),
+        "instruction_ids": datasets.Sequence(datasets.Value("int32")),
+        "proprio": datasets.Sequence(datasets.Value("float32")),
+        "action": datasets.Sequence(datasets.Value("int32")),
+        "episode_id": datasets.Value("int64"),
+        "step_id": datasets.Value("int32"),
+        "plan": datasets.Sequence(datasets.Value("string")),
+    }
+)
+
+Describe = Callable[[dict[str, np.ndarray]], tuple[str, list[str]]]
+
+
+def record_demonstrations(
+    env: Any,
+    env_params: PyTree,
+    key: PRNGKeyArray,
+    *,
+    num_envs: int,
+    num_steps: int,
+    describe: Describe,
+    keep_incomplete: bool = False,
+) -> datasets.Dataset:
+    """Run `env.expert_action` in `num_envs` worlds for `num_steps` steps and return the rows.
+
+    `describe(observation)` is called on the host with one step's observation (NumPy arrays) and returns
+    the instruction text and the subgoal plan. Episodes still running at the end are dropped unless
+    `keep_incomplete`.
+    """
+    if num_envs <= 0 or num_steps <= 0:
+        raise ValueError(f"num_envs and num_steps must be positive, got {num_envs} and {num_steps}")
+
+    @jax.jit
+    def rollout(key: PRNGKeyArray) -> tuple:
+        reset_key, run_key = jax.random.split(key)
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_envs), env_params)
+
+        def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
+            obs, state = carry
+            action = jax.vmap(env.expert_action, in_axes=(0, None))(state, env_params)
+            next_obs, state, _, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(step_key, num_envs), state, action, env_params
+            )
+            return (next_obs, state), (obs, action, done)
+
+        _, outs = jax.lax.scan(one_step, (obs, state), jax.random.split(run_key, num_steps))
+        return outs
+
+    obs, actions, dones = jax.device_get(rollout(key))
+    columns: dict[str, list] = {name: [] for name in FEATURES}
+    next_episode = 0
+    for world in range(num_envs):
+        step_in_episode, rows = 0, []
+        for t in range(num_steps):
+            observation = {name: np.asarray(value[t, world]) for name, value in obs.items()}
+            text, plan = describe(observation)
+            rows.append(
+                {
+                    "image": observation["image"],
+                    "instruction": text,
+                    "instruction_ids": observation["instruction"].astype(np.int32).tolist(),
+                    "proprio": observation.get("proprio", np.zeros(0, np.float32))
+                    .astype(np.float32)
+                    .tolist(),
+                    "action": np.asarray(actions[t, world]).astype(np.int32).tolist(),
+                    "step_id": step_in_episode,
+                    "plan": list(plan),
+                }
+            )
+            step_in_episode += 1
+            if dones[t, world] or (keep_incomplete and t == num_steps - 1):
+                for row in rows:
+                    row["episode_id"] = next_episode
+                    for name in FEATURES:
+                        columns[name].append(row[name])
+                next_episode += 1
+                step_in_episode, rows = 0, []
+    return datasets.Dataset.from_dict(columns, features=FEATURES)
+
+
+def save_demonstrations(dataset: datasets.Dataset, folder: str | Path, split: str = "train") -> Path:
+    """Write `dataset` as `folder/data/<split>-00000-of-00001.parquet` (for `load_dataset(folder)`)."""
+    path = Path(folder) / "data" / f"{split}-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    dataset.to_parquet(str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def load_demonstrations(
+    path_or_repo: str, split: str = "train", revision: str | None = None
+) -> datasets.Dataset:
+    """`datasets.load_dataset` on a local folder written by `save_demonstrations` or a Hub dataset repo."""
+    dataset = datasets.load_dataset(path_or_repo, split=split, revision=revision)
+    missing = [name for name in ("image", "instruction", "action") if name not in dataset.column_names]
+    if missing:
+        raise ValueError(f"dataset {path_or_repo!r} lacks the columns {missing}")
+    return dataset
+
+
+def validate_rows(
+    dataset: datasets.Dataset,
+    *,
+    image_shape: Sequence[int],
+    action_nvec: Sequence[int],
+    chunk_size: int = 256,
+) -> list[tuple[int, str]]:
+    """Every bad row as `(index, problem)`: wrong image shape, out-of-range or mis-sized action, empty
+    instruction, or non-finite proprioception. An empty list means the dataset is clean."""
+    image_shape, action_nvec = tuple(image_shape), tuple(action_nvec)
+    problems: list[tuple[int, str]] = []
+    for start in range(0, len(dataset), chunk_size):
+        rows = dataset[start : start + chunk_size]
+        for offset in range(len(rows["action"])):
+            index = start + offset
+            image = rows["image"][offset]
+            shape = None if image is None else np.asarray(image).shape
+            if shape != image_shape:
+                problems.append((index, f"image shape {shape} != {image_shape}"))
+            action = rows["action"][offset]
+            if action is None or len(action) != len(action_nvec):
+                problems.append((index, f"action {action} must have {len(action_nvec)} factors"))
+            elif any(not 0 <= a < n for a, n in zip(action, action_nvec, strict=True)):
+                problems.append((index, f"action {list(action)} out of range for {list(action_nvec)}"))
+            text = rows["instruction"][offset]
+            if text is None or not str(text).strip():
+                problems.append((index, "empty instruction"))
+            proprio = rows.get("proprio", [None] * len(rows["action"]))[offset]
+            if proprio is not None and not np.all(np.isfinite(np.asarray(proprio, np.float32))):
+                problems.append((index, "non-finite proprio"))
+    return problems
+
+
+def check_dataset(
+    dataset: datasets.Dataset,
+    *,
+    image_shape: Sequence[int],
+    action_nvec: Sequence[int],
+    on_invalid: str = "raise",
+) -> datasets.Dataset:
+    """Validate; with `on_invalid="raise"` bad rows raise a ValueError listing them, with `"drop"` they
+    are logged with their index and removed. Bad rows are never trained on silently."""
+    if on_invalid not in ("raise", "drop"):
+        raise ValueError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
+    problems = validate_rows(dataset, image_shape=image_shape, action_nvec=action_nvec)
+    if not problems:
+        return dataset
+    listing = "; ".join(f"row {i}: {p}" for i, p in problems[:20])
+    more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+    if on_invalid == "raise":
+        raise ValueError(f"{len(problems)} invalid dataset rows: {listing}{more}")
+    bad = sorted({i for i, _ in problems})
+    log.warning("dropping %d invalid dataset rows: %s%s", len(bad), listing, more)
+    return dataset.select(sorted(set(range(len(dataset))) - set(bad)))
+
+
+def rows_to_batch(rows: dict[str, list], instruction_length: int) -> dict[str, Any]:
+    """Stack a dict of dataset columns into the training batch layout (NumPy)."""
+    ids = np.zeros((len(rows["action"]), instruction_length), np.int32)
+    for i, seq in enumerate(rows["instruction_ids"]):
+        seq = list(seq)[:instruction_length]
+        ids[i, : len(seq)] = seq
+    obs = {
+        "image": np.stack([np.asarray(image, np.uint8) for image in rows["image"]]),
+        "instruction": ids,
+        "proprio": np.asarray(rows["proprio"], np.float32),
+    }
+    return {
+        "obs": obs,
+        "action": np.asarray(rows["action"], np.int32),
+        "episode_id": np.asarray(rows["episode_id"], np.int64),
+        "step_id": np.asarray(rows["step_id"], np.int32),
+    }
+
+
+class DemonstrationBatches(Iterator[dict[str, Any]]):
+    """Endless shuffled batches; `position` = batches served so far (checkpoint it to resume exactly).
+
+    Epoch `e` visits the rows in `np.random.default_rng([seed, e]).permutation`; the last partial batch
+    of an epoch is dropped so every batch has `batch_size` rows. `put` (e.g. `jax.device_put` or
+    `sima2.training.parallel.shard_batch`) runs in a background thread `prefetch` batches ahead.
+    `transform` may add columns (e.g. tokenised plans) from the raw rows.
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        position: int = 0,
+        prefetch: int = 2,
+        put: Callable[[Any], Any] | None = None,
+        instruction_length: int | None = None,
+        transform: Callable[[dict[str, list], dict[str, Any]], dict[str, Any]] | None = None,
+    ):
+        if batch_size <= 0 or batch_size > len(dataset):
+            raise ValueError(f"batch_size must be in 1..{len(dataset)} (dataset rows), got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.position = position
+        self.put = put
+        self.transform = transform
+        self.batches_per_epoch = len(dataset) // batch_size
+        if instruction_length is None:
+            instruction_length = max(1, max(len(ids) for ids in dataset["instruction_ids"]))
+        self.instruction_length = instruction_length
+        self._prefetch = prefetch
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def indices(self, position: int) -> np.ndarray:
+        """Row indices of batch number `position`."""
+        epoch, index = divmod(position, self.batches_per_epoch)
+        order = (
+            np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            if self.shuffle
+            else np.arange(len(self.dataset))
+        )
+        return order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def load(self, position: int) -> dict[str, Any]:
+        rows = self.dataset[self.indices(position).tolist()]
+        batch = rows_to_batch(rows, self.instruction_length)
+        if self.transform is not None:
+            batch = self.transform(rows, batch)
+        return self.put(batch) if self.put is not None else batch
+
+    def _worker(self, start: int) -> None:
+        position = start
+        while not self._stop.is_set():
+            try:
+                item = self.load(position)
+            except Exception as err:  # noqa: BLE001 - re-raised in the consumer thread
+                item = err
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            position += 1
+
+    def __next__(self) -> dict[str, Any]:
+        if self._prefetch <= 0:
+            batch = self.load(self.position)
+        else:
+            if self._thread is None:
+                self._queue = queue.Queue(maxsize=self._prefetch)
+                self._thread = threading.Thread(target=self._worker, args=(self.position,), daemon=True)
+                self._thread.start()
+            batch = self._queue.get()
+            if isinstance(batch, Exception):
+                raise batch
+        self.position += 1
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, noise_std: float) -> jax.Array:
+    """Random crop (edge-pad by `crop_padding`, crop back) and pixel noise, per image; stays uint8."""
+    batch, height, width, _ = images.shape
+    crop_key, noise_key = jax.random.split(key)
+    out = images.astype(jnp.float32)
+    if crop_padding > 0:
+        padded = jnp.pad(
+            out, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)), mode="edge"
+        )
+        offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * crop_padding + 1)
+
+        def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+            return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
+
+        out = jax.vmap(crop)(padded, offsets)
+    if noise_std > 0:
+        out = out + noise_std * 255.0 * jax.random.normal(noise_key, out.shape)
+    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)

@@ -1,0 +1,123 @@
+"""Evaluation of an agent in a functional env: success rate (overall and per level), navigation efficiency,
+episode length and return, episodes/s and decision latency; `evaluate_splits` runs held-out splits.
+
+Navigation efficiency is optimal path / actual path over successful episodes, read from the `info` keys
+named in `EvalConfig` when the env reports them. Levels are grouped by `info[level_key]` when present.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray, PyTree
+
+from sima2.training.config import EvalConfig
+from sima2.training.ppo import _initial_carries, _reset_where
+
+
+def evaluate(
+    agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, config: EvalConfig | None = None
+) -> dict[str, float]:
+    """Run `config.num_envs` worlds for `config.max_steps` steps and score the episodes that finished,
+    up to `config.num_episodes` of them (the earliest per world first)."""
+
+    config = EvalConfig() if config is None else config
+
+    @jax.jit
+    def rollout(key: PRNGKeyArray) -> tuple:
+        reset_key, run_key = jax.random.split(key)
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(
+            jax.random.split(reset_key, config.num_envs), env_params
+        )
+        initial = _initial_carries(agent, config.num_envs)
+
+        def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
+            obs, state, agent_carry, first, ep_return = carry
+            act_key, env_key = jax.random.split(step_key)
+            agent_carry = _reset_where(first, initial, agent_carry)
+            action, agent_carry, _ = jax.vmap(agent.act)(
+                jax.random.split(act_key, config.num_envs), obs, agent_carry
+            )
+            obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(env_key, config.num_envs), state, action, env_params
+            )
+            ep_return = ep_return + reward
+            kept = {
+                k: info[k]
+                for k in (
+                    "success",
+                    config.optimal_path_key,
+                    config.actual_path_key,
+                    config.level_key,
+                    "episode_length",
+                )
+                if k in info
+            }
+            out = (done, ep_return, kept)
+            return (obs, state, agent_carry, done, jnp.where(done, 0.0, ep_return)), out
+
+        carry = (obs, state, initial, jnp.ones(config.num_envs, bool), jnp.zeros(config.num_envs))
+        _, outs = jax.lax.scan(one_step, carry, jax.random.split(run_key, config.max_steps))
+        return outs
+
+    start = time.perf_counter()
+    done, returns, info = jax.device_get(jax.block_until_ready(rollout(key)))
+    elapsed = time.perf_counter() - start
+    done = np.asarray(done, bool)
+    # Episode lengths: steps since the previous done in the same world.
+    steps = np.arange(1, done.shape[0] + 1)[:, None].repeat(done.shape[1], 1)
+    last_done = np.zeros(done.shape[1], int)
+    lengths = np.zeros(done.shape, np.float64)
+    for t in range(done.shape[0]):
+        lengths[t] = steps[t] - last_done
+        last_done = np.where(done[t], steps[t], last_done)
+    order = np.argsort(np.cumsum(done, axis=0)[done], kind="stable")[: config.num_episodes]
+    if done.sum() == 0:
+        return {"episodes": 0.0, "success_rate": 0.0, "episodes_per_s": 0.0, "eval_seconds": elapsed}
+    pick = lambda x: np.asarray(x)[done][order]  # noqa: E731
+    success = pick(info["success"]).astype(bool) if "success" in info else np.zeros(len(order), bool)
+    result = {
+        "episodes": float(len(order)),
+        "success_rate": float(success.mean()),
+        "episode_length": float(pick(lengths).mean()),
+        "return": float(pick(returns).mean()),
+        "episodes_per_s": float(done.sum() / elapsed),
+        "eval_seconds": elapsed,
+    }
+    if config.optimal_path_key in info and config.actual_path_key in info and success.any():
+        optimal = pick(info[config.optimal_path_key])[success]
+        actual = np.maximum(pick(info[config.actual_path_key])[success], 1e-6)
+        result["navigation_efficiency"] = float(np.mean(np.minimum(optimal / actual, 1.0)))
+    if config.level_key in info:
+        levels = pick(info[config.level_key])
+        for level in np.unique(levels):
+            result[f"success_rate/level_{int(level)}"] = float(success[levels == level].mean())
+    return result
+
+
+def evaluate_splits(
+    agent: Any, env: Any, splits: dict[str, PyTree], key: PRNGKeyArray, config: EvalConfig | None = None
+) -> dict[str, dict[str, float]]:
+    """`evaluate` on each named split (e.g. {"train": params, "heldout": heldout_params})."""
+    config = EvalConfig() if config is None else config
+    return {
+        name: evaluate(agent, env, params, jax.random.fold_in(key, i), config)
+        for i, (name, params) in enumerate(splits.items())
+    }
+
+
+def decision_latency(agent: Any, obs: PyTree, key: PRNGKeyArray, repeats: int = 20) -> float:
+    """Median seconds for one jitted `agent.act` on a single observation (after compilation)."""
+    act = jax.jit(agent.act)
+    carry = agent.initial_carry()
+    jax.block_until_ready(act(key, obs, carry))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(act(key, obs, carry))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))

@@ -1,0 +1,487 @@
+"""PPO (actor-critic with GAE and the clipped objective) on vmapped functional worlds, PureJaxRL style.
+
+One training step = one rollout of `num_steps` in each of `num_envs` worlds (`jax.vmap` over worlds,
+`jax.lax.scan` over time, all inside `jit`) followed by `num_epochs` passes of `num_minibatches`
+minibatches. Minibatches split the worlds, not the time steps, so recurrent agents are trained on whole
+sequences: the update re-scans `agent.evaluate` over time from the carry saved at rollout start,
+resetting it wherever a step is the first of an episode, exactly as the rollout did.
+
+The learner (`ppo_update`) is shared by the in-`jit` rollout and by `collect_host_rollout`, a host loop
+for gymnasium vector envs. Several seeds train at once by `jax.vmap`-ing the init and step functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+
+from sima2.training.config import PPOConfig, TrainConfig
+from sima2.training.loop import GuardState, TrainState, guard_step
+from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
+
+
+class RolloutState(eqx.Module):
+    """Per-world state carried between rollouts (every leaf has a leading world axis)."""
+
+    env_state: PyTree
+    obs: PyTree
+    carry: PyTree
+    first: Bool[Array, " E"]
+    episode_return: Float[Array, " E"]
+    episode_length: Int[Array, " E"]
+
+
+class Trajectory(eqx.Module):
+    """One rollout, time-major: every leaf has leading axes (T, E)."""
+
+    obs: PyTree
+    action: Int[Array, "T E *A"]
+    log_prob: Float[Array, "T E"]
+    value: Float[Array, "T E"]
+    reward: Float[Array, "T E"]
+    done: Bool[Array, "T E"]
+    first: Bool[Array, "T E"]
+    stats: dict[str, Array]
+
+
+def _reset_where(first: Array, initial: PyTree, carry: PyTree) -> PyTree:
+    """Per-world carry reset: `initial` where `first`, else `carry` (leading world axis)."""
+
+    def pick(init: Array, current: Array) -> Array:
+        mask = first.reshape(first.shape + (1,) * (current.ndim - first.ndim))
+        return jnp.where(mask, init, current)
+
+    return jax.tree.map(pick, initial, carry)
+
+
+def _initial_carries(agent: Any, num: int) -> PyTree:
+    carry = agent.initial_carry()
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), carry)
+
+
+def init_rollout(agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, num_envs: int) -> RolloutState:
+    """Reset `num_envs` worlds and their agent carries."""
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_envs), env_params)
+    return RolloutState(
+        env_state=env_state,
+        obs=obs,
+        carry=_initial_carries(agent, num_envs),
+        first=jnp.ones((num_envs,), bool),
+        episode_return=jnp.zeros((num_envs,), jnp.float32),
+        episode_length=jnp.zeros((num_envs,), jnp.int32),
+    )
+
+
+def _step_stats(
+    info: dict[str, Array], reward: Array, done: Array, ep_return: Array, ep_length: Array
+) -> dict:
+    stats = {
+        "episode_return": jnp.where(done, ep_return, 0.0),
+        "episode_length": jnp.where(done, ep_length, 0).astype(jnp.float32),
+        "episodes": done.astype(jnp.float32),
+    }
+    if "success" in info:
+        stats["success"] = (done & info["success"].astype(bool)).astype(jnp.float32)
+    if "invalid_move" in info:
+        stats["invalid_move_rate"] = info["invalid_move"].astype(jnp.float32)
+    for name, value in info.items():
+        if name.startswith("reward_") and jnp.ndim(value) == 1:
+            stats[name] = value.astype(jnp.float32)
+    return stats
+
+
+def collect_rollout(
+    agent: Any, env: Any, env_params: PyTree, rollout: RolloutState, key: PRNGKeyArray, num_steps: int
+) -> tuple[RolloutState, Trajectory, PyTree, Float[Array, " E"]]:
+    """`num_steps` steps in every world; returns the new rollout state, the trajectory, the carries at
+    rollout start (for re-scanning recurrent agents) and the bootstrap values of the final observations."""
+    num_envs = rollout.first.shape[0]
+    initial = _initial_carries(agent, num_envs)
+    act = jax.vmap(agent.act)
+    step_env = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def one_step(rollout: RolloutState, step_key: PRNGKeyArray) -> tuple[RolloutState, tuple]:
+        act_key, env_key = jax.random.split(step_key)
+        carry = _reset_where(rollout.first, initial, rollout.carry)
+        action, carry, extras = act(jax.random.split(act_key, num_envs), rollout.obs, carry)
+        obs, env_state, reward, done, info = step_env(
+            jax.random.split(env_key, num_envs), rollout.env_state, action, env_params
+        )
+        reward = reward.astype(jnp.float32)
+        done = done.astype(bool)
+        ep_return = rollout.episode_return + reward
+        ep_length = rollout.episode_length + 1
+        stats = _step_stats(info, reward, done, ep_return, ep_length)
+        out = (
+            rollout.obs,
+            action.astype(jnp.int32),
+            extras["log_prob"],
+            extras["value"],
+            reward,
+            done,
+            rollout.first,
+            stats,
+        )
+        new = RolloutState(
+            env_state=env_state,
+            obs=obs,
+            carry=carry,
+            first=done,
+            episode_return=jnp.where(done, 0.0, ep_return),
+            episode_length=jnp.where(done, 0, ep_length).astype(jnp.int32),
+        )
+        return new, out
+
+    scan_key, value_key = jax.random.split(key)
+    start_carry = rollout.carry
+    rollout, outs = jax.lax.scan(one_step, rollout, jax.random.split(scan_key, num_steps))
+    trajectory = Trajectory(*outs)
+    carry = _reset_where(rollout.first, initial, rollout.carry)
+    _, _, extras = act(jax.random.split(value_key, num_envs), rollout.obs, carry)
+    return rollout, trajectory, start_carry, extras["value"]
+
+
+def compute_gae(
+    reward: Float[Array, "T E"],
+    value: Float[Array, "T E"],
+    done: Bool[Array, "T E"],
+    last_value: Float[Array, " E"],
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Float[Array, "T E"], Float[Array, "T E"]]:
+    """Generalised advantage estimates and value targets; `done[t]` cuts bootstrapping after step t."""
+
+    def backward(carry: tuple[Array, Array], x: tuple[Array, Array, Array]) -> tuple[tuple, Array]:
+        advantage, next_value = carry
+        r, v, d = x
+        not_done = 1.0 - d.astype(jnp.float32)
+        delta = r + gamma * next_value * not_done - v
+        advantage = delta + gamma * gae_lambda * not_done * advantage
+        return (advantage, v), advantage
+
+    _, advantages = jax.lax.scan(
+        backward, (jnp.zeros_like(last_value), last_value), (reward, value, done), reverse=True
+    )
+    return advantages, advantages + value
+
+
+def _evaluate_sequences(
+    model: Any, trajectory: Trajectory, start_carry: PyTree
+) -> tuple[Array, Array, Array]:
+    """Re-run `model.evaluate` over time per world, resetting carries on episode starts."""
+    initial = model.initial_carry()
+    if all(jnp.size(leaf) == 0 for leaf in jax.tree.leaves(initial)):
+        # A memoryless agent: no carry to thread, so evaluate all (time, world) pairs in parallel.
+        def one_step(obs: PyTree, action: Array) -> tuple[Array, Array, Array]:
+            log_prob, entropy, value, _ = model.evaluate(obs, initial, action)
+            return log_prob, entropy, value
+
+        return jax.vmap(jax.vmap(one_step))(trajectory.obs, trajectory.action)
+
+    def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, Array, Array]:
+        def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:
+            o, a, f = x
+            carry = jax.tree.map(lambda i, c: jnp.where(f, i, c), initial, carry)
+            log_prob, entropy, value, carry = model.evaluate(o, carry, a)
+            return carry, (log_prob, entropy, value)
+
+        _, outs = jax.lax.scan(step, carry, (obs, action, first))
+        return outs
+
+    # Time-major trajectory, world-major carries: map over axis 1 of the trajectory and axis 0 of carries.
+    return jax.vmap(one_world, in_axes=(1, 1, 1, 0), out_axes=1)(
+        trajectory.obs, trajectory.action, trajectory.first, start_carry
+    )
+
+
+def ppo_loss(
+    model: Any,
+    trajectory: Trajectory,
+    start_carry: PyTree,
+    advantages: Float[Array, "T M"],
+    returns: Float[Array, "T M"],
+    config: PPOConfig,
+) -> tuple[Float[Array, ""], dict[str, Array]]:
+    """Clipped surrogate + (optionally clipped) value loss - entropy bonus, on a minibatch of worlds."""
+    log_prob, entropy, value = _evaluate_sequences(model, trajectory, start_carry)
+    if config.normalize_advantages:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    ratio = jnp.exp(log_prob - trajectory.log_prob)
+    clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
+    policy_loss = -jnp.minimum(ratio * advantages, clipped_ratio * advantages).mean()
+    value_error = jnp.square(value - returns)
+    if config.clip_value:
+        clipped = trajectory.value + jnp.clip(value - trajectory.value, -config.clip_eps, config.clip_eps)
+        value_error = jnp.maximum(value_error, jnp.square(clipped - returns))
+    value_loss = 0.5 * value_error.mean()
+    entropy_mean = entropy.mean()
+    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy_mean
+    approx_kl = ((ratio - 1.0) - jnp.log(ratio)).mean()
+    clip_fraction = (jnp.abs(ratio - 1.0) > config.clip_eps).mean()
+    return loss, {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy_mean,
+        "approx_kl": approx_kl,
+        "clip_fraction": clip_fraction,
+    }
+
+
+def ppo_update(
+    state: TrainState,
+    trajectory: Trajectory,
+    start_carry: PyTree,
+    last_value: Float[Array, " E"],
+    *,
+    optimizer: optax.GradientTransformation,
+    spec: PyTree,
+    config: PPOConfig,
+) -> tuple[TrainState, dict[str, Array]]:
+    """Epochs x minibatches of PPO on one trajectory (minibatches split worlds). Pure; jit it."""
+    num_envs = trajectory.reward.shape[1]
+    if num_envs % config.num_minibatches:
+        raise ValueError(
+            f"num_envs ({num_envs}) must be divisible by num_minibatches ({config.num_minibatches})"
+        )
+    advantages, returns = compute_gae(
+        trajectory.reward, trajectory.value, trajectory.done, last_value, config.gamma, config.gae_lambda
+    )
+    key, update_key = jax.random.split(state.key)
+    trainable, rest = split_trainable(state.model, spec)
+
+    def minibatch_step(carry: tuple, envs: Int[Array, " M"]) -> tuple[tuple, dict]:
+        trainable, opt_state = carry
+
+        def take(x: Array) -> Array:
+            return jnp.take(x, envs, axis=1)
+
+        mb_trajectory = jax.tree.map(take, trajectory)
+        mb_carry = jax.tree.map(lambda x: jnp.take(x, envs, axis=0), start_carry)
+
+        def loss_fn(trainable: PyTree) -> tuple[Array, dict]:
+            model = eqx.combine(trainable, rest)
+            return ppo_loss(model, mb_trajectory, mb_carry, take(advantages), take(returns), config)
+
+        (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        trainable = eqx.apply_updates(trainable, updates)
+        return (trainable, opt_state), dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
+
+    def epoch(carry: tuple, epoch_key: PRNGKeyArray) -> tuple[tuple, dict]:
+        order = jax.random.permutation(epoch_key, num_envs).reshape(config.num_minibatches, -1)
+        return jax.lax.scan(minibatch_step, carry, order)
+
+    (trainable, opt_state), terms = jax.lax.scan(
+        epoch, (trainable, state.opt_state), jax.random.split(update_key, config.num_epochs)
+    )
+    metrics = jax.tree.map(jnp.mean, terms)
+    # A single non-finite minibatch must trip the guard even if later ones average it away.
+    metrics["grad_norm"] = jnp.where(jnp.all(jnp.isfinite(terms["grad_norm"])), metrics["grad_norm"], jnp.nan)
+    metrics.update(rollout_metrics(trajectory))
+    state = TrainState(
+        model=eqx.combine(trainable, rest),
+        opt_state=opt_state,
+        key=key,
+        step=state.step + 1,
+        guard=state.guard,
+        env=state.env,
+    )
+    return state, metrics
+
+
+def rollout_metrics(trajectory: Trajectory) -> dict[str, Array]:
+    """Means over finished episodes (return, length, success) and over steps (reward terms, invalid moves)."""
+    stats = trajectory.stats
+    episodes = stats["episodes"].sum()
+    per_episode = jnp.maximum(episodes, 1.0)
+    metrics = {
+        "episodes": episodes,
+        "return": stats["episode_return"].sum() / per_episode,
+        "episode_length": stats["episode_length"].sum() / per_episode,
+        "reward_per_step": trajectory.reward.mean(),
+    }
+    if "success" in stats:
+        metrics["success_rate"] = stats["success"].sum() / per_episode
+    for name, value in stats.items():
+        if name.startswith("reward_") or name == "invalid_move_rate":
+            metrics[name] = value.mean()
+    return metrics
+
+
+def make_ppo(
+    agent: Any,
+    env: Any,
+    env_params: PyTree,
+    config: TrainConfig,
+    *,
+    filter_spec: PyTree | None = None,
+) -> tuple[Callable[[PRNGKeyArray], TrainState], Callable[[TrainState, Any], tuple[TrainState, dict]]]:
+    """`(init_fn, step_fn)` for PPO on a functional env: `init_fn(key) -> TrainState` and a pure
+    `step_fn(state, None) -> (state, metrics)` (rollout + update, guarded). Jit/vmap them as needed."""
+    ppo = config.ppo
+    if ppo.num_envs % ppo.num_minibatches:
+        raise ValueError(
+            f"ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.num_minibatches ({ppo.num_minibatches})"
+        )
+    optimizer = make_optimizer(config.optim)
+    spec = trainable_spec(agent, filter_spec)
+
+    def init_fn(key: PRNGKeyArray) -> TrainState:
+        env_key, key = jax.random.split(key)
+        return TrainState(
+            model=agent,
+            opt_state=init_opt_state(optimizer, agent, spec),
+            key=key,
+            step=jnp.zeros((), jnp.int32),
+            guard=GuardState.init(),
+            env=init_rollout(agent, env, env_params, env_key, ppo.num_envs),
+        )
+
+    def step_fn(state: TrainState, batch: Any = None) -> tuple[TrainState, dict]:
+        del batch
+        model = state.model
+        key, rollout_key = jax.random.split(state.key)
+        rollout, trajectory, start_carry, last_value = collect_rollout(
+            model, env, env_params, state.env, rollout_key, ppo.num_steps
+        )
+        state = TrainState(model, state.opt_state, key, state.step, state.guard, rollout)
+        return ppo_update(
+            state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=ppo
+        )
+
+    return init_fn, guard_step(step_fn, config.guard)
+
+
+class HostRollout:
+    """PPO rollouts on a gymnasium vector env with a host loop, feeding the same `ppo_update`.
+
+    `to_env_action` maps the agent's factored actions (E, A) to what the env expects; `to_obs` maps env
+    observations to the agent's observation PyTree. World states live outside JAX, so a resume restarts
+    the env (parameters, optimiser and keys still resume exactly).
+    """
+
+    def __init__(
+        self,
+        agent: Any,
+        vector_env: Any,
+        num_steps: int,
+        *,
+        to_env_action: Callable[[np.ndarray], Any] = lambda a: a,
+        to_obs: Callable[[Any], PyTree] = lambda o: o,
+        seed: int = 0,
+    ):
+        self.env = vector_env
+        self.num_steps = num_steps
+        self.to_env_action = to_env_action
+        self.to_obs = to_obs
+        self.num_envs = vector_env.num_envs
+        obs, _ = vector_env.reset(seed=seed)
+        self.obs = to_obs(obs)
+        self.carry = _initial_carries(agent, self.num_envs)
+        self.first = np.ones(self.num_envs, bool)
+        self.episode_return = np.zeros(self.num_envs, np.float32)
+        self.episode_length = np.zeros(self.num_envs, np.int32)
+
+        @eqx.filter_jit
+        def act(model: Any, key: PRNGKeyArray, obs: PyTree, carry: PyTree, first: Array) -> tuple:
+            carry = _reset_where(first, _initial_carries(model, first.shape[0]), carry)
+            return jax.vmap(model.act)(jax.random.split(key, first.shape[0]), obs, carry)
+
+        self._act = act
+
+    def collect(self, model: Any, key: PRNGKeyArray) -> tuple[Trajectory, PyTree, Array]:
+        """Run `num_steps` env steps with `model`; returns (trajectory, start carries, bootstrap values)."""
+        start_carry = self.carry
+        records: list[tuple] = []
+        for step_key in jax.random.split(key, self.num_steps + 1)[:-1]:
+            action, carry, extras = self._act(model, step_key, self.obs, self.carry, jnp.asarray(self.first))
+            host_action = np.asarray(action)
+            next_obs, reward, terminated, truncated, _ = self.env.step(self.to_env_action(host_action))
+            done = np.logical_or(terminated, truncated)
+            reward = np.asarray(reward, np.float32)
+            self.episode_return += reward
+            self.episode_length += 1
+            stats = {
+                "episode_return": np.where(done, self.episode_return, 0.0).astype(np.float32),
+                "episode_length": np.where(done, self.episode_length, 0).astype(np.float32),
+                "episodes": done.astype(np.float32),
+            }
+            records.append(
+                (
+                    self.obs,
+                    host_action.astype(np.int32),
+                    np.asarray(extras["log_prob"]),
+                    np.asarray(extras["value"]),
+                    reward,
+                    done,
+                    self.first.copy(),
+                    stats,
+                )
+            )
+            self.episode_return[done] = 0.0
+            self.episode_length[done] = 0
+            self.obs, self.carry, self.first = self.to_obs(next_obs), carry, done
+        stacked = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *records)
+        final_key = jax.random.split(key, self.num_steps + 1)[-1]
+        _, _, extras = self._act(model, final_key, self.obs, self.carry, jnp.asarray(self.first))
+        return Trajectory(*stacked), start_carry, extras["value"]
+
+
+def make_host_ppo(
+    agent: Any,
+    rollout: HostRollout,
+    config: TrainConfig,
+    *,
+    filter_spec: PyTree | None = None,
+) -> tuple[Callable[[PRNGKeyArray], TrainState], Callable[[TrainState, Any], tuple[TrainState, dict]]]:
+    """`(init_fn, step_fn)` for PPO on a host-stepped env; the update is the jitted `ppo_update`."""
+    optimizer = make_optimizer(config.optim)
+    spec = trainable_spec(agent, filter_spec)
+
+    def init_fn(key: PRNGKeyArray) -> TrainState:
+        return TrainState(
+            agent,
+            init_opt_state(optimizer, agent, spec),
+            key,
+            jnp.zeros((), jnp.int32),
+            GuardState.init(),
+            None,
+        )
+
+    def update(state: TrainState, trajectory: Trajectory, start_carry: PyTree, last_value: Array) -> tuple:
+        return ppo_update(
+            state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=config.ppo
+        )
+
+    guarded_update = eqx.filter_jit(guard_step(lambda state, batch: update(state, *batch), config.guard))
+
+    def step_fn(state: TrainState, batch: Any = None) -> tuple[TrainState, dict]:
+        del batch
+        key, rollout_key = jax.random.split(state.key)
+        trajectory, start_carry, last_value = rollout.collect(state.model, rollout_key)
+        return guarded_update(eqx.tree_at(lambda s: s.key, state, key), (trajectory, start_carry, last_value))
+
+    return init_fn, step_fn
+
+
+def vmap_seeds(
+    init_fn: Callable[[PRNGKeyArray], TrainState],
+    step_fn: Callable[[TrainState, Any], tuple[TrainState, dict]],
+    key: PRNGKeyArray,
+    num_seeds: int,
+) -> tuple[TrainState, Callable[[TrainState, Any], tuple[TrainState, dict]]]:
+    """Initial states for `num_seeds` independent seeds and a step that advances them all at once."""
+    states = eqx.filter_vmap(init_fn)(jax.random.split(key, num_seeds))
+    return states, eqx.filter_vmap(step_fn, in_axes=(eqx.if_array(0), None))
+
+
+def seed_keys(key: PRNGKeyArray, seeds: Sequence[int]) -> PRNGKeyArray:
+    """One key per seed value, independent of how many seeds run together."""
+    return jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.asarray(seeds))

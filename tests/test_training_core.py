@@ -1,0 +1,212 @@
+"""Tests of the shared training pieces: config overrides, schedule, frozen parts, anomaly guard, loop,
+checkpoints with exact resume (also after SIGKILL) and the safetensors export."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _training_standins import LineParams, LineWorld, MLPAgent
+from safetensors.numpy import load_file
+
+from sima2.training import (
+    Checkpointer,
+    GuardConfig,
+    GuardState,
+    MetricsLogger,
+    MonitorConfig,
+    OptimConfig,
+    TrainConfig,
+    TrainingHalted,
+    TrainState,
+    apply_overrides,
+    export_safetensors,
+    guard_step,
+    make_bc,
+    make_ppo,
+    make_schedule,
+    run_loop,
+)
+
+HERE = Path(__file__).parent
+SRC = HERE.parent / "src"
+
+
+def test_overrides_are_typed_and_validated():
+    config = apply_overrides(
+        TrainConfig(), ["optim.lr=3e-4", "ppo.num_envs=8", "monitor.jsonl=false", "stage=ppo"]
+    )
+    assert config.optim.lr == 3e-4 and config.ppo.num_envs == 8 and config.monitor.jsonl is False
+    assert config.stage == "ppo" and TrainConfig().optim.lr == 1e-4  # the default is untouched
+    with pytest.raises(ValueError, match="unknown key 'nope'"):
+        apply_overrides(TrainConfig(), ["ppo.nope=1"])
+    with pytest.raises(ValueError, match="expected an int"):
+        apply_overrides(TrainConfig(), ["ppo.num_envs=2.5"])
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(TrainConfig(), ["ppo.num_envs"])
+    with pytest.raises(ValueError, match="is a section"):
+        apply_overrides(TrainConfig(), ["ppo=3"])
+
+
+def test_schedule_warms_up_then_decays_to_final_lr():
+    schedule = make_schedule(OptimConfig(lr=1e-4, final_lr=1e-5, warmup_steps=10, decay_steps=100))
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(10)) == pytest.approx(1e-4)
+    assert float(schedule(55)) < 1e-4
+    assert float(schedule(100)) == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="decay_steps"):
+        make_schedule(OptimConfig(warmup_steps=10, decay_steps=10))
+
+
+def _toy_state() -> TrainState:
+    return TrainState(
+        jnp.zeros(3), jnp.zeros(3), jax.random.key(0), jnp.zeros((), jnp.int32), GuardState.init()
+    )
+
+
+def _toy_step(state, loss):
+    """Moves the 'model' by one and reports `loss`, as a real step would after an update."""
+    new = TrainState(
+        state.model + 1.0, state.opt_state + 1.0, jax.random.split(state.key)[0], state.step + 1, state.guard
+    )
+    return new, {"loss": loss, "grad_norm": jnp.abs(loss)}
+
+
+def test_guard_skips_nonfinite_and_spiking_updates_and_stops_when_they_repeat():
+    step = jax.jit(guard_step(_toy_step, GuardConfig(warmup_steps=3, spike_factor=5.0, max_consecutive=2)))
+    state = _toy_state()
+    for _ in range(3):
+        state, metrics = step(state, jnp.float32(1.0))
+    assert float(state.model[0]) == 3.0 and not bool(metrics["anomaly"])
+    state, metrics = step(state, jnp.float32(jnp.nan))
+    assert bool(metrics["anomaly"]) and float(state.model[0]) == 3.0 and float(state.opt_state[0]) == 3.0
+    assert int(state.step) == 4  # the step counter and key still move on: the bad batch is not retried
+    state, metrics = step(state, jnp.float32(1.2))
+    assert float(state.model[0]) == 4.0 and int(metrics["rollbacks"]) == 1
+    state, metrics = step(state, jnp.float32(100.0))  # a spike
+    assert bool(metrics["anomaly"]) and float(state.model[0]) == 4.0
+    state, _ = step(state, jnp.float32(jnp.inf))
+    assert bool(state.guard.stopped) and int(state.guard.reason) == 1
+    state, _ = step(state, jnp.float32(1.0))  # a stopped run never updates again
+    assert float(state.model[0]) == 4.0
+
+
+def test_run_loop_halts_on_repeated_anomalies_and_keeps_last_good_checkpoint(tmp_path):
+    step = jax.jit(guard_step(_toy_step, GuardConfig(max_consecutive=3)))
+    batches = iter([jnp.float32(1.0)] * 4 + [jnp.float32(jnp.nan)] * 10)
+    checkpointer = Checkpointer(tmp_path / "ckpt", every=2, keep=5, async_save=False)
+    logger = MetricsLogger(tmp_path, MonitorConfig(log_every=1, progress=False, tensorboard=False))
+    with pytest.raises(TrainingHalted, match="3 consecutive anomalies .non-finite"):
+        run_loop(_toy_state(), step, 20, batches=batches, checkpointer=checkpointer, logger=logger)
+    logger.close()
+    assert checkpointer.all_steps() == [2, 4, 6]
+    restored, _ = checkpointer.restore(_toy_state())
+    assert float(restored.model[0]) == 4.0  # step 6 holds the last good parameters
+    assert "halt" in (tmp_path / "metrics.jsonl").read_text()
+
+
+def _line_batch(size=8, nan=False):
+    proprio = np.full((size, 2), np.nan if nan else 0.5, np.float32)
+    return {
+        "obs": {
+            "image": np.zeros((size, 4, 4, 3), np.uint8),
+            "instruction": np.ones((size, 1), np.int32),
+            "proprio": proprio,
+        },
+        "action": np.ones((size, 3), np.int32),
+    }
+
+
+def test_injected_nan_batch_is_survived_and_frozen_parts_stay_put():
+    agent = MLPAgent(jax.random.key(0))
+    frozen = jax.tree.map(lambda _: True, agent)
+    frozen = eqx.tree_at(lambda a: (a.torso.layers[0].weight, a.torso.layers[0].bias), frozen, (False, False))
+    config = apply_overrides(TrainConfig(), ["optim.lr=1e-2", "optim.warmup_steps=1", "bc.noise_std=0.0"])
+    init, step = make_bc(agent, config, filter_spec=frozen)
+    step = eqx.filter_jit(step)
+    state, _ = step(init(jax.random.key(1)), _line_batch())
+    before = state.model
+    state, metrics = step(state, _line_batch(nan=True))
+    assert bool(metrics["anomaly"])
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.model), strict=True)
+    )
+    state, metrics = step(state, _line_batch())
+    assert not bool(metrics["anomaly"]) and np.isfinite(float(metrics["loss"]))
+    assert not np.array_equal(state.model.policy.weight, before.policy.weight)
+    assert np.array_equal(state.model.torso.layers[0].weight, agent.torso.layers[0].weight)
+
+
+def test_checkpoint_restores_exactly_keeps_last_k_and_exports_safetensors(tmp_path):
+    config = apply_overrides(TrainConfig(), ["ppo.num_envs=4", "ppo.num_steps=4", "ppo.num_minibatches=2"])
+    init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), config)
+    step = eqx.filter_jit(step)
+    state = init(jax.random.key(1))
+    checkpointer = Checkpointer(tmp_path, every=1, keep=2, async_save=False)
+    for i in range(1, 4):
+        state, _ = step(state, None)
+        checkpointer.save(i, state, {"data_position": i * 10})
+    checkpointer.wait()
+    assert checkpointer.all_steps() == [2, 3]
+    restored, meta = checkpointer.restore(init(jax.random.key(7)))
+    assert meta["data_position"] == 30 and meta["step"] == 3
+    same = jax.tree.map(
+        lambda a, b: bool(jnp.array_equal(a, b)),
+        jax.tree.map(
+            lambda x: jax.random.key_data(x) if x.dtype == jax.random.key(0).dtype else x,
+            eqx.filter(state, eqx.is_array),
+        ),
+        jax.tree.map(
+            lambda x: jax.random.key_data(x) if x.dtype == jax.random.key(0).dtype else x,
+            eqx.filter(restored, eqx.is_array),
+        ),
+    )
+    assert all(jax.tree.leaves(same))
+    # One more step from the restored state matches one more step from the original.
+    a, _ = step(state, None)
+    b, _ = step(restored, None)
+    assert np.array_equal(a.model.policy.weight, b.model.policy.weight)
+    path = export_safetensors(state.model, tmp_path / "final")
+    tensors = load_file(str(path))
+    assert np.array_equal(tensors["policy.weight"], np.asarray(state.model.policy.weight))
+    checkpointer.close()
+
+
+def _run(args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{HERE}")
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "_training_run.py"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    full = _run(["ppo", str(tmp_path / "full"), "10", "--save-every", "2"])
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+    killed = _run(["ppo", str(tmp_path / "cut"), "10", "--save-every", "2", "--sleep", "0.5"])
+    deadline = time.time() + 240
+    while not (tmp_path / "cut" / "checkpoints" / "4").exists():
+        assert killed.poll() is None and time.time() < deadline, "run ended before its checkpoint"
+        time.sleep(0.1)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "cut" / "final").exists()
+    resumed = _run(["ppo", str(tmp_path / "cut"), "10", "--save-every", "2", "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    assert "resume" in (tmp_path / "cut" / "metrics.jsonl").read_text()
+    expected = np.load(tmp_path / "full" / "final_params.npz")
+    got = np.load(tmp_path / "cut" / "final_params.npz")
+    for name in expected:
+        assert np.array_equal(expected[name], got[name]), name

@@ -1,0 +1,129 @@
+"""Tests of the demonstration data pipeline: recording, parquet round trip through `datasets.load_dataset`,
+bad-row reports, the resumable shuffled iterator, augmentations and behaviour cloning end to end."""
+
+import json
+
+import datasets
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _training_standins import NVEC, LineParams, LineWorld, MLPAgent
+
+from sima2.training import (
+    DemonstrationBatches,
+    TrainConfig,
+    apply_overrides,
+    augment_images,
+    check_dataset,
+    load_demonstrations,
+    record_demonstrations,
+    save_demonstrations,
+    train_bc,
+    validate_rows,
+)
+
+
+def _describe(obs):
+    side = int(obs["instruction"][0])
+    return ["go left", "go right"][side], ["face the line", f"walk {'left' if side == 0 else 'right'}"]
+
+
+@pytest.fixture(scope="module")
+def demos():
+    return record_demonstrations(
+        LineWorld(), LineParams(), jax.random.key(0), num_envs=4, num_steps=20, describe=_describe
+    )
+
+
+def test_recorded_demonstrations_round_trip_through_load_dataset(demos, tmp_path):
+    assert len(demos) > 20 and demos.features["image"] == datasets.Image()
+    # Expert episodes in the line world take 2 steps and go toward the instructed side.
+    for row in demos.select(range(6)):
+        assert row["action"][0] == row["instruction_ids"][0]
+        assert row["instruction"] == ["go left", "go right"][row["instruction_ids"][0]]
+    assert set(demos["step_id"]) == {0, 1}
+    assert len(set(demos["episode_id"])) == len(demos) // 2
+    save_demonstrations(demos, tmp_path)
+    loaded = load_demonstrations(str(tmp_path))
+    assert loaded.features == demos.features and len(loaded) == len(demos)
+    np.testing.assert_array_equal(np.asarray(loaded[3]["image"]), np.asarray(demos[3]["image"]))
+    assert loaded[3]["plan"] == demos[3]["plan"]
+    with pytest.raises(ValueError, match="lacks the columns"):
+        bad_folder = tmp_path / "other"
+        datasets.Dataset.from_dict({"x": [1, 2]}).to_parquet(str(bad_folder / "data" / "train-0.parquet"))
+        load_demonstrations(str(bad_folder))
+
+
+def test_bad_rows_are_reported_with_their_index(demos):
+    rows = demos.select(range(6)).to_dict()
+    rows["image"][1] = np.zeros((5, 4, 3), np.uint8)
+    rows["action"][3] = [9, 0, 0]
+    rows["instruction"][4] = "   "
+    broken = datasets.Dataset.from_dict(rows, features=demos.features)
+    problems = validate_rows(broken, image_shape=(4, 4, 3), action_nvec=NVEC)
+    assert [index for index, _ in problems] == [1, 3, 4]
+    assert "image shape" in problems[0][1] and "out of range" in problems[1][1] and "empty" in problems[2][1]
+    with pytest.raises(ValueError, match="row 1: image shape.*row 3: action.*row 4: empty instruction"):
+        check_dataset(broken, image_shape=(4, 4, 3), action_nvec=NVEC)
+    kept = check_dataset(broken, image_shape=(4, 4, 3), action_nvec=NVEC, on_invalid="drop")
+    assert len(kept) == 3 and not validate_rows(kept, image_shape=(4, 4, 3), action_nvec=NVEC)
+
+
+def test_iterator_is_deterministic_covers_epochs_and_resumes_at_a_position(demos):
+    batches = DemonstrationBatches(demos, 8, seed=3, prefetch=2)
+    served = [next(batches) for _ in range(7)]
+    batches.close()
+    assert batches.position == 7
+    epoch = np.concatenate([b["episode_id"] * 2 + b["step_id"] for b in served[: batches.batches_per_epoch]])
+    assert len(set(epoch.tolist())) == len(epoch)  # no row twice within an epoch
+    resumed = DemonstrationBatches(demos, 8, seed=3, position=5, prefetch=0)
+    for expected in served[5:]:
+        got = next(resumed)
+        np.testing.assert_array_equal(got["obs"]["image"], expected["obs"]["image"])
+        np.testing.assert_array_equal(got["action"], expected["action"])
+    other_seed = DemonstrationBatches(demos, 8, seed=4, prefetch=0)
+    assert not np.array_equal(next(other_seed)["episode_id"], served[0]["episode_id"])
+    with pytest.raises(ValueError, match="batch_size"):
+        DemonstrationBatches(demos, 0)
+
+
+def test_augmentations_keep_shape_and_dtype_and_vary_images():
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3)), jnp.uint8)
+    same = augment_images(jax.random.key(0), images, crop_padding=0, noise_std=0.0)
+    np.testing.assert_array_equal(same, images)
+    out = augment_images(jax.random.key(0), images, crop_padding=2, noise_std=0.05)
+    assert out.shape == images.shape and out.dtype == jnp.uint8 and not np.array_equal(out, images)
+
+
+def test_behaviour_cloning_learns_the_expert_and_writes_outputs(demos, tmp_path):
+    config = apply_overrides(
+        TrainConfig(),
+        [
+            f"out={tmp_path}",
+            "num_steps=60",
+            "bc.batch_size=16",
+            "optim.lr=1e-2",
+            "optim.warmup_steps=5",
+            "optim.decay_steps=60",
+            "monitor.log_every=10",
+            "monitor.progress=False",
+            "checkpoint.every=30",
+            "checkpoint.async_save=False",
+            "bc.crop_padding=0",
+            "bc.noise_std=0.0",
+        ],
+    )
+    agent = MLPAgent(jax.random.key(1))
+    plan_loss = lambda model, batch: 0.0 * jnp.mean(model.value.weight)  # noqa: E731
+    state = train_bc(config, agent, demos, image_shape=(4, 4, 3), action_nvec=NVEC, plan_loss=plan_loss)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0] and "plan_loss" in records[0]
+    assert (tmp_path / "final" / "model.safetensors").exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["30", "60"]
+    assert list((tmp_path / "tb").iterdir())
+    batch = next(DemonstrationBatches(demos, 32, prefetch=0))
+    logits = jax.vmap(lambda o: state.model._heads(o)[0])(batch["obs"])
+    accuracy = float((jnp.argmax(logits[:, :4], -1) == batch["action"][:, 0]).mean())
+    assert accuracy == 1.0
