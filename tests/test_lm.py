@@ -182,5 +182,4 @@ def test_unsupported_configs_are_rejected():
         )
     with pytest.raises(ValueError, match="model_type"):
         CausalLM.from_config({"model_type": "bert"}, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="model_type"):
-        model_class_for("t5")
+    assert model_class_for("t5") is None
