@@ -91,18 +91,19 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
 
 
 def _read_tensor(info: TensorInfo) -> np.ndarray:
+    """Map just this tensor's bytes. The pages are file-backed and go away when the array is dropped, so
+    streaming a checkpoint never holds more than the loaded weights plus one tensor."""
     count = int(np.prod(info.shape, dtype=np.int64))
     if count * info.dtype.itemsize != info.nbytes:
         raise CheckpointError(
             f"{info.path}: tensor of shape {info.shape} and dtype {info.dtype} does not fill its "
             f"{info.nbytes} bytes; the file is corrupt"
         )
-    with open(info.path, "rb") as f:
-        f.seek(info.start)
-        buf = f.read(info.nbytes)
-    if len(buf) != info.nbytes:
+    if info.end > info.path.stat().st_size:
         raise CheckpointError(f"{info.path} is truncated: a tensor ends past the end of the file")
-    return np.frombuffer(buf, dtype=info.dtype, count=count).reshape(info.shape)
+    if count == 0:
+        return np.zeros(info.shape, dtype=info.dtype)
+    return np.memmap(info.path, dtype=info.dtype, mode="r", offset=info.start, shape=info.shape)
 
 
 class TensorSource:

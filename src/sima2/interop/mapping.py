@@ -257,7 +257,7 @@ def load_state_dict(
         if jnp.issubdtype(leaf_dtype, jnp.floating) and target_dtype is not None:
             leaf_dtype = target_dtype
         # Cast on the host in one step (bf16 via ml_dtypes), then one copy to the device.
-        new_leaves.append(jnp.asarray(np.asarray(value).astype(_to_numpy_dtype(leaf_dtype), copy=False)))
+        new_leaves.append(jax.device_put(np.asarray(value).astype(_to_numpy_dtype(leaf_dtype), copy=False)))
         del value
     return jax.tree_util.tree_unflatten(treedef, new_leaves), report
 

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -71,8 +71,14 @@ class PretrainedModel(eqx.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, config: Any, *, key: jax.Array) -> Self:
+    def from_config(cls, config: Any, *, key: jax.Array) -> PretrainedModel:
         raise NotImplementedError
+
+    @classmethod
+    def config_for_checkpoint(cls, hf_config: Mapping[str, Any], checkpoint_keys: list[str]) -> Any:
+        """The config to build for a given checkpoint. Override when optional parts (a pooler, a head)
+        are present in some checkpoints of the same `config.json` and absent in others."""
+        return cls.config_from_hf(hf_config)
 
     def hf_key_map(self) -> dict[str, HFParam]:
         raise NotImplementedError
@@ -91,7 +97,7 @@ class PretrainedModel(eqx.Module):
         revision: str | None = None,
         allow_pickle: bool = False,
         strict: bool = True,
-    ) -> Self:
+    ) -> PretrainedModel:
         """Load HF weights: a local folder, a weight file, a sharded index or a Hub repo id.
 
         `dtype` casts floating weights (`"float32"`, `"bfloat16"`, `"float16"`; default float32).
@@ -112,20 +118,21 @@ class PretrainedModel(eqx.Module):
         revision: str | None = None,
         allow_pickle: bool = False,
         strict: bool = True,
-    ) -> tuple[Self, LoadReport]:
+    ) -> tuple[PretrainedModel, LoadReport]:
         if isinstance(dtype, str) and dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         files = resolve_checkpoint(path_or_repo_id, revision=revision, allow_pickle=allow_pickle)
         if files.config is None:
             raise CheckpointError(f"{files.folder} has no {CONFIG_NAME}; cannot tell the architecture")
-        config = cls.config_from_hf(files.config)
+        tensors = files.tensors()
+        config = cls.config_for_checkpoint(files.config, tensors.keys())
         key = jax.random.key(0)
         skeleton = eqx.filter_eval_shape(cls.from_config, config, key=key)
         fallback = None if strict else cls.from_config(config, key=key)
         model, report = load_state_dict(
             skeleton,
             skeleton.hf_key_map(),
-            files.tensors(),
+            tensors,
             dtype=dtype if dtype is not None else jnp.float32,
             strict=strict,
             aliases=cls.hf_aliases,

@@ -177,20 +177,32 @@ class ViTEncoder(PretrainedModel):
     config: VisionConfig = eqx.field(static=True)
 
     hf_aliases = (
-        # Checkpoints written before transformers 5 (e.g. google/vit-base-patch16-224) use these names.
-        (r"^encoder\.layer\.(\d+)\.", r"layers.\1."),
-        (r"\.attention\.attention\.query\.", ".attention.q_proj."),
-        (r"\.attention\.attention\.key\.", ".attention.k_proj."),
-        (r"\.attention\.attention\.value\.", ".attention.v_proj."),
-        (r"\.attention\.output\.dense\.", ".attention.o_proj."),
-        (r"\.intermediate\.dense\.", ".mlp.fc1."),
-        (r"^(layers\.\d+)\.output\.dense\.", r"\1.mlp.fc2."),
+        # transformers 5 names ViT layers `layers.N.attention.q_proj` in memory but still writes the names
+        # below to disk (as transformers 4 and the Hub checkpoints do); accept both, write the latter.
+        (r"^layers\.(\d+)\.", r"encoder.layer.\1."),
+        (r"\.attention\.([qkv])_proj\.", r".attention.attention.\1_proj."),
+        (r"\.attention\.attention\.q_proj\.", ".attention.attention.query."),
+        (r"\.attention\.attention\.k_proj\.", ".attention.attention.key."),
+        (r"\.attention\.attention\.v_proj\.", ".attention.attention.value."),
+        (r"\.attention\.o_proj\.", ".attention.output.dense."),
+        (r"\.mlp\.fc1\.", ".intermediate.dense."),
+        (r"\.mlp\.fc2\.", ".output.dense."),
     )
     hf_ignored = (r"position_ids$",)
 
     @classmethod
     def config_from_hf(cls, hf_config: Mapping[str, Any]) -> VisionConfig:
         return VisionConfig.from_hf(hf_config)
+
+    @classmethod
+    def config_for_checkpoint(cls, hf_config: Mapping[str, Any], checkpoint_keys: list[str]) -> VisionConfig:
+        # Task checkpoints (e.g. ViTForImageClassification) are saved without the pooler: follow the file.
+        config = VisionConfig.from_hf(hf_config)
+        if config.family == "clip":
+            return config
+        marker = "pooler.dense.weight" if config.family == "vit" else "head.probe"
+        has_pooler = any(k.endswith(marker) for k in checkpoint_keys)
+        return dataclasses.replace(config, use_pooler=has_pooler)
 
     @classmethod
     def from_config(cls, config: VisionConfig | Mapping[str, Any] | Any, *, key: PRNGKeyArray) -> ViTEncoder:
@@ -299,17 +311,18 @@ class ViTEncoder(PretrainedModel):
             m["patch_weight"] = same(e + "patch_embeddings.projection.weight")
             m["patch_bias"] = same(e + "patch_embeddings.projection.bias")
             m["cls_token"] = reshaped(e + "cls_token", (1, 1, d), (d,))
-            m["position_embeddings"] = reshaped(e + "position_embeddings", (1, c.num_positions, d), (c.num_positions, d))
+            n = c.num_positions
+            m["position_embeddings"] = reshaped(e + "position_embeddings", (1, n, d), (n, d))
             for i in range(c.num_layers):
-                hf, me = f"layers.{i}.", f"blocks.{i}."
-                att = hf + "attention."
+                hf, me = f"encoder.layer.{i}.", f"blocks.{i}."
+                att = hf + "attention.attention."
                 for part in ("weight", "bias"):
-                    m[me + f"attn.qkv.{part}"] = fused([att + f"{n}_proj.{part}" for n in "qkv"])
-                    m[me + f"attn.out.{part}"] = same(att + f"o_proj.{part}")
+                    m[me + f"attn.qkv.{part}"] = fused([att + f"{n}.{part}" for n in ("query", "key", "value")])
+                    m[me + f"attn.out.{part}"] = same(hf + f"attention.output.dense.{part}")
                     m[me + f"norm1.{part}"] = same(hf + f"layernorm_before.{part}")
                     m[me + f"norm2.{part}"] = same(hf + f"layernorm_after.{part}")
-                    m[me + f"fc1.{part}"] = same(hf + f"mlp.fc1.{part}")
-                    m[me + f"fc2.{part}"] = same(hf + f"mlp.fc2.{part}")
+                    m[me + f"fc1.{part}"] = same(hf + f"intermediate.dense.{part}")
+                    m[me + f"fc2.{part}"] = same(hf + f"output.dense.{part}")
             for part in ("weight", "bias"):
                 m[f"final_norm.{part}"] = same(f"layernorm.{part}")
                 m[f"pooler.{part}"] = same(f"pooler.dense.{part}")
