@@ -1,14 +1,12 @@
 """Tests of the composed `Agent`: the agent protocol, training partitions, masks, memory and persistence."""
 
 import dataclasses
-import json
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import sima2.policy.agent as agent_module
 from sima2.perception import ViTEncoder
@@ -17,47 +15,6 @@ from sima2.policy import Agent
 NVEC = (7, 5, 3)
 PROPRIO = 6
 LENGTH = 10
-
-
-class _StandInPlanner(eqx.Module):
-    """A minimal language component with the LanguagePlanner interface (used until sima2.planning exists)."""
-
-    embedding: Float[Array, "V D"]
-    mix: eqx.nn.Linear
-    config_json: str = eqx.field(static=True)
-
-    @classmethod
-    def from_config(cls, config, *, key: PRNGKeyArray):
-        k1, k2 = jax.random.split(key)
-        d = config["hidden_size"]
-        return cls(
-            0.02 * jax.random.normal(k1, (config["vocab_size"], d)),
-            eqx.nn.Linear(d, d, key=k2),
-            json.dumps(dict(config), sort_keys=True),
-        )
-
-    @property
-    def hidden_size(self) -> int:
-        return self.embedding.shape[1]
-
-    def hf_config(self):
-        return json.loads(self.config_json)
-
-    def trainable_filter(self):
-        return jax.tree.map(eqx.is_inexact_array, self)
-
-    def embed(self, input_ids: Int[Array, " L"], attention_mask: Int[Array, " L"]):
-        tokens = jax.vmap(self.mix)(self.embedding[input_ids])
-        weights = attention_mask.astype(jnp.float32)[:, None]
-        return tokens, (tokens * weights).sum(0) / jnp.maximum(weights.sum(), 1.0)
-
-
-@pytest.fixture(autouse=True)
-def _planner(monkeypatch):
-    try:
-        from sima2.planning import LanguagePlanner  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(agent_module, "_planner_class", lambda: _StandInPlanner)
 
 
 def _agent(seed=0, **kwargs):
@@ -94,13 +51,13 @@ def test_act_shapes_dtypes_jit_and_vmap():
     obs = _batch(n)
     keys = jax.random.split(jax.random.key(2), n)
     carries = jnp.stack([carry] * n)
-    actions, carries2, extras2 = eqx.filter_jit(jax.vmap(agent.act))(keys, obs, carries)
+    actions, carries2, extras2 = eqx.filter_jit(eqx.filter_vmap(agent.act))(keys, obs, carries)
     assert actions.shape == (n, 3) and carries2.shape == (n, carry.shape[0])
     one = eqx.filter_jit(agent.act)(keys[1], jax.tree.map(lambda x: x[1], obs), carry)
     np.testing.assert_array_equal(actions[1], one[0])
     np.testing.assert_allclose(extras2["value"][1], one[2]["value"], rtol=1e-4, atol=1e-6)
     # evaluate() scores the same step consistently with act().
-    log_prob, entropy, value, carry3 = eqx.filter_jit(jax.vmap(agent.evaluate))(obs, carries, actions)
+    log_prob, entropy, value, carry3 = eqx.filter_jit(eqx.filter_vmap(agent.evaluate))(obs, carries, actions)
     np.testing.assert_allclose(log_prob, extras2["log_prob"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(entropy, extras2["entropy"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(value, extras2["value"], rtol=1e-4, atol=1e-6)
@@ -126,7 +83,7 @@ def test_instruction_and_image_change_the_decision_but_padding_does_not():
 
 def _rl_loss(params, static, obs, carry, action):
     agent = eqx.combine(params, static)
-    log_prob, entropy, value, _ = jax.vmap(agent.evaluate)(obs, carry, action)
+    log_prob, entropy, value, _ = eqx.filter_vmap(agent.evaluate)(obs, carry, action)
     advantage = jnp.linspace(-1.0, 1.0, log_prob.shape[0])
     return -(log_prob * advantage).mean() + 0.5 * ((value - 1.0) ** 2).mean() - 0.01 * entropy.mean()
 
@@ -164,8 +121,7 @@ def test_rl_gradients_reach_perception_and_planner_only_when_trainable(freeze):
     updates, _ = optimiser.update(full_grads, state, eqx.filter(agent, eqx.is_inexact_array))
     moved = eqx.apply_updates(agent, updates)
     vision_moved = any(
-        bool(jnp.any(a != b))
-        for a, b in zip(jax.tree.leaves(moved.vision), jax.tree.leaves(agent.vision), strict=True)
+        bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(moved.vision), jax.tree.leaves(agent.vision), strict=True)
     )
     assert vision_moved is not freeze
 
@@ -192,9 +148,7 @@ def test_carry_reset_at_episode_start():
 
     keys = jax.random.split(jax.random.key(3), 4)
     first = jnp.array([True, False, False, True])
-    _, (carries, values) = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))(
-        agent.initial_carry(), (keys, first)
-    )
+    _, (carries, values) = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))(agent.initial_carry(), (keys, first))
     assert not np.allclose(carries[1], carries[0])  # memory evolves within an episode
     # Step 3 starts a new episode: identical to step 0 (same obs), whatever was remembered before.
     np.testing.assert_allclose(carries[3], carries[0], rtol=1e-5, atol=1e-6)
@@ -211,16 +165,14 @@ def test_sampling_never_picks_a_masked_action():
     mask[12:14] = False  # only duration 2 allowed
     obs = dict(_obs(), action_mask=jnp.asarray(mask))
     keys = jax.random.split(jax.random.key(4), 512)
-    actions, _, extras = jax.jit(jax.vmap(agent.act, in_axes=(0, None, None)))(
+    actions, _, extras = eqx.filter_jit(eqx.filter_vmap(agent.act, in_axes=(0, None, None)))(
         keys, obs, agent.initial_carry()
     )
     actions = np.asarray(actions)
     assert set(np.unique(actions[:, 0])) <= {5, 6}
     assert 2 not in set(actions[:, 1])
     assert (actions[:, 2] == 2).all()
-    assert (
-        np.isfinite(np.asarray(extras["log_prob"])).all() and np.isfinite(np.asarray(extras["entropy"])).all()
-    )
+    assert np.isfinite(np.asarray(extras["log_prob"])).all() and np.isfinite(np.asarray(extras["entropy"])).all()
     greedy, _, _ = eqx.filter_jit(lambda k, o, c: agent.act(k, o, c, deterministic=True))(
         keys[0], obs, agent.initial_carry()
     )
@@ -243,9 +195,7 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path):
         carry = c1
     # A saved folder with a tampered weight name fails loudly.
     (tmp_path / "agent" / "agent_config.json").write_text(
-        (tmp_path / "agent" / "agent_config.json")
-        .read_text()
-        .replace('"memory_size": 32', '"memory_size": 33')
+        (tmp_path / "agent" / "agent_config.json").read_text().replace('"memory_size": 32', '"memory_size": 33')
     )
     with pytest.raises(ValueError, match="shape mismatch"):
         Agent.from_pretrained(tmp_path / "agent")
@@ -300,12 +250,49 @@ def test_bad_observations_raise_clear_errors():
     agent = _agent()
     obs = _obs()
     with pytest.raises(ValueError, match="instruction"):
-        agent.act(
-            jax.random.key(0), {"image": obs["image"], "proprio": obs["proprio"]}, agent.initial_carry()
-        )
+        agent.act(jax.random.key(0), {"image": obs["image"], "proprio": obs["proprio"]}, agent.initial_carry())
     with pytest.raises(ValueError, match="image"):
         agent.act(jax.random.key(0), dict(obs, image=obs["image"][..., :2]), agent.initial_carry())
     with pytest.raises(ValueError, match="proprio"):
         agent.act(jax.random.key(0), dict(obs, proprio=jnp.zeros(PROPRIO + 1)), agent.initial_carry())
     with pytest.raises(ValueError, match="preset"):
         Agent.from_preset("huge", key=jax.random.key(0))
+
+
+def test_lora_planner_trains_only_its_adapters():
+    from sima2.planning import LanguagePlanner
+
+    bert = agent_module._preset("tiny", 64)[1]["backbone"]
+    planner = LanguagePlanner.from_config(bert, key=jax.random.key(8), lora_rank=2)
+    agent = _agent(planner=planner)
+    n = 2
+    obs = _batch(n)
+    carry = jnp.zeros((n, agent.initial_carry().shape[0]))
+    action = jnp.array([[1, 2, 0], [4, 0, 2]], jnp.int32)
+    trainable = agent.trainable_filter()
+    assert not any(jax.tree.leaves(trainable.planner.backbone)) and all(jax.tree.leaves(trainable.planner.lora))
+    params, static = eqx.partition(agent, trainable)
+    grads = eqx.filter_jit(jax.grad(_rl_loss))(params, static, obs, carry, action)
+    assert jax.tree.leaves(grads.planner.backbone) == []
+    assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads.planner.lora))
+
+
+def test_lora_agent_round_trips(tmp_path):
+    from sima2.planning import LanguagePlanner
+
+    bert = agent_module._preset("tiny", 64)[1]["backbone"]
+    planner = LanguagePlanner.from_config(bert, key=jax.random.key(9), lora_rank=2, lora_alpha=4.0)
+    planner = eqx.tree_at(lambda p: p.lora[0]["qkv"].b, planner, jnp.ones_like(planner.lora[0]["qkv"].b))
+    agent = _agent(planner=planner)
+    agent.save_pretrained(tmp_path)
+    loaded = Agent.from_pretrained(tmp_path)
+    assert loaded.planner.lora[0]["qkv"].scale == planner.lora[0]["qkv"].scale
+    np.testing.assert_array_equal(loaded.planner.lora[0]["qkv"].b, planner.lora[0]["qkv"].b)
+
+
+def test_base_preset_builds_abstractly():
+    # Shapes only: nothing is allocated, so the GPU preset is checked on any machine.
+    agent = eqx.filter_eval_shape(Agent.from_preset, "base", key=jax.random.key(0))
+    assert agent.vision.config.hidden_size == 768 and agent.vision.config.patch_size == 16
+    assert agent.policy.config.image_dim == 768 and agent.policy.config.text_dim == agent.planner.hidden_size
+    assert agent.planner.lora is not None and agent.config.freeze_vision

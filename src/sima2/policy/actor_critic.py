@@ -116,8 +116,7 @@ class ActorCritic(eqx.Module):
         self.decision_token = 0.02 * jax.random.normal(next(keys), (d,))
         self.segment_embeddings = 0.02 * jax.random.normal(next(keys), (NUM_SEGMENTS, d))
         self.blocks = [
-            FusionBlock(d, c.num_heads, c.mlp_ratio, c.activation, key=next(keys))
-            for _ in range(c.num_layers)
+            FusionBlock(d, c.num_heads, c.mlp_ratio, c.activation, key=next(keys)) for _ in range(c.num_layers)
         ]
         self.final_norm = eqx.nn.LayerNorm(d)
         self.memory = eqx.nn.GRUCell(d, c.memory_size, key=next(keys))

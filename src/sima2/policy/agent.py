@@ -47,6 +47,7 @@ from safetensors.numpy import save_file
 from sima2.interop.checkpoint import TensorSource
 from sima2.interop.mapping import load_state_dict, named_arrays, same
 from sima2.perception.vit import ViTEncoder
+from sima2.planning import LanguagePlanner
 from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
 from sima2.policy.distributions import FactorisedCategorical
 
@@ -80,18 +81,14 @@ class AgentConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AgentConfig:
         raw = dict(raw)
-        raw["policy"] = ActorCriticConfig(
-            **{**raw["policy"], "action_nvec": tuple(raw["policy"]["action_nvec"])}
-        )
+        raw["policy"] = ActorCriticConfig(**{**raw["policy"], "action_nvec": tuple(raw["policy"]["action_nvec"])})
         for name in ("image_mean", "image_std"):
             raw[name] = tuple(raw[name])
         return cls(**raw)
 
 
 # --- presets ----------------------------------------------------------------------------------------------
-def _vit_config(
-    hidden: int, layers: int, heads: int, intermediate: int, image: int, patch: int
-) -> dict[str, Any]:
+def _vit_config(hidden: int, layers: int, heads: int, intermediate: int, image: int, patch: int) -> dict[str, Any]:
     return {
         "model_type": "vit",
         "hidden_size": hidden,
@@ -117,25 +114,25 @@ def _bert_config(hidden: int, layers: int, heads: int, intermediate: int, vocab:
     }
 
 
-def _preset(
-    name: str, vocab_size: int
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(vision HF config, planner HF config, ActorCriticConfig sizes, AgentConfig fields) for a preset."""
+def _preset(name: str, vocab_size: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(vision HF config, `planner_from_config` dict, ActorCriticConfig sizes, AgentConfig fields)."""
     if name == "tiny":  # for tests: every part as small as it can be while still exercising all paths
         return (
             _vit_config(32, 1, 2, 64, image=64, patch=16),
-            _bert_config(32, 1, 2, 64, vocab_size),
+            {"backbone": _bert_config(32, 1, 2, 64, vocab_size), "lora_rank": 0},
             dict(hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, memory_size=32, head_hidden=32),
             dict(image_pool=1),
         )
     if name == "cpu-small":  # trains by BC + PPO on a 2-core CPU at 64x64 pixels
         return (
             _vit_config(64, 1, 4, 128, image=64, patch=8),
-            _bert_config(64, 1, 2, 128, vocab_size),
+            {"backbone": _bert_config(64, 1, 2, 128, vocab_size), "lora_rank": 0},
             dict(hidden_size=64, num_layers=1, num_heads=4, mlp_ratio=2, memory_size=128, head_hidden=128),
             dict(image_pool=2),
         )
-    if name == "base":  # GPU: ViT-B/16 (google/vit-base-patch16-224 shapes) + a ~135M-parameter HF LM
+    if name == "base":
+        # GPU: ViT-B/16 (google/vit-base-patch16-224 shapes) + a ~135M-parameter Llama-style LM (SmolLM2-135M
+        # shapes). Its instruction ids must come from the LM's own tokenizer.
         lm = {
             "model_type": "llama",
             "hidden_size": 576,
@@ -152,7 +149,7 @@ def _preset(
         }
         return (
             _vit_config(768, 12, 12, 3072, image=224, patch=16),
-            lm,
+            {"backbone": lm, "lora_rank": 8, "lora_alpha": 16.0},  # LoRA-only finetuning by default
             dict(hidden_size=256, num_layers=2, num_heads=8, mlp_ratio=4, memory_size=512, head_hidden=256),
             dict(image_pool=2, freeze_vision=True),
         )
@@ -162,18 +159,29 @@ def _preset(
 PRESETS = ("tiny", "cpu-small", "base")
 
 
-def _planner_class() -> Any:
-    from sima2.planning import LanguagePlanner
+def planner_config(planner: LanguagePlanner) -> dict[str, Any]:
+    """What rebuilds `planner` with `planner_from_config`: its backbone's HF config and its LoRA set-up."""
+    rank, alpha = 0, None
+    if planner.lora:
+        first = next(iter(planner.lora[0].values()))
+        rank = int(first.a.shape[0])
+        alpha = float(first.scale * rank)
+    return {
+        "backbone": planner.backbone.hf_config(),
+        "lora_rank": rank,
+        "lora_alpha": alpha,
+        "separator": planner.separator,
+    }
 
-    return LanguagePlanner
 
-
-def _component_config(module: Any, what: str) -> dict[str, Any]:
-    """The Hugging Face config dict that rebuilds `module` with its class's `from_config`."""
-    hf_config = getattr(module, "hf_config", None)
-    if not callable(hf_config):
-        raise TypeError(f"the {what} component ({type(module).__name__}) has no hf_config(); cannot save it")
-    return hf_config()
+def planner_from_config(config: Mapping[str, Any], *, key: PRNGKeyArray) -> LanguagePlanner:
+    return LanguagePlanner.from_config(
+        config["backbone"],
+        key=key,
+        lora_rank=int(config.get("lora_rank", 0)),
+        lora_alpha=config.get("lora_alpha"),
+        **({"separator": config["separator"]} if "separator" in config else {}),
+    )
 
 
 # --- the agent --------------------------------------------------------------------------------------------
@@ -181,7 +189,7 @@ class Agent(eqx.Module):
     """Vision encoder + language planner + fusion actor-critic; one raw observation per call."""
 
     vision: ViTEncoder
-    planner: Any  # a `sima2.planning.LanguagePlanner` (any module with `embed`, `hidden_size`, `hf_config`)
+    planner: LanguagePlanner
     policy: ActorCritic
     config: AgentConfig = eqx.field(static=True)
 
@@ -190,7 +198,7 @@ class Agent(eqx.Module):
     def from_components(
         cls,
         vision: ViTEncoder,
-        planner: Any,
+        planner: LanguagePlanner,
         *,
         key: PRNGKeyArray,
         preset: str = "custom",
@@ -217,7 +225,7 @@ class Agent(eqx.Module):
         *,
         key: PRNGKeyArray,
         vision: ViTEncoder | None = None,
-        planner: Any | None = None,
+        planner: LanguagePlanner | None = None,
         action_nvec: tuple[int, ...] = DEFAULT_ACTION_NVEC,
         proprio_dim: int = DEFAULT_PROPRIO_DIM,
         vocab_size: int = DEFAULT_VOCAB_SIZE,
@@ -232,7 +240,7 @@ class Agent(eqx.Module):
         if vision is None:
             vision = ViTEncoder.from_config(vision_config, key=k_vision)
         if planner is None:
-            planner = _planner_class().from_config(planner_config, key=k_planner)
+            planner = planner_from_config(planner_config, key=k_planner)
         return cls.from_components(
             vision,
             planner,
@@ -376,8 +384,8 @@ class Agent(eqx.Module):
             "format": "sima2-agent",
             "format_version": FORMAT_VERSION,
             "agent": self.config.to_dict(),
-            "vision": _component_config(self.vision, "vision"),
-            "planner": _component_config(self.planner, "planner"),
+            "vision": self.vision.hf_config(),
+            "planner": planner_config(self.planner),
         }
         tensors = {name: np.ascontiguousarray(np.asarray(a)) for name, a in named_arrays(self).items()}
         tmp = folder / f".{AGENT_WEIGHTS_NAME}.tmp-{os.getpid()}"
@@ -392,23 +400,20 @@ class Agent(eqx.Module):
         folder = Path(directory)
         config_path = folder / AGENT_CONFIG_NAME
         if not config_path.is_file():
-            raise FileNotFoundError(
-                f"{folder} has no {AGENT_CONFIG_NAME}; was it written by Agent.save_pretrained?"
-            )
+            raise FileNotFoundError(f"{folder} has no {AGENT_CONFIG_NAME}; was it written by Agent.save_pretrained?")
         raw = json.loads(config_path.read_text())
         if raw.get("format") != "sima2-agent":
             raise ValueError(f"{config_path} is not a sima2 agent config (format={raw.get('format')!r})")
         if raw.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(
-                f"{config_path} has format_version {raw['format_version']}; this sima2 reads "
-                f"up to {FORMAT_VERSION}"
+                f"{config_path} has format_version {raw['format_version']}; this sima2 reads up to {FORMAT_VERSION}"
             )
         agent_config = AgentConfig.from_dict(raw["agent"])
 
         def build(key: PRNGKeyArray) -> Agent:
             k_vision, k_planner, k_policy = jax.random.split(key, 3)
             vision = ViTEncoder.from_config(raw["vision"], key=k_vision)
-            planner = _planner_class().from_config(raw["planner"], key=k_planner)
+            planner = planner_from_config(raw["planner"], key=k_planner)
             return cls(
                 vision=vision,
                 planner=planner,

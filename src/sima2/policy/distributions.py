@@ -40,9 +40,7 @@ def check_action_mask(mask: ArrayLike, nvec: Sequence[int]) -> None:
     if mask.dtype != np.bool_:
         raise TypeError(f"action_mask must be boolean, got dtype {mask.dtype}")
     if mask.shape[-1:] != (sum(nvec),):
-        raise ValueError(
-            f"action_mask must end in an axis of size sum(nvec)={sum(nvec)}, got shape {mask.shape}"
-        )
+        raise ValueError(f"action_mask must end in an axis of size sum(nvec)={sum(nvec)}, got shape {mask.shape}")
     offsets = np.cumsum((0,) + nvec)
     for factor, (start, stop) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
         if not mask[..., start:stop].any(axis=-1).all():
@@ -76,9 +74,7 @@ class FactorisedCategorical(eqx.Module):
             part = logits[start : start + n].astype(jnp.float32)
             if mask is not None:
                 allowed = mask[start : start + n]
-                allowed = jnp.where(
-                    allowed.any(), allowed, True
-                )  # all-False factor: unmasked (see module doc)
+                allowed = jnp.where(allowed.any(), allowed, True)  # all-False factor: unmasked (see module doc)
                 part = jnp.where(allowed, part, MASKED_LOGIT)
             parts.append(jax.nn.log_softmax(part))
             start += n
@@ -91,10 +87,7 @@ class FactorisedCategorical(eqx.Module):
     def sample(self, key: PRNGKeyArray) -> Int[Array, " F"]:
         keys = jax.random.split(key, len(self.log_probs))
         return jnp.stack(
-            [
-                jax.random.categorical(k, lp).astype(jnp.int32)
-                for k, lp in zip(keys, self.log_probs, strict=True)
-            ]
+            [jax.random.categorical(k, lp).astype(jnp.int32) for k, lp in zip(keys, self.log_probs, strict=True)]
         )
 
     def mode(self) -> Int[Array, " F"]:
@@ -102,9 +95,7 @@ class FactorisedCategorical(eqx.Module):
 
     def log_prob(self, action: Int[Array, " F"]) -> Float[Array, ""]:
         if action.shape != (len(self.log_probs),):
-            raise ValueError(
-                f"expected an action of {len(self.log_probs)} factor indices, got shape {action.shape}"
-            )
+            raise ValueError(f"expected an action of {len(self.log_probs)} factor indices, got shape {action.shape}")
         return sum(lp[action[i]] for i, lp in enumerate(self.log_probs))
 
     def entropy(self) -> Float[Array, ""]:
