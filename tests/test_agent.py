@@ -237,13 +237,20 @@ def test_components_are_replaceable_and_projections_adapt():
     assert action.shape == (3,) and np.isfinite(float(extras["value"]))
 
 
-def test_cpu_small_pools_image_tokens():
+def test_cpu_small_preset_and_image_pooling():
     agent = Agent.from_preset("cpu-small", key=jax.random.key(0), vocab_size=64)
     tokens = agent.encode_image(_obs()["image"])
-    assert tokens.shape == (1 + 4 * 4, agent.vision.config.hidden_size)  # class token + 8x8 grid pooled by 2
+    assert tokens.shape == (1 + 4 * 4, agent.vision.config.hidden_size)  # class token + 4x4 patch grid
     obs = dict(_obs(), proprio=jnp.zeros(8))
     action, carry, _ = eqx.filter_jit(agent.act)(jax.random.key(0), obs, agent.initial_carry())
     assert action.shape == (3,) and carry.shape == (128,)
+    # Pooling the patch grid by 2 averages 2x2 neighbourhoods and keeps the class token.
+    tiny = _agent()
+    pooled = Agent(tiny.vision, tiny.planner, tiny.policy, dataclasses.replace(tiny.config, image_pool=2))
+    full, small = tiny.encode_image(_obs()["image"]), pooled.encode_image(_obs()["image"])
+    assert small.shape == (1 + 2 * 2, full.shape[1])
+    np.testing.assert_allclose(small[0], full[0])
+    np.testing.assert_allclose(small[1], full[jnp.array([1, 2, 5, 6])].mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_observations_raise_clear_errors():

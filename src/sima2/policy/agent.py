@@ -125,10 +125,12 @@ def _preset(name: str, vocab_size: int) -> tuple[dict[str, Any], dict[str, Any],
         )
     if name == "cpu-small":  # trains by BC + PPO on a 2-core CPU at 64x64 pixels
         return (
-            _vit_config(64, 1, 4, 128, image=64, patch=8),
+            # Patch 16 (a 4x4 grid): on a 2-core CPU the ViT's backward pass at patch 8 (64 tokens) costs
+            # several times the rest of a training step; a wider embedding keeps the detail per patch.
+            _vit_config(96, 1, 4, 192, image=64, patch=16),
             {"backbone": _bert_config(64, 1, 2, 128, vocab_size), "lora_rank": 0},
             dict(hidden_size=64, num_layers=1, num_heads=4, mlp_ratio=2, memory_size=128, head_hidden=128),
-            dict(image_pool=2),
+            dict(image_pool=1),
         )
     if name == "base":
         # GPU: ViT-B/16 (google/vit-base-patch16-224 shapes) + a ~135M-parameter Llama-style LM (SmolLM2-135M
