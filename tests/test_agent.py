@@ -5,6 +5,7 @@ import dataclasses
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 
@@ -241,7 +242,7 @@ def test_cpu_small_preset_and_image_pooling():
     agent = Agent.from_preset("cpu-small", key=jax.random.key(0), vocab_size=64)
     tokens = agent.encode_image(_obs()["image"])
     assert tokens.shape == (1 + 4 * 4, agent.vision.config.hidden_size)  # class token + 4x4 patch grid
-    obs = dict(_obs(), proprio=jnp.zeros(8))
+    obs = dict(_obs(), proprio=jnp.zeros(agent.policy.config.proprio_dim))
     action, carry, _ = eqx.filter_jit(agent.act)(jax.random.key(0), obs, agent.initial_carry())
     assert action.shape == (3,) and carry.shape == (128,)
     # Pooling the patch grid by 2 averages 2x2 neighbourhoods and keeps the class token.
@@ -303,3 +304,38 @@ def test_base_preset_builds_abstractly():
     assert agent.vision.config.hidden_size == 768 and agent.vision.config.patch_size == 16
     assert agent.policy.config.image_dim == 768 and agent.policy.config.text_dim == agent.planner.hidden_size
     assert agent.planner.lora is not None and agent.config.freeze_vision
+
+
+def test_drives_the_built_in_world():
+    from sima2.envs.env import make
+    from sima2.envs.vocabulary import vocabulary
+
+    env, params = make("sima2/GoTo-v0")
+    agent = Agent.from_preset("tiny", key=jax.random.key(0))  # defaults match the built-in world
+    assert agent.action_nvec == tuple(env.action_nvec)
+    assert agent.planner.backbone.config.vocab_size >= len(vocabulary())
+    worlds = 2
+    try:
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(1), worlds), params)
+    except jaxtyping.AnnotationError as error:  # the world's own annotations, not the agent's
+        pytest.skip(f"sima2.envs does not run under the runtime type checker: {error}")
+
+    @eqx.filter_jit
+    def rollout(agent, obs, state, key):
+        def step(carry_in, key):
+            obs, state, memory, first = carry_in
+            memory = jax.vmap(agent.reset_carry)(memory, first)
+            act_key, env_key = jax.random.split(key)
+            action, memory, extras = jax.vmap(agent.act)(jax.random.split(act_key, worlds), obs, memory)
+            obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(env_key, worlds), state, action, params
+            )
+            return (obs, state, memory, done), (action, extras["log_prob"], reward)
+
+        memory = jnp.stack([agent.initial_carry()] * worlds)
+        first = jnp.ones(worlds, bool)
+        return jax.lax.scan(step, (obs, state, memory, first), jax.random.split(key, 3))[1]
+
+    actions, log_probs, rewards = rollout(agent, obs, state, jax.random.key(2))
+    assert actions.shape == (3, worlds, 3) and rewards.shape == (3, worlds)
+    assert (np.asarray(actions) < np.asarray(env.action_nvec)).all() and np.isfinite(log_probs).all()

@@ -44,6 +44,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
 from safetensors.numpy import save_file
 
+from sima2.envs.world import ACTION_NVEC, PROPRIO_SIZE
 from sima2.interop.checkpoint import TensorSource
 from sima2.interop.mapping import load_state_dict, named_arrays, same
 from sima2.perception.vit import ViTEncoder
@@ -55,9 +56,9 @@ AGENT_CONFIG_NAME = "agent_config.json"
 AGENT_WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
-# The built-in world's action space: key (7) x look yaw bins x duration bins.
-DEFAULT_ACTION_NVEC = (7, 5, 3)
-DEFAULT_PROPRIO_DIM = 8
+# Defaults follow the built-in world: key x look yaw bins x duration bins, and its proprio vector.
+DEFAULT_ACTION_NVEC = tuple(ACTION_NVEC)
+DEFAULT_PROPRIO_DIM = PROPRIO_SIZE
 # Larger than the built-in world's word vocabulary (JAX gathers clamp out-of-range ids silently, so the
 # text embedding table must cover every id the world can emit).
 DEFAULT_VOCAB_SIZE = 256
