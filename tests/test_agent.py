@@ -79,6 +79,12 @@ def test_instruction_and_image_change_the_decision_but_padding_does_not():
     longer = dict(obs, instruction=jnp.concatenate([obs["instruction"], jnp.zeros(5, jnp.int32)]))
     assert not np.allclose(logits(other_words, carry)[0][0], base[0])
     assert not np.allclose(logits(other_image, carry)[0][0], base[0])
+    # The planner's current subgoal is a further input (its padding is masked like the instruction's).
+    subgoal = jnp.array([5, 9, 0, 0], jnp.int32)
+    with_subgoal = logits(dict(obs, subgoal=subgoal), carry)[0][0]
+    assert not np.allclose(with_subgoal, base[0])
+    padded = dict(obs, subgoal=jnp.concatenate([subgoal, jnp.zeros(3, jnp.int32)]))
+    np.testing.assert_allclose(logits(padded, carry)[0][0], with_subgoal, atol=1e-5)
     np.testing.assert_allclose(logits(longer, carry)[0][0], base[0], atol=1e-5)
 
 
@@ -215,7 +221,7 @@ def test_vision_part_exports_alone_to_transformers(tmp_path):
     hf = ViTModel.from_pretrained(tmp_path / "vision").eval()
     pixels = agent.preprocess_image(_obs()["image"])
     with torch.no_grad():
-        expected = hf(torch.from_numpy(np.asarray(pixels))[None]).last_hidden_state[0].numpy()
+        expected = hf(torch.from_numpy(np.array(pixels))[None]).last_hidden_state[0].numpy()
     np.testing.assert_allclose(eqx.filter_jit(loaded.vision)(pixels), expected, atol=2e-4)
 
 
