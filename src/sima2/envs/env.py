@@ -1,0 +1,210 @@
+"""The functional (gymnax-style) environment: `make`, `Sima2Env.reset`, `Sima2Env.step`, the expert.
+
+    env, params = sima2.envs.make("sima2/GoTo-v0")
+    obs, state = env.reset(key, params)
+    obs, state, reward, done, info = env.step(key, state, action, params)   # auto-resets when done
+
+All functions work on ONE world; `jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))` runs thousands.
+A decision step holds the action for its duration at the 60 Hz simulation tick, then renders once.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float32, Int32, PRNGKeyArray, UInt8
+
+from sima2.envs import vocabulary as voc
+from sima2.envs.expert import current_subgoal, distance_to_goal, expert_action
+from sima2.envs.levels import LEVELS, LevelConfig, level_from_id
+from sima2.envs.render import render_first_person, render_topdown
+from sima2.envs.world import (
+    ACTION_NVEC,
+    DURATION_TICKS,
+    KEY_NAMES,
+    LOOK_DEGREES,
+    PROPRIO_SIZE,
+    SPLITS,
+    SUBGOAL_GOTO,
+    SUBGOAL_OPEN,
+    SUBGOAL_PICKUP,
+    SUBGOAL_PUT,
+    EnvParams,
+    EnvState,
+    entity_colours,
+    entity_types,
+    generate,
+    physics,
+    proprio,
+    stage_complete,
+)
+
+Observation = dict[str, Array]
+Info = dict[str, Array]
+
+
+class Sima2Env(eqx.Module):
+    """One level of the built-in world. Static configuration only; dynamic settings live in EnvParams."""
+
+    level: LevelConfig = eqx.field(static=True)
+    image_height: int = eqx.field(static=True, default=64)
+    image_width: int = eqx.field(static=True, default=64)
+
+    def __check_init__(self):
+        for size in (self.image_height, self.image_width):
+            if not 8 <= size <= 512:
+                raise ValueError(f"image size must be in [8, 512], got {self.image_height}x{self.image_width}")
+
+    # --- static description
+    @property
+    def action_nvec(self) -> tuple[int, int, int]:
+        """Number of values per action factor: (key, look, duration)."""
+        return ACTION_NVEC
+
+    @property
+    def instruction_length(self) -> int:
+        return voc.MAX_INSTRUCTION_LENGTH
+
+    @property
+    def proprio_size(self) -> int:
+        return PROPRIO_SIZE
+
+    @property
+    def vocab_size(self) -> int:
+        return len(voc.vocabulary())
+
+    def default_params(self, split: str = "train") -> EnvParams:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return EnvParams(max_steps=jnp.int32(self.level.max_steps), split=jnp.int32(SPLITS.index(split)))
+
+    # --- functional API
+    def observe(self, state: EnvState) -> Observation:
+        """Render the observation of a state."""
+        return {
+            "image": render_first_person(state, self.image_height, self.image_width),
+            "instruction": state.instruction,
+            "proprio": proprio(state),
+        }
+
+    def reset(self, key: PRNGKeyArray, params: EnvParams) -> tuple[Observation, EnvState]:
+        state = generate(key, self.level, params.split)
+        return self.observe(state), state
+
+    def transition(
+        self, state: EnvState, action: Int32[Array, "3"], params: EnvParams
+    ) -> tuple[EnvState, Float32[Array, ""], Info]:
+        """Advance one decision step without rendering and without resetting."""
+        state, invalid = physics(state, jnp.asarray(action, jnp.int32))
+        advance = stage_complete(state)
+        state = eqx.tree_at(lambda s: s.stage, state, state.stage + advance.astype(jnp.int32))
+        success = advance & (state.stage >= state.num_stages)
+        time = state.time + 1
+        timeout = (time >= params.max_steps) & ~success
+        reward = success.astype(jnp.float32)
+        state = eqx.tree_at(
+            lambda s: (s.time, s.episode_return), state, (time, state.episode_return + reward)
+        )
+        subgoal_index, *_ = current_subgoal(state)
+        info = {
+            "success": success,
+            "timeout": timeout,
+            "invalid_move": invalid,
+            "agent_pos": state.agent_pos,
+            "distance_to_goal": distance_to_goal(state),
+            "subgoal_index": subgoal_index,
+            "stage": state.stage,
+            "contact": state.contact,
+            "episode_return": state.episode_return,
+            "episode_length": time,
+        }
+        return state, reward, info
+
+    def step(
+        self, key: PRNGKeyArray, state: EnvState, action: Int32[Array, "3"], params: EnvParams
+    ) -> tuple[Observation, EnvState, Float32[Array, ""], Bool[Array, ""], Info]:
+        """One decision step; when the episode ends the returned state/obs are a fresh episode's."""
+        next_state, reward, info = self.transition(state, action, params)
+        done = info["success"] | info["timeout"]
+        fresh = generate(key, self.level, params.split)
+        state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, next_state)
+        return self.observe(state), state, reward, done, info
+
+    def step_no_reset(
+        self, state: EnvState, action: Int32[Array, "3"], params: EnvParams
+    ) -> tuple[Observation, EnvState, Float32[Array, ""], Bool[Array, ""], Bool[Array, ""], Info]:
+        """One decision step without auto-reset: (obs, state, reward, terminated, truncated, info)."""
+        state, reward, info = self.transition(state, action, params)
+        return self.observe(state), state, reward, info["success"], info["timeout"], info
+
+    def expert_action(self, state: EnvState, params: EnvParams) -> Int32[Array, "3"]:
+        """Shortest-path expert action (key, look, duration) in this state."""
+        del params
+        return expert_action(state)
+
+    def subgoal_index(self, state: EnvState) -> Int32[Array, ""]:
+        """Index of the current subgoal in the expert plan (for planner supervision)."""
+        return current_subgoal(state)[0]
+
+    def optimal_path_length(self, state: EnvState) -> Float32[Array, ""]:
+        """Shortest-path distance (cells) to where the current subgoal can be done."""
+        return distance_to_goal(state)
+
+    def render(self, state: EnvState) -> UInt8[Array, "H W 3"]:
+        return render_first_person(state, self.image_height, self.image_width)
+
+    def render_topdown(self, state: EnvState, cell_px: int = 8) -> UInt8[Array, "h w 3"]:
+        return render_topdown(state, cell_px)
+
+    # --- host-side helpers (numpy in, Python strings out)
+    def instruction_text(self, state: EnvState) -> str:
+        """The instruction of a single (unbatched) state as text."""
+        return voc.decode_ids(np.asarray(state.instruction))
+
+    def _entity_phrase(self, state: EnvState, entity: int) -> str:
+        types = np.asarray(entity_types(state))
+        colours = np.asarray(entity_colours(state))
+        return voc.noun_phrase(int(types[entity]), int(colours[entity]))
+
+    def plan_text(self, state: EnvState) -> list[str]:
+        """The expert's subgoal plan as text, e.g. ["go to the red key", "pick up the red key", ...]."""
+        kinds = np.asarray(state.plan_kind)
+        plan_a, plan_b = np.asarray(state.plan_a), np.asarray(state.plan_b)
+        steps = []
+        for i in range(int(state.plan_len)):
+            template = voc.SUBGOAL_TEMPLATES[int(kinds[i])]
+            text = template.replace("{A}", self._entity_phrase(state, int(plan_a[i])))
+            steps.append(text.replace("{B}", self._entity_phrase(state, int(plan_b[i]))))
+        return steps
+
+
+__all__ = [
+    "ACTION_NVEC",
+    "DURATION_TICKS",
+    "KEY_NAMES",
+    "LOOK_DEGREES",
+    "SUBGOAL_GOTO",
+    "SUBGOAL_OPEN",
+    "SUBGOAL_PICKUP",
+    "SUBGOAL_PUT",
+    "Sima2Env",
+    "make",
+    "registry",
+]
+
+
+def make(
+    env_id: str = "sima2/GoTo-v0", split: str = "train", image_size: int | tuple[int, int] = 64
+) -> tuple[Sima2Env, EnvParams]:
+    """Build a functional environment and its default parameters from a gymnasium-style id."""
+    level = level_from_id(env_id)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    env = Sima2Env(level=level, image_height=int(height), image_width=int(width))
+    return env, env.default_params(split)
+
+
+def registry() -> dict[str, LevelConfig]:
+    """All levels by gymnasium id, easiest first."""
+    return {level.gym_id: level for level in LEVELS.values()}

@@ -1,0 +1,171 @@
+"""`ActorCritic`: fuses image, language and body-state tokens into one decision per step.
+
+One joint token sequence goes through a small pre-norm transformer:
+
+    [decision] [memory] [proprio] [image tokens ...] [instruction tokens ...] [subgoal tokens ...]
+
+`decision` is a learned query token; `memory` is the recurrent state (GRU hidden from the previous decision
+step) projected to a token, so attention can read what the agent remembered; each segment has a learned
+type embedding, and padded language tokens are masked out of attention. The transformer's output at the
+decision token updates the GRU (memory over decision steps, for partial observability), and the actor
+(flat logits, factor after factor, for `FactorisedCategorical`) and critic read `[gru state, decision]`.
+
+Input projections adapt to whatever hidden sizes the vision and language components have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import einops
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from sima2.layers import attention, get_activation, linear
+
+# Segment ids for the learned type embeddings.
+DECISION, MEMORY, PROPRIO, IMAGE, INSTRUCTION, SUBGOAL = range(6)
+NUM_SEGMENTS = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorCriticConfig:
+    """Sizes of the fusion transformer, the recurrent memory and the heads."""
+
+    image_dim: int  # hidden size of the vision encoder's tokens
+    text_dim: int  # hidden size of the language component's tokens
+    proprio_dim: int
+    action_nvec: tuple[int, ...]
+    hidden_size: int = 64  # fusion transformer width
+    num_layers: int = 1
+    num_heads: int = 4
+    mlp_ratio: int = 2
+    memory_size: int = 128  # GRU hidden size
+    head_hidden: int = 128
+    activation: str = "gelu"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        object.__setattr__(self, "action_nvec", tuple(int(n) for n in self.action_nvec))
+        if not self.action_nvec or min(self.action_nvec) < 1:
+            raise ValueError(f"action_nvec must be non-empty positive sizes, got {self.action_nvec}")
+
+
+class FusionBlock(eqx.Module):
+    """Pre-norm transformer block with a key-padding mask."""
+
+    norm1: eqx.nn.LayerNorm
+    qkv: eqx.nn.Linear
+    out: eqx.nn.Linear
+    norm2: eqx.nn.LayerNorm
+    fc1: eqx.nn.Linear
+    fc2: eqx.nn.Linear
+    num_heads: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, activation: str, *, key: PRNGKeyArray):
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        self.norm1 = eqx.nn.LayerNorm(dim)
+        self.qkv = linear(dim, 3 * dim, key=k1)
+        self.out = linear(dim, dim, key=k2)
+        self.norm2 = eqx.nn.LayerNorm(dim)
+        self.fc1 = linear(dim, mlp_ratio * dim, key=k3)
+        self.fc2 = linear(mlp_ratio * dim, dim, key=k4)
+        self.num_heads = num_heads
+        self.activation = activation
+
+    def __call__(self, x: Float[Array, "T D"], valid: Bool[Array, " T"]) -> Float[Array, "T D"]:
+        qkv = jax.vmap(self.qkv)(jax.vmap(self.norm1)(x))
+        q, k, v = einops.rearrange(qkv, "t (three h d) -> three t h d", three=3, h=self.num_heads)
+        mask = jnp.broadcast_to(valid[None, :], (x.shape[0], x.shape[0]))
+        att = einops.rearrange(attention(q, k, v, mask=mask), "t h d -> t (h d)")
+        x = x + jax.vmap(self.out)(att)
+        h = get_activation(self.activation)(jax.vmap(self.fc1)(jax.vmap(self.norm2)(x)))
+        return x + jax.vmap(self.fc2)(h)
+
+
+class ActorCritic(eqx.Module):
+    """Fusion transformer + GRU memory + factorised actor head + value head (one example per call)."""
+
+    image_proj: eqx.nn.Linear
+    text_proj: eqx.nn.Linear
+    proprio_proj: eqx.nn.Linear
+    memory_proj: eqx.nn.Linear
+    decision_token: Float[Array, " D"]
+    segment_embeddings: Float[Array, "S D"]
+    blocks: list[FusionBlock]
+    final_norm: eqx.nn.LayerNorm
+    memory: eqx.nn.GRUCell
+    actor_hidden: eqx.nn.Linear
+    actor_out: eqx.nn.Linear
+    critic_hidden: eqx.nn.Linear
+    critic_out: eqx.nn.Linear
+    config: ActorCriticConfig = eqx.field(static=True)
+
+    def __init__(self, config: ActorCriticConfig, *, key: PRNGKeyArray):
+        c = config
+        d = c.hidden_size
+        keys = iter(jax.random.split(key, 12 + c.num_layers))
+        self.image_proj = linear(c.image_dim, d, key=next(keys))
+        self.text_proj = linear(c.text_dim, d, key=next(keys))
+        self.proprio_proj = linear(c.proprio_dim, d, key=next(keys))
+        self.memory_proj = linear(c.memory_size, d, key=next(keys))
+        self.decision_token = 0.02 * jax.random.normal(next(keys), (d,))
+        self.segment_embeddings = 0.02 * jax.random.normal(next(keys), (NUM_SEGMENTS, d))
+        self.blocks = [
+            FusionBlock(d, c.num_heads, c.mlp_ratio, c.activation, key=next(keys)) for _ in range(c.num_layers)
+        ]
+        self.final_norm = eqx.nn.LayerNorm(d)
+        self.memory = eqx.nn.GRUCell(d, c.memory_size, key=next(keys))
+        head_in = c.memory_size + d
+        self.actor_hidden = eqx.nn.Linear(head_in, c.head_hidden, key=next(keys))
+        # Small final layers: a near-uniform initial policy and a near-zero initial value (standard for PPO).
+        self.actor_out = linear(c.head_hidden, sum(c.action_nvec), std=0.01, key=next(keys))
+        self.critic_hidden = eqx.nn.Linear(head_in, c.head_hidden, key=next(keys))
+        self.critic_out = linear(c.head_hidden, 1, std=0.01, key=next(keys))
+        self.config = config
+
+    def initial_carry(self) -> Float[Array, " M"]:
+        return jnp.zeros((self.config.memory_size,), jnp.float32)
+
+    def __call__(
+        self,
+        image_tokens: Float[Array, "Ti Dv"],
+        text_tokens: Float[Array, "Lt Dt"],
+        text_valid: Bool[Array, " Lt"],
+        proprio: Float[Array, " P"],
+        carry: Float[Array, " M"],
+        subgoal_tokens: Float[Array, "Ls Dt"] | None = None,
+        subgoal_valid: Bool[Array, " Ls"] | None = None,
+    ) -> tuple[Float[Array, " N"], Float[Array, ""], Float[Array, " M"]]:
+        """Returns flat action logits (`sum(action_nvec)`), the value and the new memory state."""
+        c = self.config
+        if proprio.shape != (c.proprio_dim,):
+            raise ValueError(f"expected proprio of shape ({c.proprio_dim},), got {proprio.shape}")
+        seg = self.segment_embeddings
+        pieces: list[tuple[Float[Array, "t D"], Bool[Array, " t"]]] = [
+            ((self.decision_token + seg[DECISION])[None], jnp.ones((1,), bool)),
+            ((self.memory_proj(carry) + seg[MEMORY])[None], jnp.ones((1,), bool)),
+            ((self.proprio_proj(proprio) + seg[PROPRIO])[None], jnp.ones((1,), bool)),
+            (jax.vmap(self.image_proj)(image_tokens) + seg[IMAGE], jnp.ones((image_tokens.shape[0],), bool)),
+            (jax.vmap(self.text_proj)(text_tokens) + seg[INSTRUCTION], text_valid),
+        ]
+        if subgoal_tokens is not None:
+            valid = subgoal_valid if subgoal_valid is not None else jnp.ones((subgoal_tokens.shape[0],), bool)
+            pieces.append((jax.vmap(self.text_proj)(subgoal_tokens) + seg[SUBGOAL], valid))
+        x = jnp.concatenate([p[0] for p in pieces])
+        valid = jnp.concatenate([p[1] for p in pieces])
+        for block in self.blocks:
+            x = block(x, valid)
+        decision = self.final_norm(x[0])
+        new_carry = self.memory(decision, carry)
+        features = jnp.concatenate([new_carry, decision])
+        logits = self.actor_out(jnp.tanh(self.actor_hidden(features)))
+        value = self.critic_out(jnp.tanh(self.critic_hidden(features)))[0]
+        return logits, value, new_carry
+
+
+__all__ = ["ActorCritic", "ActorCriticConfig", "FusionBlock"]

@@ -1,0 +1,434 @@
+"""`Agent`: perception (`ViTEncoder`) + language (`LanguagePlanner`) + `ActorCritic`, as one Equinox module.
+
+Every call works on ONE raw world observation; callers `jax.vmap` over worlds and `lax.scan` over time:
+
+    agent = Agent.from_preset("cpu-small", key=jax.random.key(0))
+    carry = agent.initial_carry()
+    action, carry, extras = agent.act(key, obs, carry)          # extras: log_prob, value, entropy
+    log_prob, entropy, value, carry = agent.evaluate(obs, carry, action)
+
+`obs` is the world's dict: "image" uint8 `(H, W, 3)`, "instruction" int32 `(L,)` (pad id 0),
+"proprio" float32 `(P,)`, optionally "action_mask" bool `(sum(nvec),)` (True = allowed; see
+`sima2.policy.distributions` for the all-False rule) and "subgoal" int32 `(S,)` (the planner's current
+subgoal, same vocabulary as the instruction, pad id 0). Images are normalised inside the agent.
+
+Reset the memory at episode start with `agent.reset_carry(carry, first)`.
+
+Training only parts of the agent (e.g. a frozen pretrained ViT, LoRA-only language model):
+
+    trainable = agent.trainable_filter(freeze_vision=True)      # PyTree of bools, same structure as agent
+    params, static = eqx.partition(agent, trainable)            # differentiate / update only `params`
+    # or, with one optimiser over the whole agent:
+    labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
+    optimiser = optax.multi_transform({"train": optax.adam(3e-4), "freeze": optax.set_to_zero()}, labels)
+
+Saving: `agent.save_pretrained(dir)` writes `agent_config.json` (the agent's sizes and each component's
+Hugging Face config) and `model.safetensors` (every array under its dotted path). `Agent.from_pretrained(dir)`
+rebuilds the skeleton from the config without initialising it and loads the weights strictly.
+`agent.vision.save_pretrained(d)` (and the planner's) still export each part alone for `transformers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
+from safetensors.numpy import save_file
+
+from sima2.envs.world import ACTION_NVEC, PROPRIO_SIZE
+from sima2.interop.checkpoint import TensorSource
+from sima2.interop.mapping import load_state_dict, named_arrays, same
+from sima2.perception.vit import ViTEncoder
+from sima2.planning import LanguagePlanner
+from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
+from sima2.policy.distributions import FactorisedCategorical
+
+AGENT_CONFIG_NAME = "agent_config.json"
+AGENT_WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+# Defaults follow the built-in world: key x look yaw bins x duration bins, and its proprio vector.
+DEFAULT_ACTION_NVEC = tuple(ACTION_NVEC)
+DEFAULT_PROPRIO_DIM = PROPRIO_SIZE
+# Larger than the built-in world's word vocabulary (JAX gathers clamp out-of-range ids silently, so the
+# text embedding table must cover every id the world can emit).
+DEFAULT_VOCAB_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Static description of an agent besides its components' own configs."""
+
+    preset: str
+    policy: ActorCriticConfig
+    image_pool: int = 1  # average-pool the patch grid by this factor before fusion (fewer fusion tokens)
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    freeze_vision: bool = False  # defaults of `trainable_filter`
+    freeze_planner: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> AgentConfig:
+        raw = dict(raw)
+        raw["policy"] = ActorCriticConfig(**{**raw["policy"], "action_nvec": tuple(raw["policy"]["action_nvec"])})
+        for name in ("image_mean", "image_std"):
+            raw[name] = tuple(raw[name])
+        return cls(**raw)
+
+
+# --- presets ----------------------------------------------------------------------------------------------
+def _vit_config(hidden: int, layers: int, heads: int, intermediate: int, image: int, patch: int) -> dict[str, Any]:
+    return {
+        "model_type": "vit",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": intermediate,
+        "image_size": image,
+        "patch_size": patch,
+        "add_pooling_layer": False,
+    }
+
+
+def _bert_config(hidden: int, layers: int, heads: int, intermediate: int, vocab: int) -> dict[str, Any]:
+    return {
+        "model_type": "bert",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": intermediate,
+        "vocab_size": vocab,
+        "max_position_embeddings": 64,
+        "pad_token_id": 0,
+    }
+
+
+def _preset(name: str, vocab_size: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(vision HF config, `planner_from_config` dict, ActorCriticConfig sizes, AgentConfig fields)."""
+    if name == "tiny":  # for tests: every part as small as it can be while still exercising all paths
+        return (
+            _vit_config(32, 1, 2, 64, image=64, patch=16),
+            {"backbone": _bert_config(32, 1, 2, 64, vocab_size), "lora_rank": 0},
+            dict(hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, memory_size=32, head_hidden=32),
+            dict(image_pool=1),
+        )
+    if name == "cpu-small":  # trains by BC + PPO on a 2-core CPU at 64x64 pixels
+        return (
+            # Patch 16 (a 4x4 grid): on a 2-core CPU the ViT's backward pass at patch 8 (64 tokens) costs
+            # several times the rest of a training step; a wider embedding keeps the detail per patch.
+            _vit_config(96, 1, 4, 192, image=64, patch=16),
+            {"backbone": _bert_config(64, 1, 2, 128, vocab_size), "lora_rank": 0},
+            dict(hidden_size=64, num_layers=1, num_heads=4, mlp_ratio=2, memory_size=128, head_hidden=128),
+            dict(image_pool=1),
+        )
+    if name == "base":
+        # GPU: ViT-B/16 (google/vit-base-patch16-224 shapes) + a ~135M-parameter Llama-style LM (SmolLM2-135M
+        # shapes). Its instruction ids must come from the LM's own tokenizer.
+        lm = {
+            "model_type": "llama",
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "vocab_size": 49152,
+            "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": True,
+            "hidden_act": "silu",
+        }
+        return (
+            _vit_config(768, 12, 12, 3072, image=224, patch=16),
+            {"backbone": lm, "lora_rank": 8, "lora_alpha": 16.0},  # LoRA-only finetuning by default
+            dict(hidden_size=256, num_layers=2, num_heads=8, mlp_ratio=4, memory_size=512, head_hidden=256),
+            dict(image_pool=2, freeze_vision=True),
+        )
+    raise ValueError(f"unknown agent preset {name!r}; choose one of {PRESETS}")
+
+
+PRESETS = ("tiny", "cpu-small", "base")
+
+
+def planner_config(planner: LanguagePlanner) -> dict[str, Any]:
+    """What rebuilds `planner` with `planner_from_config`: its backbone's HF config and its LoRA set-up."""
+    rank, alpha = 0, None
+    if planner.lora:
+        first = next(iter(planner.lora[0].values()))
+        rank = int(first.a.shape[0])
+        alpha = float(first.scale * rank)
+    return {
+        "backbone": planner.backbone.hf_config(),
+        "lora_rank": rank,
+        "lora_alpha": alpha,
+        "separator": planner.separator,
+    }
+
+
+def planner_from_config(config: Mapping[str, Any], *, key: PRNGKeyArray) -> LanguagePlanner:
+    return LanguagePlanner.from_config(
+        config["backbone"],
+        key=key,
+        lora_rank=int(config.get("lora_rank", 0)),
+        lora_alpha=config.get("lora_alpha"),
+        **({"separator": config["separator"]} if "separator" in config else {}),
+    )
+
+
+# --- the agent --------------------------------------------------------------------------------------------
+class Agent(eqx.Module):
+    """Vision encoder + language planner + fusion actor-critic; one raw observation per call."""
+
+    vision: ViTEncoder
+    planner: LanguagePlanner
+    policy: ActorCritic
+    config: AgentConfig = eqx.field(static=True)
+
+    # --- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_components(
+        cls,
+        vision: ViTEncoder,
+        planner: LanguagePlanner,
+        *,
+        key: PRNGKeyArray,
+        preset: str = "custom",
+        action_nvec: tuple[int, ...] = DEFAULT_ACTION_NVEC,
+        proprio_dim: int = DEFAULT_PROPRIO_DIM,
+        policy_sizes: Mapping[str, Any] | None = None,
+        **agent_fields: Any,
+    ) -> Agent:
+        """Assemble an agent around given components; the fusion's input projections adapt to their widths."""
+        policy_config = ActorCriticConfig(
+            image_dim=vision.config.hidden_size,
+            text_dim=int(planner.hidden_size),
+            proprio_dim=int(proprio_dim),
+            action_nvec=tuple(action_nvec),
+            **dict(policy_sizes or {}),
+        )
+        config = AgentConfig(preset=preset, policy=policy_config, **agent_fields)
+        return cls(vision=vision, planner=planner, policy=ActorCritic(policy_config, key=key), config=config)
+
+    @classmethod
+    def from_preset(
+        cls,
+        name: str,
+        *,
+        key: PRNGKeyArray,
+        vision: ViTEncoder | None = None,
+        planner: LanguagePlanner | None = None,
+        action_nvec: tuple[int, ...] = DEFAULT_ACTION_NVEC,
+        proprio_dim: int = DEFAULT_PROPRIO_DIM,
+        vocab_size: int = DEFAULT_VOCAB_SIZE,
+    ) -> Agent:
+        """A preset agent: `tiny` (tests), `cpu-small` (CPU training at 64x64), `base` (GPU, ViT-B/16 + LM).
+
+        Pass `vision=` / `planner=` (e.g. `ViTEncoder.from_pretrained(...)`,
+        `LanguagePlanner.from_pretrained(...)`) to replace a randomly initialised component.
+        """
+        vision_config, planner_config, policy_sizes, agent_fields = _preset(name, vocab_size)
+        k_vision, k_planner, k_policy = jax.random.split(key, 3)
+        if vision is None:
+            vision = ViTEncoder.from_config(vision_config, key=k_vision)
+        if planner is None:
+            planner = planner_from_config(planner_config, key=k_planner)
+        return cls.from_components(
+            vision,
+            planner,
+            key=k_policy,
+            preset=name,
+            action_nvec=action_nvec,
+            proprio_dim=proprio_dim,
+            policy_sizes=policy_sizes,
+            **agent_fields,
+        )
+
+    # --- observation handling ---------------------------------------------------------------------------
+    @property
+    def action_nvec(self) -> tuple[int, ...]:
+        return self.config.policy.action_nvec
+
+    def preprocess_image(self, image: UInt8[Array, "H W 3"] | Float[Array, "H W 3"]) -> Float[Array, "3 H W"]:
+        """uint8 HWC in [0, 255] (or float HWC in [0, 1]) -> normalised float32 CHW."""
+        pixels = image.astype(jnp.float32)
+        if jnp.issubdtype(image.dtype, jnp.integer):
+            pixels = pixels / 255.0
+        mean = jnp.asarray(self.config.image_mean, jnp.float32)
+        std = jnp.asarray(self.config.image_std, jnp.float32)
+        return jnp.transpose((pixels - mean) / std, (2, 0, 1))
+
+    def encode_image(self, image: UInt8[Array, "H W 3"] | Float[Array, "H W 3"]) -> Float[Array, "T Dv"]:
+        """Image tokens for the fusion: ViT tokens, patch grid average-pooled by `config.image_pool`."""
+        pixels = self.preprocess_image(image)
+        tokens = self.vision(pixels)
+        pool = self.config.image_pool
+        if pool == 1:
+            return tokens
+        p = self.vision.config.patch_size
+        gh, gw = pixels.shape[1] // p, pixels.shape[2] // p
+        if gh % pool or gw % pool:
+            raise ValueError(
+                f"patch grid {gh}x{gw} of a {pixels.shape[1:]} image is not divisible by image_pool={pool}"
+            )
+        prefix = tokens.shape[0] - gh * gw  # class token, if any, is kept as is
+        grid = tokens[prefix:].reshape(gh // pool, pool, gw // pool, pool, -1).mean(axis=(1, 3))
+        return jnp.concatenate([tokens[:prefix], grid.reshape(-1, grid.shape[-1])])
+
+    def _check_obs(self, obs: Mapping[str, Any]) -> None:
+        for name in ("image", "instruction", "proprio"):
+            if name not in obs:
+                raise ValueError(f"observation has no {name!r} entry (got keys {sorted(obs)})")
+        if obs["image"].ndim != 3 or obs["image"].shape[-1] != 3:
+            raise ValueError(f"obs['image'] must be one (H, W, 3) image, got shape {obs['image'].shape}")
+        if obs["instruction"].ndim != 1 or not jnp.issubdtype(obs["instruction"].dtype, jnp.integer):
+            raise ValueError(
+                f"obs['instruction'] must be a 1-D integer array of token ids, got {obs['instruction'].dtype}"
+                f"{obs['instruction'].shape}"
+            )
+
+    def _embed_text(self, ids: Int[Array, " L"]) -> tuple[Float[Array, "L D"], Bool[Array, " L"]]:
+        valid = ids != 0
+        tokens, _ = self.planner.embed(ids.astype(jnp.int32), valid.astype(jnp.int32))
+        return tokens, valid
+
+    def _forward(
+        self, obs: Mapping[str, Any], carry: Float[Array, " M"]
+    ) -> tuple[FactorisedCategorical, Float[Array, ""], Float[Array, " M"]]:
+        self._check_obs(obs)
+        image_tokens = self.encode_image(obs["image"])
+        text, text_valid = self._embed_text(obs["instruction"])
+        subgoal = subgoal_valid = None
+        if obs.get("subgoal") is not None:
+            subgoal, subgoal_valid = self._embed_text(obs["subgoal"])
+        logits, value, new_carry = self.policy(
+            image_tokens, text, text_valid, obs["proprio"].astype(jnp.float32), carry, subgoal, subgoal_valid
+        )
+        dist = FactorisedCategorical.from_logits(logits, self.action_nvec, obs.get("action_mask"))
+        return dist, value, new_carry
+
+    # --- the agent protocol -----------------------------------------------------------------------------
+    def initial_carry(self) -> Float[Array, " M"]:
+        """The recurrent memory at episode start (one example)."""
+        return self.policy.initial_carry()
+
+    def reset_carry(self, carry: Float[Array, " M"], first: Bool[Array, ""] | bool) -> Float[Array, " M"]:
+        """`initial_carry()` where `first` (episode start), else `carry`."""
+        return jnp.where(first, self.initial_carry(), carry)
+
+    def act(
+        self,
+        key: PRNGKeyArray,
+        obs: Mapping[str, Array],
+        carry: Float[Array, " M"],
+        *,
+        deterministic: bool = False,
+    ) -> tuple[Int[Array, " F"], Float[Array, " M"], dict[str, Float[Array, ""]]]:
+        """Sample (or, with `deterministic`, take the most likely) action for one observation.
+
+        Returns `(action, new_carry, {"log_prob", "value", "entropy"})`.
+        """
+        dist, value, new_carry = self._forward(obs, carry)
+        action = dist.mode() if deterministic else dist.sample(key)
+        extras = {"log_prob": dist.log_prob(action), "value": value, "entropy": dist.entropy()}
+        return action, new_carry, extras
+
+    def evaluate(
+        self, obs: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, " F"]
+    ) -> tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
+        """`(log_prob(action), entropy, value, new_carry)` for one observation (PPO / behaviour cloning)."""
+        dist, value, new_carry = self._forward(obs, carry)
+        return dist.log_prob(action), dist.entropy(), value, new_carry
+
+    def action_logits(
+        self, obs: Mapping[str, Array], carry: Float[Array, " M"]
+    ) -> tuple[list[Float[Array, " _"]], Float[Array, ""], Float[Array, " M"]]:
+        """Per-factor normalised log-probabilities (masked), the value and the new carry."""
+        dist, value, new_carry = self._forward(obs, carry)
+        return dist.log_probs, value, new_carry
+
+    # --- training partitions ----------------------------------------------------------------------------
+    def trainable_filter(
+        self, *, freeze_vision: bool | None = None, freeze_planner: bool | None = None
+    ) -> PyTree[bool]:
+        """True for every array to train: the policy always; vision unless frozen; the planner per its own
+        `trainable_filter()` (e.g. LoRA adapters only for a large LM) unless frozen. Defaults come from the
+        preset (`base` freezes its pretrained ViT). Use with `eqx.partition` / `optax.multi_transform`."""
+        freeze_vision = self.config.freeze_vision if freeze_vision is None else freeze_vision
+        freeze_planner = self.config.freeze_planner if freeze_planner is None else freeze_planner
+        trainable = jax.tree.map(eqx.is_inexact_array, self)
+        if freeze_vision:
+            trainable = eqx.tree_at(lambda a: a.vision, trainable, jax.tree.map(lambda _: False, self.vision))
+        if freeze_planner:
+            planner_filter = jax.tree.map(lambda _: False, self.planner)
+        elif callable(getattr(self.planner, "trainable_filter", None)):
+            planner_filter = self.planner.trainable_filter()
+        else:
+            planner_filter = jax.tree.map(eqx.is_inexact_array, self.planner)
+        return eqx.tree_at(lambda a: a.planner, trainable, planner_filter)
+
+    # --- persistence ------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write `agent_config.json` + `model.safetensors` (all arrays under their dotted paths)."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format": "sima2-agent",
+            "format_version": FORMAT_VERSION,
+            "agent": self.config.to_dict(),
+            "vision": self.vision.hf_config(),
+            "planner": planner_config(self.planner),
+        }
+        tensors = {name: np.ascontiguousarray(np.asarray(a)) for name, a in named_arrays(self).items()}
+        tmp = folder / f".{AGENT_WEIGHTS_NAME}.tmp-{os.getpid()}"
+        save_file(tensors, str(tmp), metadata={"format": "sima2-agent"})
+        os.replace(tmp, folder / AGENT_WEIGHTS_NAME)
+        (folder / AGENT_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> Agent:
+        """Rebuild an agent saved by `save_pretrained` (strict: every array must match by name and shape)."""
+        folder = Path(directory)
+        config_path = folder / AGENT_CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder} has no {AGENT_CONFIG_NAME}; was it written by Agent.save_pretrained?")
+        raw = json.loads(config_path.read_text())
+        if raw.get("format") != "sima2-agent":
+            raise ValueError(f"{config_path} is not a sima2 agent config (format={raw.get('format')!r})")
+        if raw.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{config_path} has format_version {raw['format_version']}; this sima2 reads up to {FORMAT_VERSION}"
+            )
+        agent_config = AgentConfig.from_dict(raw["agent"])
+
+        def build(key: PRNGKeyArray) -> Agent:
+            k_vision, k_planner, k_policy = jax.random.split(key, 3)
+            vision = ViTEncoder.from_config(raw["vision"], key=k_vision)
+            planner = planner_from_config(raw["planner"], key=k_planner)
+            return cls(
+                vision=vision,
+                planner=planner,
+                policy=ActorCritic(agent_config.policy, key=k_policy),
+                config=agent_config,
+            )
+
+        skeleton = eqx.filter_eval_shape(build, jax.random.key(0))
+        identity = {name: same(name) for name in named_arrays(skeleton)}
+        source = TensorSource.from_safetensors([folder / AGENT_WEIGHTS_NAME])
+        agent, _ = load_state_dict(skeleton, identity, source, what=f"Agent ({folder})")
+        return agent
+
+
+__all__ = ["AGENT_CONFIG_NAME", "AGENT_WEIGHTS_NAME", "PRESETS", "Agent", "AgentConfig"]

@@ -1,0 +1,347 @@
+"""Tests of the composed `Agent`: the agent protocol, training partitions, masks, memory and persistence."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jaxtyping
+import numpy as np
+import pytest
+
+import sima2.policy.agent as agent_module
+from sima2.perception import ViTEncoder
+from sima2.policy import Agent
+
+NVEC = (7, 5, 3)
+PROPRIO = 6
+LENGTH = 10
+
+
+def _agent(seed=0, **kwargs):
+    return Agent.from_preset(
+        "tiny", key=jax.random.key(seed), action_nvec=NVEC, proprio_dim=PROPRIO, vocab_size=64, **kwargs
+    )
+
+
+def _obs(seed=0, size=64):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    instruction = jax.random.randint(k2, (LENGTH,), 1, 64, dtype=jnp.int32).at[6:].set(0)
+    return {
+        "image": jax.random.randint(k1, (size, size, 3), 0, 256).astype(jnp.uint8),
+        "instruction": instruction,
+        "proprio": jax.random.normal(k3, (PROPRIO,), jnp.float32),
+    }
+
+
+def _batch(n):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[_obs(i) for i in range(n)])
+
+
+def test_act_shapes_dtypes_jit_and_vmap():
+    agent = _agent()
+    carry = agent.initial_carry()
+    action, new_carry, extras = eqx.filter_jit(agent.act)(jax.random.key(1), _obs(), carry)
+    assert action.shape == (3,) and action.dtype == jnp.int32
+    assert all(0 <= int(a) < n for a, n in zip(action, NVEC, strict=True))
+    assert new_carry.shape == carry.shape and new_carry.dtype == jnp.float32
+    assert set(extras) == {"log_prob", "value", "entropy"}
+    assert all(v.shape == () and v.dtype == jnp.float32 for v in extras.values())
+    # Batched over worlds with vmap; each row equals the unbatched call.
+    n = 3
+    obs = _batch(n)
+    keys = jax.random.split(jax.random.key(2), n)
+    carries = jnp.stack([carry] * n)
+    actions, carries2, extras2 = eqx.filter_jit(eqx.filter_vmap(agent.act))(keys, obs, carries)
+    assert actions.shape == (n, 3) and carries2.shape == (n, carry.shape[0])
+    one = eqx.filter_jit(agent.act)(keys[1], jax.tree.map(lambda x: x[1], obs), carry)
+    np.testing.assert_array_equal(actions[1], one[0])
+    np.testing.assert_allclose(extras2["value"][1], one[2]["value"], rtol=1e-4, atol=1e-6)
+    # evaluate() scores the same step consistently with act().
+    log_prob, entropy, value, carry3 = eqx.filter_jit(eqx.filter_vmap(agent.evaluate))(obs, carries, actions)
+    np.testing.assert_allclose(log_prob, extras2["log_prob"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(entropy, extras2["entropy"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(value, extras2["value"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(carry3, carries2, rtol=1e-4, atol=1e-6)
+    log_probs, value4, _ = eqx.filter_jit(agent.action_logits)(_obs(), carry)
+    assert [lp.shape for lp in log_probs] == [(n,) for n in NVEC]
+    np.testing.assert_allclose([float(jnp.exp(lp).sum()) for lp in log_probs], 1.0, rtol=1e-5)
+
+
+def test_instruction_and_image_change_the_decision_but_padding_does_not():
+    agent = _agent()
+    carry = agent.initial_carry()
+    obs = _obs()
+    logits = eqx.filter_jit(agent.action_logits)
+    base, _, _ = logits(obs, carry)
+    other_words = dict(obs, instruction=obs["instruction"].at[0].set(obs["instruction"][0] % 63 + 1))
+    other_image = dict(obs, image=255 - obs["image"])
+    longer = dict(obs, instruction=jnp.concatenate([obs["instruction"], jnp.zeros(5, jnp.int32)]))
+    assert not np.allclose(logits(other_words, carry)[0][0], base[0])
+    assert not np.allclose(logits(other_image, carry)[0][0], base[0])
+    # The planner's current subgoal is a further input (its padding is masked like the instruction's).
+    subgoal = jnp.array([5, 9, 0, 0], jnp.int32)
+    with_subgoal = logits(dict(obs, subgoal=subgoal), carry)[0][0]
+    assert not np.allclose(with_subgoal, base[0])
+    padded = dict(obs, subgoal=jnp.concatenate([subgoal, jnp.zeros(3, jnp.int32)]))
+    np.testing.assert_allclose(logits(padded, carry)[0][0], with_subgoal, atol=1e-5)
+    np.testing.assert_allclose(logits(longer, carry)[0][0], base[0], atol=1e-5)
+
+
+def _rl_loss(params, static, obs, carry, action):
+    agent = eqx.combine(params, static)
+    log_prob, entropy, value, _ = eqx.filter_vmap(agent.evaluate)(obs, carry, action)
+    advantage = jnp.linspace(-1.0, 1.0, log_prob.shape[0])
+    return -(log_prob * advantage).mean() + 0.5 * ((value - 1.0) ** 2).mean() - 0.01 * entropy.mean()
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_rl_gradients_reach_perception_and_planner_only_when_trainable(freeze):
+    agent = _agent()
+    n = 2
+    obs = _batch(n)
+    carry = jax.random.normal(jax.random.key(1), (n, agent.initial_carry().shape[0]))  # mid-episode memory
+    action = jnp.array([[1, 2, 0], [4, 0, 2]], jnp.int32)
+    trainable = agent.trainable_filter(freeze_vision=freeze, freeze_planner=freeze)
+    params, static = eqx.partition(agent, trainable)
+    grads = eqx.filter_jit(jax.grad(_rl_loss))(params, static, obs, carry, action)
+
+    def nonzero(tree):
+        return [bool(jnp.any(g != 0)) for g in jax.tree.leaves(tree)]
+
+    assert all(nonzero(grads.policy))
+    if freeze:
+        assert jax.tree.leaves(grads.vision) == [] and jax.tree.leaves(grads.planner) == []
+        assert not any(jax.tree.leaves(trainable.vision)) and not any(jax.tree.leaves(trainable.planner))
+    else:
+        assert any(nonzero(grads.vision)) and any(nonzero(grads.planner))
+        assert nonzero(grads.vision).count(True) >= len(nonzero(grads.vision)) - 1
+    # The filter is directly usable as optax.multi_transform labels.
+    import optax
+
+    labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
+    optimiser = optax.multi_transform({"train": optax.adam(1e-3), "freeze": optax.set_to_zero()}, labels)
+    state = optimiser.init(eqx.filter(agent, eqx.is_inexact_array))
+    full_grads = eqx.filter_jit(
+        eqx.filter_grad(lambda a: _rl_loss(*eqx.partition(a, eqx.is_inexact_array), obs, carry, action))
+    )(agent)
+    updates, _ = optimiser.update(full_grads, state, eqx.filter(agent, eqx.is_inexact_array))
+    moved = eqx.apply_updates(agent, updates)
+    vision_moved = any(
+        bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(moved.vision), jax.tree.leaves(agent.vision), strict=True)
+    )
+    assert vision_moved is not freeze
+
+
+def test_freeze_defaults_come_from_the_config():
+    agent = _agent()
+    assert all(jax.tree.leaves(agent.trainable_filter().vision))
+    frozen_config = dataclasses.replace(agent.config, freeze_vision=True)
+    frozen = Agent(vision=agent.vision, planner=agent.planner, policy=agent.policy, config=frozen_config)
+    assert not any(jax.tree.leaves(frozen.trainable_filter().vision))
+    assert any(jax.tree.leaves(frozen.trainable_filter(freeze_vision=False).vision))
+    assert agent_module._preset("base", 64)[3]["freeze_vision"]  # base: frozen pretrained ViT by default
+
+
+def test_carry_reset_at_episode_start():
+    agent = _agent()
+    obs = _obs()
+
+    def step(carry, inputs):
+        key, first = inputs
+        carry = agent.reset_carry(carry, first)
+        action, carry, extras = agent.act(key, obs, carry)
+        return carry, (carry, extras["value"])
+
+    keys = jax.random.split(jax.random.key(3), 4)
+    first = jnp.array([True, False, False, True])
+    _, (carries, values) = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))(agent.initial_carry(), (keys, first))
+    assert not np.allclose(carries[1], carries[0])  # memory evolves within an episode
+    # Step 3 starts a new episode: identical to step 0 (same obs), whatever was remembered before.
+    np.testing.assert_allclose(carries[3], carries[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values[3], values[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(agent.reset_carry(carries[2], jnp.array(True)), agent.initial_carry())
+    np.testing.assert_array_equal(agent.reset_carry(carries[2], jnp.array(False)), carries[2])
+
+
+def test_sampling_never_picks_a_masked_action():
+    agent = _agent()
+    mask = np.ones(sum(NVEC), bool)
+    mask[[0, 1, 2, 3, 4]] = False  # keys 0..4 forbidden
+    mask[7 + 2] = False  # look bin 2 forbidden
+    mask[12:14] = False  # only duration 2 allowed
+    obs = dict(_obs(), action_mask=jnp.asarray(mask))
+    keys = jax.random.split(jax.random.key(4), 512)
+    actions, _, extras = eqx.filter_jit(eqx.filter_vmap(agent.act, in_axes=(0, None, None)))(
+        keys, obs, agent.initial_carry()
+    )
+    actions = np.asarray(actions)
+    assert set(np.unique(actions[:, 0])) <= {5, 6}
+    assert 2 not in set(actions[:, 1])
+    assert (actions[:, 2] == 2).all()
+    assert np.isfinite(np.asarray(extras["log_prob"])).all() and np.isfinite(np.asarray(extras["entropy"])).all()
+    greedy, _, _ = eqx.filter_jit(lambda k, o, c: agent.act(k, o, c, deterministic=True))(
+        keys[0], obs, agent.initial_carry()
+    )
+    assert mask[int(greedy[0])] and mask[7 + int(greedy[1])] and mask[12 + int(greedy[2])]
+
+
+def test_save_load_round_trip_gives_identical_actions(tmp_path):
+    agent = _agent(seed=5)
+    agent.save_pretrained(tmp_path / "agent")
+    loaded = Agent.from_pretrained(tmp_path / "agent")
+    assert loaded.config == agent.config
+    carry = agent.initial_carry()
+    for i in range(3):
+        key = jax.random.key(10 + i)
+        a1, c1, e1 = eqx.filter_jit(Agent.act)(agent, key, _obs(i), carry)
+        a2, c2, e2 = eqx.filter_jit(Agent.act)(loaded, key, _obs(i), carry)
+        np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_array_equal(c1, c2)
+        np.testing.assert_array_equal(e1["log_prob"], e2["log_prob"])
+        carry = c1
+    # A saved folder with a tampered weight name fails loudly.
+    (tmp_path / "agent" / "agent_config.json").write_text(
+        (tmp_path / "agent" / "agent_config.json").read_text().replace('"memory_size": 32', '"memory_size": 33')
+    )
+    with pytest.raises(ValueError, match="shape mismatch"):
+        Agent.from_pretrained(tmp_path / "agent")
+    with pytest.raises(FileNotFoundError):
+        Agent.from_pretrained(tmp_path / "nothing")
+
+
+def test_vision_part_exports_alone_to_transformers(tmp_path):
+    torch = pytest.importorskip("torch")
+    from transformers import ViTModel
+
+    agent = _agent(seed=6)
+    agent.save_pretrained(tmp_path / "agent")
+    loaded = Agent.from_pretrained(tmp_path / "agent")
+    loaded.vision.save_pretrained(tmp_path / "vision")
+    hf = ViTModel.from_pretrained(tmp_path / "vision").eval()
+    pixels = agent.preprocess_image(_obs()["image"])
+    with torch.no_grad():
+        expected = hf(torch.from_numpy(np.array(pixels))[None]).last_hidden_state[0].numpy()
+    np.testing.assert_allclose(eqx.filter_jit(loaded.vision)(pixels), expected, atol=2e-4)
+
+
+def test_components_are_replaceable_and_projections_adapt():
+    clip = ViTEncoder.from_config(
+        {
+            "model_type": "clip_vision_model",
+            "hidden_size": 48,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 16,
+        },
+        key=jax.random.key(7),
+    )
+    agent = _agent(vision=clip)
+    assert agent.vision is clip and agent.policy.config.image_dim == 48
+    action, _, extras = eqx.filter_jit(agent.act)(jax.random.key(0), _obs(size=64), agent.initial_carry())
+    assert action.shape == (3,) and np.isfinite(float(extras["value"]))
+
+
+def test_cpu_small_preset_and_image_pooling():
+    agent = Agent.from_preset("cpu-small", key=jax.random.key(0), vocab_size=64)
+    tokens = agent.encode_image(_obs()["image"])
+    assert tokens.shape == (1 + 4 * 4, agent.vision.config.hidden_size)  # class token + 4x4 patch grid
+    obs = dict(_obs(), proprio=jnp.zeros(agent.policy.config.proprio_dim))
+    action, carry, _ = eqx.filter_jit(agent.act)(jax.random.key(0), obs, agent.initial_carry())
+    assert action.shape == (3,) and carry.shape == (128,)
+    # Pooling the patch grid by 2 averages 2x2 neighbourhoods and keeps the class token.
+    tiny = _agent()
+    pooled = Agent(tiny.vision, tiny.planner, tiny.policy, dataclasses.replace(tiny.config, image_pool=2))
+    full, small = tiny.encode_image(_obs()["image"]), pooled.encode_image(_obs()["image"])
+    assert small.shape == (1 + 2 * 2, full.shape[1])
+    np.testing.assert_allclose(small[0], full[0])
+    np.testing.assert_allclose(small[1], full[jnp.array([1, 2, 5, 6])].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_observations_raise_clear_errors():
+    agent = _agent()
+    obs = _obs()
+    with pytest.raises(ValueError, match="instruction"):
+        agent.act(jax.random.key(0), {"image": obs["image"], "proprio": obs["proprio"]}, agent.initial_carry())
+    with pytest.raises(ValueError, match="image"):
+        agent.act(jax.random.key(0), dict(obs, image=obs["image"][..., :2]), agent.initial_carry())
+    with pytest.raises(ValueError, match="proprio"):
+        agent.act(jax.random.key(0), dict(obs, proprio=jnp.zeros(PROPRIO + 1)), agent.initial_carry())
+    with pytest.raises(ValueError, match="preset"):
+        Agent.from_preset("huge", key=jax.random.key(0))
+
+
+def test_lora_planner_trains_only_its_adapters():
+    from sima2.planning import LanguagePlanner
+
+    bert = agent_module._preset("tiny", 64)[1]["backbone"]
+    planner = LanguagePlanner.from_config(bert, key=jax.random.key(8), lora_rank=2)
+    agent = _agent(planner=planner)
+    n = 2
+    obs = _batch(n)
+    carry = jnp.zeros((n, agent.initial_carry().shape[0]))
+    action = jnp.array([[1, 2, 0], [4, 0, 2]], jnp.int32)
+    trainable = agent.trainable_filter()
+    assert not any(jax.tree.leaves(trainable.planner.backbone)) and all(jax.tree.leaves(trainable.planner.lora))
+    params, static = eqx.partition(agent, trainable)
+    grads = eqx.filter_jit(jax.grad(_rl_loss))(params, static, obs, carry, action)
+    assert jax.tree.leaves(grads.planner.backbone) == []
+    assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads.planner.lora))
+
+
+def test_lora_agent_round_trips(tmp_path):
+    from sima2.planning import LanguagePlanner
+
+    bert = agent_module._preset("tiny", 64)[1]["backbone"]
+    planner = LanguagePlanner.from_config(bert, key=jax.random.key(9), lora_rank=2, lora_alpha=4.0)
+    planner = eqx.tree_at(lambda p: p.lora[0]["qkv"].b, planner, jnp.ones_like(planner.lora[0]["qkv"].b))
+    agent = _agent(planner=planner)
+    agent.save_pretrained(tmp_path)
+    loaded = Agent.from_pretrained(tmp_path)
+    assert loaded.planner.lora[0]["qkv"].scale == planner.lora[0]["qkv"].scale
+    np.testing.assert_array_equal(loaded.planner.lora[0]["qkv"].b, planner.lora[0]["qkv"].b)
+
+
+def test_base_preset_builds_abstractly():
+    # Shapes only: nothing is allocated, so the GPU preset is checked on any machine.
+    agent = eqx.filter_eval_shape(Agent.from_preset, "base", key=jax.random.key(0))
+    assert agent.vision.config.hidden_size == 768 and agent.vision.config.patch_size == 16
+    assert agent.policy.config.image_dim == 768 and agent.policy.config.text_dim == agent.planner.hidden_size
+    assert agent.planner.lora is not None and agent.config.freeze_vision
+
+
+def test_drives_the_built_in_world():
+    from sima2.envs.env import make
+    from sima2.envs.vocabulary import vocabulary
+
+    env, params = make("sima2/GoTo-v0")
+    agent = Agent.from_preset("tiny", key=jax.random.key(0))  # defaults match the built-in world
+    assert agent.action_nvec == tuple(env.action_nvec)
+    assert agent.planner.backbone.config.vocab_size >= len(vocabulary())
+    worlds = 2
+    try:
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(1), worlds), params)
+    except jaxtyping.AnnotationError as error:  # the world's own annotations, not the agent's
+        pytest.skip(f"sima2.envs does not run under the runtime type checker: {error}")
+
+    @eqx.filter_jit
+    def rollout(agent, obs, state, key):
+        def step(carry_in, key):
+            obs, state, memory, first = carry_in
+            memory = jax.vmap(agent.reset_carry)(memory, first)
+            act_key, env_key = jax.random.split(key)
+            action, memory, extras = jax.vmap(agent.act)(jax.random.split(act_key, worlds), obs, memory)
+            obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(env_key, worlds), state, action, params
+            )
+            return (obs, state, memory, done), (action, extras["log_prob"], reward)
+
+        memory = jnp.stack([agent.initial_carry()] * worlds)
+        first = jnp.ones(worlds, bool)
+        return jax.lax.scan(step, (obs, state, memory, first), jax.random.split(key, 3))[1]
+
+    actions, log_probs, rewards = rollout(agent, obs, state, jax.random.key(2))
+    assert actions.shape == (3, worlds, 3) and rewards.shape == (3, worlds)
+    assert (np.asarray(actions) < np.asarray(env.action_nvec)).all() and np.isfinite(log_probs).all()

@@ -1,0 +1,133 @@
+"""Tests of the factorised action distribution and the fusion actor-critic on their own."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sima2.policy import (
+    MASKED_LOGIT,
+    ActorCritic,
+    ActorCriticConfig,
+    FactorisedCategorical,
+    check_action_mask,
+)
+
+NVEC = (7, 5, 3)
+
+
+def _logits(seed=0):
+    return jax.random.normal(jax.random.key(seed), (sum(NVEC),)) * 3.0
+
+
+def test_log_prob_and_entropy_match_numpy():
+    logits = _logits()
+    dist = FactorisedCategorical.from_logits(logits, NVEC)
+    action = jnp.array([3, 1, 2], jnp.int32)
+    parts = np.split(np.asarray(logits, np.float64), np.cumsum(NVEC)[:-1])
+    log_softmax = [p - np.log(np.exp(p - p.max()).sum()) - p.max() for p in parts]
+    expected_lp = sum(ls[a] for ls, a in zip(log_softmax, [3, 1, 2], strict=True))
+    expected_h = sum(-(np.exp(ls) * ls).sum() for ls in log_softmax)
+    np.testing.assert_allclose(dist.log_prob(action), expected_lp, rtol=1e-5)
+    np.testing.assert_allclose(dist.entropy(), expected_h, rtol=1e-5)
+    assert dist.sample(jax.random.key(1)).dtype == jnp.int32
+    assert dist.mode().tolist() == [int(np.argmax(p)) for p in parts]
+
+
+def test_sampling_never_picks_a_masked_value():
+    # Mask away the most likely value of every factor and keep a single allowed value in factor 1.
+    logits = jnp.zeros(sum(NVEC)).at[jnp.array([0, 7, 12])].set(50.0)
+    mask = np.ones(sum(NVEC), bool)
+    mask[[0, 12]] = False
+    mask[7:12] = False
+    mask[9] = True
+    dist = FactorisedCategorical.from_logits(logits, NVEC, jnp.asarray(mask))
+    samples = jax.vmap(dist.sample)(jax.random.split(jax.random.key(0), 4000))
+    assert not np.isin(samples[:, 0], [0]).any()
+    assert (samples[:, 1] == 2).all()  # flat index 9 is value 2 of factor 1
+    assert not np.isin(samples[:, 2], [0]).any()  # flat index 12 is value 0 of factor 2
+    assert set(np.unique(samples[:, 0])) == set(range(1, 7))  # every allowed value still reachable
+    assert dist.log_prob(jnp.array([0, 2, 0], jnp.int32)) < MASKED_LOGIT / 2
+    assert np.isfinite(dist.entropy())
+
+
+def test_all_false_factor_falls_back_to_unmasked_and_host_check_raises():
+    logits = _logits(3)
+    mask = np.ones(sum(NVEC), bool)
+    mask[7:12] = False  # nothing allowed in factor 1
+    masked = FactorisedCategorical.from_logits(logits, NVEC, jnp.asarray(mask))
+    plain = FactorisedCategorical.from_logits(logits, NVEC)
+    np.testing.assert_allclose(masked.log_probs[1], plain.log_probs[1])
+    with pytest.raises(ValueError, match="factor 1"):
+        check_action_mask(mask, NVEC)
+    check_action_mask(np.ones((2, sum(NVEC)), bool), NVEC)
+    with pytest.raises(ValueError, match="sum\\(nvec\\)"):
+        check_action_mask(np.ones(4, bool), NVEC)
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="flat logits"):
+        FactorisedCategorical.from_logits(jnp.zeros(5), NVEC)
+    with pytest.raises(ValueError, match="nvec"):
+        FactorisedCategorical.from_logits(jnp.zeros(5), (5, 0))
+    with pytest.raises(ValueError, match="divisible"):
+        ActorCriticConfig(
+            image_dim=8, text_dim=8, proprio_dim=2, action_nvec=NVEC, hidden_size=30, num_heads=4
+        )
+
+
+def _actor_critic():
+    key = jax.random.key(0)
+    config = ActorCriticConfig(
+        image_dim=24,
+        text_dim=16,
+        proprio_dim=5,
+        action_nvec=NVEC,
+        hidden_size=32,
+        num_heads=2,
+        memory_size=16,
+        head_hidden=16,
+    )
+    return ActorCritic(config, key=key)
+
+
+def test_actor_critic_shapes_and_padding_is_ignored():
+    model = _actor_critic()
+    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+    image = jax.random.normal(k1, (9, 24))
+    text = jax.random.normal(k2, (6, 16))
+    valid = jnp.array([True, True, True, False, False, False])
+    proprio = jnp.ones(5)
+    logits, value, carry = model(image, text, valid, proprio, model.initial_carry())
+    assert logits.shape == (sum(NVEC),) and value.shape == () and carry.shape == (16,)
+    # Whatever sits in padded positions does not change the decision.
+    noisy = text.at[3:].set(jax.random.normal(k3, (3, 16)) * 10)
+    logits2, value2, carry2 = model(image, noisy, valid, proprio, model.initial_carry())
+    np.testing.assert_allclose(logits, logits2, atol=1e-5)
+    np.testing.assert_allclose(carry, carry2, atol=1e-5)
+    # The memory carries information: a different carry gives a different decision.
+    logits3, _, _ = model(image, text, valid, proprio, carry)
+    assert not np.allclose(logits3, logits)
+    with pytest.raises(ValueError, match="proprio"):
+        model(image, text, valid, jnp.ones(4), model.initial_carry())
+
+
+def test_actor_critic_gradients_reach_every_parameter():
+    model = _actor_critic()
+    image = jax.random.normal(jax.random.key(2), (9, 24))
+    text = jax.random.normal(jax.random.key(3), (4, 16))
+    valid = jnp.ones(4, bool)
+
+    def loss(m):
+        carry = m.initial_carry()
+        total = 0.0
+        for _ in range(2):  # two steps, so the memory projection gets a gradient through the carry
+            logits, value, carry = m(image, text, valid, jnp.ones(5), carry)
+            dist = FactorisedCategorical.from_logits(logits, NVEC)
+            total = total + dist.log_prob(jnp.array([1, 2, 0], jnp.int32)) + value**2
+        return total
+
+    grads = eqx.filter_grad(loss)(model)
+    for leaf in jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array)):
+        assert jnp.any(leaf != 0)
