@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import sima2
@@ -19,6 +20,16 @@ def _convert(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
     )
     print(f"wrote {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sima2.training.pipeline import train
+
+    out = args.out or f"runs/{args.preset}"
+    report = train(args.preset, out, resume=args.resume, overrides=args.overrides)
+    print(json.dumps(report["success_rate"], indent=2))
+    print(f"run folder: {out}")
     return 0
 
 
@@ -39,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-pickle", action="store_true", help="allow legacy pickle (.bin/.pt) weights via torch"
     )
     convert.set_defaults(func=_convert)
+
+    train = sub.add_parser(
+        "train",
+        help="demonstrations -> behaviour cloning -> PPO -> evaluation on the built-in world, offline",
+    )
+    train.add_argument("--preset", choices=["tiny", "cpu-small", "base"], default="cpu-small")
+    train.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
+    train.add_argument("--resume", action="store_true", help="continue each stage from its last checkpoint")
+    train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.bc.batch_size=128")
+    train.set_defaults(func=_train)
     return parser
 
 
