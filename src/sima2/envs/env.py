@@ -22,15 +22,8 @@ from sima2.envs.levels import LEVELS, LevelConfig, level_from_id
 from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.world import (
     ACTION_NVEC,
-    DURATION_TICKS,
-    KEY_NAMES,
-    LOOK_DEGREES,
     PROPRIO_SIZE,
     SPLITS,
-    SUBGOAL_GOTO,
-    SUBGOAL_OPEN,
-    SUBGOAL_PICKUP,
-    SUBGOAL_PUT,
     EnvParams,
     EnvState,
     entity_colours,
@@ -55,7 +48,9 @@ class Sima2Env(eqx.Module):
     def __check_init__(self):
         for size in (self.image_height, self.image_width):
             if not 8 <= size <= 512:
-                raise ValueError(f"image size must be in [8, 512], got {self.image_height}x{self.image_width}")
+                raise ValueError(
+                    f"image size must be in [8, 512], got {self.image_height}x{self.image_width}"
+                )
 
     # --- static description
     @property
@@ -178,21 +173,6 @@ class Sima2Env(eqx.Module):
             text = template.replace("{A}", self._entity_phrase(state, int(plan_a[i])))
             steps.append(text.replace("{B}", self._entity_phrase(state, int(plan_b[i]))))
         return steps
-
-
-__all__ = [
-    "ACTION_NVEC",
-    "DURATION_TICKS",
-    "KEY_NAMES",
-    "LOOK_DEGREES",
-    "SUBGOAL_GOTO",
-    "SUBGOAL_OPEN",
-    "SUBGOAL_PICKUP",
-    "SUBGOAL_PUT",
-    "Sima2Env",
-    "make",
-    "registry",
-]
 
 
 def make(

@@ -67,9 +67,11 @@ def passable_grid(state: EnvState) -> Bool[Array, "GH GW"]:
 def distance_field(goal: Bool[Array, "GH GW"], passable: Bool[Array, "GH GW"]) -> Int32[Array, "GH GW"]:
     """BFS distance (in cells, 4-neighbourhood) to the nearest goal cell; UNREACHABLE elsewhere.
 
-    Runs a fixed number of relaxation sweeps (rows + cols, twice), enough for the levels' layouts.
+    Runs a fixed number of relaxation sweeps: rows + cols for a single room (paths there are at most a
+    Manhattan distance plus small detours around objects), twice that for multi-room layouts.
     """
     rows, cols = goal.shape
+    multi_room = rows > 9 or cols > 9
     init = jnp.where(goal & passable, 0, UNREACHABLE).astype(jnp.int32)
 
     def sweep(_, dist):
@@ -78,10 +80,12 @@ def distance_field(goal: Bool[Array, "GH GW"], passable: Bool[Array, "GH GW"]) -
             best = jnp.minimum(best, _shift(dist, drow, dcol, UNREACHABLE) + 1)
         return jnp.where(passable, jnp.minimum(best, UNREACHABLE), UNREACHABLE)
 
-    return jax.lax.fori_loop(0, 2 * (rows + cols), sweep, init)
+    return jax.lax.fori_loop(0, (2 if multi_room else 1) * (rows + cols), sweep, init)
 
 
-def current_subgoal(state: EnvState) -> tuple[Int32[Array, ""], Int32[Array, ""], Int32[Array, ""], Int32[Array, ""]]:
+def current_subgoal(
+    state: EnvState,
+) -> tuple[Int32[Array, ""], Int32[Array, ""], Int32[Array, ""], Int32[Array, ""]]:
     """The subgoal to pursue now: (index into the plan, subgoal kind, entity a, entity b)."""
     t = jnp.minimum(state.stage, NUM_STAGES - 1)
     kind, a, b = state.stage_kind[t], state.stage_a[t], state.stage_b[t]
@@ -168,7 +172,9 @@ def expert_action(state: EnvState) -> Int32[Array, "3"]:
     centre = cell[::-1].astype(jnp.float32) + 0.5  # (x, y)
 
     # Next cell on a shortest path (first neighbour with the smallest distance).
-    neighbour_dist = jnp.stack([_shift(field, dr, dc, UNREACHABLE)[cell[0], cell[1]] for dr, dc in _NEIGHBOURS])
+    neighbour_dist = jnp.stack(
+        [_shift(field, dr, dc, UNREACHABLE)[cell[0], cell[1]] for dr, dc in _NEIGHBOURS]
+    )
     best = jnp.argmin(neighbour_dist)
     step = jnp.asarray(_NEIGHBOURS, jnp.int32)[best]
     next_cell = cell + step
@@ -202,6 +208,8 @@ def expert_action(state: EnvState) -> Int32[Array, "3"]:
     act_key = jnp.where(kind == SUBGOAL_GOTO, NOOP, act_key).astype(jnp.int32)
     arrive = _turn_or(heading_to(face_point), state, act_key, jnp.int32(0))
     reach, _ = entity_in_reach(state)
-    needs_recentre = (off_centre > jnp.where(kind == SUBGOAL_PUT, 0.2, 0.3)) & ~((kind != SUBGOAL_PUT) & reach[a])
+    needs_recentre = (off_centre > jnp.where(kind == SUBGOAL_PUT, 0.2, 0.3)) & ~(
+        (kind != SUBGOAL_PUT) & reach[a]
+    )
     arrive = jnp.where(needs_recentre, recentre, arrive)
     return jnp.where(here == 0, arrive, travel).astype(jnp.int32)

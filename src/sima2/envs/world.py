@@ -45,8 +45,10 @@ TRAIN, HELDOUT_LAYOUTS, HELDOUT_PAIRS, HELDOUT_PARAPHRASES = range(len(SPLITS))
 NUM_PAIRS = 3 * len(voc.COLOURS)  # (ball | box | key) x colour
 # Held-out colour-object pairs: green ball, purple box, grey key.
 HELDOUT_PAIR_MASK = np.array(
-    [(pair % len(voc.COLOURS)) == (2 * (pair // len(voc.COLOURS)) + 1) % len(voc.COLOURS)
-     for pair in range(NUM_PAIRS)]
+    [
+        (pair % len(voc.COLOURS)) == (2 * (pair // len(voc.COLOURS)) + 1) % len(voc.COLOURS)
+        for pair in range(NUM_PAIRS)
+    ]
 )
 LAYOUT_SEED_SPACE = 1 << 24
 _LAYOUT_ROOT = np.array([0x5EED, 0x1A7], np.uint32)
@@ -128,9 +130,7 @@ def object_grid(state: EnvState) -> Bool[Array, "GH GW"]:
     """Cells occupied by objects lying in the world (not the carried one)."""
     lying = jnp.arange(state.obj_type.shape[0]) != state.carrying
     return (
-        jnp.zeros(state.wall.shape, bool)
-        .at[state.obj_pos[:, 0], state.obj_pos[:, 1]]
-        .max(lying, mode="drop")
+        jnp.zeros(state.wall.shape, bool).at[state.obj_pos[:, 0], state.obj_pos[:, 1]].max(lying, mode="drop")
     )
 
 
@@ -170,7 +170,10 @@ def _concat_pieces(
 
 
 def _noun_phrase(
-    obj_type: Int32[Array, ""], colour: Int32[Array, ""], synonym: Int32[Array, ""], location: Int32[Array, ""]
+    obj_type: Int32[Array, ""],
+    colour: Int32[Array, ""],
+    synonym: Int32[Array, ""],
+    location: Int32[Array, ""],
 ) -> tuple[Int32[Array, " W"], Int32[Array, ""]]:
     tables = voc.token_tables()
     head = jnp.stack(
@@ -194,8 +197,12 @@ def _fill_template(
     slot_b: tuple[Int32[Array, " W"], Int32[Array, ""]],
     out_len: int,
 ) -> tuple[Int32[Array, " {out_len}"], Int32[Array, ""]]:
-    a_tok = jnp.zeros((voc.PIECE_WIDTH,), jnp.int32).at[: slot_a[0].shape[0]].set(slot_a[0][: voc.PIECE_WIDTH])
-    b_tok = jnp.zeros((voc.PIECE_WIDTH,), jnp.int32).at[: slot_b[0].shape[0]].set(slot_b[0][: voc.PIECE_WIDTH])
+    a_tok = (
+        jnp.zeros((voc.PIECE_WIDTH,), jnp.int32).at[: slot_a[0].shape[0]].set(slot_a[0][: voc.PIECE_WIDTH])
+    )
+    b_tok = (
+        jnp.zeros((voc.PIECE_WIDTH,), jnp.int32).at[: slot_b[0].shape[0]].set(slot_b[0][: voc.PIECE_WIDTH])
+    )
     tokens = jnp.where(
         (kinds == 1)[:, None], a_tok[None], jnp.where((kinds == 2)[:, None], b_tok[None], seg_tokens)
     )
@@ -241,9 +248,9 @@ def _door_slots(level: LevelConfig) -> tuple[np.ndarray, np.ndarray]:
     # Outer sides: top, bottom, left, right.
     outer_base = [(0, 0), (grid_rows - 1, 0), (0, 0), (0, grid_cols - 1)]
     outer_step = [(0, 1), (0, 1), (1, 0), (1, 0)]
-    return np.array(base + outer_base, np.int32).reshape(-1, 2), np.array(step + outer_step, np.int32).reshape(
-        -1, 2
-    )
+    return np.array(base + outer_base, np.int32).reshape(-1, 2), np.array(
+        step + outer_step, np.int32
+    ).reshape(-1, 2)
 
 
 def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> EnvState:
@@ -285,10 +292,15 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
     rr, cc = jnp.meshgrid(jnp.arange(grid_rows), jnp.arange(grid_cols), indexing="ij")
     interior = ~jnp.asarray(_static_walls(level))
     parity = jax.random.randint(k_parity, (2,), 0, 2)
-    lattice = interior & (((rr % period) - 1 - parity[0]) % 2 == 0) & (((cc % period) - 1 - parity[1]) % 2 == 0)
+    lattice = (
+        interior & (((rr % period) - 1 - parity[0]) % 2 == 0) & (((cc % period) - 1 - parity[1]) % 2 == 0)
+    )
     is_door = door_id >= 0
     near_door = (
-        jnp.roll(is_door, 1, 0) | jnp.roll(is_door, -1, 0) | jnp.roll(is_door, 1, 1) | jnp.roll(is_door, -1, 1)
+        jnp.roll(is_door, 1, 0)
+        | jnp.roll(is_door, -1, 0)
+        | jnp.roll(is_door, 1, 1)
+        | jnp.roll(is_door, -1, 1)
     )
     room0 = (rr < period) & (cc < period)
     free_lattice = lattice & ~near_door
@@ -476,7 +488,9 @@ def key_for_door(state: EnvState, door_entity: Int32[Array, ""]) -> Int32[Array,
     return jnp.argmax(match).astype(jnp.int32)
 
 
-def _stage_plan(state: EnvState, t: int) -> tuple[Int32[Array, "4"], Int32[Array, "4"], Int32[Array, "4"], Int32[Array, ""]]:
+def _stage_plan(
+    state: EnvState, t: int
+) -> tuple[Int32[Array, "4"], Int32[Array, "4"], Int32[Array, "4"], Int32[Array, ""]]:
     kind, a, b = state.stage_kind[t], state.stage_a[t], state.stage_b[t]
     n_obj = state.obj_type.shape[0]
     locked = (kind == voc.OPEN) & (state.door_state[jnp.clip(a - n_obj, 0)] == DOOR_LOCKED)
@@ -486,7 +500,9 @@ def _stage_plan(state: EnvState, t: int) -> tuple[Int32[Array, "4"], Int32[Array
     plans_len = jnp.array([1, 2, 2, 4, 4], jnp.int32)
     row = jnp.where(locked, 4, kind)
     plan_a = jnp.where(
-        row == 4, jnp.stack([key, key, a, a]), jnp.where(row == 3, jnp.stack([a, a, b, a]), jnp.stack([a, a, a, a]))
+        row == 4,
+        jnp.stack([key, key, a, a]),
+        jnp.where(row == 3, jnp.stack([a, a, b, a]), jnp.stack([a, a, a, a])),
     )
     plan_b = jnp.where(row == 3, jnp.stack([b, b, b, b]), jnp.stack([b, b, b, b]))
     length = jnp.where(t < state.num_stages, plans_len[row], 0)
@@ -527,7 +543,9 @@ def stage_complete(state: EnvState) -> Bool[Array, ""]:
 
 
 # --- physics ---------------------------------------------------------------------------------------------
-def _blocked(solid_flat: Bool[Array, " C"], pos: Float32[Array, "2"], shape: tuple[int, int]) -> Bool[Array, ""]:
+def _blocked(
+    solid_flat: Bool[Array, " C"], pos: Float32[Array, "2"], shape: tuple[int, int]
+) -> Bool[Array, ""]:
     corners = pos[None, :] + AGENT_RADIUS * jnp.array([[-1, -1], [-1, 1], [1, -1], [1, 1]], jnp.float32)
     col = jnp.clip(jnp.floor(corners[:, 0]).astype(jnp.int32), 0, shape[1] - 1)
     row = jnp.clip(jnp.floor(corners[:, 1]).astype(jnp.int32), 0, shape[0] - 1)
@@ -546,8 +564,10 @@ def _interact(state: EnvState, key_index: Int32[Array, ""]) -> tuple[EnvState, B
     pick = do_interact & any_reach & is_object & empty_handed
     door = jnp.clip(candidate - n_obj, 0, state.door_state.shape[0] - 1)
     current = state.door_state[door]
-    holds_key = (state.carrying >= 0) & (state.obj_type[jnp.maximum(state.carrying, 0)] == voc.KEY) & (
-        state.obj_colour[jnp.maximum(state.carrying, 0)] == state.door_colour[door]
+    holds_key = (
+        (state.carrying >= 0)
+        & (state.obj_type[jnp.maximum(state.carrying, 0)] == voc.KEY)
+        & (state.obj_colour[jnp.maximum(state.carrying, 0)] == state.door_colour[door])
     )
     toggle = do_interact & any_reach & ~is_object & ((current != DOOR_LOCKED) | holds_key)
     new_door_state = jnp.where(current == DOOR_OPEN, DOOR_CLOSED, DOOR_OPEN)
@@ -570,7 +590,9 @@ def _interact(state: EnvState, key_index: Int32[Array, ""]) -> tuple[EnvState, B
     carrying = jnp.where(drop, -1, carrying).astype(jnp.int32)
     failed = (do_interact & ~pick & ~toggle) | ((key_index == DROP) & ~drop)
     new_state = eqx.tree_at(
-        lambda s: (s.door_state, s.carrying, s.obj_pos), state, (door_state.astype(jnp.int32), carrying, obj_pos)
+        lambda s: (s.door_state, s.carrying, s.obj_pos),
+        state,
+        (door_state.astype(jnp.int32), carrying, obj_pos),
     )
     return new_state, failed
 
