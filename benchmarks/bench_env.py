@@ -18,7 +18,8 @@ import sys
 import time
 
 PEER_SCRIPT = r"""
-import json, sys, time
+import json, os, sys, time
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as the per-core ratio assumes
 import gymnasium as gym
 import miniworld  # noqa: F401  (registers the environments)
 level, size, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -75,7 +76,8 @@ def bench_sima2(level: str, num_worlds: int, size: int, steps: int, repeats: int
 
 
 def bench_peer(python: str, level: str, size: int, seconds: float) -> float | None:
-    env = dict(os.environ, PYGLET_HEADLESS="1")
+    # Software OpenGL (llvmpipe) would otherwise spread rendering over several threads.
+    env = dict(os.environ, PYGLET_HEADLESS="1", LP_NUM_THREADS="1")
     try:
         out = subprocess.run(
             [python, "-c", PEER_SCRIPT, level, str(size), str(seconds)],
