@@ -1,6 +1,6 @@
 """Record the shortest-path expert solving one episode of a level as an annotated GIF.
 
-    python examples/record_expert_episode.py --level sima2/Sequence-v0 --out docs/expert_sequence.gif
+python examples/record_expert_episode.py --level sima2/Sequence-v0 --out docs/expert_sequence.gif
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from sima2.envs.gym_env import Sima2GymEnv, Sima2VectorEnv, register_envs
 from sima2.envs.levels import LEVELS, LevelConfig, level_from_id
 from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.video import annotate_frame, side_by_side, write_episode
-from sima2.envs.vocabulary import decode_ids, encode_words, get_tokenizer, vocabulary
+from sima2.envs.vocabulary import decode_ids, encode_words, get_tokenizer
 from sima2.envs.world import (
     ACTION_NVEC,
     DURATION_TICKS,
@@ -58,6 +58,5 @@ __all__ = [
     "render_first_person",
     "render_topdown",
     "side_by_side",
-    "vocabulary",
     "write_episode",
 ]

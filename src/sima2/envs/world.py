@@ -98,6 +98,7 @@ class EnvState(eqx.Module):
     entity_location: Int32[Array, " E"]
     instruction: Int32[Array, " L"]
     time: Int32[Array, ""]
+    layout_seed: Int32[Array, ""]  # seeds divisible by 5 are the held-out layouts
     episode_return: Float32[Array, ""]
 
 
@@ -427,6 +428,7 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
         entity_location=location,
         instruction=jnp.zeros((voc.MAX_INSTRUCTION_LENGTH,), jnp.int32),
         time=jnp.int32(0),
+        layout_seed=layout_seed.astype(jnp.int32),
         episode_return=jnp.float32(0.0),
     )
     state = _with_plan(state)
@@ -569,7 +571,9 @@ def _interact(state: EnvState, key_index: Int32[Array, ""]) -> tuple[EnvState, B
         & (state.obj_type[jnp.maximum(state.carrying, 0)] == voc.KEY)
         & (state.obj_colour[jnp.maximum(state.carrying, 0)] == state.door_colour[door])
     )
-    toggle = do_interact & any_reach & ~is_object & ((current != DOOR_LOCKED) | holds_key)
+    # A door cannot be closed on the agent standing in its doorway.
+    clear_of_door = distance[candidate] > 0.5 + AGENT_RADIUS
+    toggle = do_interact & any_reach & ~is_object & clear_of_door & ((current != DOOR_LOCKED) | holds_key)
     new_door_state = jnp.where(current == DOOR_OPEN, DOOR_CLOSED, DOOR_OPEN)
     door_state = jnp.where(toggle, state.door_state.at[door].set(new_door_state), state.door_state)
     carrying = jnp.where(pick, candidate, state.carrying).astype(jnp.int32)
@@ -652,7 +656,7 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
     return state, failed | (pushed > 0)
 
 
-def proprio(state: EnvState) -> Float32[Array, " {PROPRIO_SIZE}"]:
+def proprio(state: EnvState) -> Float32[Array, " P"]:
     """Velocity (body frame), yaw rate, heading, held object (type and colour one-hot), contact impulse."""
     holding = state.carrying >= 0
     held = jnp.maximum(state.carrying, 0)

@@ -1,0 +1,136 @@
+"""Rendered frames per second of the built-in world vs. MiniWorld, on this CPU.
+
+sima2: `jax.jit(lax.scan(jax.vmap(env.step)))` with random actions, step + first-person render + auto-resets
+included, for N = 1, 64, 1024 worlds at 64x64 and 128x128. MiniWorld (OpenGL, one world per process,
+gymnasium API) is timed at the same image sizes on OneRoom and FourRooms in a subprocess, so it may live in
+its own virtual environment (`--peer-python`; headless with PYGLET_HEADLESS=1).
+
+    python benchmarks/bench_env.py --peer-python path/to/venv-with-miniworld/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+PEER_SCRIPT = r"""
+import json, os, sys, time
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as the per-core ratio assumes
+import gymnasium as gym
+import miniworld  # noqa: F401  (registers the environments)
+level, size, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+env = gym.make(level, obs_width=size, obs_height=size)
+env.reset(seed=0)
+for _ in range(20):
+    env.step(env.action_space.sample())
+frames, start = 0, time.perf_counter()
+while time.perf_counter() - start < seconds:
+    _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+    frames += 1
+    if terminated or truncated:
+        env.reset()
+        frames += 1
+print(json.dumps({"fps": frames / (time.perf_counter() - start)}))
+"""
+
+
+def bench_sima2(level: str, num_worlds: int, size: int, steps: int, repeats: int) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    import sima2.envs as envs
+
+    env, params = envs.make(level, image_size=size)
+    nvec = jnp.array(env.action_nvec)
+
+    @jax.jit
+    def rollout(key, state, obs):
+        def body(carry, step_key):
+            state, obs = carry
+            k_act, k_step = jax.random.split(step_key)
+            actions = (jax.random.uniform(k_act, (num_worlds, 3)) * nvec).astype(jnp.int32)
+            keys = jax.random.split(k_step, num_worlds)
+            obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                keys, state, actions, params
+            )
+            return (state, obs), reward.sum() + info["distance_to_goal"].sum()
+
+        (state, obs), totals = jax.lax.scan(body, (state, obs), jax.random.split(key, steps))
+        return state, obs, totals
+
+    keys = jax.random.split(jax.random.key(0), num_worlds)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
+    state, obs, totals = rollout(jax.random.key(1), state, obs)  # compile
+    jax.block_until_ready((obs, totals))
+    best = float("inf")
+    for r in range(repeats):
+        start = time.perf_counter()
+        state, obs, totals = rollout(jax.random.key(2 + r), state, obs)
+        jax.block_until_ready((obs, totals))
+        best = min(best, time.perf_counter() - start)
+    return num_worlds * steps / best
+
+
+def bench_peer(python: str, level: str, size: int, seconds: float) -> float | None:
+    # Software OpenGL (llvmpipe) would otherwise spread rendering over several threads.
+    env = dict(os.environ, PYGLET_HEADLESS="1", LP_NUM_THREADS="1")
+    try:
+        out = subprocess.run(
+            [python, "-c", PEER_SCRIPT, level, str(size), str(seconds)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=True,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as error:
+        stderr = getattr(error, "stderr", "") or ""
+        print(f"  MiniWorld {level} unavailable: {error.__class__.__name__} {stderr.strip()[-300:]}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["fps"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--level", default="sima2/GoTo-v0")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 64, 1024])
+    parser.add_argument("--steps", type=int, default=32, help="decision steps per timed rollout")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peer-python", default=sys.executable, help="interpreter that has `miniworld`")
+    parser.add_argument("--peer-seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU cores: {cores}; sima2 level {args.level}; rendered frames/s (step + render + resets)"
+    )
+    results: dict[tuple[int, int], float] = {}
+    for size in args.sizes:
+        for n in args.worlds:
+            steps = max(args.steps, 256 // n)  # enough work per call for small batches
+            fps = bench_sima2(args.level, n, size, steps, args.repeats)
+            results[(size, n)] = fps
+            print(f"sima2 {size}x{size} N={n:5d}: {fps:12,.0f} frames/s  ({fps / cores:10,.0f} per core)")
+
+    for size in args.sizes:
+        for peer_level in ("MiniWorld-OneRoom-v0", "MiniWorld-FourRooms-v0"):
+            peer = bench_peer(args.peer_python, peer_level, size, args.peer_seconds)
+            if peer is None:
+                continue
+            best = max(fps for (s, _), fps in results.items() if s == size)
+            ratio = (best / cores) / peer  # MiniWorld renders one world on one core
+            print(
+                f"MiniWorld {peer_level} {size}x{size}: {peer:8,.0f} frames/s on 1 core | "
+                f"sima2 best {best:,.0f} on {cores} cores -> {ratio:,.1f}x per core"
+            )
+
+
+if __name__ == "__main__":
+    main()

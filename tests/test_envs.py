@@ -1,0 +1,272 @@
+"""Tests of the built-in world: determinism, vmap, physics, rendering, tasks, splits, language, gymnasium."""
+
+from __future__ import annotations
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sima2.envs as envs
+from sima2.envs import vocabulary as voc
+from sima2.envs.world import AGENT_RADIUS, HELDOUT_PAIR_MASK
+
+SIZE = 16  # tiny images keep the tests fast
+
+
+@pytest.fixture(scope="module")
+def goto():
+    return envs.make("sima2/GoTo-v0", image_size=SIZE)
+
+
+def _leaf_equal(x, y) -> bool:
+    x, y = np.asarray(x), np.asarray(y)
+    if np.issubdtype(x.dtype, np.floating):  # vmapped code may round the last bit differently
+        return x.shape == y.shape and np.allclose(x, y, rtol=1e-5, atol=1e-5)
+    return np.array_equal(x, y)
+
+
+def _trees_equal(a, b) -> bool:
+    return all(_leaf_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def test_reset_is_deterministic_per_key(goto):
+    env, params = goto
+    reset = jax.jit(env.reset)
+    obs_a, state_a = reset(jax.random.key(7), params)
+    obs_b, state_b = reset(jax.random.key(7), params)
+    obs_c, state_c = reset(jax.random.key(8), params)
+    assert _trees_equal((obs_a, state_a), (obs_b, state_b))
+    assert not _trees_equal(state_a, state_c)
+    assert obs_a["image"].dtype == jnp.uint8 and obs_a["image"].shape == (SIZE, SIZE, 3)
+    assert obs_a["instruction"].dtype == jnp.int32 and obs_a["instruction"].shape == (env.instruction_length,)
+    assert obs_a["proprio"].shape == (env.proprio_size,)
+
+
+def test_vmap_over_256_worlds_equals_a_loop(goto):
+    env, params = goto
+    n = 256
+    keys = jax.random.split(jax.random.key(0), n)
+    step_keys = jax.random.split(jax.random.key(1), n)
+    actions = jax.random.randint(jax.random.key(2), (n, 3), 0, jnp.array(env.action_nvec))
+    batched_reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
+    batched_step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    obs, state = batched_reset(keys, params)
+    out = batched_step(step_keys, state, actions, params)
+
+    reset, step = jax.jit(env.reset), jax.jit(env.step)
+    for i in range(n):
+        obs_i, state_i = reset(keys[i], params)
+        out_i = step(step_keys[i], state_i, actions[i], params)
+        assert _trees_equal(jax.tree.map(lambda x, i=i: x[i], (obs, out)), (obs_i, out_i)), (
+            f"world {i} differs"
+        )
+
+
+_MULTI_ROOM = envs.make("sima2/GoToMultiRoom-v0", image_size=8)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**30),
+    actions=st.lists(
+        st.tuples(st.integers(0, 6), st.integers(0, 6), st.integers(0, 2)), min_size=5, max_size=15
+    ),
+)
+def test_agent_never_passes_through_walls(seed, actions):
+    env, params = _MULTI_ROOM
+    step = _jitted_step_no_reset(env)
+    _, state = _jitted_reset(env)(jax.random.key(seed), params)
+    offsets = AGENT_RADIUS * 0.999 * np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]])
+    for action in actions:
+        _, state, *_ = step(state, np.array(action, np.int32), params)
+        # Walls and closed doors (objects may be dropped next to the agent, so they are left out).
+        door_id = np.asarray(state.door_id)
+        door_closed = np.where(door_id >= 0, np.asarray(state.door_state)[np.maximum(door_id, 0)] > 0, False)
+        solid = np.asarray(state.wall) | door_closed
+        corners = np.floor(np.asarray(state.agent_pos)[None, :] + offsets).astype(int)
+        assert not solid[corners[:, 1], corners[:, 0]].any(), f"agent overlaps a wall at {state.agent_pos}"
+
+
+_RESET_CACHE: dict = {}
+
+
+def _jitted_reset(env):
+    if env not in _RESET_CACHE:
+        _RESET_CACHE[env] = jax.jit(env.reset)
+    return _RESET_CACHE[env]
+
+
+_STEP_CACHE: dict = {}
+
+
+def _jitted_step_no_reset(env):
+    if env not in _STEP_CACHE:
+        _STEP_CACHE[env] = jax.jit(env.step_no_reset)
+    return _STEP_CACHE[env]
+
+
+def _column_profile(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32).mean(axis=(0, 2))
+
+
+def _best_shift(before: np.ndarray, after: np.ndarray, max_shift: int = 20) -> int:
+    """Horizontal shift (pixels) that best maps `before` onto `after` (negative: content moved left)."""
+    a, b = _column_profile(before), _column_profile(after)
+    errors = {}
+    for shift in range(-max_shift, max_shift + 1):
+        lo, hi = max(0, shift), min(a.shape[0], a.shape[0] + shift)
+        errors[shift] = np.mean((a[lo - shift : hi - shift] - b[lo:hi]) ** 2)
+    return min(errors, key=errors.get)
+
+
+@pytest.mark.parametrize("look_bin, direction", [(4, -1), (2, 1)])  # +15 deg = right, -15 deg = left
+def test_turning_moves_the_image_the_right_way(look_bin, direction):
+    env, params = envs.make("sima2/GoToLoc-v0", image_size=64)
+    step = _jitted_step_no_reset(env)
+    reset = jax.jit(env.reset)
+    moved = []
+    for seed in range(12):
+        obs, state = reset(jax.random.key(seed), params)
+        if _column_profile(np.asarray(obs["image"])).std() < 8.0:
+            continue  # a featureless view (facing a plain wall) carries no horizontal motion
+        obs2, *_ = step(state, jnp.array([0, look_bin, 0], jnp.int32), params)
+        moved.append(_best_shift(np.asarray(obs["image"]), np.asarray(obs2["image"])))
+    # Turning right by 15 degrees moves the view's content left by ~13 pixels (66 degree field of view).
+    assert len(moved) >= 4
+    assert all(np.sign(m) == direction and 5 <= abs(m) <= 20 for m in moved), moved
+
+
+def test_bumping_a_wall_is_an_invalid_move_with_contact(goto):
+    env, params = goto
+    step = _jitted_step_no_reset(env)
+    _, state = jax.jit(env.reset)(jax.random.key(3), params)
+    info = None
+    for _ in range(8):  # walking forward for 4 s reaches a wall in a 5x5 room
+        obs, state, _, _, _, info = step(state, jnp.array([1, 3, 2], jnp.int32), params)
+    assert bool(info["invalid_move"])
+    assert float(state.contact) > 0 and float(obs["proprio"][-1]) > 0
+    assert np.allclose(obs["proprio"][:2], 0.0, atol=1e-5)  # pushing against the wall: no velocity
+
+
+def test_info_keys_and_auto_reset(goto):
+    env, params = goto
+    params = envs.EnvParams(max_steps=jnp.int32(2), split=params.split)
+    obs, state = jax.jit(env.reset)(jax.random.key(0), params)
+    step = jax.jit(env.step)
+    for t in range(2):  # the episode ends by success or by the step limit of 2
+        obs, state, reward, done, info = step(jax.random.key(t), state, jnp.array([0, 3, 0]), params)
+        if bool(done):
+            break
+    for key in ("success", "invalid_move", "agent_pos", "distance_to_goal", "timeout", "episode_return"):
+        assert key in info
+    assert info["agent_pos"].shape == (2,) and info["distance_to_goal"].dtype == jnp.float32
+    assert bool(done) and bool(info["timeout"]) != bool(info["success"])
+    assert int(state.time) == 0  # auto-reset
+
+
+def test_expert_plan_text_and_subgoals():
+    env, params = envs.make("sima2/Unlock-v0", image_size=SIZE)
+    _, state = jax.jit(env.reset)(jax.random.key(0), params)
+    plan = env.plan_text(state)
+    colour = plan[0].split()[-2]
+    assert plan == [
+        f"go to the {colour} key",
+        f"pick up the {colour} key",
+        f"go to the {colour} door",
+        f"open the {colour} door",
+    ]
+    assert int(env.subgoal_index(state)) in (0, 1)
+    assert float(env.optimal_path_length(state)) >= 0
+
+
+def test_instruction_ids_match_the_hf_tokenizer():
+    tokenizer = envs.get_tokenizer()
+    assert tokenizer.pad_token_id == 0 and len(tokenizer) == len(voc.vocabulary())
+    for level in ("sima2/Sequence-v0", "sima2/GoToLoc-v0"):
+        env, params = envs.make(level, image_size=SIZE)
+        for seed in range(5):
+            _, state = jax.jit(env.reset)(jax.random.key(seed), params)
+            ids = np.asarray(state.instruction)
+            text = env.instruction_text(state)
+            n = int((ids != 0).sum())
+            assert n > 2 and (ids[n:] == 0).all()  # left-aligned, padded
+            assert tokenizer(text)["input_ids"] == ids[:n].tolist()
+            assert tokenizer.decode(ids[:n]).replace(" ,", ",") == text
+
+
+def _batch_reset(env, params, n=64, seed=0):
+    return jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(jax.random.split(jax.random.key(seed), n), params)[
+        1
+    ]
+
+
+def test_splits_are_disjoint_by_construction():
+    env, _ = envs.make("sima2/PutNext-v0", image_size=SIZE)
+    pair = lambda s: np.asarray(s.obj_type) * len(voc.COLOURS) + np.asarray(s.obj_colour)
+    train = _batch_reset(env, env.default_params("train"))
+    assert not HELDOUT_PAIR_MASK[pair(train)].any()
+    assert (np.asarray(train.layout_seed) % 5 != 0).all()
+    pairs = _batch_reset(env, env.default_params("heldout_pairs"))
+    assert HELDOUT_PAIR_MASK[pair(pairs)[:, :2]].all()  # both targets use held-out colour-object pairs
+    layouts = _batch_reset(env, env.default_params("heldout_layouts"))
+    assert (np.asarray(layouts.layout_seed) % 5 == 0).all()
+
+    heldout_words = {"set", "drop"}
+    train_texts = [voc.decode_ids(row) for row in np.asarray(train.instruction)]
+    para = _batch_reset(env, env.default_params("heldout_paraphrases"))
+    para_texts = [voc.decode_ids(row) for row in np.asarray(para.instruction)]
+    assert not any(text.split()[0] in heldout_words for text in train_texts)
+    assert all(text.split()[0] in heldout_words for text in para_texts)
+    with pytest.raises(ValueError, match="unknown split"):
+        env.default_params("test")
+
+
+def test_registry_and_bad_ids():
+    ids = list(envs.registry())
+    for required in ("GoTo", "Pickup", "Open", "PutNext", "Sequence"):
+        assert f"sima2/{required}-v0" in ids
+        assert f"sima2/{required}-v0" in gymnasium.registry
+    with pytest.raises(ValueError, match="unknown level"):
+        envs.make("sima2/Nope-v0")
+    with pytest.raises(ValueError, match="image size"):
+        envs.make("sima2/GoTo-v0", image_size=1024)
+
+
+def test_gymnasium_env_passes_the_checker():
+    env = gymnasium.make("sima2/GoTo-v0", image_size=SIZE, render_mode="rgb_array")
+    check_env(env.unwrapped)
+    obs, info = env.reset(seed=0)
+    assert isinstance(info["instruction_text"], str)
+    obs, reward, terminated, truncated, info = env.step(env.unwrapped.expert_action())
+    assert env.render().shape == (SIZE, SIZE, 3)
+
+
+def test_vector_env_steps_all_worlds_in_one_call():
+    vec = gymnasium.make_vec(
+        "sima2/Pickup-v0", num_envs=8, vectorization_mode="vector_entry_point", image_size=SIZE
+    )
+    obs, _ = vec.reset(seed=1)
+    assert obs["image"].shape == (8, SIZE, SIZE, 3)
+    for _ in range(3):
+        obs, reward, terminated, truncated, info = vec.step(vec.action_space.sample())
+    assert reward.shape == (8,) and terminated.dtype == bool and info["distance_to_goal"].shape == (8,)
+    assert vec.observation_space.contains(obs)
+    assert len(vec.unwrapped.instruction_texts()) == 8
+    vec.close()
+
+
+def test_topdown_render_and_gif(tmp_path, goto):
+    env, params = goto
+    obs, state = jax.jit(env.reset)(jax.random.key(0), params)
+    top = np.asarray(env.render_topdown(state, 4))
+    assert top.shape == (7 * 4, 7 * 4, 3) and top.dtype == np.uint8
+    frames = [envs.side_by_side(np.asarray(obs["image"]), top)] * 3
+    path = envs.write_episode(frames, tmp_path / "episode.gif", env.instruction_text(state), scale=2)
+    assert path.exists() and path.stat().st_size > 0
+    with pytest.raises(ValueError, match="unsupported video format"):
+        envs.write_episode(frames, tmp_path / "episode.avi")
