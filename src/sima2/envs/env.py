@@ -22,6 +22,7 @@ from sima2.envs.levels import LEVELS, LevelConfig, level_from_id
 from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.world import (
     ACTION_NVEC,
+    DURATION_TICKS,
     PROPRIO_SIZE,
     SPLITS,
     EnvParams,
@@ -114,6 +115,8 @@ class Sima2Env(eqx.Module):
             "contact": state.contact,
             "episode_return": state.episode_return,
             "episode_length": time,
+            # Simulated ticks this decision held its action for (60 Hz): wrappers measure time with it.
+            "elapsed_ticks": jnp.asarray(DURATION_TICKS, jnp.int32)[jnp.asarray(action, jnp.int32)[2]],
         }
         return state, reward, info
 
