@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from sima2.planning import LanguagePlanner, encode_plan_pairs, plan_target_ids, split_plan
+from sima2.planning import LanguagePlanner, encode_plan_pairs, load_tokenizer, plan_target_ids, split_plan
 
 COLORS = ("red", "green", "blue", "purple", "yellow", "grey")
 OBJECTS = ("ball", "key", "box")
@@ -56,6 +56,14 @@ def instructions(rng: np.random.Generator, n: int) -> list[str]:
         else:
             out.add(f"go to {a} then pick up {b}")
     return sorted(out)
+
+
+def test_word_level_tokenizer_saves_and_loads_through_auto_tokenizer(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    plan = ["go to the red ball", "pick up the red ball"]
+    assert plan_target_ids(loaded, plan) == plan_target_ids(tokenizer, plan)
+    assert split_plan(loaded, plan_target_ids(loaded, plan)) == plan
 
 
 def test_plan_format_round_trip(tokenizer):
