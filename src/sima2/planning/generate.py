@@ -154,10 +154,17 @@ def generate(
         eos_ids = (eos_token_id,)
     else:
         eos_ids = tuple(int(e) for e in eos_token_id)
-    return _generate(
+    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+    attention_mask = jnp.asarray(attention_mask).astype(bool)
+    single = prompt_ids.shape[0] == 1 and jax.default_backend() == "cpu"
+    if single:
+        # XLA:CPU runs one-row matmuls (matrix-vector) on one thread; two rows take the multi-threaded GEMM
+        # path and finish sooner than one, so decode a duplicate row alongside and drop it.
+        prompt_ids, attention_mask = jnp.tile(prompt_ids, (2, 1)), jnp.tile(attention_mask, (2, 1))
+    out = _generate(
         lm,
-        jnp.asarray(prompt_ids, jnp.int32),
-        jnp.asarray(attention_mask).astype(bool),
+        prompt_ids,
+        attention_mask,
         key if key is not None else jax.random.key(0),
         jnp.asarray(max(temperature, 1e-6), jnp.float32),
         max_new_tokens,
@@ -167,6 +174,7 @@ def generate(
         eos_ids,
         int(pad_token_id),
     )
+    return out[:1] if single else out
 
 
 __all__ = ["generate"]
