@@ -171,7 +171,11 @@ def test_bfloat16_load_and_model_class_dispatch(pair):
     lm = CausalLM.from_pretrained(folder, dtype="bfloat16")
     assert lm.embed_tokens.dtype == jnp.bfloat16
     assert jnp.isfinite(lm(jnp.arange(3, 12)).astype(jnp.float32)).all()
-    assert model_class_for(name.split("-")[0].replace("llama3", "llama")) is CausalLM
+    model_type = name.split("-")[0].replace("llama3", "llama")
+    assert model_class_for(model_type) is CausalLM
+    from sima2.interop.convert import model_class_for as convert_dispatch
+
+    assert convert_dispatch(model_type) is CausalLM
 
 
 def test_unsupported_configs_are_rejected():

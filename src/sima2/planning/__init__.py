@@ -4,6 +4,7 @@ generation, and the `LanguagePlanner` whose instruction embeddings steer the pol
 from __future__ import annotations
 
 from sima2.planning.causal_lm import CausalLM, KVCache, LMConfig, positions_from_mask
+from sima2.planning.generate import generate
 from sima2.planning.planner import LanguagePlanner, LoRA
 from sima2.planning.text_encoder import TextEncoder, TextEncoderConfig, mean_pool
 from sima2.planning.tokenizer import (
@@ -31,6 +32,7 @@ __all__ = [
     "TextEncoder",
     "TextEncoderConfig",
     "encode_plan_pairs",
+    "generate",
     "load_tokenizer",
     "mean_pool",
     "model_class_for",
