@@ -20,9 +20,12 @@ world, params = sima2.envs.make("sima2/GoTo-v0")
 nvec = world.action_nvec
 
 
+DROP = sima2.envs.KEY_NAMES.index("drop")
+
+
 def is_destructive(state, action, params):
-    # Illustration: treat the last key of the action vocabulary as destructive in every state.
-    return action[0] == nvec[0] - 1
+    # Dropping what the agent carries (a key it still needs, say) is the irreversible move we block here.
+    return (action[0] == DROP) & (state.carrying >= 0)
 
 
 env = SafetyFilter(
@@ -30,7 +33,7 @@ env = SafetyFilter(
         RewardShaper(world, success=1.0, invalid_move=-0.1, new_region=0.5, potential=0.1),
         timeout_s=10.0,
         penalty=1.0,
-        seconds_per_step=0.25,  # or None when the world reports info["elapsed_ticks"]
+        # Simulated time comes from the world's info["elapsed_ticks"] (each action is held 6-30 ticks at 60 Hz).
         fallback_steps=20,  # the world's expert navigates for 20 steps after a rollback
     ),
     is_destructive=is_destructive,
