@@ -257,8 +257,11 @@ def load_state_dict(
         if jnp.issubdtype(leaf_dtype, jnp.floating) and target_dtype is not None:
             leaf_dtype = target_dtype
         # Cast on the host in one step (bf16 via ml_dtypes), then one copy to the device.
-        new_leaves.append(jax.device_put(np.asarray(value).astype(_to_numpy_dtype(leaf_dtype), copy=False)))
-        del value
+        host = np.asarray(value).astype(_to_numpy_dtype(leaf_dtype), copy=False)
+        # Wait for each copy: an asynchronous transfer keeps its source pages resident, and a queue of them
+        # would hold much of the file in memory at once.
+        new_leaves.append(jax.device_put(host).block_until_ready())
+        del value, host
     return jax.tree_util.tree_unflatten(treedef, new_leaves), report
 
 
