@@ -13,13 +13,12 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from sima2.training.config import TrainConfig
 from sima2.training.data import augment_images
-from sima2.training.loop import GuardState, TrainState, guard_step
+from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
 
 PlanLoss = Callable[[Any, dict[str, Any]], Float[Array, ""]]
@@ -58,14 +57,7 @@ def make_bc(
     bc = config.bc
 
     def init_fn(key: PRNGKeyArray) -> TrainState:
-        return TrainState(
-            agent,
-            init_opt_state(optimizer, agent, spec),
-            key,
-            jnp.zeros((), jnp.int32),
-            GuardState.init(),
-            None,
-        )
+        return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key)
 
     def step_fn(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict]:
         key, augment_key = jax.random.split(state.key)

@@ -67,6 +67,11 @@ class TrainState(eqx.Module):
     guard: GuardState
     env: PyTree = None
 
+    @classmethod
+    def create(cls, model: PyTree, opt_state: PyTree, key: PRNGKeyArray, env: PyTree = None) -> TrainState:
+        """The state at step 0, with a fresh anomaly guard."""
+        return cls(model, opt_state, key, jnp.zeros((), jnp.int32), GuardState.init(), env)
+
 
 StepFn = Callable[[TrainState, Any], tuple[TrainState, dict[str, Array]]]
 

@@ -23,7 +23,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from sima2.training.config import PPOConfig, TrainConfig
-from sima2.training.loop import GuardState, TrainState, guard_step
+from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
 
 
@@ -335,14 +335,8 @@ def make_ppo(
 
     def init_fn(key: PRNGKeyArray) -> TrainState:
         env_key, key = jax.random.split(key)
-        return TrainState(
-            model=agent,
-            opt_state=init_opt_state(optimizer, agent, spec),
-            key=key,
-            step=jnp.zeros((), jnp.int32),
-            guard=GuardState.init(),
-            env=init_rollout(agent, env, env_params, env_key, ppo.num_envs),
-        )
+        rollout = init_rollout(agent, env, env_params, env_key, ppo.num_envs)
+        return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key, env=rollout)
 
     def step_fn(state: TrainState, batch: Any = None) -> tuple[TrainState, dict]:
         del batch
@@ -446,14 +440,7 @@ def make_host_ppo(
     spec = trainable_spec(agent, filter_spec)
 
     def init_fn(key: PRNGKeyArray) -> TrainState:
-        return TrainState(
-            agent,
-            init_opt_state(optimizer, agent, spec),
-            key,
-            jnp.zeros((), jnp.int32),
-            GuardState.init(),
-            None,
-        )
+        return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key)
 
     def update(state: TrainState, trajectory: Trajectory, start_carry: PyTree, last_value: Array) -> tuple:
         return ppo_update(
