@@ -143,19 +143,42 @@ class _ExpertAgent(MLPAgent):
         return action, carry, {"log_prob": zero, "value": zero, "entropy": zero}
 
 
+class _ArrayLineParams(eqx.Module):
+    """LineParams held as arrays, as real env params are: new values must not mean a new program."""
+
+    size: jax.Array
+    max_steps: jax.Array
+
+
 def test_evaluate_reports_success_efficiency_and_levels():
     config = EvalConfig(num_envs=8, num_episodes=16, max_steps=20)
     expert = evaluate(_ExpertAgent(jax.random.key(0)), LineWorld(), LineParams(), jax.random.key(1), config)
     assert expert["success_rate"] == 1.0 and expert["navigation_efficiency"] == 1.0
     assert expert["episode_length"] == 2.0 and expert["episodes"] == 16
     assert {"success_rate/level_0", "success_rate/level_1"} <= set(expert)
-    splits = evaluate_splits(
-        MLPAgent(jax.random.key(0)),
-        LineWorld(),
-        {"train": LineParams(), "heldout": LineParams(size=7, max_steps=10)},
-        jax.random.key(2),
-        config,
-    )
-    assert set(splits) == {"train", "heldout"}
-    assert splits["train"]["success_rate"] < 1.0 and splits["heldout"]["episodes_per_s"] > 0
-    assert splits["heldout"].get("navigation_efficiency", 0.0) <= 1.0
+
+
+def test_evaluate_splits_share_one_compiled_program():
+    traces = []
+
+    class CountingAgent(MLPAgent):
+        def act(self, key, obs, carry):
+            traces.append(None)  # a Python side effect: runs while tracing, never in the compiled program
+            return super().act(key, obs, carry)
+
+    splits = {
+        "train": _ArrayLineParams(jnp.int32(5), jnp.int32(8)),
+        "heldout": _ArrayLineParams(jnp.int32(7), jnp.int32(10)),
+    }
+    config = EvalConfig(num_envs=8, num_episodes=16, max_steps=20)
+    agent = CountingAgent(jax.random.key(0))
+    results = evaluate_splits(agent, LineWorld(), {"train": splits["train"]}, jax.random.key(2), config)
+    traced_once = len(traces)
+    assert traced_once > 0
+    results.update(evaluate_splits(agent, LineWorld(), splits, jax.random.key(2), config))
+    assert len(traces) == traced_once  # the second split (and a repeat of the first) reused the program
+    assert set(results) == {"train", "heldout"}
+    assert results["train"]["success_rate"] < 1.0 and results["heldout"]["episodes_per_s"] > 0
+    assert results["heldout"].get("navigation_efficiency", 0.0) <= 1.0
+    # The held-out params really reached the compiled program: a longer line gives longer episodes.
+    assert results["heldout"]["episode_length"] > results["train"]["episode_length"]
