@@ -1,4 +1,4 @@
-"""Tests of the shared training pieces: config overrides, schedule, frozen parts, anomaly guard, loop,
+"""Tests of the shared training pieces: config overrides, schedule, flat optimiser, frozen parts, anomaly guard, loop,
 checkpoints with exact resume (also after SIGKILL) and the safetensors export."""
 
 import os
@@ -12,6 +12,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from _training_standins import LineParams, LineWorld, MLPAgent
 from safetensors.numpy import load_file
@@ -34,6 +35,7 @@ from sima2.training import (
     make_schedule,
     run_loop,
 )
+from sima2.training.optim import flatten_small
 
 HERE = Path(__file__).parent
 SRC = HERE.parent / "src"
@@ -63,6 +65,27 @@ def test_schedule_warms_up_then_decays_to_final_lr():
     assert float(schedule(100)) == pytest.approx(1e-5)
     with pytest.raises(ValueError, match="decay_steps"):
         make_schedule(OptimConfig(warmup_steps=10, decay_steps=10))
+
+
+def test_small_models_are_optimised_as_one_flat_vector_with_the_same_updates():
+    inner = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(1e-2, weight_decay=0.01))
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.arange(4.0)}
+    flat, per_array = flatten_small(inner), flatten_small(inner, max_size=15)
+    flat_state, state = flat.init(params), per_array.init(params)
+    assert [x.shape for x in jax.tree.leaves(flat_state) if x.ndim] == [(16,), (16,)]  # Adam's two moments
+    assert {x.shape for x in jax.tree.leaves(state) if x.ndim} == {(3, 4), (4,)}  # 16 > 15: left as is
+    for step in range(3):
+        grads = jax.tree.map(lambda x, s=step: jnp.sin(x + s), params)
+        flat_updates, flat_state = flat.update(grads, flat_state, params)
+        updates, state = per_array.update(grads, state, params)
+        for a, b in zip(jax.tree.leaves(flat_updates), jax.tree.leaves(updates), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        params = optax.apply_updates(params, updates)
+    mixed = {"w": jnp.ones(3, jnp.bfloat16), "b": jnp.ones(2, jnp.float32)}  # raveling would upcast
+    assert {x.dtype for x in jax.tree.leaves(flatten_small(inner).init(mixed)) if x.ndim} == {
+        jnp.dtype(jnp.bfloat16),
+        jnp.dtype(jnp.float32),
+    }
 
 
 def _toy_state() -> TrainState:

@@ -2,9 +2,10 @@
 
 One training step = one rollout of `num_steps` in each of `num_envs` worlds (`jax.vmap` over worlds,
 `jax.lax.scan` over time, all inside `jit`) followed by `num_epochs` passes of `num_minibatches`
-minibatches. Minibatches split the worlds, not the time steps, so recurrent agents are trained on whole
-sequences: the update re-scans `agent.evaluate` over time from the carry saved at rollout start,
-resetting it wherever a step is the first of an episode, exactly as the rollout did.
+minibatches. For recurrent agents minibatches split the worlds, not the time steps, so they are trained on
+whole sequences: the update re-scans `agent.evaluate` over time from the carry saved at rollout start,
+resetting it wherever a step is the first of an episode, exactly as the rollout did. A memoryless agent
+(empty carry) has its (time, world) steps shuffled into minibatches and evaluated as one flat batch.
 
 The learner (`ppo_update`) is shared by the in-`jit` rollout and by `collect_host_rollout`, a host loop
 for gymnasium vector envs. Several seeds train at once by `jax.vmap`-ing the init and step functions.
@@ -24,7 +25,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from sima2.training.config import PPOConfig, TrainConfig
 from sima2.training.loop import TrainState, guard_step
-from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
+from sima2.training.optim import global_norm, init_opt_state, make_optimizer, split_trainable, trainable_spec
 
 
 class RolloutState(eqx.Module):
@@ -107,13 +108,11 @@ def collect_rollout(
     act = jax.vmap(agent.act)
     step_env = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-    def one_step(rollout: RolloutState, step_key: PRNGKeyArray) -> tuple[RolloutState, tuple]:
-        act_key, env_key = jax.random.split(step_key)
+    def one_step(rollout: RolloutState, keys: tuple[Array, Array]) -> tuple[RolloutState, tuple]:
+        act_keys, env_keys = keys
         carry = _reset_where(rollout.first, initial, rollout.carry)
-        action, carry, extras = act(jax.random.split(act_key, num_envs), rollout.obs, carry)
-        obs, env_state, reward, done, info = step_env(
-            jax.random.split(env_key, num_envs), rollout.env_state, action, env_params
-        )
+        action, carry, extras = act(act_keys, rollout.obs, carry)
+        obs, env_state, reward, done, info = step_env(env_keys, rollout.env_state, action, env_params)
         reward = reward.astype(jnp.float32)
         done = done.astype(bool)
         ep_return = rollout.episode_return + reward
@@ -139,12 +138,14 @@ def collect_rollout(
         )
         return new, out
 
-    scan_key, value_key = jax.random.split(key)
+    # Every per-world key of the rollout from one split, rather than three splits inside each step.
+    act_keys, env_keys = jax.random.split(key, (2, num_steps, num_envs))
+    value_keys = jax.random.split(jax.random.fold_in(key, num_steps), num_envs)
     start_carry = rollout.carry
-    rollout, outs = jax.lax.scan(one_step, rollout, jax.random.split(scan_key, num_steps))
+    rollout, outs = jax.lax.scan(one_step, rollout, (act_keys, env_keys))
     trajectory = Trajectory(*outs)
     carry = _reset_where(rollout.first, initial, rollout.carry)
-    _, _, extras = act(jax.random.split(value_key, num_envs), rollout.obs, carry)
+    _, _, extras = act(value_keys, rollout.obs, carry)
     return rollout, trajectory, start_carry, extras["value"]
 
 
@@ -172,18 +173,27 @@ def compute_gae(
     return advantages, advantages + value
 
 
+def is_memoryless(agent: Any) -> bool:
+    """True when the agent's carry is empty, so every step can be evaluated on its own."""
+    return all(jnp.size(leaf) == 0 for leaf in jax.tree.leaves(agent.initial_carry()))
+
+
 def _evaluate_sequences(
     model: Any, trajectory: Trajectory, start_carry: PyTree
 ) -> tuple[Array, Array, Array]:
     """Re-run `model.evaluate` over time per world, resetting carries on episode starts."""
     initial = model.initial_carry()
-    if all(jnp.size(leaf) == 0 for leaf in jax.tree.leaves(initial)):
-        # A memoryless agent: no carry to thread, so evaluate all (time, world) pairs in parallel.
+    if is_memoryless(model):
+        # No carry to thread, so evaluate all (time, world) pairs as one flat batch: a single vmap keeps
+        # the agent's matmuls plain 2-D (nested vmaps make XLA CPU transpose around every layer).
         def one_step(obs: PyTree, action: Array) -> tuple[Array, Array, Array]:
             log_prob, entropy, value, _ = model.evaluate(obs, initial, action)
             return log_prob, entropy, value
 
-        return jax.vmap(jax.vmap(one_step))(trajectory.obs, trajectory.action)
+        time_worlds = trajectory.action.shape[:2]
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), (trajectory.obs, trajectory.action))
+        outs = jax.vmap(one_step)(*flat)
+        return jax.tree.map(lambda x: x.reshape(time_worlds), outs)
 
     def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, Array, Array]:
         def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:
@@ -244,7 +254,11 @@ def ppo_update(
     spec: PyTree,
     config: PPOConfig,
 ) -> tuple[TrainState, dict[str, Array]]:
-    """Epochs x minibatches of PPO on one trajectory (minibatches split worlds). Pure; jit it."""
+    """Epochs x minibatches of PPO on one trajectory. Pure; jit it.
+
+    Minibatches split the worlds (whole sequences, so recurrent agents replay from their stored carries);
+    for a memoryless agent they split the (time, world) pairs instead, as PureJaxRL and rejax do.
+    """
     num_envs = trajectory.reward.shape[1]
     if num_envs % config.num_minibatches:
         raise ValueError(
@@ -255,27 +269,29 @@ def ppo_update(
     )
     key, update_key = jax.random.split(state.key)
     trainable, rest = split_trainable(state.model, spec)
+    samples = (eqx.tree_at(lambda t: t.stats, trajectory, {}), advantages, returns)
+    memoryless = is_memoryless(state.model)
+    if memoryless:
+        # Every step stands alone: view the (T, E) steps as one time step of T * E worlds.
+        samples = jax.tree.map(lambda x: x.reshape(1, -1, *x.shape[2:]), samples)
+    num_units = samples[1].shape[1]
 
-    def minibatch_step(carry: tuple, envs: Int[Array, " M"]) -> tuple[tuple, dict]:
+    def minibatch_step(carry: tuple, units: Int[Array, " M"]) -> tuple[tuple, dict]:
         trainable, opt_state = carry
-
-        def take(x: Array) -> Array:
-            return jnp.take(x, envs, axis=1)
-
-        mb_trajectory = jax.tree.map(take, trajectory)
-        mb_carry = jax.tree.map(lambda x: jnp.take(x, envs, axis=0), start_carry)
+        mb_trajectory, mb_advantages, mb_returns = jax.tree.map(lambda x: jnp.take(x, units, axis=1), samples)
+        mb_carry = start_carry if memoryless else jax.tree.map(lambda x: jnp.take(x, units, axis=0), start_carry)
 
         def loss_fn(trainable: PyTree) -> tuple[Array, dict]:
             model = eqx.combine(trainable, rest)
-            return ppo_loss(model, mb_trajectory, mb_carry, take(advantages), take(returns), config)
+            return ppo_loss(model, mb_trajectory, mb_carry, mb_advantages, mb_returns, config)
 
         (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         trainable = eqx.apply_updates(trainable, updates)
-        return (trainable, opt_state), dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
+        return (trainable, opt_state), dict(terms, loss=loss, grad_norm=global_norm(grads))
 
     def epoch(carry: tuple, epoch_key: PRNGKeyArray) -> tuple[tuple, dict]:
-        order = jax.random.permutation(epoch_key, num_envs).reshape(config.num_minibatches, -1)
+        order = jax.random.permutation(epoch_key, num_units).reshape(config.num_minibatches, -1)
         return jax.lax.scan(minibatch_step, carry, order)
 
     (trainable, opt_state), terms = jax.lax.scan(
