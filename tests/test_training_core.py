@@ -1,6 +1,7 @@
 """Tests of the shared training pieces: config overrides, schedule, flat optimiser, frozen parts, anomaly guard, loop,
 checkpoints with exact resume (also after SIGKILL) and the safetensors export."""
 
+import json
 import os
 import signal
 import subprocess
@@ -133,6 +134,38 @@ def test_run_loop_halts_on_repeated_anomalies_and_keeps_last_good_checkpoint(tmp
     restored, _ = checkpointer.restore(_toy_state())
     assert float(restored.model[0]) == 4.0  # step 6 holds the last good parameters
     assert "halt" in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_run_loop_with_several_steps_per_call_matches_single_steps(tmp_path):
+    # A batch-free step whose loss changes every step, so the logs show which step's metrics were kept.
+    jitted = jax.jit(guard_step(lambda state, _: _toy_step(state, state.step.astype(jnp.float32)), GuardConfig()))
+    calls = []
+
+    def counted(state, batch):
+        calls.append(None)  # once per dispatched single step, once per trace of a multi-step program
+        return jitted(state, batch)
+
+    finals, logs = [], []
+    for steps_per_call in (1, 3):
+        out = tmp_path / str(steps_per_call)
+        checkpointer = Checkpointer(out / "ckpt", every=5, keep=5, async_save=False)
+        logger = MetricsLogger(out, MonitorConfig(log_every=4, progress=False, tensorboard=False))
+        calls.clear()
+        state = run_loop(
+            _toy_state(), counted, 10, checkpointer=checkpointer, logger=logger, steps_per_call=steps_per_call
+        )
+        logger.close()
+        checkpointer.close()
+        finals.append(state)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        logs.append([(r["step"], r["loss"]) for r in records])
+        assert checkpointer.all_steps() == [5, 10]
+    assert len(calls) < 10  # fewer dispatches: steps 0-3 and 5-8 ran three to a call
+    assert logs[0] == logs[1] == [(4, 3.0), (8, 7.0), (10, 9.0)]
+    assert int(finals[1].step) == 10 and float(finals[1].model[0]) == 10.0
+    np.testing.assert_array_equal(finals[0].opt_state, finals[1].opt_state)
+    with pytest.raises(ValueError, match="batch-free"):
+        run_loop(finals[0], counted, 12, batches=iter([None] * 2), steps_per_call=2)
 
 
 def _line_batch(size=8, nan=False):

@@ -2,7 +2,8 @@
 
 A stage provides a `TrainState` and a pure `step_fn(state, batch_or_None) -> (state, metrics)`;
 `guard_step` wraps it with the anomaly guard (inside `jit`, so no host round-trip per step) and
-`run_loop` drives it: batches, metrics, progress, checkpoints, profiler traces and hooks.
+`run_loop` drives it: batches, metrics, progress, checkpoints, profiler traces and hooks, optionally
+several batch-free steps per jitted call.
 
 The anomaly guard skips any update whose loss or gradient norm is not finite, or whose loss spikes above
 `spike_factor` times its running mean: the parameters and optimiser state stay at the last good values
@@ -166,6 +167,7 @@ def run_loop(
     logger: Any | None = None,
     hooks: Sequence[Hook] = (),
     samples_per_step: int = 1,
+    steps_per_call: int = 1,
 ) -> TrainState:
     """Run `step_fn` until `state.step == num_steps` (so a resumed state just continues).
 
@@ -174,9 +176,19 @@ def run_loop(
     `checkpointer` is a `sima2.training.checkpoint.Checkpointer`; `logger` a `MetricsLogger`; each hook is
     called as `hook(step, state, metrics)` at logging steps. Raises `TrainingHalted` when the anomaly
     guard stops the run; checkpoints then stay at the last good one.
+
+    With batch-free steps, `steps_per_call > 1` runs that many steps per jitted call (`scan_steps`), so
+    fast steps are not held up by dispatch. A call never crosses a logging, checkpoint or profiler step
+    (single steps fill the gaps), so logs, checkpoints and results are those of one step at a time.
+    Metrics come from the host only at logging steps, and the guard's state only at logging and
+    checkpoint steps.
     """
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    if steps_per_call > 1 and batches is not None:
+        raise ValueError("steps_per_call > 1 needs batch-free steps (batches=None)")
     step = host_step(state)
     log_every = logger.config.log_every if logger is not None else 0
     if logger is not None:
@@ -188,15 +200,29 @@ def run_loop(
         position = getattr(batches, "position", None)
         return {} if position is None else {"data_position": position}
 
+    def needs_host(step: int) -> bool:
+        """Whether the loop does host work (log, checkpoint, profiler) right after `step` (or stops)."""
+        return (
+            step >= num_steps
+            or (log_every > 0 and step % log_every == 0)
+            or (checkpointer is not None and checkpointer.should_save(step))
+            or (logger is not None and logger.is_profile_boundary(step))
+        )
+
     try:
         while step < num_steps:
             if logger is not None:
                 logger.maybe_profile(step)
-            batch = next(batches) if batches is not None else None
-            state, metrics = step_fn(state, batch)
-            step += 1
+            if steps_per_call > 1 and not any(needs_host(step + i) for i in range(1, steps_per_call)):
+                state, metrics = _scan_steps_last(step_fn, state, steps_per_call)
+                advanced = steps_per_call
+            else:
+                batch = next(batches) if batches is not None else None
+                state, metrics = step_fn(state, batch)
+                advanced = 1
+            step += advanced
             if logger is not None:
-                logger.advance()
+                logger.advance(advanced)
             is_log = log_every > 0 and (step % log_every == 0 or step == num_steps)
             is_ckpt = checkpointer is not None and checkpointer.should_save(step)
             if is_log or is_ckpt:
@@ -230,6 +256,14 @@ def run_loop(
         if logger is not None:
             logger.stop_profile()
     return state
+
+
+@eqx.filter_jit
+def _scan_steps_last(step_fn: StepFn, state: TrainState, num_steps: int) -> tuple[TrainState, dict[str, Array]]:
+    """`num_steps` batch-free steps in one jitted call, returning the last step's metrics. Module-level,
+    so repeated loops over the same `step_fn` reuse the compiled program."""
+    state, metrics = scan_steps(step_fn, state, num_steps)
+    return state, jax.tree.map(lambda m: m[-1], metrics)
 
 
 def scan_steps(step_fn: StepFn, state: TrainState, num_steps: int) -> tuple[TrainState, dict[str, Array]]:

@@ -111,6 +111,10 @@ class MetricsLogger:
             self._profiling_until = step + self.config.profile_steps
             self.event(step, "profile", f"tracing steps {step}..{self._profiling_until - 1}")
 
+    def is_profile_boundary(self, step: int) -> bool:
+        """Whether a configured or running trace starts or ends at `step` (the loop stops there)."""
+        return step == self.config.profile_start or step == self._profiling_until
+
     def stop_profile(self) -> None:
         if self._profiling_until is not None:
             jax.profiler.stop_trace()
