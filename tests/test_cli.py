@@ -92,12 +92,18 @@ def test_demos_writes_a_loadable_dataset(tmp_path, capsys):
         parse_instruction(text)  # every recorded instruction is in the language
 
 
-def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["eval", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "not a sima2 run folder" in err and "final/agent_config.json" in err and "pipeline.json" in err
     assert len(err.strip().splitlines()) == 1
+
+    # `play` checks the instruction before it loads the agent, so a run folder's files suffice here.
+    run_dir = tmp_path / "run"
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "final" / "agent_config.json").write_text("{}")
+    (run_dir / "pipeline.json").write_text(json.dumps({"level": LEVEL, "image_size": 64}))
 
     assert main(["play", str(run_dir), "--instruction", "dance with the red ball"]) == 2
     err = capsys.readouterr().err

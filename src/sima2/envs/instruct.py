@@ -305,8 +305,8 @@ def find_world(
     named = [t for stage in stages for t in (stage.a, stage.b) if t is not None and t.type != voc.DOOR]
     if held and split != "heldout_pairs":
         raise ValueError(
-            f"{' and '.join(held)}: held-out colour-object pairs, only in the heldout_pairs split "
-            f"(this search used the {split} split)"
+            f"{' and '.join(held)} {'is a held-out colour-object pair' if len(held) == 1 else 'are held-out pairs'}"
+            f", found only in the heldout_pairs split (this search used the {split} split)"
         )
     if split == "heldout_pairs" and len(held) < len(named):
         raise ValueError(

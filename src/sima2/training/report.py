@@ -5,7 +5,7 @@
 
 Plots are read back from the stages' `metrics.jsonl` files (see `sima2.training.monitor`), so they can be
 redrawn for any run folder. Episodes are recorded by one jitted rollout (`jax.vmap` over worlds,
-`jax.lax.scan` over time) that stops each world at the end of its first episode; `write_episode_gif`
+`jax.lax.scan` over time) that stops each world at the end of its first episode; `write_episode_gifs`
 draws the instruction and the outcome on every frame, with the top-down map beside the agent's view.
 """
 
@@ -263,7 +263,7 @@ def record_episodes(
     agent: Any, env: Any, params: PyTree, key: PRNGKeyArray, num_episodes: int, max_steps: int,
     *, deterministic: bool = True,
 ) -> list[Episode]:
-    """`num_episodes` fresh episodes of at most `max_steps` decisions, all in one jitted call.
+    """`num_episodes` fresh episodes of at most `max_steps` decisions of a `Sima2Env`, in one jitted call.
 
     `params` is one `EnvParams` for every world or has a leading axis of `num_episodes` (e.g. one split per
     world). `deterministic` takes the agent's most likely action (greedy) instead of sampling.
@@ -302,6 +302,17 @@ def write_episode_gif(episode: Episode, path: str | Path, *, topdown: bool = Tru
     captions += [captions[-1]] * hold
     scale = max(1, 256 // episode.frames.shape[1])
     return write_episode(frames, path, captions, fps=fps, scale=scale, caption_lines=3)
+
+
+def write_episode_gifs(
+    episodes: Sequence[Episode], folder: str | Path, names: Sequence[str], *, topdown: bool = True
+) -> list[Path]:
+    """`write_episode_gif` for each episode, as `folder/<name>.gif`."""
+    if len(names) != len(episodes):
+        raise ValueError(f"got {len(names)} names for {len(episodes)} episodes")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_episode_gif(e, folder / f"{n}.gif", topdown=topdown) for e, n in zip(episodes, names, strict=True)]
 
 
 # --- summary ---------------------------------------------------------------------------------------------
@@ -426,12 +437,9 @@ def write_report(
         recorded = record_episodes(agent, env, params, key, len(names), min(max_steps, env.level.max_steps))
         bar.update()
         bar.set_postfix_str("GIFs")
-        gif_dir = run_dir / GIFS_DIR
-        gif_dir.mkdir(parents=True, exist_ok=True)
-        episodes = []
-        for i, (split, episode) in enumerate(zip(names, recorded, strict=True)):
-            path = write_episode_gif(episode, gif_dir / f"{split}_{i % episodes_per_split}.gif")
-            episodes.append((path, episode, split))
+        gif_names = [f"{split}_{i % episodes_per_split}" for i, split in enumerate(names)]
+        gifs = write_episode_gifs(recorded, run_dir / GIFS_DIR, gif_names)
+        episodes = list(zip(gifs, recorded, names, strict=True))
         bar.update()
         timings["report"] = time.perf_counter() - start
         summary = write_summary(run_dir, eval_report, timings=timings, plots=plots, episodes=episodes)
@@ -450,6 +458,7 @@ __all__ = [
     "stage_timings",
     "success_table",
     "write_episode_gif",
+    "write_episode_gifs",
     "write_report",
     "write_summary",
 ]
