@@ -208,7 +208,7 @@ def _scan_episodes(
     def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
         obs, state, agent_carry, done = carry
         action, agent_carry, _ = act(jax.random.split(step_key, num), obs, agent_carry)
-        next_obs, next_state, _, terminated, truncated, info = step(state, action, params)
+        next_obs, next_state, _, terminated, truncated, _ = step(state, action, params)
         keep = lambda old, new: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)  # noqa: E731
         next_obs, next_state = jax.tree.map(keep, obs, next_obs), jax.tree.map(keep, state, next_state)
         success = terminated & ~done
