@@ -18,6 +18,18 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
     assert (tmp_path / "final" / "model.safetensors").exists()
     assert (tmp_path / "bc" / "metrics.jsonl").exists() and (tmp_path / "ppo" / "metrics.jsonl").exists()
     Agent.from_pretrained(tmp_path / "final")  # the exported agent loads back
+    # The report: plots, GIFs of evaluation episodes with their instruction, summary.md.
+    from PIL import Image
+
+    assert {"ppo_training.png", "success.png"} <= {p.name for p in (tmp_path / "plots").glob("*.png")}
+    gifs = sorted((tmp_path / "gifs").glob("*.gif"))
+    assert len(gifs) >= len(report["success_rate"])
+    for gif in gifs:
+        with Image.open(gif) as image:
+            assert image.format == "GIF" and image.n_frames > 1
+    summary = (tmp_path / "summary.md").read_text()
+    assert all(f"| {split} |" in summary for split in report["success_rate"])
+    assert "](plots/success.png)" in summary and "](gifs/" in summary
 
 
 def test_unknown_preset_and_bad_override_are_named():

@@ -1,10 +1,15 @@
-"""The `sima2` command line: `sima2 --version`, `sima2 convert SRC DST`, and the training subcommands."""
+"""The `sima2` command line: `sima2 --version`, `sima2 convert SRC DST`, `sima2 train`, and the commands on
+a run folder (`sima2 eval RUN`, `sima2 play RUN --instruction ...`) and on demonstrations (`sima2 demos`)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import sima2
 
@@ -30,6 +35,119 @@ def _train(args: argparse.Namespace) -> int:
     report = train(args.preset, out, resume=args.resume, overrides=args.overrides)
     print(json.dumps(report["success_rate"], indent=2))
     print(f"run folder: {out}")
+    return 0
+
+
+def _run_folder(run: str) -> tuple[Path, dict[str, Any]]:
+    """(folder, pipeline config) of a run folder written by `sima2 train`; its agent is in `folder/final`."""
+    from sima2.policy.agent import AGENT_CONFIG_NAME
+
+    folder = Path(run)
+    needed = [folder / "final" / AGENT_CONFIG_NAME, folder / "pipeline.json"]
+    missing = [str(path) for path in needed if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} is not a sima2 run folder (what `sima2 train --out {folder}` writes): "
+            f"missing {' and '.join(missing)}"
+        )
+    return folder, json.loads((folder / "pipeline.json").read_text())
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import jax
+
+    import sima2.envs as envs
+    from sima2.policy import Agent
+    from sima2.training.config import EvalConfig
+    from sima2.training.evaluate import evaluate_splits
+    from sima2.training.report import evaluation_report, stage_timings, success_table, write_report
+
+    folder, config = _run_folder(args.run)
+    agent = Agent.from_pretrained(folder / "final")
+    eval_config = EvalConfig(**config["train"]["eval"])
+    if args.episodes is not None:
+        if args.episodes < 1:
+            raise ValueError(f"--episodes must be positive, got {args.episodes}")
+        eval_config = dataclasses.replace(
+            eval_config, num_episodes=args.episodes, num_envs=min(eval_config.num_envs, args.episodes)
+        )
+    seed = config["train"]["seed"] if args.seed is None else args.seed
+    key_eval, key_report = jax.random.split(jax.random.key(seed))
+    env, _ = envs.make(config["level"], image_size=config["image_size"])
+    timings = {k: v for k, v in stage_timings(folder).items() if k != "evaluation"}  # before eval.json changes
+    print(f"evaluating {folder / 'final'} on {config['level']}: {len(envs.SPLITS)} splits, "
+          f"up to {eval_config.num_episodes} episodes each", flush=True)
+    start = time.perf_counter()
+    splits = {name: env.default_params(name) for name in envs.SPLITS}
+    results = evaluate_splits(agent, env, splits, key_eval, eval_config)
+    timings["evaluation (sima2 eval)"] = time.perf_counter() - start
+    report = evaluation_report(results, preset=config["preset"], level=config["level"])
+    (folder / "eval.json").write_text(json.dumps(report, indent=2, default=float))
+    print(success_table(report))
+    print(f"wrote {folder / 'eval.json'}")
+    if not args.no_report:
+        written = write_report(folder, agent, env, report, key_report, timings=timings)
+        print(f"wrote {written['summary']} ({len(written['plots'])} plots, {len(written['gifs'])} GIFs)")
+    return 0
+
+
+def _describe_demo(observation: dict[str, Any]) -> tuple[str, list[str]]:
+    from sima2.envs import decode_ids
+
+    return decode_ids(observation["instruction"]), []
+
+
+def _demos(args: argparse.Namespace) -> int:
+    import jax
+
+    import sima2.envs as envs
+    from sima2.training.data import record_demonstrations, save_demonstrations
+
+    env, params = envs.make(args.level, split=args.split, image_size=args.image_size)
+    print(f"recording the expert in {args.envs} worlds of {args.level} ({args.split}) for {args.steps} steps",
+          flush=True)
+    dataset = record_demonstrations(env, params, jax.random.key(args.seed), num_envs=args.envs,
+                                    num_steps=args.steps, describe=_describe_demo)
+    if len(dataset) == 0:
+        raise ValueError(
+            f"no episode finished within --steps {args.steps} (episodes of {args.level} last up to "
+            f"{env.level.max_steps} steps); raise --steps"
+        )
+    path = save_demonstrations(dataset, args.out, split=args.split)
+    episodes = len(dataset.unique("episode_id"))
+    print(f"{len(dataset)} rows, {episodes} episodes -> {path}")
+    print(f"load with: datasets.load_dataset({str(args.out)!r}, split={args.split!r})")
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    import sima2.envs as envs
+    from sima2.envs.instruct import find_world, heldout_pairs, parse_instruction
+    from sima2.policy import Agent
+    from sima2.training.report import play_episode, write_episode_gif
+
+    folder, config = _run_folder(args.run)
+    stages = parse_instruction(args.instruction)  # a bad instruction fails here, before any loading or compiling
+    split = args.split or ("heldout_pairs" if heldout_pairs(stages) else "train")
+    level = args.level or config["level"]
+    env, params = envs.make(level, split=split, image_size=config["image_size"])
+    max_steps = env.level.max_steps if args.max_steps is None else args.max_steps
+    if max_steps < 1:
+        raise ValueError(f"--max-steps must be positive, got {max_steps}")
+    params = dataclasses.replace(params, max_steps=jnp.int32(max_steps))
+    key_world, key_run = jax.random.split(jax.random.key(args.seed))
+    obs, state = find_world(env, params, args.instruction, key_world)
+    agent = Agent.from_pretrained(folder / "final")
+    episode = play_episode(agent, env, params, obs, state, key_run, max_steps, deterministic=not args.sample)
+    episode = dataclasses.replace(episode, instruction=args.instruction)
+    out = Path(args.out) if args.out else folder / "play.gif"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_episode_gif(episode, out)
+    verdict = {"success": "success", "timeout": "failed (time limit)", "cut": "not finished"}[episode.outcome]
+    print(f"{verdict} after {episode.length} steps on {level} ({split}); wrote {out}")
     return 0
 
 
@@ -60,6 +178,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue each stage from its last checkpoint")
     train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.bc.batch_size=128")
     train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a run folder's final agent on every split; write eval.json and the report"
+    )
+    evaluate.add_argument("run", help="run folder written by `sima2 train`")
+    evaluate.add_argument("--episodes", type=int, default=None, help="episodes per split (default: the run's)")
+    evaluate.add_argument("--seed", type=int, default=None, help="default: the run's training seed")
+    evaluate.add_argument("--no-report", action="store_true", help="only eval.json: no plots, GIFs or summary")
+    evaluate.set_defaults(func=_eval)
+
+    demos = sub.add_parser("demos", help="record expert demonstrations as a Hugging Face dataset (parquet)")
+    demos.add_argument("--level", default="sima2/GoTo-v0")
+    demos.add_argument("--out", required=True, help="dataset folder (loadable with datasets.load_dataset)")
+    demos.add_argument("--envs", type=int, default=64, help="worlds recorded in parallel")
+    demos.add_argument("--steps", type=int, default=128, help="decision steps per world")
+    demos.add_argument("--split", default="train", help="train, heldout_layouts, heldout_pairs or heldout_paraphrases")
+    demos.add_argument("--image-size", type=int, default=64)
+    demos.add_argument("--seed", type=int, default=0)
+    demos.set_defaults(func=_demos)
+
+    play = sub.add_parser("play", help="write a GIF of a run's agent following your instruction")
+    play.add_argument("run", help="run folder written by `sima2 train`")
+    play.add_argument("--instruction", required=True, help='e.g. "go to the red ball"')
+    play.add_argument("--out", default=None, help="GIF path (default RUN/play.gif)")
+    play.add_argument("--seed", type=int, default=0)
+    play.add_argument("--level", default=None, help="default: the level the run trained on")
+    play.add_argument("--split", default=None, help="default: heldout_pairs if the instruction names a held-out "
+                      "colour-object pair, else train")
+    play.add_argument("--max-steps", type=int, default=None, help="default: the level's step limit")
+    play.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely")
+    play.set_defaults(func=_play)
     return parser
 
 

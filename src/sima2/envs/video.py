@@ -1,7 +1,7 @@
 """Write episodes as annotated GIFs (Pillow) or MP4s (imageio + ffmpeg, when installed).
 
 Frames are upscaled with nearest-neighbour sampling and the instruction (and optionally the current
-subgoal) is drawn in a caption bar above each frame.
+subgoal or the outcome, on lines of their own after a newline) is drawn in a caption bar above each frame.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 def annotate_frame(
     frame: UInt8[np.ndarray, "H W 3"], caption: str, scale: int = 4, caption_lines: int = 2
 ) -> UInt8[np.ndarray, "h w 3"]:
-    """Upscale a frame and draw `caption` (wrapped) in a bar above it."""
+    """Upscale a frame and draw `caption` (wrapped; a newline starts a new line) in a bar above it."""
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
     image = Image.fromarray(np.asarray(frame, np.uint8)).resize(
@@ -30,14 +30,16 @@ def annotate_frame(
     canvas.paste(image, (0, bar))
     draw = ImageDraw.Draw(canvas)
     chars_per_line = max(image.width // 6, 8)
-    words, lines, line = caption.split(), [], ""
-    for word in words:
-        if len(line) + len(word) + 1 > chars_per_line:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    lines.append(line)
+    lines = []
+    for paragraph in caption.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            if line and len(line) + len(word) + 1 > chars_per_line:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        lines.append(line)
     for i, text in enumerate(lines[:caption_lines]):
         draw.text((3, 2 + i * line_height), text, fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
@@ -60,6 +62,7 @@ def write_episode(
     captions: Sequence[str] | str = "",
     fps: int = 8,
     scale: int = 4,
+    caption_lines: int = 2,
 ) -> Path:
     """Write frames as a GIF (`.gif`, Pillow) or MP4 (`.mp4`, needs `imageio[ffmpeg]`), captioned.
 
@@ -72,7 +75,9 @@ def write_episode(
     if len(captions) != len(frames):
         raise ValueError(f"got {len(captions)} captions for {len(frames)} frames")
     path = Path(path)
-    annotated = [annotate_frame(np.asarray(f), c, scale) for f, c in zip(frames, captions, strict=True)]
+    annotated = [
+        annotate_frame(np.asarray(f), c, scale, caption_lines) for f, c in zip(frames, captions, strict=True)
+    ]
     if path.suffix.lower() == ".gif":
         images = [Image.fromarray(a).convert("P", palette=Image.ADAPTIVE, colors=64) for a in annotated]
         images[0].save(

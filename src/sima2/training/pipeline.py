@@ -127,15 +127,13 @@ def train(
         state = train_ppo(ppo_config, agent, shaped, params, resume=resume)
         agent = state.model
 
-    # 4. Evaluation on the training levels and every held-out split.
+    # 4. Evaluation on the training levels and every held-out split, then the report (plots, GIFs, summary.md).
+    from sima2.training.report import evaluation_report, write_report
+
     splits = {name: env.default_params(name) for name in envs.SPLITS}
     results = evaluate_splits(agent, env, splits, k_eval, config.train.eval)
-    report = {
-        "success_rate": {name: float(r["success_rate"]) for name, r in results.items()},
-        "splits": results,
-        "preset": config.preset,
-        "level": config.level,
-    }
+    report = evaluation_report(results, preset=config.preset, level=config.level)
     (out / "eval.json").write_text(json.dumps(report, indent=2, default=float))
     agent.save_pretrained(out / "final")
+    write_report(out, agent, env, report, jax.random.fold_in(key, 1))
     return report

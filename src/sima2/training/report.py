@@ -1,0 +1,464 @@
+"""The run report: learning-curve and success PNGs, GIFs of evaluation episodes, and `summary.md`.
+
+    report = evaluation_report(evaluate_splits(agent, env, splits, key, config), preset=..., level=...)
+    write_report(run_dir, agent, env, report, key)      # plots/, gifs/, summary.md in the run folder
+
+Plots are read back from the stages' `metrics.jsonl` files (see `sima2.training.monitor`), so they can be
+redrawn for any run folder. Episodes are recorded by one jitted rollout (`jax.vmap` over worlds,
+`jax.lax.scan` over time) that stops each world at the end of its first episode; `write_episode_gifs`
+draws the instruction and the outcome on every frame, with the top-down map beside the agent's view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, PRNGKeyArray, PyTree, UInt8
+
+from sima2.training.ppo import _initial_carries
+
+PLOTS_DIR = "plots"
+GIFS_DIR = "gifs"
+SUMMARY_NAME = "summary.md"
+# Stages of a run folder in pipeline order: (name in the summary, file whose time marks the stage's end).
+STAGE_MARKS = (
+    ("demonstrations", "demos"),
+    ("behaviour cloning", "bc/final/model.safetensors"),
+    ("ppo", "ppo/final/model.safetensors"),
+    ("evaluation", "eval.json"),
+)
+_MEMORY_KEYS = ("host_memory_fraction", "host_rss_gb", "device_memory_fraction")
+
+
+# --- evaluation results ----------------------------------------------------------------------------------
+def evaluation_report(results: Mapping[str, Mapping[str, float]], **fields: Any) -> dict[str, Any]:
+    """`eval.json`'s content from `evaluate_splits` results: success rate and navigation efficiency per split,
+    the full per-split metrics under "splits", plus `fields` (e.g. preset, level)."""
+    return {
+        "success_rate": {name: float(r["success_rate"]) for name, r in results.items()},
+        "navigation_efficiency": {
+            name: float(r["navigation_efficiency"]) for name, r in results.items() if "navigation_efficiency" in r
+        },
+        "episodes": {name: int(r.get("episodes", 0)) for name, r in results.items()},
+        "splits": {name: dict(r) for name, r in results.items()},
+        **fields,
+    }
+
+
+def _groups(eval_report: Mapping[str, Any]) -> list[str]:
+    """Names of the per-task/per-level groups (`success_rate/<name>` keys) found in any split."""
+    prefix = "success_rate/"
+    return sorted({key[len(prefix):] for r in eval_report["splits"].values() for key in r if key.startswith(prefix)})
+
+
+def _cell(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def success_table(eval_report: Mapping[str, Any]) -> str:
+    """A Markdown table: one row per split (episodes, success, per-group success, efficiency, length, return)."""
+    groups = _groups(eval_report)
+    header = ["split", "episodes", "success rate", *(f"success {g}" for g in groups),
+              "navigation efficiency", "episode length", "return"]
+    rows = []
+    for split, result in eval_report["splits"].items():
+        rows.append([
+            split,
+            str(int(result.get("episodes", 0))),
+            _cell(result.get("success_rate")),
+            *(_cell(result.get(f"success_rate/{g}")) for g in groups),
+            _cell(result.get("navigation_efficiency")),
+            _cell(result.get("episode_length"), 1),
+            _cell(result.get("return")),
+        ])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- plots -----------------------------------------------------------------------------------------------
+def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(metric records, event records) of a `metrics.jsonl` written by `MetricsLogger`."""
+    records, events = [], []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            (events if "event" in row else records).append(row)
+    return records, events
+
+
+def _new_figure(panels: int, *, columns: int = 3, size: tuple[float, float] = (4.0, 2.8)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(columns, panels)
+    rows = math.ceil(panels / cols)
+    figure = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
+    FigureCanvasAgg(figure)  # Agg canvas: no display, no global pyplot state
+    axes = [figure.add_subplot(rows, cols, i + 1) for i in range(panels)]
+    return figure, axes
+
+
+def _plot_series(
+    records: list[dict[str, Any]], events: list[dict[str, Any]], keys: Sequence[str], title: str, path: Path
+) -> Path:
+    figure, axes = _new_figure(len(keys))
+    for ax, key in zip(axes, keys, strict=True):
+        points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None)
+        for event in events:
+            if event["event"] in ("resume", "halt", "rollback"):
+                ax.axvline(event["step"], color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.savefig(path, dpi=80)
+    return path
+
+
+def plot_learning_curves(run_dir: str | Path) -> list[Path]:
+    """PNGs under `run_dir/plots` from `bc/metrics.jsonl` and `ppo/metrics.jsonl` (whichever exist): the BC
+    loss terms; PPO return, success rate, episode length and rollbacks; each PPO `reward_*` term."""
+    run_dir = Path(run_dir)
+    out = run_dir / PLOTS_DIR
+    written = []
+    bc_file, ppo_file = run_dir / "bc" / "metrics.jsonl", run_dir / "ppo" / "metrics.jsonl"
+    if bc_file.exists():
+        records, events = read_metrics(bc_file)
+        names = sorted({k for r in records for k in r if "loss" in k}, key=lambda k: (k != "loss", k))
+        names += [k for k in ("entropy", "grad_norm", "rollbacks") if any(k in r for r in records)]
+        if records and names:
+            out.mkdir(parents=True, exist_ok=True)
+            written.append(_plot_series(records, events, names, "behaviour cloning", out / "bc_losses.png"))
+    if ppo_file.exists():
+        records, events = read_metrics(ppo_file)
+        present = {k for r in records for k in r}
+        names = [k for k in ("return", "success_rate", "episode_length") if k in present]
+        names += sorted(k for k in present if k.startswith("rollback"))
+        rewards = sorted(k for k in present if k.startswith("reward_") and k != "reward_per_step")
+        if records and names:
+            out.mkdir(parents=True, exist_ok=True)
+            written.append(_plot_series(records, events, names, "PPO", out / "ppo_training.png"))
+        if records and rewards:
+            out.mkdir(parents=True, exist_ok=True)
+            written.append(_plot_series(records, events, rewards, "PPO reward terms", out / "ppo_rewards.png"))
+    return written
+
+
+def plot_success(eval_report: Mapping[str, Any], path: str | Path) -> Path:
+    """Bar chart of the success rate per split, overall and per task/level group."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    splits = list(eval_report["splits"])
+    groups = ["all", *_groups(eval_report)]
+    figure, (ax,) = _new_figure(1, size=(max(6.0, 1.6 * len(groups) + 4.0), 3.5))
+    width = 0.8 / max(len(splits), 1)
+    for i, split in enumerate(splits):
+        result = eval_report["splits"][split]
+        values = [result.get("success_rate" if g == "all" else f"success_rate/{g}", np.nan) for g in groups]
+        x = np.arange(len(groups)) + (i - (len(splits) - 1) / 2) * width
+        bars = ax.bar(x, values, width, label=f"{split} ({int(result.get('episodes', 0))} ep.)")
+        ax.bar_label(bars, labels=[_cell(v) for v in values], fontsize=7)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylim(0.0, 1.1)
+    ax.set_ylabel("success rate")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    figure.suptitle("success per split" + (" and task" if len(groups) > 1 else ""))
+    figure.savefig(path, dpi=80)
+    return path
+
+
+# --- episodes --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One recorded episode: the agent's views and top-down maps (first frame = the reset), its instruction,
+    whether it succeeded, and how it ended ("success", "timeout" or "cut" when `max_steps` ran out first)."""
+
+    frames: UInt8[np.ndarray, "T H W 3"]
+    topdown: UInt8[np.ndarray, "T h w 3"]
+    instruction: str
+    success: bool
+    length: int
+    outcome: str
+
+
+def _scan_episodes(
+    agent: Any, env: Any, params: PyTree, obs: PyTree, state: PyTree, key: PRNGKeyArray,
+    max_steps: int, deterministic: bool,
+) -> tuple[Array, Array, Bool[Array, "T B"], Bool[Array, "T B"], Bool[Array, "T B"]]:
+    """`max_steps` steps in a batch of worlds, each frozen once its episode ends (no auto-reset)."""
+    num = obs["image"].shape[0]
+    act = jax.vmap(lambda k, o, c: agent.act(k, o, c, deterministic=deterministic))
+    step = jax.vmap(env.step_no_reset)
+    topdown = jax.vmap(env.render_topdown)
+
+    def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
+        obs, state, agent_carry, done = carry
+        action, agent_carry, _ = act(jax.random.split(step_key, num), obs, agent_carry)
+        next_obs, next_state, _, terminated, truncated, _ = step(state, action, params)
+        keep = lambda old, new: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)  # noqa: E731
+        next_obs, next_state = jax.tree.map(keep, obs, next_obs), jax.tree.map(keep, state, next_state)
+        success = terminated & ~done
+        timeout = truncated & ~done
+        done = done | terminated | truncated
+        return (next_obs, next_state, agent_carry, done), (next_obs["image"], topdown(next_state), success,
+                                                           timeout, done)
+
+    carry = (obs, state, _initial_carries(agent, num), jnp.zeros((num,), bool))
+    _, (images, maps, success, timeout, done) = jax.lax.scan(one_step, carry, jax.random.split(key, max_steps))
+    images = jnp.concatenate([obs["image"][None], images])
+    maps = jnp.concatenate([topdown(state)[None], maps])
+    return images, maps, success, timeout, done
+
+
+@eqx.filter_jit
+def _rollout_from(agent, env, params, obs, state, key, max_steps: int, deterministic: bool):
+    return _scan_episodes(agent, env, params, obs, state, key, max_steps, deterministic)
+
+
+@eqx.filter_jit
+def _reset_and_rollout(agent, env, params, key, max_steps: int, deterministic: bool):
+    reset_key, run_key = jax.random.split(key)
+    num = params.split.shape[0]
+    obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, num), params)
+    outs = _scan_episodes(agent, env, params, obs, state, run_key, max_steps, deterministic)
+    return obs["instruction"], outs
+
+
+def _episodes(instructions: np.ndarray, outs: tuple) -> list[Episode]:
+    from sima2.envs.vocabulary import decode_ids
+
+    images, maps, success, timeout, done = (np.asarray(x) for x in jax.device_get(outs))
+    episodes = []
+    for world in range(images.shape[1]):
+        ended = np.flatnonzero(done[:, world])
+        length = int(ended[0]) + 1 if ended.size else done.shape[0]
+        won = bool(success[:, world].any())
+        outcome = "success" if won else "timeout" if timeout[:, world].any() else "cut"
+        episodes.append(Episode(
+            frames=images[: length + 1, world], topdown=maps[: length + 1, world],
+            instruction=decode_ids(instructions[world]), success=won, length=length, outcome=outcome,
+        ))
+    return episodes
+
+
+def _batched(params: PyTree, num: int) -> PyTree:
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), params)
+
+
+def record_episodes(
+    agent: Any, env: Any, params: PyTree, key: PRNGKeyArray, num_episodes: int, max_steps: int,
+    *, deterministic: bool = True,
+) -> list[Episode]:
+    """`num_episodes` fresh episodes of at most `max_steps` decisions of a `Sima2Env`, in one jitted call.
+
+    `params` is one `EnvParams` for every world or has a leading axis of `num_episodes` (e.g. one split per
+    world). `deterministic` takes the agent's most likely action (greedy) instead of sampling.
+    """
+    if num_episodes < 1 or max_steps < 1:
+        raise ValueError(f"num_episodes and max_steps must be positive, got {num_episodes} and {max_steps}")
+    if jnp.ndim(params.split) == 0:
+        params = _batched(params, num_episodes)
+    elif params.split.shape[0] != num_episodes:
+        raise ValueError(f"params has a leading axis of {params.split.shape[0]}, expected {num_episodes}")
+    instructions, outs = _reset_and_rollout(agent, env, params, key, max_steps, deterministic)
+    return _episodes(np.asarray(instructions), outs)
+
+
+def play_episode(
+    agent: Any, env: Any, params: PyTree, obs: PyTree, state: PyTree, key: PRNGKeyArray, max_steps: int,
+    *, deterministic: bool = True,
+) -> Episode:
+    """One episode from a given world (e.g. `sima2.envs.instruct.find_world`'s), jitted like `record_episodes`."""
+    add_axis = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)  # noqa: E731
+    outs = _rollout_from(agent, env, add_axis(params), add_axis(obs), add_axis(state), key, max_steps,
+                         deterministic)
+    return _episodes(np.asarray(obs["instruction"])[None], outs)[0]
+
+
+def write_episode_gif(episode: Episode, path: str | Path, *, topdown: bool = True, fps: int = 4) -> Path:
+    """A GIF of the episode with the instruction, the step and the outcome drawn above every frame."""
+    from sima2.envs.video import side_by_side, write_episode
+
+    frames = [side_by_side(f, m) if topdown else f for f, m in zip(episode.frames, episode.topdown, strict=True)]
+    last = {"success": "SUCCESS", "timeout": "FAILED (time limit)", "cut": "not finished"}[episode.outcome]
+    captions = [f"{episode.instruction}\nstep {t}/{episode.length}" for t in range(len(frames))]
+    captions[-1] = f"{episode.instruction}\nstep {episode.length}/{episode.length}: {last}"
+    hold = 3  # repeat the final frame so the outcome stays on screen
+    frames += [frames[-1]] * hold
+    captions += [captions[-1]] * hold
+    scale = max(1, 256 // episode.frames.shape[1])
+    return write_episode(frames, path, captions, fps=fps, scale=scale, caption_lines=3)
+
+
+def write_episode_gifs(
+    episodes: Sequence[Episode], folder: str | Path, names: Sequence[str], *, topdown: bool = True
+) -> list[Path]:
+    """`write_episode_gif` for each episode, as `folder/<name>.gif`."""
+    if len(names) != len(episodes):
+        raise ValueError(f"got {len(names)} names for {len(episodes)} episodes")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_episode_gif(e, folder / f"{n}.gif", topdown=topdown) for e, n in zip(episodes, names, strict=True)]
+
+
+# --- summary ---------------------------------------------------------------------------------------------
+def stage_timings(run_dir: str | Path) -> dict[str, float]:
+    """Wall seconds per stage of the latest `sima2 train` in `run_dir`, from the times its files were written.
+
+    `pipeline.json` is written when a run starts and each stage writes its output when it ends; a stage
+    whose output is older than the start was reused from an earlier run and is left out.
+    """
+    run_dir = Path(run_dir)
+    start_file = run_dir / "pipeline.json"
+    if not start_file.exists():
+        return {}
+    previous = start = start_file.stat().st_mtime
+    timings = {}
+    for name, relative in STAGE_MARKS:
+        mark = run_dir / relative
+        if not mark.exists():
+            continue
+        files = [p for p in mark.rglob("*") if p.is_file()] if mark.is_dir() else [mark]
+        end = max((p.stat().st_mtime for p in files), default=0.0)
+        if end >= start:
+            timings[name] = end - previous
+            previous = end
+    return timings
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def write_summary(
+    run_dir: str | Path,
+    eval_report: Mapping[str, Any],
+    *,
+    timings: Mapping[str, float] | None = None,
+    plots: Sequence[Path] = (),
+    episodes: Sequence[tuple[Path, Episode, str]] = (),
+) -> Path:
+    """`run_dir/summary.md`: configuration, timings per stage, the success table per split and task,
+    navigation efficiency, and links to the plots and the episode GIFs (path, episode, split)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "pipeline.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    preset = eval_report.get("preset", config.get("preset", "?"))
+    level = eval_report.get("level", config.get("level", "?"))
+    lines = [
+        f"# sima2 run `{run_dir.name}`",
+        "",
+        f"Preset `{preset}` on `{level}`"
+        + (f" at {config['image_size']}x{config['image_size']} pixels" if "image_size" in config else "")
+        + f". Report written {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}.",
+        "",
+        "## Evaluation",
+        "",
+        success_table(eval_report),
+        "",
+    ]
+    efficiency = eval_report.get("navigation_efficiency") or {}
+    if efficiency:
+        lines += ["Navigation efficiency (optimal path / actual path, successful episodes): "
+                  + ", ".join(f"{split} {value:.2f}" for split, value in efficiency.items()) + ".", ""]
+    else:
+        lines += ["Navigation efficiency: not reported (the world's `info` gave no path lengths).", ""]
+    if timings:
+        lines += ["## Timings", "", "| stage | wall time |", "|---|---|"]
+        lines += [f"| {name} | {seconds:.1f} s |" for name, seconds in timings.items()]
+        lines += [f"| total | {sum(timings.values()):.1f} s |", ""]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{p.stem}]({_relative(p, run_dir)})" for p in plots]
+        lines += [""]
+    if episodes:
+        lines += ["## Evaluation episodes", "", "| split | instruction | outcome | steps | GIF |", "|" + "---|" * 5]
+        for path, episode, split in episodes:
+            link = _relative(path, run_dir)
+            lines.append(f"| {split} | {episode.instruction} | {episode.outcome} | {episode.length} | "
+                         f"[{path.name}]({link}) |")
+        lines += [""] + [f"![{path.stem}]({_relative(path, run_dir)})" for path, _, _ in episodes] + [""]
+    if config:
+        lines += ["## Configuration", "", "```json", json.dumps(config, indent=2), "```", ""]
+    path = run_dir / SUMMARY_NAME
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_report(
+    run_dir: str | Path,
+    agent: Any,
+    env: Any,
+    eval_report: Mapping[str, Any],
+    key: PRNGKeyArray,
+    *,
+    episodes_per_split: int = 2,
+    max_steps: int = 32,
+    timings: Mapping[str, float] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Plots, episode GIFs (greedy agent, every split in `eval_report`) and `summary.md` in `run_dir`.
+
+    `timings` (stage -> seconds) defaults to `stage_timings(run_dir)`. Returns the written paths.
+    """
+    from tqdm.auto import tqdm
+
+    from sima2.envs.world import SPLITS
+
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    timings = dict(stage_timings(run_dir) if timings is None else timings)
+    splits = [s for s in eval_report["splits"] if s in SPLITS] or ["train"]
+    with tqdm(total=4, desc="report", disable=not progress) as bar:
+        bar.set_postfix_str("plots")
+        plots = plot_learning_curves(run_dir)
+        plots.append(plot_success(eval_report, run_dir / PLOTS_DIR / "success.png"))
+        bar.update()
+        bar.set_postfix_str("episodes")
+        names = [s for s in splits for _ in range(episodes_per_split)]
+        params = jax.tree.map(lambda *x: jnp.stack(x), *(env.default_params(s) for s in names))
+        recorded = record_episodes(agent, env, params, key, len(names), min(max_steps, env.level.max_steps))
+        bar.update()
+        bar.set_postfix_str("GIFs")
+        gif_names = [f"{split}_{i % episodes_per_split}" for i, split in enumerate(names)]
+        gifs = write_episode_gifs(recorded, run_dir / GIFS_DIR, gif_names)
+        episodes = list(zip(gifs, recorded, names, strict=True))
+        bar.update()
+        timings["report"] = time.perf_counter() - start
+        summary = write_summary(run_dir, eval_report, timings=timings, plots=plots, episodes=episodes)
+        bar.update()
+    return {"plots": plots, "gifs": [path for path, _, _ in episodes], "summary": summary}
+
+
+__all__ = [
+    "Episode",
+    "evaluation_report",
+    "play_episode",
+    "plot_learning_curves",
+    "plot_success",
+    "read_metrics",
+    "record_episodes",
+    "stage_timings",
+    "success_table",
+    "write_episode_gif",
+    "write_episode_gifs",
+    "write_report",
+    "write_summary",
+]
