@@ -345,3 +345,122 @@ def test_drives_the_built_in_world():
     actions, log_probs, rewards = rollout(agent, obs, state, jax.random.key(2))
     assert actions.shape == (3, worlds, 3) and rewards.shape == (3, worlds)
     assert (np.asarray(actions) < np.asarray(env.action_nvec)).all() and np.isfinite(log_probs).all()
+
+
+# --- pretrained components by name or path ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """Tiny HF checkpoints saved locally: a ViT (trained at 32x32, with its own normalisation), a Llama with
+    a Llama-style tokenizer, and a BERT with the real MiniLM wordpiece tokenizer (or a BPE one)."""
+    pytest.importorskip("torch")
+    from _pretrained_fixtures import (
+        llama_tokenizer,
+        minilm_path,
+        save_tiny_bert,
+        save_tiny_llama,
+        save_tiny_vit,
+    )
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("pretrained")
+    minilm = minilm_path()
+    wordpiece = AutoTokenizer.from_pretrained(minilm) if minilm else llama_tokenizer(root / "wordpiece")
+    return {
+        "vision": save_tiny_vit(root / "vit", image_size=32, patch_size=8, mean=(0.4, 0.4, 0.4)),
+        "planner": save_tiny_llama(root / "llama", llama_tokenizer(root / "llama_tokenizer")),
+        "text_encoder": save_tiny_bert(root / "bert", wordpiece),
+    }
+
+
+@pytest.mark.parametrize("flag", ["planner", "text_encoder"])
+def test_pretrained_parts_by_path_read_world_instructions_through_their_tokenizer(pretrained, flag, tmp_path):
+    import torch
+    from _pretrained_fixtures import world_ids, world_instructions
+    from transformers import AutoModel, AutoTokenizer
+
+    from sima2.envs.vocabulary import decode_ids
+    from sima2.planning import TokenBridge
+
+    agent = Agent.from_preset("tiny", key=jax.random.key(0), action_nvec=NVEC, proprio_dim=PROPRIO,
+                              vision=pretrained["vision"], **{flag: pretrained[flag]})
+    tokenizer = AutoTokenizer.from_pretrained(pretrained[flag])
+    # Vision: the checkpoint's weights, frozen, normalised as its preprocessor says.
+    reference = ViTEncoder.from_pretrained(pretrained["vision"])
+    for mine, theirs in zip(jax.tree.leaves(agent.vision), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert agent.config.image_mean == (0.4, 0.4, 0.4) and agent.config.image_std == (0.25, 0.25, 0.25)
+    # Language: LoRA adapters (the base preset's rank) are the only trainable language weights.
+    assert agent.config.text_bridge == TokenBridge.from_tokenizer(tokenizer)
+    assert agent.planner.lora is not None and agent.planner.lora[0][next(iter(agent.planner.lora[0]))].a.shape[0] == 8
+    trainable = agent.trainable_filter()
+    assert not any(jax.tree.leaves(trainable.vision)) and not any(jax.tree.leaves(trainable.planner.backbone))
+    assert all(jax.tree.leaves(trainable.planner.lora)) and all(jax.tree.leaves(trainable.policy))
+
+    # The agent's text tokens for world word ids are the HF model's hidden states for tokenizer(text).
+    ids = world_ids(world_instructions(2, seed=5), 24)
+    hf = AutoModel.from_pretrained(pretrained[flag]).eval()
+    embed = eqx.filter_jit(agent._embed_text)
+    for row in ids:
+        tokens, valid = embed(jnp.asarray(row))
+        encoded = tokenizer(decode_ids(row), return_tensors="pt")
+        with torch.no_grad():
+            expected = hf(**encoded).last_hidden_state[0].numpy()
+        np.testing.assert_allclose(np.asarray(tokens)[np.asarray(valid)], expected, atol=2e-4, rtol=2e-4)
+
+    # Acts on the world's 64x64 images (position embeddings resampled from 32x32) and round-trips: the same
+    # weights and the same config (token bridge included) make the same decisions.
+    action, _, extras = eqx.filter_jit(agent.act)(jax.random.key(1), dict(_obs(), instruction=ids[0]),
+                                                  agent.initial_carry())
+    assert action.shape == (len(NVEC),) and np.isfinite(float(extras["log_prob"]))
+    agent.save_pretrained(tmp_path / "agent")
+    loaded = Agent.from_pretrained(tmp_path / "agent")
+    assert loaded.config == agent.config
+    assert loaded.vision.config.use_pooler == agent.vision.config.use_pooler
+    for mine, theirs in zip(jax.tree.leaves(agent), jax.tree.leaves(loaded), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_pretrained_names_that_cannot_be_used_raise_naming_them(pretrained, tmp_path, capsys):
+    import shutil
+
+    from sima2.cli import main
+
+    def build(**kwargs):
+        return Agent.from_preset("tiny", key=jax.random.key(0), **kwargs)
+
+    with pytest.raises(ValueError, match="no-such-org/no-such-vit"):  # offline and not cached: no fallback
+        build(vision="no-such-org/no-such-vit")
+    with pytest.raises(ValueError, match="pass it as text_encoder="):
+        build(planner=pretrained["text_encoder"])
+    with pytest.raises(ValueError, match="pass it as planner="):
+        build(text_encoder=pretrained["planner"])
+    with pytest.raises(ValueError, match="not both"):
+        build(planner=pretrained["planner"], text_encoder=pretrained["text_encoder"])
+    untokenized = tmp_path / "weights_only"
+    untokenized.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(pretrained["planner"] / name, untokenized / name)
+    with pytest.raises(ValueError, match="tokenizer from .*weights_only"):
+        build(planner=untokenized)
+    with pytest.raises(ValueError, match="vocabulary"):  # BERT's wordpiece ids do not fit the tiny Llama
+        build(planner=pretrained["planner"], tokenizer=pretrained["text_encoder"])
+    with pytest.raises(ValueError, match="tokenizer="):
+        build(tokenizer=pretrained["text_encoder"])
+    # The CLI says it in one line, before any training starts.
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--planner", "no-such-org/lm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sima2 train: error:") and "no-such-org/lm" in err and "\n" not in err
+
+
+def test_agents_saved_before_token_bridges_still_load(tmp_path):
+    import json
+
+    agent = _agent(seed=2)
+    agent.save_pretrained(tmp_path)
+    path = tmp_path / "agent_config.json"
+    raw = json.loads(path.read_text())
+    assert raw["format_version"] == 2 and raw["agent"]["text_bridge"] is None
+    raw["format_version"] = 1
+    del raw["agent"]["text_bridge"]
+    path.write_text(json.dumps(raw))
+    assert Agent.from_pretrained(tmp_path).config == agent.config

@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
     from sima2.training.pipeline import train
 
     out = args.out or f"runs/{args.preset}"
-    report = train(args.preset, out, resume=args.resume, overrides=args.overrides)
+    report = train(args.preset, out, resume=args.resume, overrides=args.overrides, vision=args.vision,
+                   planner=args.planner, text_encoder=args.text_encoder)
     print(json.dumps(report["success_rate"], indent=2))
     print(f"run folder: {out}")
     return 0
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=["tiny", "cpu-small", "base"], default="cpu-small")
     train.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     train.add_argument("--resume", action="store_true", help="continue each stage from its last checkpoint")
+    train.add_argument("--vision", default=None, help="pretrained vision encoder: HF name or local path")
+    train.add_argument("--planner", default=None, help="pretrained causal LM planner: HF name or local path")
+    train.add_argument("--text-encoder", default=None, help="pretrained BERT text encoder: HF name or local path")
     train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.bc.batch_size=128")
     train.set_defaults(func=_train)
 

@@ -356,6 +356,11 @@ class ViTEncoder(PretrainedModel):
 
     def hf_config(self) -> dict[str, Any]:
         config = json.loads(self.config.hf_json)
+        # Whether the module has a pooler follows the checkpoint it was loaded from, not the file's config.
+        if self.config.family == "vit":
+            config["add_pooling_layer"] = self.config.use_pooler
+        elif self.config.family == "siglip":
+            config["vision_use_head"] = self.config.use_pooler
         architectures = {"vit": "ViTModel", "clip": "CLIPVisionModel", "siglip": "SiglipVisionModel"}
         config["architectures"] = [architectures[self.config.family]]
         return config

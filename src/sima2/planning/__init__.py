@@ -1,8 +1,10 @@
 """Planning: language models from Hugging Face weights (GPT-2, Llama, Qwen2, BERT), jitted KV-cache
-generation, and the `LanguagePlanner` whose instruction embeddings steer the policy."""
+generation, the `LanguagePlanner` whose instruction embeddings steer the policy, and the `TokenBridge` from the
+world's word ids to a pretrained tokenizer's ids."""
 
 from __future__ import annotations
 
+from sima2.planning.bridge import TokenBridge
 from sima2.planning.causal_lm import CausalLM, KVCache, LMConfig, positions_from_mask
 from sima2.planning.generate import generate
 from sima2.planning.planner import LanguagePlanner, LoRA
@@ -31,6 +33,7 @@ __all__ = [
     "LoRA",
     "TextEncoder",
     "TextEncoderConfig",
+    "TokenBridge",
     "encode_plan_pairs",
     "generate",
     "load_tokenizer",

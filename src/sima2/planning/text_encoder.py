@@ -59,6 +59,7 @@ class TextEncoderConfig:
             type_vocab_size=hf["type_vocab_size"],
             layer_norm_eps=float(hf["layer_norm_eps"]),
             hidden_act=hf["hidden_act"],
+            use_pooler=bool(hf.get("add_pooling_layer", True)),
             hf_json=json.dumps(hf, sort_keys=True),
         )
 
@@ -207,6 +208,7 @@ class TextEncoder(PretrainedModel):
 
     def hf_config(self) -> dict[str, Any]:
         config = json.loads(self.config.hf_json)
+        config["add_pooling_layer"] = self.config.use_pooler  # follows the checkpoint it was loaded from
         config["architectures"] = ["BertModel"]
         config["model_type"] = "bert"
         return config

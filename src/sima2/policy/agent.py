@@ -22,9 +22,19 @@ Training only parts of the agent (e.g. a frozen pretrained ViT, LoRA-only langua
     labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
     optimiser = optax.multi_transform({"train": optax.adam(3e-4), "freeze": optax.set_to_zero()}, labels)
 
-Saving: `agent.save_pretrained(dir)` writes `agent_config.json` (the agent's sizes and each component's
-Hugging Face config) and `model.safetensors` (every array under its dotted path). `Agent.from_pretrained(dir)`
-rebuilds the skeleton from the config without initialising it and loads the weights strictly.
+Pretrained parts plug in by Hugging Face name or local path (a name that cannot be loaded raises; the agent
+never falls back to random weights behind your back):
+
+    agent = Agent.from_preset("cpu-small", key=key, vision="google/vit-base-patch16-224",
+                              planner="HuggingFaceTB/SmolLM2-135M")   # or text_encoder=<BERT path>
+
+Instructions stay in the world's word ids; with a pretrained language model the agent maps them on device to
+that model's tokenizer ids (`sima2.planning.TokenBridge`, stored in `config.text_bridge`).
+
+Saving: `agent.save_pretrained(dir)` writes `agent_config.json` (the agent's sizes, its token bridge and each
+component's Hugging Face config) and `model.safetensors` (every array under its dotted path).
+`Agent.from_pretrained(dir)` rebuilds the skeleton from the config without initialising it and loads the weights
+strictly.
 `agent.vision.save_pretrained(d)` (and the planner's) still export each part alone for `transformers`.
 """
 
@@ -44,17 +54,21 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
 from safetensors.numpy import save_file
 
+from sima2.envs.vocabulary import MAX_INSTRUCTION_LENGTH
 from sima2.envs.world import ACTION_NVEC, PROPRIO_SIZE
-from sima2.interop.checkpoint import TensorSource
+from sima2.interop.checkpoint import CheckpointError, TensorSource, resolve_checkpoint
 from sima2.interop.mapping import load_state_dict, named_arrays, same
+from sima2.perception.preprocess import ImageProcessorConfig
 from sima2.perception.vit import ViTEncoder
-from sima2.planning import LanguagePlanner
+from sima2.planning import CausalLM, LanguagePlanner, TextEncoder
+from sima2.planning.bridge import TokenBridge
+from sima2.planning.tokenizer import load_tokenizer
 from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
 from sima2.policy.distributions import FactorisedCategorical
 
 AGENT_CONFIG_NAME = "agent_config.json"
 AGENT_WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `agent.text_bridge`
 
 # Defaults follow the built-in world: key x look yaw bins x duration bins, and its proprio vector.
 DEFAULT_ACTION_NVEC = tuple(ACTION_NVEC)
@@ -75,6 +89,8 @@ class AgentConfig:
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     freeze_vision: bool = False  # defaults of `trainable_filter`
     freeze_planner: bool = False
+    # World word ids -> the planner's tokenizer ids; None when the planner reads world ids directly.
+    text_bridge: TokenBridge | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +101,8 @@ class AgentConfig:
         raw["policy"] = ActorCriticConfig(**{**raw["policy"], "action_nvec": tuple(raw["policy"]["action_nvec"])})
         for name in ("image_mean", "image_std"):
             raw[name] = tuple(raw[name])
+        if raw.get("text_bridge") is not None:
+            raw["text_bridge"] = TokenBridge.from_dict(raw["text_bridge"])
         return cls(**raw)
 
 
@@ -187,6 +205,63 @@ def planner_from_config(config: Mapping[str, Any], *, key: PRNGKeyArray) -> Lang
     )
 
 
+# --- pretrained components by name or path ----------------------------------------------------------------
+def _pretrained_vision(source: str | os.PathLike) -> tuple[ViTEncoder, dict[str, Any]]:
+    """A ViT / CLIP / SigLIP encoder from HF weights, frozen by default, with its checkpoint's image
+    normalisation when it ships a `preprocessor_config.json`; returns (encoder, AgentConfig fields)."""
+    try:
+        encoder = ViTEncoder.from_pretrained(source)
+        folder = resolve_checkpoint(source).folder
+    except (CheckpointError, OSError) as err:
+        raise ValueError(f"cannot load the pretrained vision encoder {os.fspath(source)!r}: {err}") from None
+    fields: dict[str, Any] = {"freeze_vision": True}  # a pretrained encoder keeps its features unless asked
+    if (folder / "preprocessor_config.json").is_file():
+        processor = ImageProcessorConfig.from_pretrained(folder)
+        fields.update(image_mean=tuple(processor.image_mean), image_std=tuple(processor.image_std))
+    return encoder, fields
+
+
+def _pretrained_language(
+    source: str | os.PathLike, backbone: type[CausalLM] | type[TextEncoder], flag: str, *, key: PRNGKeyArray
+) -> LanguagePlanner:
+    """A pretrained causal LM (`planner=`) or BERT encoder (`text_encoder=`), finetuned through LoRA adapters
+    with the `base` preset's rank and alpha (its weights stay as loaded)."""
+    lora = _preset("base", DEFAULT_VOCAB_SIZE)[1]
+    try:
+        planner = LanguagePlanner.from_pretrained(
+            source, lora_rank=lora["lora_rank"], lora_alpha=lora["lora_alpha"], key=key
+        )
+    except (CheckpointError, OSError) as err:
+        raise ValueError(f"cannot load the pretrained {flag} {os.fspath(source)!r}: {err}") from None
+    if not isinstance(planner.backbone, backbone):
+        other = "text_encoder" if backbone is CausalLM else "planner"
+        raise ValueError(
+            f"{flag}={os.fspath(source)!r} is a {type(planner.backbone).__name__}, not a {backbone.__name__}; "
+            f"pass it as {other}= instead"
+        )
+    return planner
+
+
+def token_bridge(tokenizer: Any, planner: LanguagePlanner) -> TokenBridge:
+    """The bridge from the world's word ids to `tokenizer` (an HF tokenizer, or its name or path), checked
+    against `planner`: every id must be in its vocabulary, and the output must fit its positions."""
+    if isinstance(tokenizer, str | os.PathLike):
+        try:
+            tokenizer = load_tokenizer(tokenizer)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot load a tokenizer from {os.fspath(tokenizer)!r}: {err}") from None
+    bridge = TokenBridge.from_tokenizer(tokenizer)
+    config = planner.backbone.config
+    if bridge.max_token_id >= config.vocab_size:
+        raise ValueError(
+            f"tokenizer {bridge.tokenizer_name!r} emits id {bridge.max_token_id}, beyond the language model's "
+            f"vocabulary of {config.vocab_size}; is it this model's tokenizer?"
+        )
+    if bridge.output_length(MAX_INSTRUCTION_LENGTH) > config.max_position_embeddings:
+        bridge = dataclasses.replace(bridge, max_length=int(config.max_position_embeddings))  # truncate like HF
+    return bridge
+
+
 # --- the agent --------------------------------------------------------------------------------------------
 class Agent(eqx.Module):
     """Vision encoder + language planner + fusion actor-critic; one raw observation per call."""
@@ -227,23 +302,51 @@ class Agent(eqx.Module):
         name: str,
         *,
         key: PRNGKeyArray,
-        vision: ViTEncoder | None = None,
-        planner: LanguagePlanner | None = None,
+        vision: ViTEncoder | str | os.PathLike | None = None,
+        planner: LanguagePlanner | str | os.PathLike | None = None,
+        text_encoder: str | os.PathLike | None = None,
+        tokenizer: Any = None,
         action_nvec: tuple[int, ...] = DEFAULT_ACTION_NVEC,
         proprio_dim: int = DEFAULT_PROPRIO_DIM,
         vocab_size: int = DEFAULT_VOCAB_SIZE,
     ) -> Agent:
         """A preset agent: `tiny` (tests), `cpu-small` (CPU training at 64x64), `base` (GPU, ViT-B/16 + LM).
 
-        Pass `vision=` / `planner=` (e.g. `ViTEncoder.from_pretrained(...)`,
-        `LanguagePlanner.from_pretrained(...)`) to replace a randomly initialised component.
+        Replace a randomly initialised component with a module (`ViTEncoder.from_pretrained(...)`,
+        `LanguagePlanner.from_pretrained(...)`) or with a Hugging Face name or local path:
+
+        - `vision=`: a ViT / CLIP / SigLIP checkpoint, frozen by default; images are normalised with its
+          `preprocessor_config.json` when present, and position embeddings follow the world's image size.
+        - `planner=`: a causal LM (GPT-2, Llama, Qwen2); `text_encoder=`: a BERT encoder. Either is finetuned
+          through LoRA adapters (the `base` preset's rank and alpha) and reads instructions through a
+          `TokenBridge` to the tokenizer saved beside it.
+        - `tokenizer=`: an HF tokenizer (or name / path) to bridge to instead, e.g. for a planner passed as a
+          module.
+
+        A name or path that cannot be loaded (offline and not cached, no tokenizer, wrong architecture)
+        raises a ValueError naming it.
         """
+        if planner is not None and text_encoder is not None:
+            raise ValueError("pass planner= (a causal LM) or text_encoder= (BERT), not both: the agent has one")
         vision_config, planner_config, policy_sizes, agent_fields = _preset(name, vocab_size)
         k_vision, k_planner, k_policy = jax.random.split(key, 3)
-        if vision is None:
+        if isinstance(vision, str | os.PathLike):
+            vision, vision_fields = _pretrained_vision(vision)
+            agent_fields = {**agent_fields, **vision_fields}
+        elif vision is None:
             vision = ViTEncoder.from_config(vision_config, key=k_vision)
-        if planner is None:
+        language_source = planner if isinstance(planner, str | os.PathLike) else text_encoder
+        if isinstance(planner, str | os.PathLike):
+            planner = _pretrained_language(planner, CausalLM, "planner", key=k_planner)
+        elif text_encoder is not None:
+            planner = _pretrained_language(text_encoder, TextEncoder, "text_encoder", key=k_planner)
+        elif planner is None:
+            if tokenizer is not None:
+                raise ValueError("tokenizer= bridges to a pretrained language model: pass planner= or text_encoder=")
             planner = planner_from_config(planner_config, key=k_planner)
+        tokenizer = tokenizer if tokenizer is not None else language_source
+        if tokenizer is not None:
+            agent_fields = {**agent_fields, "text_bridge": token_bridge(tokenizer, planner)}
         return cls.from_components(
             vision,
             planner,
@@ -298,9 +401,14 @@ class Agent(eqx.Module):
                 f"{obs['instruction'].shape}"
             )
 
-    def _embed_text(self, ids: Int[Array, " L"]) -> tuple[Float[Array, "L D"], Bool[Array, " L"]]:
-        valid = ids != 0
-        tokens, _ = self.planner.embed(ids.astype(jnp.int32), valid.astype(jnp.int32))
+    def _embed_text(self, ids: Int[Array, " L"]) -> tuple[Float[Array, "N D"], Bool[Array, " N"]]:
+        """World word ids (pad 0) -> the planner's token embeddings and their validity mask."""
+        bridge = self.config.text_bridge
+        if bridge is None:
+            ids, valid = ids.astype(jnp.int32), ids != 0
+        else:
+            ids, valid = bridge(ids)
+        tokens, _ = self.planner.embed(ids, valid.astype(jnp.int32))
         return tokens, valid
 
     def _forward(
@@ -431,4 +539,4 @@ class Agent(eqx.Module):
         return agent
 
 
-__all__ = ["AGENT_CONFIG_NAME", "AGENT_WEIGHTS_NAME", "PRESETS", "Agent", "AgentConfig"]
+__all__ = ["AGENT_CONFIG_NAME", "AGENT_WEIGHTS_NAME", "PRESETS", "Agent", "AgentConfig", "token_bridge"]

@@ -86,11 +86,15 @@ def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
 def trainable_spec(model: PyTree, filter_spec: PyTree | None = None) -> PyTree:
     """A bool PyTree marking the arrays to train: floating-point arrays allowed by `filter_spec`.
 
-    `filter_spec` may be None (train every float array), a bool PyTree shaped like `model`, or a PyTree of
-    callables, as accepted by `eqx.partition`.
+    `filter_spec` may be None (the model's own `trainable_filter()` when it has one, e.g. an `Agent`'s frozen
+    pretrained encoder or LoRA-only language model; else every float array), a bool PyTree shaped like
+    `model`, or a PyTree of callables, as accepted by `eqx.partition`.
     """
     if filter_spec is None:
-        return jax.tree.map(eqx.is_inexact_array, model)
+        own_filter = getattr(model, "trainable_filter", None)
+        if not callable(own_filter):
+            return jax.tree.map(eqx.is_inexact_array, model)
+        filter_spec = own_filter()
     selected, _ = eqx.partition(model, filter_spec)
     return jax.tree.map(
         lambda leaf, chosen: eqx.is_inexact_array(leaf) and chosen is not None,

@@ -29,6 +29,10 @@ class PipelineConfig:
     demo_envs: int = 64
     demo_steps: int = 128
     ppo_updates: int = 0
+    # Pretrained parts by HF name or local path (`--vision`, `--planner`, `--text-encoder`); None: random init.
+    vision: str | None = None
+    planner: str | None = None
+    text_encoder: str | None = None
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
@@ -81,9 +85,13 @@ def _describe(observation: dict[str, np.ndarray]) -> tuple[str, list[str]]:
 
 def train(
     preset: str = "cpu-small", out: str | Path = "runs/cpu-small", *, resume: bool = False,
-    overrides: Sequence[str] = (),
+    overrides: Sequence[str] = (), vision: str | None = None, planner: str | None = None,
+    text_encoder: str | None = None,
 ) -> dict[str, Any]:
-    """Run the whole job and return the evaluation results (also written to `out/eval.json`)."""
+    """Run the whole job and return the evaluation results (also written to `out/eval.json`).
+
+    `vision`, `planner`, `text_encoder`: pretrained components by HF name or path (see `Agent.from_preset`).
+    """
     import sima2.envs as envs
     from sima2.envs.wrappers import RewardShaper, RollbackWrapper
     from sima2.policy import Agent
@@ -92,6 +100,8 @@ def train(
     from sima2.training.stages import train_bc, train_ppo
 
     config = pipeline_config(preset, overrides)
+    pretrained = {"vision": vision, "planner": planner, "text_encoder": text_encoder}
+    config = dataclasses.replace(config, **{k: v for k, v in pretrained.items() if v is not None})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(config_to_dict(config), indent=2))
@@ -101,7 +111,7 @@ def train(
     env, params = envs.make(config.level, split="train", image_size=config.image_size)
     agent = Agent.from_preset(
         config.preset, key=k_agent, action_nvec=env.action_nvec, proprio_dim=env.proprio_size,
-        vocab_size=env.vocab_size,
+        vocab_size=env.vocab_size, vision=config.vision, planner=config.planner, text_encoder=config.text_encoder,
     )
 
     # 1. Expert demonstrations, saved as a Hugging Face dataset (parquet) and reused on resume.
