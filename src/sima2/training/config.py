@@ -31,9 +31,14 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BCConfig:
-    """Behaviour cloning: batch size, augmentation strengths and the weight of the planner's plan loss."""
+    """Behaviour cloning: batch size, window length, augmentation strengths and the plan-loss weight.
+
+    `sequence_length` > 1 trains on windows of that many consecutive demonstration steps (starting at
+    episode starts) with the agent's memory threaded through time; `batch_size` then counts windows.
+    """
 
     batch_size: int = 64
+    sequence_length: int = 1
     plan_loss_weight: float = 1.0
     crop_padding: int = 4
     noise_std: float = 0.02

@@ -6,8 +6,11 @@ subgoal `plan` (list of strings). Datasets are written as parquet under `data/<s
 `datasets.load_dataset(folder)` or a Hub repo id load them back with the same features.
 
 `DemonstrationBatches` shuffles with a permutation drawn from (seed, epoch) only, so its position (the
-number of batches served) is all a checkpoint needs to resume on the same batch. Augmentations are
-random, so they run inside the jitted step from the training key (see `sima2.training.bc`).
+number of batches served) is all a checkpoint needs to resume on the same batch. With `sequence_length=T`
+it serves windows of T consecutive rows that start at an episode start (rows of one episode must be
+contiguous and in step order, as `record_demonstrations` writes them), for recurrent behaviour cloning.
+Augmentations are random, so they run inside the jitted step from the training key (see
+`sima2.training.bc`).
 """
 
 from __future__ import annotations
@@ -91,9 +94,7 @@ def record_demonstrations(
                     "image": observation["image"],
                     "instruction": text,
                     "instruction_ids": observation["instruction"].astype(np.int32).tolist(),
-                    "proprio": observation.get("proprio", np.zeros(0, np.float32))
-                    .astype(np.float32)
-                    .tolist(),
+                    "proprio": observation.get("proprio", np.zeros(0, np.float32)).astype(np.float32).tolist(),
                     "action": np.asarray(actions[t, world]).astype(np.int32).tolist(),
                     "step_id": step_in_episode,
                     "plan": list(plan),
@@ -120,9 +121,7 @@ def save_demonstrations(dataset: datasets.Dataset, folder: str | Path, split: st
     return path
 
 
-def load_demonstrations(
-    path_or_repo: str, split: str = "train", revision: str | None = None
-) -> datasets.Dataset:
+def load_demonstrations(path_or_repo: str, split: str = "train", revision: str | None = None) -> datasets.Dataset:
     """`datasets.load_dataset` on a local folder written by `save_demonstrations` or a Hub dataset repo."""
     dataset = datasets.load_dataset(path_or_repo, split=split, revision=revision)
     missing = [name for name in ("image", "instruction", "action") if name not in dataset.column_names]
@@ -206,6 +205,28 @@ def rows_to_batch(rows: dict[str, list], instruction_length: int) -> dict[str, A
     }
 
 
+def episode_starts(dataset: datasets.Dataset) -> np.ndarray:
+    """Indices of the rows that start an episode, after checking that every episode's rows are contiguous
+    and in step order (`step_id` 0, 1, 2, ...). Raises a ValueError naming the first row that breaks it."""
+    for name in ("episode_id", "step_id"):
+        if name not in dataset.column_names:
+            raise ValueError(f"sequence batches need an {name!r} column; the dataset has {dataset.column_names}")
+    episode = np.asarray(dataset["episode_id"], np.int64)
+    step = np.asarray(dataset["step_id"], np.int64)
+    starts = step == 0
+    continues = np.zeros_like(starts)
+    continues[1:] = (episode[1:] == episode[:-1]) & (step[1:] == step[:-1] + 1)
+    bad = np.flatnonzero(~(starts | continues))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"row {i} (episode_id {episode[i]}, step_id {step[i]}) does not continue the row before it; "
+            "sequence batches need each episode's rows contiguous and in step order "
+            "(sort the dataset by episode_id, step_id)"
+        )
+    return np.flatnonzero(starts)
+
+
 class DemonstrationBatches(Iterator[dict[str, Any]]):
     """Endless shuffled batches; `position` = batches served so far (checkpoint it to resume exactly).
 
@@ -213,6 +234,11 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
     of an epoch is dropped so every batch has `batch_size` rows. `put` (e.g. `jax.device_put` or
     `sima2.training.parallel.shard_batch`) runs in a background thread `prefetch` batches ahead.
     `transform` may add columns (e.g. tokenised plans) from the raw rows.
+
+    With `sequence_length=T > 1` a batch is `batch_size` windows of T consecutive rows, each starting at an
+    episode start (windows may run on into the following episodes): every array gets leading axes
+    `(batch_size, T)` and the batch gains `first` (True where a step starts an episode), so the learner can
+    thread a recurrent memory through each window and reset it where episodes begin.
     """
 
     def __init__(
@@ -227,17 +253,28 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
         put: Callable[[Any], Any] | None = None,
         instruction_length: int | None = None,
         transform: Callable[[dict[str, list], dict[str, Any]], dict[str, Any]] | None = None,
+        sequence_length: int = 1,
     ):
-        if batch_size <= 0 or batch_size > len(dataset):
-            raise ValueError(f"batch_size must be in 1..{len(dataset)} (dataset rows), got {batch_size}")
+        if sequence_length < 1:
+            raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
+        if sequence_length == 1:
+            starts = np.arange(len(dataset))
+        else:
+            starts = episode_starts(dataset)
+            starts = starts[starts + sequence_length <= len(dataset)]
+        if batch_size <= 0 or batch_size > len(starts):
+            what = "dataset rows" if sequence_length == 1 else f"episode starts with {sequence_length} rows left"
+            raise ValueError(f"batch_size must be in 1..{len(starts)} ({what}), got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
+        self.sequence_length = sequence_length
+        self.starts = starts
         self.seed = seed
         self.shuffle = shuffle
         self.position = position
         self.put = put
         self.transform = transform
-        self.batches_per_epoch = len(dataset) // batch_size
+        self.batches_per_epoch = len(starts) // batch_size
         if instruction_length is None:
             instruction_length = max(1, max(len(ids) for ids in dataset["instruction_ids"]))
         self.instruction_length = instruction_length
@@ -247,20 +284,27 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
         self._stop = threading.Event()
 
     def indices(self, position: int) -> np.ndarray:
-        """Row indices of batch number `position`."""
+        """Row indices of batch number `position`: `(batch_size,)`, or `(batch_size, T)` for windows."""
         epoch, index = divmod(position, self.batches_per_epoch)
         order = (
-            np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            np.random.default_rng([self.seed, epoch]).permutation(len(self.starts))
             if self.shuffle
-            else np.arange(len(self.dataset))
+            else np.arange(len(self.starts))
         )
-        return order[index * self.batch_size : (index + 1) * self.batch_size]
+        starts = self.starts[order[index * self.batch_size : (index + 1) * self.batch_size]]
+        if self.sequence_length == 1:
+            return starts
+        return starts[:, None] + np.arange(self.sequence_length)[None, :]
 
     def load(self, position: int) -> dict[str, Any]:
-        rows = self.dataset[self.indices(position).tolist()]
+        indices = self.indices(position)
+        rows = self.dataset[indices.reshape(-1).tolist()]
         batch = rows_to_batch(rows, self.instruction_length)
         if self.transform is not None:
             batch = self.transform(rows, batch)
+        if self.sequence_length > 1:
+            batch = jax.tree.map(lambda x: x.reshape(*indices.shape, *x.shape[1:]), batch)
+            batch["first"] = batch["step_id"] == 0
         return self.put(batch) if self.put is not None else batch
 
     def _worker(self, start: int) -> None:
@@ -304,9 +348,7 @@ def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, n
     crop_key, noise_key = jax.random.split(key)
     out = images.astype(jnp.float32)
     if crop_padding > 0:
-        padded = jnp.pad(
-            out, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)), mode="edge"
-        )
+        padded = jnp.pad(out, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)), mode="edge")
         offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * crop_padding + 1)
 
         def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
