@@ -18,9 +18,11 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from sima2.planning.tokenizer import DEFAULT_SEPARATOR
 from sima2.training.config import TrainConfig
 from sima2.training.data import augment_images
 from sima2.training.loop import TrainState, guard_step
@@ -97,3 +99,52 @@ def make_bc(
         return new_state, dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
 
     return init_fn, guard_step(step_fn, config.guard)
+
+
+def plan_supervision(
+    tokenizer: Any, dataset: Any, *, separator: str = DEFAULT_SEPARATOR
+) -> tuple[Callable[[dict, dict], dict], PlanLoss]:
+    """`(transform, plan_loss)` that teach a `LanguagePlanner` the demonstrations' subgoal plans.
+
+    `transform` (for `DemonstrationBatches`) tokenises each row's instruction and plan with `tokenizer`
+    into the layout of `encode_plan_pairs`, padded to the longest in `dataset` so shapes stay static;
+    `plan_loss(model, batch)` is the mean next-token loss of `model.planner` on those plans (one per
+    window for sequence batches: the plan of the episode the window starts with).
+    """
+    from sima2.planning import encode_plan_pairs
+
+    instructions, plans = dataset["instruction"], dataset["plan"]
+    unique = {(text, tuple(plan)) for text, plan in zip(instructions, plans, strict=True) if plan}
+    if not unique:
+        raise ValueError("the demonstrations carry no plans to learn")
+    lengths = encode_plan_pairs(tokenizer, sorted(unique), separator=separator)
+    prompt_length, target_length = lengths["prompt_ids"].shape[1], lengths["target_ids"].shape[1]
+    cache: dict[tuple[str, tuple[str, ...]], dict[str, np.ndarray]] = {}
+
+    def encode(text: str, plan: tuple[str, ...]) -> dict[str, np.ndarray]:
+        if (text, plan) not in cache:
+            pair = encode_plan_pairs(
+                tokenizer,
+                [(text, plan)],
+                separator=separator,
+                prompt_length=prompt_length,
+                target_length=target_length,
+            )
+            cache[(text, plan)] = {name: value[0] for name, value in pair.items()}
+        return cache[(text, plan)]
+
+    def transform(rows: dict[str, list], batch: dict[str, Any]) -> dict[str, Any]:
+        pairs = [encode(text, tuple(plan)) for text, plan in zip(rows["instruction"], rows["plan"], strict=True)]
+        batch["plan"] = {name: np.stack([p[name] for p in pairs]) for name in pairs[0]}
+        return batch
+
+    def plan_loss(model: Any, batch: dict[str, Any]) -> Float[Array, ""]:
+        plan = batch["plan"]
+        if plan["target_ids"].ndim == 3:  # windows: the plan of the episode each window starts with
+            plan = jax.tree.map(lambda x: x[:, 0], plan)
+        losses = jax.vmap(lambda p, pm, t, tm: model.planner.plan_loss(p, t, tm, prompt_mask=pm))(
+            plan["prompt_ids"], plan["prompt_mask"], plan["target_ids"], plan["target_mask"]
+        )
+        return losses.mean()
+
+    return transform, plan_loss

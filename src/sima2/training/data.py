@@ -46,6 +46,12 @@ FEATURES = datasets.Features(
 Describe = Callable[[dict[str, np.ndarray]], tuple[str, list[str]]]
 
 
+def _world_text(env: Any, states: PyTree, world: int, t: int) -> tuple[str, list[str]]:
+    """Instruction and expert plan of one recorded world state, from the env's own text methods."""
+    state = jax.tree.map(lambda x: x[t, world], states)
+    return env.instruction_text(state), env.plan_text(state)
+
+
 def record_demonstrations(
     env: Any,
     env_params: PyTree,
@@ -53,17 +59,24 @@ def record_demonstrations(
     *,
     num_envs: int,
     num_steps: int,
-    describe: Describe,
+    describe: Describe | None = None,
     keep_incomplete: bool = False,
 ) -> datasets.Dataset:
     """Run `env.expert_action` in `num_envs` worlds for `num_steps` steps and return the rows.
 
-    `describe(observation)` is called on the host with one step's observation (NumPy arrays) and returns
-    the instruction text and the subgoal plan. Episodes still running at the end are dropped unless
-    `keep_incomplete`.
+    The instruction text and subgoal plan of each episode come from the env's `instruction_text(state)`
+    and `plan_text(state)` (the built-in world has both), read once at the episode's first step; an env
+    without them needs `describe(observation) -> (text, plan)`, called on the host with each step's
+    observation (NumPy arrays). Episodes still running at the end are dropped unless `keep_incomplete`.
     """
     if num_envs <= 0 or num_steps <= 0:
         raise ValueError(f"num_envs and num_steps must be positive, got {num_envs} and {num_steps}")
+    from_env = describe is None
+    if from_env and not (hasattr(env, "instruction_text") and hasattr(env, "plan_text")):
+        raise ValueError(
+            f"{type(env).__name__} has no instruction_text/plan_text methods; pass describe=(observation) -> "
+            "(instruction text, plan)"
+        )
 
     @jax.jit
     def rollout(key: PRNGKeyArray) -> tuple:
@@ -73,22 +86,25 @@ def record_demonstrations(
         def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
             obs, state = carry
             action = jax.vmap(env.expert_action, in_axes=(0, None))(state, env_params)
-            next_obs, state, _, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            next_obs, next_state, _, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(step_key, num_envs), state, action, env_params
             )
-            return (next_obs, state), (obs, action, done)
+            return (next_obs, next_state), (obs, action, done, state if from_env else None)
 
         _, outs = jax.lax.scan(one_step, (obs, state), jax.random.split(run_key, num_steps))
         return outs
 
-    obs, actions, dones = jax.device_get(rollout(key))
+    obs, actions, dones, states = jax.device_get(rollout(key))
     columns: dict[str, list] = {name: [] for name in FEATURES}
     next_episode = 0
     for world in range(num_envs):
         step_in_episode, rows = 0, []
         for t in range(num_steps):
             observation = {name: np.asarray(value[t, world]) for name, value in obs.items()}
-            text, plan = describe(observation)
+            if not from_env:
+                text, plan = describe(observation)
+            elif step_in_episode == 0:
+                text, plan = _world_text(env, states, world, t)
             rows.append(
                 {
                     "image": observation["image"],
