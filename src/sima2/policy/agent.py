@@ -365,9 +365,11 @@ class Agent(eqx.Module):
         return action, new_carry, extras
 
     def evaluate(
-        self, obs: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, " F"]
-    ) -> tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
-        """`(log_prob(action), entropy, value, new_carry)` for one observation (PPO / behaviour cloning)."""
+        self, obs: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, "*K F"]
+    ) -> tuple[Float[Array, "*K"], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
+        """`(log_prob(action), entropy, value, new_carry)` for one observation (PPO / behaviour cloning).
+
+        `action` may be a stack of candidate actions `(K, F)`: all are scored in one forward pass."""
         dist, value, new_carry = self._forward(obs, carry)
         return dist.log_prob(action), dist.entropy(), value, new_carry
 

@@ -60,6 +60,12 @@ class PPOConfig:
     ent_coef: float = 0.01
     normalize_advantages: bool = True
     num_seeds: int = 1
+    # Expert distillation ("kickstarting"): cross-entropy toward the env's `expert_action` on the rollout's
+    # own states, weighted by `expert_coef` and decayed linearly to zero over `expert_decay_updates`
+    # updates (0: constant). Needs an env with `expert_action` and an agent whose `evaluate` scores a stack
+    # of actions (as `sima2.policy.Agent` does).
+    expert_coef: float = 0.0
+    expert_decay_updates: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,12 @@ class RolloutState(eqx.Module):
 
 
 class Trajectory(eqx.Module):
-    """One rollout, time-major: every leaf has leading axes (T, E)."""
+    """One rollout, time-major: every leaf has leading axes (T, E).
+
+    `agent_acted` is False where a wrapper executed another action than the agent's (a rollback's expert
+    fallback, a safety-filter replacement): those steps train the value but not the policy gradient.
+    `expert_action` (or None) is the env expert's action in each step's state, for expert distillation.
+    """
 
     obs: PyTree
     action: Int[Array, "T E *A"]
@@ -49,6 +54,8 @@ class Trajectory(eqx.Module):
     done: Bool[Array, "T E"]
     first: Bool[Array, "T E"]
     stats: dict[str, Array]
+    agent_acted: Bool[Array, "T E"]
+    expert_action: Int[Array, "T E *A"] | None = None
 
 
 def _reset_where(first: Array, initial: PyTree, carry: PyTree) -> PyTree:
@@ -79,9 +86,7 @@ def init_rollout(agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, nu
     )
 
 
-def _step_stats(
-    info: dict[str, Array], reward: Array, done: Array, ep_return: Array, ep_length: Array
-) -> dict:
+def _step_stats(info: dict[str, Array], reward: Array, done: Array, ep_return: Array, ep_length: Array) -> dict:
     stats = {
         "episode_return": jnp.where(done, ep_return, 0.0),
         "episode_length": jnp.where(done, ep_length, 0).astype(jnp.float32),
@@ -97,17 +102,35 @@ def _step_stats(
     return stats
 
 
+def _agent_acted(info: dict[str, Array], done: Array) -> Bool[Array, " E"]:
+    """False where a wrapper replaced the agent's action (rollback fallback, safety-filter replacement)."""
+    replaced = jnp.zeros_like(done)
+    for name in ("fallback_active", "safety_blocked"):
+        if name in info:
+            replaced = replaced | info[name].astype(bool)
+    return ~replaced
+
+
 def collect_rollout(
-    agent: Any, env: Any, env_params: PyTree, rollout: RolloutState, key: PRNGKeyArray, num_steps: int
+    agent: Any,
+    env: Any,
+    env_params: PyTree,
+    rollout: RolloutState,
+    key: PRNGKeyArray,
+    num_steps: int,
+    *,
+    expert: bool = False,
 ) -> tuple[RolloutState, Trajectory, PyTree, Float[Array, " E"]]:
     """`num_steps` steps in every world; returns the new rollout state, the trajectory, the carries at
-    rollout start (for re-scanning recurrent agents) and the bootstrap values of the final observations."""
+    rollout start (for re-scanning recurrent agents) and the bootstrap values of the final observations.
+    With `expert`, the trajectory also holds `env.expert_action` for every step's state."""
     num_envs = rollout.first.shape[0]
     initial = _initial_carries(agent, num_envs)
     act = jax.vmap(agent.act)
     step_env = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    expert_action = jax.vmap(env.expert_action, in_axes=(0, None)) if expert else None
 
-    def one_step(rollout: RolloutState, step_key: PRNGKeyArray) -> tuple[RolloutState, tuple]:
+    def one_step(rollout: RolloutState, step_key: PRNGKeyArray) -> tuple[RolloutState, dict]:
         act_key, env_key = jax.random.split(step_key)
         carry = _reset_where(rollout.first, initial, rollout.carry)
         action, carry, extras = act(jax.random.split(act_key, num_envs), rollout.obs, carry)
@@ -119,15 +142,17 @@ def collect_rollout(
         ep_return = rollout.episode_return + reward
         ep_length = rollout.episode_length + 1
         stats = _step_stats(info, reward, done, ep_return, ep_length)
-        out = (
-            rollout.obs,
-            action.astype(jnp.int32),
-            extras["log_prob"],
-            extras["value"],
-            reward,
-            done,
-            rollout.first,
-            stats,
+        out = dict(
+            obs=rollout.obs,
+            action=action.astype(jnp.int32),
+            log_prob=extras["log_prob"],
+            value=extras["value"],
+            reward=reward,
+            done=done,
+            first=rollout.first,
+            stats=stats,
+            agent_acted=_agent_acted(info, done),
+            expert_action=None if expert_action is None else expert_action(rollout.env_state, env_params),
         )
         new = RolloutState(
             env_state=env_state,
@@ -141,8 +166,8 @@ def collect_rollout(
 
     scan_key, value_key = jax.random.split(key)
     start_carry = rollout.carry
-    rollout, outs = jax.lax.scan(one_step, rollout, jax.random.split(scan_key, num_steps))
-    trajectory = Trajectory(*outs)
+    rollout, steps = jax.lax.scan(one_step, rollout, jax.random.split(scan_key, num_steps))
+    trajectory = Trajectory(**steps)
     carry = _reset_where(rollout.first, initial, rollout.carry)
     _, _, extras = act(jax.random.split(value_key, num_envs), rollout.obs, carry)
     return rollout, trajectory, start_carry, extras["value"]
@@ -172,9 +197,7 @@ def compute_gae(
     return advantages, advantages + value
 
 
-def _evaluate_sequences(
-    model: Any, trajectory: Trajectory, start_carry: PyTree
-) -> tuple[Array, Array, Array]:
+def _evaluate_sequences(model: Any, trajectory: Trajectory, start_carry: PyTree) -> tuple[Array, Array, Array]:
     """Re-run `model.evaluate` over time per world, resetting carries on episode starts."""
     initial = model.initial_carry()
     if all(jnp.size(leaf) == 0 for leaf in jax.tree.leaves(initial)):
@@ -208,14 +231,26 @@ def ppo_loss(
     advantages: Float[Array, "T M"],
     returns: Float[Array, "T M"],
     config: PPOConfig,
+    expert_coef: Float[Array, ""] | float = 0.0,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
-    """Clipped surrogate + (optionally clipped) value loss - entropy bonus, on a minibatch of worlds."""
-    log_prob, entropy, value = _evaluate_sequences(model, trajectory, start_carry)
+    """Clipped surrogate + (optionally clipped) value loss - entropy bonus, on a minibatch of worlds, plus
+    `expert_coef` x the cross-entropy of the expert's actions when the trajectory has them."""
+    with_expert = trajectory.expert_action is not None
+    if with_expert:  # score the taken and the expert's action in one pass
+        both = jnp.stack([trajectory.action, trajectory.expert_action], axis=2)
+        log_probs, entropy, value = _evaluate_sequences(
+            model, eqx.tree_at(lambda t: t.action, trajectory, both), start_carry
+        )
+        log_prob, expert_log_prob = log_probs[..., 0], log_probs[..., 1]
+    else:
+        log_prob, entropy, value = _evaluate_sequences(model, trajectory, start_carry)
     if config.normalize_advantages:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     ratio = jnp.exp(log_prob - trajectory.log_prob)
     clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
-    policy_loss = -jnp.minimum(ratio * advantages, clipped_ratio * advantages).mean()
+    acted = trajectory.agent_acted.astype(jnp.float32)
+    surrogate = jnp.minimum(ratio * advantages, clipped_ratio * advantages)
+    policy_loss = -(surrogate * acted).sum() / jnp.maximum(acted.sum(), 1.0)
     value_error = jnp.square(value - returns)
     if config.clip_value:
         clipped = trajectory.value + jnp.clip(value - trajectory.value, -config.clip_eps, config.clip_eps)
@@ -225,13 +260,18 @@ def ppo_loss(
     loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy_mean
     approx_kl = ((ratio - 1.0) - jnp.log(ratio)).mean()
     clip_fraction = (jnp.abs(ratio - 1.0) > config.clip_eps).mean()
-    return loss, {
+    terms = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": entropy_mean,
         "approx_kl": approx_kl,
         "clip_fraction": clip_fraction,
     }
+    if with_expert:
+        terms["expert_loss"] = -expert_log_prob.mean()
+        terms["expert_coef"] = jnp.asarray(expert_coef, jnp.float32)
+        loss = loss + expert_coef * terms["expert_loss"]
+    return loss, terms
 
 
 def ppo_update(
@@ -247,14 +287,15 @@ def ppo_update(
     """Epochs x minibatches of PPO on one trajectory (minibatches split worlds). Pure; jit it."""
     num_envs = trajectory.reward.shape[1]
     if num_envs % config.num_minibatches:
-        raise ValueError(
-            f"num_envs ({num_envs}) must be divisible by num_minibatches ({config.num_minibatches})"
-        )
+        raise ValueError(f"num_envs ({num_envs}) must be divisible by num_minibatches ({config.num_minibatches})")
     advantages, returns = compute_gae(
         trajectory.reward, trajectory.value, trajectory.done, last_value, config.gamma, config.gae_lambda
     )
     key, update_key = jax.random.split(state.key)
     trainable, rest = split_trainable(state.model, spec)
+    expert_coef = jnp.float32(config.expert_coef)
+    if config.expert_decay_updates > 0:
+        expert_coef = expert_coef * jnp.clip(1.0 - state.step / config.expert_decay_updates, 0.0, 1.0)
 
     def minibatch_step(carry: tuple, envs: Int[Array, " M"]) -> tuple[tuple, dict]:
         trainable, opt_state = carry
@@ -267,7 +308,7 @@ def ppo_update(
 
         def loss_fn(trainable: PyTree) -> tuple[Array, dict]:
             model = eqx.combine(trainable, rest)
-            return ppo_loss(model, mb_trajectory, mb_carry, take(advantages), take(returns), config)
+            return ppo_loss(model, mb_trajectory, mb_carry, take(advantages), take(returns), config, expert_coef)
 
         (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
@@ -330,6 +371,8 @@ def make_ppo(
         raise ValueError(
             f"ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.num_minibatches ({ppo.num_minibatches})"
         )
+    if ppo.expert_coef > 0 and not hasattr(env, "expert_action"):
+        raise ValueError(f"ppo.expert_coef > 0 needs an env with expert_action(); {type(env).__name__} has none")
     optimizer = make_optimizer(config.optim)
     spec = trainable_spec(agent, filter_spec)
 
@@ -343,12 +386,10 @@ def make_ppo(
         model = state.model
         key, rollout_key = jax.random.split(state.key)
         rollout, trajectory, start_carry, last_value = collect_rollout(
-            model, env, env_params, state.env, rollout_key, ppo.num_steps
+            model, env, env_params, state.env, rollout_key, ppo.num_steps, expert=ppo.expert_coef > 0
         )
         state = TrainState(model, state.opt_state, key, state.step, state.guard, rollout)
-        return ppo_update(
-            state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=ppo
-        )
+        return ppo_update(state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=ppo)
 
     return init_fn, guard_step(step_fn, config.guard)
 
@@ -417,6 +458,7 @@ class HostRollout:
                     done,
                     self.first.copy(),
                     stats,
+                    np.ones(self.num_envs, bool),  # agent_acted: host envs run the agent's actions as given
                 )
             )
             self.episode_return[done] = 0.0
@@ -443,9 +485,7 @@ def make_host_ppo(
         return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key)
 
     def update(state: TrainState, trajectory: Trajectory, start_carry: PyTree, last_value: Array) -> tuple:
-        return ppo_update(
-            state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=config.ppo
-        )
+        return ppo_update(state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=config.ppo)
 
     guarded_update = eqx.filter_jit(guard_step(lambda state, batch: update(state, *batch), config.guard))
 
