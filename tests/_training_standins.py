@@ -93,7 +93,7 @@ def _factored(logits, obs, action=None, key=None):
         keys = jax.random.split(key, len(parts))
         action = jnp.stack([jax.random.categorical(k, p) for k, p in zip(keys, parts, strict=True)])
     log_probs = [jax.nn.log_softmax(p) for p in parts]
-    log_prob = sum(lp[a] for lp, a in zip(log_probs, action, strict=True))
+    log_prob = sum(lp[action[..., i]] for i, lp in enumerate(log_probs))  # one action or a stack of them
     entropy = sum(-(jnp.exp(lp) * lp).sum() for lp in log_probs)
     return action.astype(jnp.int32), log_prob, entropy
 

@@ -276,7 +276,7 @@ def test_bad_observations_raise_clear_errors():
 def test_lora_planner_trains_only_its_adapters():
     from sima2.planning import LanguagePlanner
 
-    bert = agent_module._preset("tiny", 64)[1]["backbone"]
+    bert = agent_module._bert_config(32, 1, 2, 64, 64)
     planner = LanguagePlanner.from_config(bert, key=jax.random.key(8), lora_rank=2)
     agent = _agent(planner=planner)
     n = 2
@@ -294,7 +294,7 @@ def test_lora_planner_trains_only_its_adapters():
 def test_lora_agent_round_trips(tmp_path):
     from sima2.planning import LanguagePlanner
 
-    bert = agent_module._preset("tiny", 64)[1]["backbone"]
+    bert = agent_module._bert_config(32, 1, 2, 64, 64)
     planner = LanguagePlanner.from_config(bert, key=jax.random.key(9), lora_rank=2, lora_alpha=4.0)
     planner = eqx.tree_at(lambda p: p.lora[0]["qkv"].b, planner, jnp.ones_like(planner.lora[0]["qkv"].b))
     agent = _agent(planner=planner)

@@ -9,14 +9,17 @@ from sima2.training.pipeline import pipeline_config, train
 
 
 def test_tiny_pipeline_writes_run_folder(tmp_path):
-    overrides = ["demo_envs=4", "demo_steps=32", "ppo_updates=1", "train.num_steps=4",
-                 "train.eval.num_envs=4", "train.eval.num_episodes=4", "train.eval.max_steps=32"]
+    overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_steps=1", "bc.num_steps=4", "bc.bc.batch_size=2",
+                 "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32"]
     report = train("tiny", tmp_path, overrides=overrides)
     assert set(report["success_rate"]) == {"train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases"}
     assert all(0.0 <= v <= 1.0 for v in report["success_rate"].values())
     assert json.loads((tmp_path / "eval.json").read_text())["success_rate"] == report["success_rate"]
     assert (tmp_path / "final" / "model.safetensors").exists()
     assert (tmp_path / "bc" / "metrics.jsonl").exists() and (tmp_path / "ppo" / "metrics.jsonl").exists()
+    bc_metrics = [json.loads(line) for line in (tmp_path / "bc" / "metrics.jsonl").read_text().splitlines()]
+    assert any("plan_loss" in record for record in bc_metrics)  # the planner learns the expert's plans
+    assert set(report["timings_s"]) >= {"demos", "bc", "ppo", "eval", "total"}
     Agent.from_pretrained(tmp_path / "final")  # the exported agent loads back
     # The report: plots, GIFs of evaluation episodes with their instruction, summary.md.
     from PIL import Image
@@ -38,4 +41,4 @@ def test_unknown_preset_and_bad_override_are_named():
     with pytest.raises(ValueError, match="unknown preset"):
         pipeline_config("huge")
     with pytest.raises(ValueError, match="no_such_field"):
-        pipeline_config("tiny", ["train.no_such_field=3"])
+        pipeline_config("tiny", ["bc.no_such_field=3"])

@@ -31,6 +31,11 @@ def test_log_prob_and_entropy_match_numpy():
     expected_h = sum(-(np.exp(ls) * ls).sum() for ls in log_softmax)
     np.testing.assert_allclose(dist.log_prob(action), expected_lp, rtol=1e-5)
     np.testing.assert_allclose(dist.entropy(), expected_h, rtol=1e-5)
+    # A stack of candidate actions is scored at once, each as on its own.
+    other = jnp.array([0, 4, 1], jnp.int32)
+    stacked = dist.log_prob(jnp.stack([action, other]))
+    assert stacked.shape == (2,)
+    np.testing.assert_allclose(stacked, [dist.log_prob(action), dist.log_prob(other)], rtol=1e-6)
     assert dist.sample(jax.random.key(1)).dtype == jnp.int32
     assert dist.mode().tolist() == [int(np.argmax(p)) for p in parts]
 

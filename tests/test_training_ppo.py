@@ -22,7 +22,8 @@ from sima2.training import (
     make_replay_buffer,
     vmap_seeds,
 )
-from sima2.training.ppo import _evaluate_sequences, collect_rollout, init_rollout
+from sima2.training.ppo import collect_rollout, init_rollout
+from sima2.training.recurrent import evaluate_sequences
 
 SMALL = [
     "ppo.num_envs=16",
@@ -40,9 +41,7 @@ def test_gae_matches_a_direct_computation():
     reward, value = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(6, 3)).astype(np.float32)
     done = rng.random((6, 3)) < 0.3
     last = rng.normal(size=3).astype(np.float32)
-    adv, ret = compute_gae(
-        jnp.asarray(reward), jnp.asarray(value), jnp.asarray(done), jnp.asarray(last), 0.9, 0.8
-    )
+    adv, ret = compute_gae(jnp.asarray(reward), jnp.asarray(value), jnp.asarray(done), jnp.asarray(last), 0.9, 0.8)
     expected = np.zeros((6, 3), np.float32)
     for e in range(3):
         running, next_value = 0.0, last[e]
@@ -78,19 +77,35 @@ def test_ppo_learns_the_line_world(agent_type):
     assert {"reward_goal", "reward_invalid", "invalid_move_rate", "entropy", "value_loss"} <= set(metrics)
 
 
+def test_expert_distillation_pulls_the_policy_to_the_expert_and_decays():
+    def run(coef: float) -> list[dict]:
+        overrides = [*SMALL, f"ppo.expert_coef={coef}", "ppo.expert_decay_updates=4", "ppo.ent_coef=0.0"]
+        init, step = make_ppo(
+            MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), apply_overrides(TrainConfig(), overrides)
+        )
+        step, state, history = eqx.filter_jit(step), init(jax.random.key(1)), []
+        for _ in range(5):
+            state, metrics = step(state, None)
+            history.append(metrics)
+        return history
+
+    history = run(5.0)
+    assert [float(m["expert_coef"]) for m in history] == [5.0, 3.75, 2.5, 1.25, 0.0]
+    assert float(history[3]["expert_loss"]) < 0.7 * float(history[0]["expert_loss"])
+    assert "expert_loss" not in run(0.0)[0]
+
+
 @pytest.mark.parametrize("agent_type", [GRUAgent, _MemorylessAgent])
 def test_replay_reproduces_rollout_log_probs_and_values(agent_type):
     agent = agent_type(jax.random.key(0))
     rollout = init_rollout(agent, LineWorld(), LineParams(), jax.random.key(1), 4)
     # Two rollouts so the second starts mid-episode with a non-trivial carry.
     rollout, _, _, _ = collect_rollout(agent, LineWorld(), LineParams(), rollout, jax.random.key(2), 5)
-    _, trajectory, start_carry, _ = collect_rollout(
-        agent, LineWorld(), LineParams(), rollout, jax.random.key(3), 12
-    )
+    _, trajectory, start_carry, _ = collect_rollout(agent, LineWorld(), LineParams(), rollout, jax.random.key(3), 12)
     assert bool(trajectory.first[1:].any())  # episodes restart inside the sequence
     if agent_type is GRUAgent:
         assert float(jnp.abs(start_carry).max()) > 0
-    log_prob, _, value = _evaluate_sequences(agent, trajectory, start_carry)
+    log_prob, _, value = evaluate_sequences(agent, trajectory.obs, trajectory.action, trajectory.first, start_carry)
     np.testing.assert_allclose(log_prob, trajectory.log_prob, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(value, trajectory.value, rtol=1e-5, atol=1e-5)
 
@@ -102,9 +117,7 @@ def test_vmapped_seeds_match_separate_runs():
     states, multi_step = vmap_seeds(init, step, key, 3)
     states, _ = eqx.filter_jit(multi_step)(states, None)
     single, _ = eqx.filter_jit(step)(init(jax.random.split(key, 3)[2]), None)
-    np.testing.assert_allclose(
-        states.model.policy.weight[2], single.model.policy.weight, rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(states.model.policy.weight[2], single.model.policy.weight, rtol=1e-5, atol=1e-6)
     assert not np.allclose(states.model.policy.weight[0], states.model.policy.weight[1])
 
 

@@ -65,14 +65,14 @@ def _eval(args: argparse.Namespace) -> int:
 
     folder, config = _run_folder(args.run)
     agent = Agent.from_pretrained(folder / "final")
-    eval_config = EvalConfig(**config["train"]["eval"])
+    eval_config = EvalConfig(**config["eval"])
     if args.episodes is not None:
         if args.episodes < 1:
             raise ValueError(f"--episodes must be positive, got {args.episodes}")
         eval_config = dataclasses.replace(
             eval_config, num_episodes=args.episodes, num_envs=min(eval_config.num_envs, args.episodes)
         )
-    seed = config["train"]["seed"] if args.seed is None else args.seed
+    seed = config["seed"] if args.seed is None else args.seed
     key_eval, key_report = jax.random.split(jax.random.key(seed))
     env, _ = envs.make(config["level"], image_size=config["image_size"])
     timings = {k: v for k, v in stage_timings(folder).items() if k != "evaluation"}  # before eval.json changes
@@ -92,12 +92,6 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_demo(observation: dict[str, Any]) -> tuple[str, list[str]]:
-    from sima2.envs import decode_ids
-
-    return decode_ids(observation["instruction"]), []
-
-
 def _demos(args: argparse.Namespace) -> int:
     import jax
 
@@ -108,7 +102,7 @@ def _demos(args: argparse.Namespace) -> int:
     print(f"recording the expert in {args.envs} worlds of {args.level} ({args.split}) for {args.steps} steps",
           flush=True)
     dataset = record_demonstrations(env, params, jax.random.key(args.seed), num_envs=args.envs,
-                                    num_steps=args.steps, describe=_describe_demo)
+                                    num_steps=args.steps)
     if len(dataset) == 0:
         raise ValueError(
             f"no episode finished within --steps {args.steps} (episodes of {args.level} last up to "

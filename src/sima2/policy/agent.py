@@ -133,12 +133,30 @@ def _bert_config(hidden: int, layers: int, heads: int, intermediate: int, vocab:
     }
 
 
+def _llama_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int) -> dict[str, Any]:
+    return {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "pad_token_id": 0,
+    }
+
+
 def _preset(name: str, vocab_size: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(vision HF config, `planner_from_config` dict, ActorCriticConfig sizes, AgentConfig fields)."""
     if name == "tiny":  # for tests: every part as small as it can be while still exercising all paths
         return (
             _vit_config(32, 1, 2, 64, image=64, patch=16),
-            {"backbone": _bert_config(32, 1, 2, 64, vocab_size), "lora_rank": 0},
+            {"backbone": _llama_config(32, 1, 2, 1, 64, vocab_size), "lora_rank": 0},
             dict(hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, memory_size=32, head_hidden=32),
             dict(image_pool=1),
         )
@@ -147,7 +165,9 @@ def _preset(name: str, vocab_size: int) -> tuple[dict[str, Any], dict[str, Any],
             # Patch 16 (a 4x4 grid): on a 2-core CPU the ViT's backward pass at patch 8 (64 tokens) costs
             # several times the rest of a training step; a wider embedding keeps the detail per patch.
             _vit_config(96, 1, 4, 192, image=64, patch=16),
-            {"backbone": _bert_config(64, 1, 2, 128, vocab_size), "lora_rank": 0},
+            # A small causal LM over the world's words: embeds instructions for the policy and learns to
+            # write the expert's subgoal plans (plan loss in the same behaviour-cloning step).
+            {"backbone": _llama_config(64, 2, 4, 2, 128, vocab_size), "lora_rank": 0},
             dict(hidden_size=64, num_layers=1, num_heads=4, mlp_ratio=2, memory_size=128, head_hidden=128),
             dict(image_pool=1),
         )
@@ -453,9 +473,11 @@ class Agent(eqx.Module):
         return action, new_carry, extras
 
     def evaluate(
-        self, obs: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, " F"]
-    ) -> tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
-        """`(log_prob(action), entropy, value, new_carry)` for one observation (PPO / behaviour cloning)."""
+        self, obs: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, "*K F"]
+    ) -> tuple[Float[Array, "*K"], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
+        """`(log_prob(action), entropy, value, new_carry)` for one observation (PPO / behaviour cloning).
+
+        `action` may be a stack of candidate actions `(K, F)`: all are scored in one forward pass."""
         dist, value, new_carry = self._forward(obs, carry)
         return dist.log_prob(action), dist.entropy(), value, new_carry
 

@@ -93,10 +93,11 @@ class FactorisedCategorical(eqx.Module):
     def mode(self) -> Int[Array, " F"]:
         return jnp.stack([jnp.argmax(lp).astype(jnp.int32) for lp in self.log_probs])
 
-    def log_prob(self, action: Int[Array, " F"]) -> Float[Array, ""]:
-        if action.shape != (len(self.log_probs),):
-            raise ValueError(f"expected an action of {len(self.log_probs)} factor indices, got shape {action.shape}")
-        return sum(lp[action[i]] for i, lp in enumerate(self.log_probs))
+    def log_prob(self, action: Int[Array, "*K F"]) -> Float[Array, "*K"]:
+        """Log-probability of an action, or of each of a stack of candidate actions (leading axes)."""
+        if action.shape[-1:] != (len(self.log_probs),):
+            raise ValueError(f"expected actions of {len(self.log_probs)} factor indices, got shape {action.shape}")
+        return sum(lp[action[..., i]] for i, lp in enumerate(self.log_probs))
 
     def entropy(self) -> Float[Array, ""]:
         return sum(-jnp.sum(jnp.exp(lp) * lp) for lp in self.log_probs)

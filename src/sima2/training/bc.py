@@ -1,7 +1,11 @@
 """Behaviour cloning: cross-entropy on the factored expert actions, plus an optional planner loss.
 
-The loss is `-agent.evaluate(obs, initial_carry, action).log_prob`, which for a factored policy is the
-sum of the per-factor cross-entropies; an optional `plan_loss(model, batch)` (e.g. next-token loss of the
+The loss is `-log_prob(expert action)` from `agent.evaluate`, which for a factored policy is the sum of the
+per-factor cross-entropies. Batches are either single rows (leading axis `B`; every row starts from the
+initial carry) or demonstration windows (leading axes `(B, T)` plus a `first` flag per step, see
+`DemonstrationBatches(sequence_length=T)`): the agent then runs over each window with its memory threaded
+through time and reset at episode starts, exactly as it acts in the world, so a recurrent agent's memory
+is trained on the states it will see. An optional `plan_loss(model, batch)` (e.g. next-token loss of the
 planner on the subgoal plan) is added with weight `bc.plan_loss_weight` in the same jitted step. Images
 are augmented (random crop, pixel noise) inside the step from the state's key.
 """
@@ -13,13 +17,17 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from sima2.planning.tokenizer import DEFAULT_SEPARATOR
 from sima2.training.config import TrainConfig
 from sima2.training.data import augment_images
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
+from sima2.training.recurrent import evaluate_sequences, initial_carries
 
 PlanLoss = Callable[[Any, dict[str, Any]], Float[Array, ""]]
 
@@ -28,13 +36,24 @@ def bc_loss(
     model: Any, batch: dict[str, Any], plan_loss: PlanLoss | None = None, plan_loss_weight: float = 1.0
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """Mean action cross-entropy over the batch (+ weighted plan loss); returns (loss, terms)."""
-    carry = model.initial_carry()
+    if "first" in batch:  # windows (B, T): run the memory through time, time-major
+        time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        first = time_major(batch["first"])
+        log_prob, entropy, _ = evaluate_sequences(
+            model,
+            jax.tree.map(time_major, batch["obs"]),
+            time_major(batch["action"]),
+            first,
+            initial_carries(model, first.shape[1]),
+        )
+    else:
+        carry = model.initial_carry()
 
-    def one(obs: PyTree, action: Array) -> tuple[Array, Array]:
-        log_prob, entropy, _, _ = model.evaluate(obs, carry, action)
-        return log_prob, entropy
+        def one(obs: PyTree, action: Array) -> tuple[Array, Array]:
+            log_prob, entropy, _, _ = model.evaluate(obs, carry, action)
+            return log_prob, entropy
 
-    log_prob, entropy = jax.vmap(one)(batch["obs"], batch["action"])
+        log_prob, entropy = jax.vmap(one)(batch["obs"], batch["action"])
     action_loss = -log_prob.mean()
     terms = {"action_loss": action_loss, "entropy": entropy.mean()}
     loss = action_loss
@@ -62,8 +81,10 @@ def make_bc(
     def step_fn(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict]:
         key, augment_key = jax.random.split(state.key)
         obs = dict(batch["obs"])
-        obs["image"] = augment_images(
-            augment_key, obs["image"], crop_padding=bc.crop_padding, noise_std=bc.noise_std
+        images = obs["image"]
+        flat = images.reshape(-1, *images.shape[-3:])  # rows or (window, time) pairs
+        obs["image"] = augment_images(augment_key, flat, crop_padding=bc.crop_padding, noise_std=bc.noise_std).reshape(
+            images.shape
         )
         batch = dict(batch, obs=obs)
         trainable, rest = split_trainable(state.model, spec)
@@ -74,9 +95,56 @@ def make_bc(
         (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
         trainable = eqx.apply_updates(trainable, updates)
-        new_state = TrainState(
-            eqx.combine(trainable, rest), opt_state, key, state.step + 1, state.guard, None
-        )
+        new_state = TrainState(eqx.combine(trainable, rest), opt_state, key, state.step + 1, state.guard, None)
         return new_state, dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
 
     return init_fn, guard_step(step_fn, config.guard)
+
+
+def plan_supervision(
+    tokenizer: Any, dataset: Any, *, separator: str = DEFAULT_SEPARATOR
+) -> tuple[Callable[[dict, dict], dict], PlanLoss]:
+    """`(transform, plan_loss)` that teach a `LanguagePlanner` the demonstrations' subgoal plans.
+
+    `transform` (for `DemonstrationBatches`) tokenises each row's instruction and plan with `tokenizer`
+    into the layout of `encode_plan_pairs`, padded to the longest in `dataset` so shapes stay static;
+    `plan_loss(model, batch)` is the mean next-token loss of `model.planner` on those plans (one per
+    window for sequence batches: the plan of the episode the window starts with).
+    """
+    from sima2.planning import encode_plan_pairs
+
+    instructions, plans = dataset["instruction"], dataset["plan"]
+    unique = {(text, tuple(plan)) for text, plan in zip(instructions, plans, strict=True) if plan}
+    if not unique:
+        raise ValueError("the demonstrations carry no plans to learn")
+    lengths = encode_plan_pairs(tokenizer, sorted(unique), separator=separator)
+    prompt_length, target_length = lengths["prompt_ids"].shape[1], lengths["target_ids"].shape[1]
+    cache: dict[tuple[str, tuple[str, ...]], dict[str, np.ndarray]] = {}
+
+    def encode(text: str, plan: tuple[str, ...]) -> dict[str, np.ndarray]:
+        if (text, plan) not in cache:
+            pair = encode_plan_pairs(
+                tokenizer,
+                [(text, plan)],
+                separator=separator,
+                prompt_length=prompt_length,
+                target_length=target_length,
+            )
+            cache[(text, plan)] = {name: value[0] for name, value in pair.items()}
+        return cache[(text, plan)]
+
+    def transform(rows: dict[str, list], batch: dict[str, Any]) -> dict[str, Any]:
+        pairs = [encode(text, tuple(plan)) for text, plan in zip(rows["instruction"], rows["plan"], strict=True)]
+        batch["plan"] = {name: np.stack([p[name] for p in pairs]) for name in pairs[0]}
+        return batch
+
+    def plan_loss(model: Any, batch: dict[str, Any]) -> Float[Array, ""]:
+        plan = batch["plan"]
+        if plan["target_ids"].ndim == 3:  # windows: the plan of the episode each window starts with
+            plan = jax.tree.map(lambda x: x[:, 0], plan)
+        losses = jax.vmap(lambda p, pm, t, tm: model.planner.plan_loss(p, t, tm, prompt_mask=pm))(
+            plan["prompt_ids"], plan["prompt_mask"], plan["target_ids"], plan["target_mask"]
+        )
+        return losses.mean()
+
+    return transform, plan_loss

@@ -31,9 +31,14 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BCConfig:
-    """Behaviour cloning: batch size, augmentation strengths and the weight of the planner's plan loss."""
+    """Behaviour cloning: batch size, window length, augmentation strengths and the plan-loss weight.
+
+    `sequence_length` > 1 trains on windows of that many consecutive demonstration steps (starting at
+    episode starts) with the agent's memory threaded through time; `batch_size` then counts windows.
+    """
 
     batch_size: int = 64
+    sequence_length: int = 1
     plan_loss_weight: float = 1.0
     crop_padding: int = 4
     noise_std: float = 0.02
@@ -55,6 +60,12 @@ class PPOConfig:
     ent_coef: float = 0.01
     normalize_advantages: bool = True
     num_seeds: int = 1
+    # Expert distillation ("kickstarting"): cross-entropy toward the env's `expert_action` on the rollout's
+    # own states, weighted by `expert_coef` and decayed linearly to zero over `expert_decay_updates`
+    # updates (0: constant). Needs an env with `expert_action` and an agent whose `evaluate` scores a stack
+    # of actions (as `sima2.policy.Agent` does).
+    expert_coef: float = 0.0
+    expert_decay_updates: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,11 @@ subgoal `plan` (list of strings). Datasets are written as parquet under `data/<s
 `datasets.load_dataset(folder)` or a Hub repo id load them back with the same features.
 
 `DemonstrationBatches` shuffles with a permutation drawn from (seed, epoch) only, so its position (the
-number of batches served) is all a checkpoint needs to resume on the same batch. Augmentations are
-random, so they run inside the jitted step from the training key (see `sima2.training.bc`).
+number of batches served) is all a checkpoint needs to resume on the same batch. With `sequence_length=T`
+it serves windows of T consecutive rows that start at an episode start (rows of one episode must be
+contiguous and in step order, as `record_demonstrations` writes them), for recurrent behaviour cloning.
+Augmentations are random, so they run inside the jitted step from the training key (see
+`sima2.training.bc`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ FEATURES = datasets.Features(
 Describe = Callable[[dict[str, np.ndarray]], tuple[str, list[str]]]
 
 
+def _world_text(env: Any, states: PyTree, world: int, t: int) -> tuple[str, list[str]]:
+    """Instruction and expert plan of one recorded world state, from the env's own text methods."""
+    state = jax.tree.map(lambda x: x[t, world], states)
+    return env.instruction_text(state), env.plan_text(state)
+
+
 def record_demonstrations(
     env: Any,
     env_params: PyTree,
@@ -50,17 +59,24 @@ def record_demonstrations(
     *,
     num_envs: int,
     num_steps: int,
-    describe: Describe,
+    describe: Describe | None = None,
     keep_incomplete: bool = False,
 ) -> datasets.Dataset:
     """Run `env.expert_action` in `num_envs` worlds for `num_steps` steps and return the rows.
 
-    `describe(observation)` is called on the host with one step's observation (NumPy arrays) and returns
-    the instruction text and the subgoal plan. Episodes still running at the end are dropped unless
-    `keep_incomplete`.
+    The instruction text and subgoal plan of each episode come from the env's `instruction_text(state)`
+    and `plan_text(state)` (the built-in world has both), read once at the episode's first step; an env
+    without them needs `describe(observation) -> (text, plan)`, called on the host with each step's
+    observation (NumPy arrays). Episodes still running at the end are dropped unless `keep_incomplete`.
     """
     if num_envs <= 0 or num_steps <= 0:
         raise ValueError(f"num_envs and num_steps must be positive, got {num_envs} and {num_steps}")
+    from_env = describe is None
+    if from_env and not (hasattr(env, "instruction_text") and hasattr(env, "plan_text")):
+        raise ValueError(
+            f"{type(env).__name__} has no instruction_text/plan_text methods; pass describe=(observation) -> "
+            "(instruction text, plan)"
+        )
 
     @jax.jit
     def rollout(key: PRNGKeyArray) -> tuple:
@@ -70,30 +86,31 @@ def record_demonstrations(
         def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
             obs, state = carry
             action = jax.vmap(env.expert_action, in_axes=(0, None))(state, env_params)
-            next_obs, state, _, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            next_obs, next_state, _, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(step_key, num_envs), state, action, env_params
             )
-            return (next_obs, state), (obs, action, done)
+            return (next_obs, next_state), (obs, action, done, state if from_env else None)
 
         _, outs = jax.lax.scan(one_step, (obs, state), jax.random.split(run_key, num_steps))
         return outs
 
-    obs, actions, dones = jax.device_get(rollout(key))
+    obs, actions, dones, states = jax.device_get(rollout(key))
     columns: dict[str, list] = {name: [] for name in FEATURES}
     next_episode = 0
     for world in range(num_envs):
         step_in_episode, rows = 0, []
         for t in range(num_steps):
             observation = {name: np.asarray(value[t, world]) for name, value in obs.items()}
-            text, plan = describe(observation)
+            if not from_env:
+                text, plan = describe(observation)
+            elif step_in_episode == 0:
+                text, plan = _world_text(env, states, world, t)
             rows.append(
                 {
                     "image": observation["image"],
                     "instruction": text,
                     "instruction_ids": observation["instruction"].astype(np.int32).tolist(),
-                    "proprio": observation.get("proprio", np.zeros(0, np.float32))
-                    .astype(np.float32)
-                    .tolist(),
+                    "proprio": observation.get("proprio", np.zeros(0, np.float32)).astype(np.float32).tolist(),
                     "action": np.asarray(actions[t, world]).astype(np.int32).tolist(),
                     "step_id": step_in_episode,
                     "plan": list(plan),
@@ -120,9 +137,7 @@ def save_demonstrations(dataset: datasets.Dataset, folder: str | Path, split: st
     return path
 
 
-def load_demonstrations(
-    path_or_repo: str, split: str = "train", revision: str | None = None
-) -> datasets.Dataset:
+def load_demonstrations(path_or_repo: str, split: str = "train", revision: str | None = None) -> datasets.Dataset:
     """`datasets.load_dataset` on a local folder written by `save_demonstrations` or a Hub dataset repo."""
     dataset = datasets.load_dataset(path_or_repo, split=split, revision=revision)
     missing = [name for name in ("image", "instruction", "action") if name not in dataset.column_names]
@@ -206,6 +221,28 @@ def rows_to_batch(rows: dict[str, list], instruction_length: int) -> dict[str, A
     }
 
 
+def episode_starts(dataset: datasets.Dataset) -> np.ndarray:
+    """Indices of the rows that start an episode, after checking that every episode's rows are contiguous
+    and in step order (`step_id` 0, 1, 2, ...). Raises a ValueError naming the first row that breaks it."""
+    for name in ("episode_id", "step_id"):
+        if name not in dataset.column_names:
+            raise ValueError(f"sequence batches need an {name!r} column; the dataset has {dataset.column_names}")
+    episode = np.asarray(dataset["episode_id"], np.int64)
+    step = np.asarray(dataset["step_id"], np.int64)
+    starts = step == 0
+    continues = np.zeros_like(starts)
+    continues[1:] = (episode[1:] == episode[:-1]) & (step[1:] == step[:-1] + 1)
+    bad = np.flatnonzero(~(starts | continues))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"row {i} (episode_id {episode[i]}, step_id {step[i]}) does not continue the row before it; "
+            "sequence batches need each episode's rows contiguous and in step order "
+            "(sort the dataset by episode_id, step_id)"
+        )
+    return np.flatnonzero(starts)
+
+
 class DemonstrationBatches(Iterator[dict[str, Any]]):
     """Endless shuffled batches; `position` = batches served so far (checkpoint it to resume exactly).
 
@@ -213,6 +250,11 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
     of an epoch is dropped so every batch has `batch_size` rows. `put` (e.g. `jax.device_put` or
     `sima2.training.parallel.shard_batch`) runs in a background thread `prefetch` batches ahead.
     `transform` may add columns (e.g. tokenised plans) from the raw rows.
+
+    With `sequence_length=T > 1` a batch is `batch_size` windows of T consecutive rows, each starting at an
+    episode start (windows may run on into the following episodes): every array gets leading axes
+    `(batch_size, T)` and the batch gains `first` (True where a step starts an episode), so the learner can
+    thread a recurrent memory through each window and reset it where episodes begin.
     """
 
     def __init__(
@@ -227,17 +269,28 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
         put: Callable[[Any], Any] | None = None,
         instruction_length: int | None = None,
         transform: Callable[[dict[str, list], dict[str, Any]], dict[str, Any]] | None = None,
+        sequence_length: int = 1,
     ):
-        if batch_size <= 0 or batch_size > len(dataset):
-            raise ValueError(f"batch_size must be in 1..{len(dataset)} (dataset rows), got {batch_size}")
+        if sequence_length < 1:
+            raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
+        if sequence_length == 1:
+            starts = np.arange(len(dataset))
+        else:
+            starts = episode_starts(dataset)
+            starts = starts[starts + sequence_length <= len(dataset)]
+        if batch_size <= 0 or batch_size > len(starts):
+            what = "dataset rows" if sequence_length == 1 else f"episode starts with {sequence_length} rows left"
+            raise ValueError(f"batch_size must be in 1..{len(starts)} ({what}), got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
+        self.sequence_length = sequence_length
+        self.starts = starts
         self.seed = seed
         self.shuffle = shuffle
         self.position = position
         self.put = put
         self.transform = transform
-        self.batches_per_epoch = len(dataset) // batch_size
+        self.batches_per_epoch = len(starts) // batch_size
         if instruction_length is None:
             instruction_length = max(1, max(len(ids) for ids in dataset["instruction_ids"]))
         self.instruction_length = instruction_length
@@ -247,20 +300,27 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
         self._stop = threading.Event()
 
     def indices(self, position: int) -> np.ndarray:
-        """Row indices of batch number `position`."""
+        """Row indices of batch number `position`: `(batch_size,)`, or `(batch_size, T)` for windows."""
         epoch, index = divmod(position, self.batches_per_epoch)
         order = (
-            np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            np.random.default_rng([self.seed, epoch]).permutation(len(self.starts))
             if self.shuffle
-            else np.arange(len(self.dataset))
+            else np.arange(len(self.starts))
         )
-        return order[index * self.batch_size : (index + 1) * self.batch_size]
+        starts = self.starts[order[index * self.batch_size : (index + 1) * self.batch_size]]
+        if self.sequence_length == 1:
+            return starts
+        return starts[:, None] + np.arange(self.sequence_length)[None, :]
 
     def load(self, position: int) -> dict[str, Any]:
-        rows = self.dataset[self.indices(position).tolist()]
+        indices = self.indices(position)
+        rows = self.dataset[indices.reshape(-1).tolist()]
         batch = rows_to_batch(rows, self.instruction_length)
         if self.transform is not None:
             batch = self.transform(rows, batch)
+        if self.sequence_length > 1:
+            batch = jax.tree.map(lambda x: x.reshape(*indices.shape, *x.shape[1:]), batch)
+            batch["first"] = batch["step_id"] == 0
         return self.put(batch) if self.put is not None else batch
 
     def _worker(self, start: int) -> None:
@@ -304,9 +364,7 @@ def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, n
     crop_key, noise_key = jax.random.split(key)
     out = images.astype(jnp.float32)
     if crop_padding > 0:
-        padded = jnp.pad(
-            out, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)), mode="edge"
-        )
+        padded = jnp.pad(out, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)), mode="edge")
         offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * crop_padding + 1)
 
         def crop(image: jax.Array, offset: jax.Array) -> jax.Array:

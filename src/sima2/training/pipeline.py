@@ -1,62 +1,141 @@
 """The end-to-end job behind `sima2 train`: expert demonstrations -> behaviour cloning -> PPO on vmapped,
 wrapped worlds -> evaluation on every split, written to one run folder.
 
-Each stage reuses the shared pieces (`record_demonstrations`, `train_bc`, `train_ppo`, `evaluate`) and keeps
-its own checkpoints under `out/<stage>/`, so `--resume` picks every stage up where it stopped.
+    demos/      the expert demonstrations, a Hugging Face dataset (parquet) with instruction and plan text
+    bc/         behaviour cloning of perception + planner + policy: config, metrics JSONL, TensorBoard,
+                orbax checkpoints
+    ppo/        PPO in worlds wrapped by the reward shaper, the rollback wrapper and the safety filter
+    eval.json   success per split (and per task family), navigation efficiency, episode statistics
+    final/      the trained agent (`Agent.from_pretrained(run / "final")`)
+    pipeline.json, timings in eval.json
+
+Each stage reuses the shared pieces (`record_demonstrations`, `train_bc`, `train_ppo`, `evaluate_splits`)
+and keeps its own checkpoints, so `--resume` picks every stage up where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
-from sima2.training.config import TrainConfig, apply_overrides, config_to_dict
+from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, config_to_dict
+from sima2.training.report import evaluation_report, write_report
+
+log = logging.getLogger("sima2.training")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShaperConfig:
+    """`RewardShaper` coefficients used during PPO (see `sima2.envs.wrappers.RewardShaper`)."""
+
+    success: float = 1.0
+    invalid_move: float = -0.02
+    new_region: float = 0.0
+    potential: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class RollbackConfig:
+    """`RollbackWrapper` settings used during PPO (see `sima2.envs.wrappers.RollbackWrapper`)."""
+
+    timeout_s: float = 10.0
+    penalty: float = 0.5
+    fallback_steps: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """What `sima2 train` runs: the world, the agent preset and each stage's budget."""
+    """What `sima2 train` runs: the world, the agent preset, and each stage's settings.
+
+    `bc` and `ppo` are full `TrainConfig`s (optimiser, loop length, checkpoints, monitoring) of the two
+    training stages; override them as e.g. `bc.num_steps=3000`, `bc.bc.batch_size=32`,
+    `ppo.ppo.num_envs=128`, `ppo.optim.lr=1e-4`.
+    """
 
     preset: str = "cpu-small"
     level: str = "sima2/GoTo-v0"
     image_size: int = 64
+    seed: int = 0
     demo_envs: int = 64
     demo_steps: int = 128
-    ppo_updates: int = 0
     # Pretrained parts by HF name or local path (`--vision`, `--planner`, `--text-encoder`); None: random init.
     vision: str | None = None
     planner: str | None = None
     text_encoder: str | None = None
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    bc: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="bc"))
+    ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_steps=0))
+    shaper: ShaperConfig = dataclasses.field(default_factory=ShaperConfig)
+    rollback: RollbackConfig = dataclasses.field(default_factory=RollbackConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
+_QUICK_MONITOR = dict(log_every=5)
 PRESETS: dict[str, dict[str, Any]] = {
-    # Minutes on a laptop CPU: proves every stage runs; not meant to learn much.
+    # A minute or two on a laptop CPU: proves every stage runs; not meant to learn much.
     "tiny": dict(
-        demo_envs=8, demo_steps=48, ppo_updates=2,
-        train=dict(num_steps=30, bc=dict(batch_size=32), ppo=dict(num_envs=8, num_steps=16, num_minibatches=2),
-                   optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=5, decay_steps=30),
-                   checkpoint=dict(every=10, keep=2), monitor=dict(log_every=5),
-                   eval=dict(num_envs=8, num_episodes=8, max_steps=64)),
+        demo_envs=8,
+        demo_steps=48,
+        bc=dict(
+            num_steps=30,
+            bc=dict(batch_size=8, sequence_length=4),
+            optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=5, decay_steps=30),
+            checkpoint=dict(every=10, keep=2),
+            monitor=_QUICK_MONITOR,
+        ),
+        ppo=dict(
+            num_steps=2,
+            ppo=dict(num_envs=8, num_steps=16, num_minibatches=2),
+            optim=dict(lr=3e-4, final_lr=3e-4, warmup_steps=1, decay_steps=2),
+            checkpoint=dict(every=1, keep=2),
+            monitor=dict(log_every=1),
+        ),
+        eval=dict(num_envs=8, num_episodes=8, max_steps=64),
     ),
+    # The default: learns the built-in world's training level on a 2-core CPU in under 20 minutes.
     "cpu-small": dict(
-        demo_envs=64, demo_steps=128, ppo_updates=40,
-        train=dict(num_steps=2000, bc=dict(batch_size=64), ppo=dict(num_envs=64, num_steps=32),
-                   optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=100, decay_steps=2000),
-                   checkpoint=dict(every=250, keep=3), monitor=dict(log_every=25),
-                   eval=dict(num_envs=64, num_episodes=128, max_steps=256)),
+        demo_envs=256,
+        demo_steps=96,
+        bc=dict(
+            num_steps=3000,
+            bc=dict(batch_size=16, sequence_length=8),
+            optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=100, decay_steps=3000),
+            checkpoint=dict(every=500, keep=2),
+            monitor=dict(log_every=50),
+        ),
+        ppo=dict(
+            num_steps=60,
+            ppo=dict(num_envs=64, num_steps=32, num_epochs=4, num_minibatches=4),
+            optim=dict(lr=3e-4, final_lr=1e-4, warmup_steps=1, decay_steps=60),
+            checkpoint=dict(every=10, keep=2),
+            monitor=dict(log_every=1),
+        ),
+        eval=dict(num_envs=128, num_episodes=256, max_steps=96),
     ),
+    # GPU scale: ViT-B/16 at 224 pixels, a SmolLM2-135M-shaped planner with LoRA.
     "base": dict(
-        image_size=224, demo_envs=256, demo_steps=256, ppo_updates=200,
-        train=dict(num_steps=20000, bc=dict(batch_size=128), ppo=dict(num_envs=256, num_steps=64),
-                   optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=500, decay_steps=20000),
-                   checkpoint=dict(every=1000, keep=3), eval=dict(num_envs=128, num_episodes=512, max_steps=512)),
+        image_size=224,
+        demo_envs=256,
+        demo_steps=256,
+        bc=dict(
+            num_steps=20000,
+            bc=dict(batch_size=16, sequence_length=8),
+            optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=500, decay_steps=20000),
+            checkpoint=dict(every=1000, keep=3),
+        ),
+        ppo=dict(
+            num_steps=200,
+            ppo=dict(num_envs=256, num_steps=64),
+            optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=10, decay_steps=200),
+            checkpoint=dict(every=20, keep=3),
+        ),
+        eval=dict(num_envs=128, num_episodes=512, max_steps=256),
     ),
 }
 
@@ -70,30 +149,67 @@ def _merge(config: Any, values: dict[str, Any]) -> Any:
 
 
 def pipeline_config(preset: str, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """The preset's configuration with `key=value` overrides (e.g. `train.bc.batch_size=128`, `demo_envs=32`)."""
+    """The preset's configuration with `key=value` overrides (e.g. `bc.num_steps=500`, `demo_envs=32`)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     config = _merge(PipelineConfig(preset=preset), PRESETS[preset])
     return apply_overrides(config, list(overrides))
 
 
-def _describe(observation: dict[str, np.ndarray]) -> tuple[str, list[str]]:
-    from sima2.envs import decode_ids
+def is_destructive(state: Any, action: Any, params: Any) -> Any:
+    """The safety filter's rule in the built-in world: never drop a carried object (it could wall off a
+    doorway or the target, and picking it up again costs the episode)."""
+    from sima2.envs.world import DROP
 
-    return decode_ids(observation["instruction"]), []
+    del params
+    return (action[0] == DROP) & (state.carrying >= 0)
+
+
+def wrapped_world(env: Any, config: PipelineConfig) -> Any:
+    """The world PPO trains in: reward shaper, rollback wrapper (the expert takes over after a rollback)
+    and safety filter, composed as `SafetyFilter(RollbackWrapper(RewardShaper(env)))`."""
+    from sima2.envs.wrappers import RewardShaper, RollbackWrapper, SafetyFilter
+
+    shaper = RewardShaper(env, **dataclasses.asdict(config.shaper))
+    rollback = RollbackWrapper(shaper, **dataclasses.asdict(config.rollback))
+    return SafetyFilter(rollback, is_destructive=is_destructive)
+
+
+def _plan_supervision(agent: Any, dataset: Any, planner: str | None) -> tuple[Any, Any]:
+    """(transform, plan_loss) teaching the planner the expert's plans, or (None, None) when its backbone
+    cannot generate text (a text encoder) or the demonstrations carry no plans. A pretrained planner
+    (`planner`, a name or path) learns the plans in its own tokenizer's ids."""
+    from sima2.envs import get_tokenizer
+    from sima2.planning import CausalLM
+    from sima2.planning.tokenizer import load_tokenizer
+    from sima2.training.bc import plan_supervision
+
+    if not isinstance(agent.planner.backbone, CausalLM):
+        log.info("the planner's backbone is a %s: no plan loss", type(agent.planner.backbone).__name__)
+        return None, None
+    if not any(dataset["plan"][:1]):
+        return None, None
+    tokenizer = load_tokenizer(planner) if planner is not None else get_tokenizer()
+    return plan_supervision(tokenizer, dataset, separator=agent.planner.separator)
 
 
 def train(
-    preset: str = "cpu-small", out: str | Path = "runs/cpu-small", *, resume: bool = False,
-    overrides: Sequence[str] = (), vision: str | None = None, planner: str | None = None,
+    preset: str = "cpu-small",
+    out: str | Path = "runs/cpu-small",
+    *,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    vision: str | None = None,
+    planner: str | None = None,
     text_encoder: str | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole job and return the evaluation results (also written to `out/eval.json`).
+    """Run the whole job and return the evaluation report (also written to `out/eval.json`).
 
-    `vision`, `planner`, `text_encoder`: pretrained components by HF name or path (see `Agent.from_preset`).
+    `vision`, `planner`, `text_encoder`: pretrained components by HF name or path (see `Agent.from_preset`);
+    they override the config's. `report`: also write plots, episode GIFs and `summary.md`.
     """
     import sima2.envs as envs
-    from sima2.envs.wrappers import RewardShaper, RollbackWrapper
     from sima2.policy import Agent
     from sima2.training.data import load_demonstrations, record_demonstrations, save_demonstrations
     from sima2.training.evaluate import evaluate_splits
@@ -105,45 +221,72 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(config_to_dict(config), indent=2))
-    key = jax.random.key(config.train.seed)
+    key = jax.random.key(config.seed)
     k_demo, k_agent, k_eval = jax.random.split(key, 3)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
 
     env, params = envs.make(config.level, split="train", image_size=config.image_size)
     agent = Agent.from_preset(
-        config.preset, key=k_agent, action_nvec=env.action_nvec, proprio_dim=env.proprio_size,
-        vocab_size=env.vocab_size, vision=config.vision, planner=config.planner, text_encoder=config.text_encoder,
+        config.preset,
+        key=k_agent,
+        action_nvec=env.action_nvec,
+        proprio_dim=env.proprio_size,
+        vocab_size=env.vocab_size,
+        vision=config.vision,
+        planner=config.planner,
+        text_encoder=config.text_encoder,
     )
 
-    # 1. Expert demonstrations, saved as a Hugging Face dataset (parquet) and reused on resume.
+    # 1. Expert demonstrations with their instruction and plan text, saved as a Hugging Face dataset.
     demos_dir = out / "demos"
-    if resume and (demos_dir / "train").exists():
-        dataset = load_demonstrations(demos_dir)
+    if resume and (demos_dir / "data").exists():
+        dataset = load_demonstrations(str(demos_dir))
     else:
-        dataset = record_demonstrations(env, params, k_demo, num_envs=config.demo_envs,
-                                        num_steps=config.demo_steps, describe=_describe)
+        dataset = record_demonstrations(env, params, k_demo, num_envs=config.demo_envs, num_steps=config.demo_steps)
         save_demonstrations(dataset, demos_dir)
+    timings["demos"] = time.perf_counter() - start
 
-    # 2. Behaviour cloning of perception + planner + policy together.
-    bc_config = dataclasses.replace(config.train, stage="bc", out=str(out / "bc"))
-    state = train_bc(bc_config, agent, dataset, image_shape=(config.image_size, config.image_size, 3),
-                     action_nvec=env.action_nvec, resume=resume)
+    # 2. Behaviour cloning of perception + planner + policy together (the planner also learns the plans).
+    stage_start = time.perf_counter()
+    transform, plan_loss = _plan_supervision(agent, dataset, config.planner)
+    bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
+    state = train_bc(
+        bc_config,
+        agent,
+        dataset,
+        image_shape=(config.image_size, config.image_size, 3),
+        action_nvec=env.action_nvec,
+        plan_loss=plan_loss,
+        transform=transform,
+        resume=resume,
+    )
     agent = state.model
+    timings["bc"] = time.perf_counter() - stage_start
 
-    # 3. PPO on vmapped worlds with the reward shaper and the rollback wrapper.
-    if config.ppo_updates > 0:
-        shaped = RollbackWrapper(RewardShaper(env))
-        ppo_config = dataclasses.replace(config.train, stage="ppo", out=str(out / "ppo"),
-                                         num_steps=config.ppo_updates)
-        state = train_ppo(ppo_config, agent, shaped, params, resume=resume)
+    # 3. PPO on vmapped worlds with the reward shaper, the rollback wrapper and the safety filter.
+    if config.ppo.num_steps > 0:
+        stage_start = time.perf_counter()
+        ppo_config = dataclasses.replace(config.ppo, stage="ppo", seed=config.seed, out=str(out / "ppo"))
+        state = train_ppo(ppo_config, agent, wrapped_world(env, config), params, resume=resume)
         agent = state.model
-
-    # 4. Evaluation on the training levels and every held-out split, then the report (plots, GIFs, summary.md).
-    from sima2.training.report import evaluation_report, write_report
-
-    splits = {name: env.default_params(name) for name in envs.SPLITS}
-    results = evaluate_splits(agent, env, splits, k_eval, config.train.eval)
-    report = evaluation_report(results, preset=config.preset, level=config.level)
-    (out / "eval.json").write_text(json.dumps(report, indent=2, default=float))
+        timings["ppo"] = time.perf_counter() - stage_start
     agent.save_pretrained(out / "final")
-    write_report(out, agent, env, report, jax.random.fold_in(key, 1))
-    return report
+
+    # 4. Evaluation on the training level and every held-out split, in the plain world.
+    stage_start = time.perf_counter()
+    splits = {name: env.default_params(name) for name in envs.SPLITS}
+    results = evaluate_splits(agent, env, splits, k_eval, config.eval)
+    timings["eval"] = time.perf_counter() - stage_start
+    timings["total"] = time.perf_counter() - start
+    eval_report = evaluation_report(
+        results, preset=config.preset, level=config.level, timings_s={k: round(v, 1) for k, v in timings.items()}
+    )
+    (out / "eval.json").write_text(json.dumps(eval_report, indent=2, default=float))
+
+    # 5. The report: learning curves, success per split and task, evaluation GIFs, summary.md.
+    if report:
+        stages = {k: v for k, v in timings.items() if k != "total"}
+        write_report(out, agent, env, eval_report, jax.random.fold_in(key, 1), timings=stages)
+    return eval_report
+

@@ -26,6 +26,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 from sima2.training.config import PPOConfig, TrainConfig
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import global_norm, init_opt_state, make_optimizer, split_trainable, trainable_spec
+from sima2.training.recurrent import evaluate_sequences, initial_carries, is_memoryless, reset_where
 
 
 class RolloutState(eqx.Module):
@@ -40,7 +41,12 @@ class RolloutState(eqx.Module):
 
 
 class Trajectory(eqx.Module):
-    """One rollout, time-major: every leaf has leading axes (T, E)."""
+    """One rollout, time-major: every leaf has leading axes (T, E).
+
+    `agent_acted` is False where a wrapper executed another action than the agent's (a rollback's expert
+    fallback, a safety-filter replacement): those steps train the value but not the policy gradient.
+    `expert_action` (or None) is the env expert's action in each step's state, for expert distillation.
+    """
 
     obs: PyTree
     action: Int[Array, "T E *A"]
@@ -50,21 +56,8 @@ class Trajectory(eqx.Module):
     done: Bool[Array, "T E"]
     first: Bool[Array, "T E"]
     stats: dict[str, Array]
-
-
-def _reset_where(first: Array, initial: PyTree, carry: PyTree) -> PyTree:
-    """Per-world carry reset: `initial` where `first`, else `carry` (leading world axis)."""
-
-    def pick(init: Array, current: Array) -> Array:
-        mask = first.reshape(first.shape + (1,) * (current.ndim - first.ndim))
-        return jnp.where(mask, init, current)
-
-    return jax.tree.map(pick, initial, carry)
-
-
-def _initial_carries(agent: Any, num: int) -> PyTree:
-    carry = agent.initial_carry()
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), carry)
+    agent_acted: Bool[Array, "T E"]
+    expert_action: Int[Array, "T E *A"] | None = None
 
 
 def init_rollout(agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, num_envs: int) -> RolloutState:
@@ -73,16 +66,14 @@ def init_rollout(agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, nu
     return RolloutState(
         env_state=env_state,
         obs=obs,
-        carry=_initial_carries(agent, num_envs),
+        carry=initial_carries(agent, num_envs),
         first=jnp.ones((num_envs,), bool),
         episode_return=jnp.zeros((num_envs,), jnp.float32),
         episode_length=jnp.zeros((num_envs,), jnp.int32),
     )
 
 
-def _step_stats(
-    info: dict[str, Array], reward: Array, done: Array, ep_return: Array, ep_length: Array
-) -> dict:
+def _step_stats(info: dict[str, Array], reward: Array, done: Array, ep_return: Array, ep_length: Array) -> dict:
     stats = {
         "episode_return": jnp.where(done, ep_return, 0.0),
         "episode_length": jnp.where(done, ep_length, 0).astype(jnp.float32),
@@ -98,19 +89,37 @@ def _step_stats(
     return stats
 
 
+def _agent_acted(info: dict[str, Array], done: Array) -> Bool[Array, " E"]:
+    """False where a wrapper replaced the agent's action (rollback fallback, safety-filter replacement)."""
+    replaced = jnp.zeros_like(done)
+    for name in ("fallback_active", "safety_blocked"):
+        if name in info:
+            replaced = replaced | info[name].astype(bool)
+    return ~replaced
+
+
 def collect_rollout(
-    agent: Any, env: Any, env_params: PyTree, rollout: RolloutState, key: PRNGKeyArray, num_steps: int
+    agent: Any,
+    env: Any,
+    env_params: PyTree,
+    rollout: RolloutState,
+    key: PRNGKeyArray,
+    num_steps: int,
+    *,
+    expert: bool = False,
 ) -> tuple[RolloutState, Trajectory, PyTree, Float[Array, " E"]]:
     """`num_steps` steps in every world; returns the new rollout state, the trajectory, the carries at
-    rollout start (for re-scanning recurrent agents) and the bootstrap values of the final observations."""
+    rollout start (for re-scanning recurrent agents) and the bootstrap values of the final observations.
+    With `expert`, the trajectory also holds `env.expert_action` for every step's state."""
     num_envs = rollout.first.shape[0]
-    initial = _initial_carries(agent, num_envs)
+    initial = initial_carries(agent, num_envs)
     act = jax.vmap(agent.act)
     step_env = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    expert_action = jax.vmap(env.expert_action, in_axes=(0, None)) if expert else None
 
-    def one_step(rollout: RolloutState, keys: tuple[Array, Array]) -> tuple[RolloutState, tuple]:
+    def one_step(rollout: RolloutState, keys: tuple[Array, Array]) -> tuple[RolloutState, dict]:
         act_keys, env_keys = keys
-        carry = _reset_where(rollout.first, initial, rollout.carry)
+        carry = reset_where(rollout.first, initial, rollout.carry)
         action, carry, extras = act(act_keys, rollout.obs, carry)
         obs, env_state, reward, done, info = step_env(env_keys, rollout.env_state, action, env_params)
         reward = reward.astype(jnp.float32)
@@ -118,15 +127,17 @@ def collect_rollout(
         ep_return = rollout.episode_return + reward
         ep_length = rollout.episode_length + 1
         stats = _step_stats(info, reward, done, ep_return, ep_length)
-        out = (
-            rollout.obs,
-            action.astype(jnp.int32),
-            extras["log_prob"],
-            extras["value"],
-            reward,
-            done,
-            rollout.first,
-            stats,
+        out = dict(
+            obs=rollout.obs,
+            action=action.astype(jnp.int32),
+            log_prob=extras["log_prob"],
+            value=extras["value"],
+            reward=reward,
+            done=done,
+            first=rollout.first,
+            stats=stats,
+            agent_acted=_agent_acted(info, done),
+            expert_action=None if expert_action is None else expert_action(rollout.env_state, env_params),
         )
         new = RolloutState(
             env_state=env_state,
@@ -142,9 +153,9 @@ def collect_rollout(
     act_keys, env_keys = jax.random.split(key, (2, num_steps, num_envs))
     value_keys = jax.random.split(jax.random.fold_in(key, num_steps), num_envs)
     start_carry = rollout.carry
-    rollout, outs = jax.lax.scan(one_step, rollout, (act_keys, env_keys))
-    trajectory = Trajectory(*outs)
-    carry = _reset_where(rollout.first, initial, rollout.carry)
+    rollout, steps = jax.lax.scan(one_step, rollout, (act_keys, env_keys))
+    trajectory = Trajectory(**steps)
+    carry = reset_where(rollout.first, initial, rollout.carry)
     _, _, extras = act(value_keys, rollout.obs, carry)
     return rollout, trajectory, start_carry, extras["value"]
 
@@ -173,44 +184,6 @@ def compute_gae(
     return advantages, advantages + value
 
 
-def is_memoryless(agent: Any) -> bool:
-    """True when the agent's carry is empty, so every step can be evaluated on its own."""
-    return all(jnp.size(leaf) == 0 for leaf in jax.tree.leaves(agent.initial_carry()))
-
-
-def _evaluate_sequences(
-    model: Any, trajectory: Trajectory, start_carry: PyTree
-) -> tuple[Array, Array, Array]:
-    """Re-run `model.evaluate` over time per world, resetting carries on episode starts."""
-    initial = model.initial_carry()
-    if is_memoryless(model):
-        # No carry to thread, so evaluate all (time, world) pairs as one flat batch: a single vmap keeps
-        # the agent's matmuls plain 2-D (nested vmaps make XLA CPU transpose around every layer).
-        def one_step(obs: PyTree, action: Array) -> tuple[Array, Array, Array]:
-            log_prob, entropy, value, _ = model.evaluate(obs, initial, action)
-            return log_prob, entropy, value
-
-        time_worlds = trajectory.action.shape[:2]
-        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), (trajectory.obs, trajectory.action))
-        outs = jax.vmap(one_step)(*flat)
-        return jax.tree.map(lambda x: x.reshape(time_worlds), outs)
-
-    def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, Array, Array]:
-        def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:
-            o, a, f = x
-            carry = jax.tree.map(lambda i, c: jnp.where(f, i, c), initial, carry)
-            log_prob, entropy, value, carry = model.evaluate(o, carry, a)
-            return carry, (log_prob, entropy, value)
-
-        _, outs = jax.lax.scan(step, carry, (obs, action, first))
-        return outs
-
-    # Time-major trajectory, world-major carries: map over axis 1 of the trajectory and axis 0 of carries.
-    return jax.vmap(one_world, in_axes=(1, 1, 1, 0), out_axes=1)(
-        trajectory.obs, trajectory.action, trajectory.first, start_carry
-    )
-
-
 def ppo_loss(
     model: Any,
     trajectory: Trajectory,
@@ -218,14 +191,26 @@ def ppo_loss(
     advantages: Float[Array, "T M"],
     returns: Float[Array, "T M"],
     config: PPOConfig,
+    expert_coef: Float[Array, ""] | float = 0.0,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
-    """Clipped surrogate + (optionally clipped) value loss - entropy bonus, on a minibatch of worlds."""
-    log_prob, entropy, value = _evaluate_sequences(model, trajectory, start_carry)
+    """Clipped surrogate + (optionally clipped) value loss - entropy bonus, on a minibatch of worlds, plus
+    `expert_coef` x the cross-entropy of the expert's actions when the trajectory has them."""
+    with_expert = trajectory.expert_action is not None
+    if with_expert:  # score the taken and the expert's action in one pass
+        both = jnp.stack([trajectory.action, trajectory.expert_action], axis=2)
+        log_probs, entropy, value = evaluate_sequences(model, trajectory.obs, both, trajectory.first, start_carry)
+        log_prob, expert_log_prob = log_probs[..., 0], log_probs[..., 1]
+    else:
+        log_prob, entropy, value = evaluate_sequences(
+            model, trajectory.obs, trajectory.action, trajectory.first, start_carry
+        )
     if config.normalize_advantages:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     ratio = jnp.exp(log_prob - trajectory.log_prob)
     clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
-    policy_loss = -jnp.minimum(ratio * advantages, clipped_ratio * advantages).mean()
+    acted = trajectory.agent_acted.astype(jnp.float32)
+    surrogate = jnp.minimum(ratio * advantages, clipped_ratio * advantages)
+    policy_loss = -(surrogate * acted).sum() / jnp.maximum(acted.sum(), 1.0)
     value_error = jnp.square(value - returns)
     if config.clip_value:
         clipped = trajectory.value + jnp.clip(value - trajectory.value, -config.clip_eps, config.clip_eps)
@@ -235,13 +220,18 @@ def ppo_loss(
     loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy_mean
     approx_kl = ((ratio - 1.0) - jnp.log(ratio)).mean()
     clip_fraction = (jnp.abs(ratio - 1.0) > config.clip_eps).mean()
-    return loss, {
+    terms = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": entropy_mean,
         "approx_kl": approx_kl,
         "clip_fraction": clip_fraction,
     }
+    if with_expert:
+        terms["expert_loss"] = -expert_log_prob.mean()
+        terms["expert_coef"] = jnp.asarray(expert_coef, jnp.float32)
+        loss = loss + expert_coef * terms["expert_loss"]
+    return loss, terms
 
 
 def ppo_update(
@@ -261,9 +251,7 @@ def ppo_update(
     """
     num_envs = trajectory.reward.shape[1]
     if num_envs % config.num_minibatches:
-        raise ValueError(
-            f"num_envs ({num_envs}) must be divisible by num_minibatches ({config.num_minibatches})"
-        )
+        raise ValueError(f"num_envs ({num_envs}) must be divisible by num_minibatches ({config.num_minibatches})")
     advantages, returns = compute_gae(
         trajectory.reward, trajectory.value, trajectory.done, last_value, config.gamma, config.gae_lambda
     )
@@ -275,6 +263,9 @@ def ppo_update(
         # Every step stands alone: view the (T, E) steps as one time step of T * E worlds.
         samples = jax.tree.map(lambda x: x.reshape(1, -1, *x.shape[2:]), samples)
     num_units = samples[1].shape[1]
+    expert_coef = jnp.float32(config.expert_coef)
+    if config.expert_decay_updates > 0:
+        expert_coef = expert_coef * jnp.clip(1.0 - state.step / config.expert_decay_updates, 0.0, 1.0)
 
     def minibatch_step(carry: tuple, units: Int[Array, " M"]) -> tuple[tuple, dict]:
         trainable, opt_state = carry
@@ -283,7 +274,7 @@ def ppo_update(
 
         def loss_fn(trainable: PyTree) -> tuple[Array, dict]:
             model = eqx.combine(trainable, rest)
-            return ppo_loss(model, mb_trajectory, mb_carry, mb_advantages, mb_returns, config)
+            return ppo_loss(model, mb_trajectory, mb_carry, mb_advantages, mb_returns, config, expert_coef)
 
         (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
@@ -346,6 +337,8 @@ def make_ppo(
         raise ValueError(
             f"ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.num_minibatches ({ppo.num_minibatches})"
         )
+    if ppo.expert_coef > 0 and not hasattr(env, "expert_action"):
+        raise ValueError(f"ppo.expert_coef > 0 needs an env with expert_action(); {type(env).__name__} has none")
     optimizer = make_optimizer(config.optim)
     spec = trainable_spec(agent, filter_spec)
 
@@ -359,12 +352,10 @@ def make_ppo(
         model = state.model
         key, rollout_key = jax.random.split(state.key)
         rollout, trajectory, start_carry, last_value = collect_rollout(
-            model, env, env_params, state.env, rollout_key, ppo.num_steps
+            model, env, env_params, state.env, rollout_key, ppo.num_steps, expert=ppo.expert_coef > 0
         )
         state = TrainState(model, state.opt_state, key, state.step, state.guard, rollout)
-        return ppo_update(
-            state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=ppo
-        )
+        return ppo_update(state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=ppo)
 
     return init_fn, guard_step(step_fn, config.guard)
 
@@ -394,14 +385,14 @@ class HostRollout:
         self.num_envs = vector_env.num_envs
         obs, _ = vector_env.reset(seed=seed)
         self.obs = to_obs(obs)
-        self.carry = _initial_carries(agent, self.num_envs)
+        self.carry = initial_carries(agent, self.num_envs)
         self.first = np.ones(self.num_envs, bool)
         self.episode_return = np.zeros(self.num_envs, np.float32)
         self.episode_length = np.zeros(self.num_envs, np.int32)
 
         @eqx.filter_jit
         def act(model: Any, key: PRNGKeyArray, obs: PyTree, carry: PyTree, first: Array) -> tuple:
-            carry = _reset_where(first, _initial_carries(model, first.shape[0]), carry)
+            carry = reset_where(first, initial_carries(model, first.shape[0]), carry)
             return jax.vmap(model.act)(jax.random.split(key, first.shape[0]), obs, carry)
 
         self._act = act
@@ -433,6 +424,7 @@ class HostRollout:
                     done,
                     self.first.copy(),
                     stats,
+                    np.ones(self.num_envs, bool),  # agent_acted: host envs run the agent's actions as given
                 )
             )
             self.episode_return[done] = 0.0
@@ -459,9 +451,7 @@ def make_host_ppo(
         return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key)
 
     def update(state: TrainState, trajectory: Trajectory, start_carry: PyTree, last_value: Array) -> tuple:
-        return ppo_update(
-            state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=config.ppo
-        )
+        return ppo_update(state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=config.ppo)
 
     guarded_update = eqx.filter_jit(guard_step(lambda state, batch: update(state, *batch), config.guard))
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, PRNGKeyArray, PyTree, UInt8
 
-from sima2.training.ppo import _initial_carries
+from sima2.training.recurrent import initial_carries
 
 PLOTS_DIR = "plots"
 GIFS_DIR = "gifs"
@@ -43,13 +43,19 @@ _MEMORY_KEYS = ("host_memory_fraction", "host_rss_gb", "device_memory_fraction")
 
 # --- evaluation results ----------------------------------------------------------------------------------
 def evaluation_report(results: Mapping[str, Mapping[str, float]], **fields: Any) -> dict[str, Any]:
-    """`eval.json`'s content from `evaluate_splits` results: success rate and navigation efficiency per split,
-    the full per-split metrics under "splits", plus `fields` (e.g. preset, level)."""
+    """`eval.json`'s content from `evaluate_splits` results: success rate per split; navigation efficiency
+    (optimal / actual path of successful episodes) over all splits' episodes and per split; the full per-split
+    metrics under "splits"; plus `fields` (e.g. preset, level)."""
+    by_split = {
+        name: float(r["navigation_efficiency"]) for name, r in results.items() if "navigation_efficiency" in r
+    }
+    weights = {name: max(float(results[name].get("success_rate", 0.0)) * results[name].get("episodes", 1), 1e-9)
+               for name in by_split}
+    overall = sum(by_split[n] * weights[n] for n in by_split) / sum(weights.values()) if by_split else None
     return {
         "success_rate": {name: float(r["success_rate"]) for name, r in results.items()},
-        "navigation_efficiency": {
-            name: float(r["navigation_efficiency"]) for name, r in results.items() if "navigation_efficiency" in r
-        },
+        "navigation_efficiency": overall,
+        "navigation_efficiency_by_split": by_split,
         "episodes": {name: int(r.get("episodes", 0)) for name, r in results.items()},
         "splits": {name: dict(r) for name, r in results.items()},
         **fields,
@@ -217,7 +223,7 @@ def _scan_episodes(
         return (next_obs, next_state, agent_carry, done), (next_obs["image"], topdown(next_state), success,
                                                            timeout, done)
 
-    carry = (obs, state, _initial_carries(agent, num), jnp.zeros((num,), bool))
+    carry = (obs, state, initial_carries(agent, num), jnp.zeros((num,), bool))
     _, (images, maps, success, timeout, done) = jax.lax.scan(one_step, carry, jax.random.split(key, max_steps))
     images = jnp.concatenate([obs["image"][None], images])
     maps = jnp.concatenate([topdown(state)[None], maps])
@@ -374,7 +380,7 @@ def write_summary(
         success_table(eval_report),
         "",
     ]
-    efficiency = eval_report.get("navigation_efficiency") or {}
+    efficiency = eval_report.get("navigation_efficiency_by_split") or {}
     if efficiency:
         lines += ["Navigation efficiency (optimal path / actual path, successful episodes): "
                   + ", ".join(f"{split} {value:.2f}" for split, value in efficiency.items()) + ".", ""]

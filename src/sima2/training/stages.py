@@ -123,6 +123,7 @@ def train_bc(
             prefetch=config.data.prefetch,
             put=put,
             transform=transform,
+            sequence_length=config.bc.sequence_length,
         )
 
     return run_stage(
@@ -133,7 +134,7 @@ def train_bc(
         make_batches=make_batches,
         mesh=mesh,
         hooks=hooks,
-        samples_per_step=config.bc.batch_size,
+        samples_per_step=config.bc.batch_size * config.bc.sequence_length,
     )
 
 

@@ -1,0 +1,79 @@
+"""Running an agent over time-major sequences with per-episode memory resets.
+
+Shared by behaviour cloning on demonstration windows and by PPO's recurrent replay, so that a recurrent
+agent is trained exactly as it acts: its carry threads through time and goes back to
+`agent.initial_carry()` wherever a step is the first of an episode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+
+def initial_carries(agent: Any, num: int) -> PyTree:
+    """`agent.initial_carry()` broadcast to a leading axis of `num` worlds."""
+    carry = agent.initial_carry()
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), carry)
+
+
+def reset_where(first: Bool[Array, " E"], initial: PyTree, carry: PyTree) -> PyTree:
+    """Per-world carry reset: `initial` where `first`, else `carry` (leading world axis)."""
+
+    def pick(init: Array, current: Array) -> Array:
+        mask = first.reshape(first.shape + (1,) * (current.ndim - first.ndim))
+        return jnp.where(mask, init, current)
+
+    return jax.tree.map(pick, initial, carry)
+
+
+def is_memoryless(agent: Any) -> bool:
+    """True when the agent's carry is empty, so time steps can be evaluated independently."""
+    return all(jnp.size(leaf) == 0 for leaf in jax.tree.leaves(agent.initial_carry()))
+
+
+def evaluate_sequences(
+    model: Any,
+    obs: PyTree,
+    action: Int[Array, "T E *A"],
+    first: Bool[Array, "T E"],
+    start_carry: PyTree,
+) -> tuple[Float[Array, "T E *K"], Float[Array, "T E"], Float[Array, "T E"]]:
+    """`(log_prob(action), entropy, value)` of every step, running `model.evaluate` over time per world.
+
+    `action` may stack K candidate actions per step (`(T, E, *K, F)`); their log-probs come back as `*K`.
+
+    `obs`, `action` and `first` are time-major (leading axes `(T, E)`); `start_carry` has a leading world
+    axis and is the carry before step 0 (it is reset where `first[0]`).
+    """
+    initial = model.initial_carry()
+    if is_memoryless(model):
+        # No carry to thread: evaluate all (time, world) pairs as one flat batch. A single vmap keeps the
+        # agent's matmuls plain 2-D (nested vmaps make XLA CPU transpose around every layer).
+        def one_step(o: PyTree, a: Array) -> tuple[Array, Array, Array]:
+            log_prob, entropy, value, _ = model.evaluate(o, initial, a)
+            return log_prob, entropy, value
+
+        time_worlds = first.shape
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), (obs, action))
+        outs = jax.vmap(one_step)(*flat)
+        return jax.tree.map(lambda x: x.reshape(*time_worlds, *x.shape[1:]), outs)
+
+    def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, Array, Array]:
+        def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:
+            o, a, f = x
+            carry = jax.tree.map(lambda i, c: jnp.where(f, i, c), initial, carry)
+            log_prob, entropy, value, carry = model.evaluate(o, carry, a)
+            return carry, (log_prob, entropy, value)
+
+        _, outs = jax.lax.scan(step, carry, (obs, action, first))
+        return outs
+
+    # Time-major inputs, world-major carries: map over axis 1 of the sequences and axis 0 of the carries.
+    return jax.vmap(one_world, in_axes=(1, 1, 1, 0), out_axes=1)(obs, action, first, start_carry)
+
+
+__all__ = ["evaluate_sequences", "initial_carries", "is_memoryless", "reset_where"]
