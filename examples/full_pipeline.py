@@ -20,9 +20,10 @@ from sima2.policy import Agent
 from sima2.training.pipeline import train
 
 # Just enough of every stage to see it run (on top of the preset).
-QUICK = ["demo_envs=4", "demo_steps=32", "ppo_updates=2", "train.num_steps=8", "train.ppo.num_envs=8",
-         "train.eval.num_envs=4", "train.eval.num_episodes=4", "train.eval.max_steps=32",
-         "train.monitor.progress=False", "train.monitor.tensorboard=False"]
+QUICK = ["demo_envs=4", "demo_steps=32", "bc.num_steps=8", "ppo.num_steps=2", "ppo.ppo.num_envs=8",
+         "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32",
+         "bc.monitor.progress=False", "bc.monitor.tensorboard=False",
+         "ppo.monitor.progress=False", "ppo.monitor.tensorboard=False"]
 
 
 def main() -> None:
@@ -46,6 +47,7 @@ def main() -> None:
                        ("bc/", "behaviour cloning: config, metrics.jsonl, checkpoints/, final/"),
                        ("ppo/", "PPO: config, metrics.jsonl, checkpoints/, final/"),
                        ("eval.json", "evaluation on the training levels and every held-out split"),
+                       ("summary.md", "the report: success table, timings, plots/ and episodes/ GIFs"),
                        ("final/", "the trained agent: agent_config.json + model.safetensors")]:
         print(f"  {name:14s} {what}{'' if (out / name).exists() else '  (not written)'}")
     agent = Agent.from_pretrained(out / "final")

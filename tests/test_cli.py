@@ -34,8 +34,8 @@ def run_dir(tmp_path_factory):
     agent = Agent.from_preset("tiny", key=jax.random.key(0), action_nvec=env.action_nvec,
                               proprio_dim=env.proprio_size, vocab_size=env.vocab_size)
     agent.save_pretrained(run / "final")
-    config = pipeline_config("tiny", [f"level={LEVEL}", "train.eval.num_envs=2", "train.eval.num_episodes=2",
-                                      "train.eval.max_steps=8"])
+    config = pipeline_config("tiny", [f"level={LEVEL}", "eval.num_envs=2", "eval.num_episodes=2",
+                                      "eval.max_steps=8"])
     (run / "pipeline.json").write_text(json.dumps(config_to_dict(config)))
     return run
 

@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Shaped
 
 from sima2.training.config import EvalConfig
-from sima2.training.ppo import _initial_carries, _reset_where
+from sima2.training.recurrent import initial_carries, reset_where
 
 
 @eqx.filter_jit
@@ -32,13 +32,13 @@ def _rollout(
     num_envs = config.num_envs
     reset_key, run_key = jax.random.split(key)
     obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_envs), env_params)
-    initial = _initial_carries(agent, num_envs)
+    initial = initial_carries(agent, num_envs)
     info_keys = ("success", config.optimal_path_key, config.actual_path_key, config.level_key, "episode_length")
 
     def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
         obs, state, agent_carry, first, ep_return = carry
         act_key, env_key = jax.random.split(step_key)
-        agent_carry = _reset_where(first, initial, agent_carry)
+        agent_carry = reset_where(first, initial, agent_carry)
         action, agent_carry, _ = jax.vmap(agent.act)(jax.random.split(act_key, num_envs), obs, agent_carry)
         obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(env_key, num_envs), state, action, env_params
