@@ -28,6 +28,14 @@ from sima2.planning import CausalLM
 from sima2.policy import Agent
 
 
+def _load_tokenizer(name: str) -> transformers.PreTrainedTokenizerBase | None:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        print(f"tokenizer {name!r} not shipped with the export: {error}")
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agent", default=None, help="a folder written by Agent.save_pretrained (e.g. a run's final/)")
@@ -43,8 +51,11 @@ def main() -> None:
     language = agent.planner.merged_backbone()  # LoRA adapters folded in
     language.save_pretrained(out / "language")
     bridge = agent.config.text_bridge
-    if bridge is None:  # the language model reads the world's word ids: ship that tokenizer with it
-        get_tokenizer().save_pretrained(out / "language")
+    # Ship a tokenizer with the language model: the world's word-level one if it reads world ids, else the
+    # pretrained one it was bridged to (when that can still be loaded from where it came from).
+    tokenizer = get_tokenizer() if bridge is None else _load_tokenizer(bridge.tokenizer_name)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out / "language")
     print(f"wrote {out / 'vision'} and {out / 'language'}")
 
     # 2. Vision: the same screenshot through sima2 and through transformers.
