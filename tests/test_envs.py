@@ -184,6 +184,22 @@ def test_expert_plan_text_and_subgoals():
     assert float(env.optimal_path_length(state)) >= 0
 
 
+@pytest.mark.parametrize("level", ["GoTo", "Open", "PutNext", "Sequence", "GoToLoc"])
+def test_max_instruction_words_is_the_longest_instruction(level):
+    """The grammar's bound is never exceeded, and is reached, over every split (ids after it are padding)."""
+    env, _ = envs.make(f"sima2/{level}-v0", image_size=8)
+    bound = env.max_instruction_words
+    longest = 0
+    for split in envs.SPLITS:
+        keys = jax.random.split(jax.random.key(7), 2048)
+        obs, _ = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, env.default_params(split))
+        ids = np.asarray(obs["instruction"])
+        lengths = (ids != 0).sum(axis=1)
+        assert (ids[:, bound:] == 0).all() and (ids[np.arange(len(ids)), np.maximum(lengths - 1, 0)] != 0).all()
+        longest = max(longest, int(lengths.max()))
+    assert longest == bound <= env.instruction_length
+
+
 def test_instruction_ids_match_the_hf_tokenizer():
     tokenizer = envs.get_tokenizer()
     assert tokenizer.pad_token_id == 0 and len(tokenizer) == len(voc.vocabulary())

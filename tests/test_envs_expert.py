@@ -13,32 +13,53 @@ DEFAULT_LEVELS = ("GoTo", "Pickup", "Open", "PutNext", "Sequence")
 HARD_LEVELS = tuple(name for name in envs.LEVELS if name not in DEFAULT_LEVELS)
 
 
-def expert_success_rate(level: str, num_worlds: int, seed: int = 0, split: str = "train") -> float:
-    """Fraction of freshly generated episodes the expert finishes successfully (first episode per world)."""
+def expert_episodes(level: str, num_worlds: int, seed: int = 0, split: str = "train") -> dict[str, np.ndarray]:
+    """The expert's first episode in each of `num_worlds` fresh worlds: success, path length travelled and
+    the world's optimal path length, as the finishing step's info reports them."""
     env, params = envs.make(f"sima2/{level}-v0", split=split, image_size=8)
+    keys = ("success", "path_length", "optimal_path_length")
 
     @jax.jit
     def run(key):
         _, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_worlds), params)
 
         def body(carry, _):
-            state, finished, success = carry
+            state, finished, kept = carry
             action = jax.vmap(env.expert_action, in_axes=(0, None))(state, params)
             stepped, _, info = jax.vmap(env.transition, in_axes=(0, 0, None))(state, action, params)
-            success = success | (~finished & info["success"])
-            finished = finished | info["success"] | info["timeout"]
-            return (stepped, finished, success), None
+            ends = ~finished & (info["success"] | info["timeout"])
+            kept = {k: jnp.where(ends, info[k], kept[k]) for k in keys}
+            return (stepped, finished | ends, kept), None
 
-        init = (state, jnp.zeros(num_worlds, bool), jnp.zeros(num_worlds, bool))
-        (_, _, success), _ = jax.lax.scan(body, init, None, length=env.level.max_steps)
-        return success
+        kept = {k: jnp.zeros(num_worlds, jnp.bool_ if k == "success" else jnp.float32) for k in keys}
+        (_, _, kept), _ = jax.lax.scan(body, (state, jnp.zeros(num_worlds, bool), kept), None,
+                                       length=env.level.max_steps)
+        return kept
 
-    return float(np.mean(np.asarray(run(jax.random.key(seed)))))
+    return {k: np.asarray(v) for k, v in run(jax.random.key(seed)).items()}
+
+
+def expert_success_rate(level: str, num_worlds: int, seed: int = 0, split: str = "train") -> float:
+    """Fraction of freshly generated episodes the expert finishes successfully (first episode per world)."""
+    return float(np.mean(expert_episodes(level, num_worlds, seed, split)["success"]))
 
 
 @pytest.mark.parametrize("level", DEFAULT_LEVELS)
 def test_expert_solves_default_levels(level):
     assert expert_success_rate(level, num_worlds=200) >= 0.99
+
+
+@pytest.mark.parametrize("level", ["GoTo", "Sequence"])
+def test_expert_navigates_efficiently(level):
+    """The world's optimal path is a lower bound the shortest-path expert nearly meets: its navigation
+    efficiency (optimal / travelled) is high but, since it moves cell centre to cell centre, not above 1."""
+    episodes = expert_episodes(level, num_worlds=128)
+    won = episodes["success"]
+    optimal, travelled = episodes["optimal_path_length"][won], episodes["path_length"][won]
+    assert (optimal >= 0).all() and (travelled >= 0).all() and optimal.max() >= 3
+    efficiency = np.minimum(optimal / np.maximum(travelled, 1e-6), 1.0)
+    assert 0.8 <= efficiency.mean() <= 1.0
+    assert np.mean(optimal <= travelled + 1.0) >= 0.95  # the agent never beats the optimum by more than a cell
 
 
 @pytest.mark.slow

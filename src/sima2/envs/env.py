@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float32, Int32, PRNGKeyArray, UInt8
 
 from sima2.envs import vocabulary as voc
-from sima2.envs.expert import current_subgoal, distance_to_goal, expert_action
+from sima2.envs.expert import current_subgoal, distance_at, distance_to_goal, expert_action, goal_distance_field
 from sima2.envs.levels import LEVELS, LevelConfig, level_from_id
 from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.world import (
@@ -30,6 +30,7 @@ from sima2.envs.world import (
     entity_colours,
     entity_types,
     generate,
+    max_instruction_words,
     physics,
     proprio,
     stage_complete,
@@ -64,6 +65,12 @@ class Sima2Env(eqx.Module):
         return voc.MAX_INSTRUCTION_LENGTH
 
     @property
+    def max_instruction_words(self) -> int:
+        """The longest instruction this level produces (ids beyond it are always padding): an agent can
+        read just that many (`Agent.from_preset(..., instruction_length=env.max_instruction_words)`)."""
+        return max_instruction_words(self.level)
+
+    @property
     def proprio_size(self) -> int:
         return PROPRIO_SIZE
 
@@ -93,6 +100,7 @@ class Sima2Env(eqx.Module):
         self, state: EnvState, action: Int32[Array, "3"], params: EnvParams
     ) -> tuple[EnvState, Float32[Array, ""], Info]:
         """Advance one decision step without rendering and without resetting."""
+        start_pos, start_subgoal, first_step = state.agent_pos, current_subgoal(state)[0], state.time == 0
         state, invalid = physics(state, jnp.asarray(action, jnp.int32))
         advance = stage_complete(state)
         state = eqx.tree_at(lambda s: s.stage, state, state.stage + advance.astype(jnp.int32))
@@ -100,21 +108,37 @@ class Sima2Env(eqx.Module):
         time = state.time + 1
         timeout = (time >= params.max_steps) & ~success
         reward = success.astype(jnp.float32)
-        state = eqx.tree_at(
-            lambda s: (s.time, s.episode_return), state, (time, state.episode_return + reward)
-        )
         subgoal_index, *_ = current_subgoal(state)
+        # One BFS per step serves both the info's distance and the optimal-path bookkeeping: a subgoal's
+        # shortest path is counted when it becomes current (the first one from the start cell, looked up in
+        # this step's field while it is still current; if the first step already finished it, the step
+        # itself was its path).
+        field = goal_distance_field(state)
+        distance = distance_at(field, state.agent_pos)
+        moved = jnp.linalg.norm(state.agent_pos - start_pos)
+        same_subgoal = subgoal_index == start_subgoal
+        first_path = jnp.where(same_subgoal, distance_at(field, start_pos), moved)
+        optimal = jnp.where(first_step, first_path, 0.0) + jnp.where(~same_subgoal & ~success, distance, 0.0)
+        state = eqx.tree_at(
+            lambda s: (s.time, s.episode_return, s.path_length, s.optimal_path_length),
+            state,
+            (time, state.episode_return + reward, state.path_length + moved, state.optimal_path_length + optimal),
+        )
         info = {
             "success": success,
             "timeout": timeout,
             "invalid_move": invalid,
             "agent_pos": state.agent_pos,
-            "distance_to_goal": distance_to_goal(state),
+            "distance_to_goal": distance,
             "subgoal_index": subgoal_index,
             "stage": state.stage,
             "contact": state.contact,
             "episode_return": state.episode_return,
             "episode_length": time,
+            # Cells travelled, and the sum of the subgoals' shortest paths: optimal / travelled is the
+            # navigation efficiency of a successful episode.
+            "path_length": state.path_length,
+            "optimal_path_length": state.optimal_path_length,
             # Simulated ticks this decision held its action for (60 Hz): wrappers measure time with it.
             "elapsed_ticks": jnp.asarray(DURATION_TICKS, jnp.int32)[jnp.asarray(action, jnp.int32)[2]],
         }

@@ -141,11 +141,20 @@ def subgoal_goal_cells(state: EnvState) -> Bool[Array, "GH GW"]:
     return jnp.where(placing, _stand_cells_for_drop(state, state.stage_b[t]), near_entity)
 
 
+def goal_distance_field(state: EnvState) -> Int32[Array, "GH GW"]:
+    """BFS distance from every cell to where the current subgoal can be done."""
+    return distance_field(subgoal_goal_cells(state), passable_grid(state))
+
+
+def distance_at(field: Int32[Array, "GH GW"], pos: Float32[Array, "2"]) -> Float32[Array, ""]:
+    """`field` at the cell holding the (x, y) position `pos`."""
+    cell = jnp.floor(pos).astype(jnp.int32)
+    return field[cell[1], cell[0]].astype(jnp.float32)
+
+
 def distance_to_goal(state: EnvState) -> Float32[Array, ""]:
     """Shortest-path distance in cells from the agent's cell to where the current subgoal can be done."""
-    field = distance_field(subgoal_goal_cells(state), passable_grid(state))
-    cell = jnp.floor(state.agent_pos).astype(jnp.int32)
-    return field[cell[1], cell[0]].astype(jnp.float32)
+    return distance_at(goal_distance_field(state), state.agent_pos)
 
 
 def _turn_or(

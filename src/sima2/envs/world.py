@@ -100,6 +100,10 @@ class EnvState(eqx.Module):
     time: Int32[Array, ""]
     layout_seed: Int32[Array, ""]  # seeds divisible by 5 are the held-out layouts
     episode_return: Float32[Array, ""]
+    # Navigation efficiency: cells travelled since reset, and the sum of each subgoal's shortest path (BFS
+    # cells) from where the agent stood when that subgoal became current.
+    path_length: Float32[Array, ""]
+    optimal_path_length: Float32[Array, ""]
 
 
 # --- small helpers ---------------------------------------------------------------------------------------
@@ -430,6 +434,8 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
         time=jnp.int32(0),
         layout_seed=layout_seed.astype(jnp.int32),
         episode_return=jnp.float32(0.0),
+        path_length=jnp.float32(0.0),
+        optimal_path_length=jnp.float32(0.0),
     )
     state = _with_plan(state)
     instruction = _instruction(state, split, k_tmpl, k_seq)
@@ -477,6 +483,43 @@ def _instruction(
         voc.MAX_INSTRUCTION_LENGTH,
     )
     return jnp.where(state.num_stages > 1, sequence, single)
+
+
+# Clause kinds each task family's instructions are built from: one tuple per clause (see `generate`).
+TASK_CLAUSE_KINDS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "goto": ((voc.GOTO,),),
+    "pickup": ((voc.PICKUP,),),
+    "open": ((voc.OPEN,),),
+    "unlock": ((voc.OPEN,),),
+    "putnext": ((voc.PUTNEXT,),),
+    "sequence": ((voc.OPEN, voc.GOTO), (voc.GOTO, voc.PICKUP, voc.OPEN)),
+}
+
+
+def max_instruction_words(level: LevelConfig) -> int:
+    """The longest instruction (in word ids) the level's grammar can produce, over every split.
+
+    Exact, from the template tables: an agent that only reads this many leading ids of
+    `obs["instruction"]` (instructions are left-aligned, padded with 0) never loses a word.
+    """
+    tables = voc.token_tables()
+    noun = 3 + (int(tables.location_length.max()) if level.location_phrases else 0)  # "the red ball" [+ location]
+
+    def longest(kinds: Int32[np.ndarray, "R K"], lengths: Int32[np.ndarray, "R K"], slot: tuple[int, int]) -> int:
+        words = np.where(kinds == 1, slot[0], np.where(kinds == 2, slot[1], lengths)).sum(axis=1)
+        return int(words.max())
+
+    def clause(kind: int) -> int:
+        rows = slice(int(tables.clause_offset[kind]),
+                     int(tables.clause_offset[kind] + tables.clause_num_train[kind] + tables.clause_num_heldout[kind]))
+        return longest(tables.clause_segment_kind[rows], tables.clause_segment_length[rows], (noun, noun))
+
+    clauses = [max(clause(kind) for kind in kinds) for kinds in TASK_CLAUSE_KINDS[level.task]]
+    if len(clauses) == 1:
+        words = clauses[0]
+    else:
+        words = longest(tables.sequence_segment_kind, tables.sequence_segment_length, (clauses[0], clauses[1]))
+    return min(words, voc.MAX_INSTRUCTION_LENGTH)
 
 
 # --- expert plan (subgoal list) --------------------------------------------------------------------------
