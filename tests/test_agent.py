@@ -210,6 +210,29 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path):
         Agent.from_pretrained(tmp_path / "nothing")
 
 
+def test_instruction_length_reads_only_leading_ids_without_changing_decisions(tmp_path):
+    """Instructions are left-aligned: an agent reading only as many ids as the longest instruction acts
+    exactly as one reading every (padded) id, round-trips through save/load, and refuses longer text."""
+    full = _agent(seed=3)
+    short = dataclasses.replace(full, config=dataclasses.replace(full.config, instruction_length=6))
+    carry = full.initial_carry()
+    for i in range(3):
+        obs = _obs(i)  # 6 words, then padding
+        a1, c1, e1 = eqx.filter_jit(Agent.act)(full, jax.random.key(i), obs, carry)
+        a2, c2, e2 = eqx.filter_jit(Agent.act)(short, jax.random.key(i), obs, carry)
+        np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_allclose(c1, c2, atol=1e-5)
+        np.testing.assert_allclose(e1["log_prob"], e2["log_prob"], atol=1e-5)
+    short.save_pretrained(tmp_path / "short")
+    assert Agent.from_pretrained(tmp_path / "short").config.instruction_length == 6
+    assert Agent.from_preset("tiny", key=jax.random.key(0), instruction_length=6).config.instruction_length == 6
+    short.check_instruction_fits(6)
+    with pytest.raises(ValueError, match="has 7 words, but this agent reads only the first 6"):
+        short.check_instruction_fits(7)
+    with pytest.raises(ValueError, match="instruction_length must be a positive"):
+        dataclasses.replace(full.config, instruction_length=0)
+
+
 def test_vision_part_exports_alone_to_transformers(tmp_path):
     torch = pytest.importorskip("torch")
     from transformers import ViTModel
@@ -459,8 +482,32 @@ def test_agents_saved_before_token_bridges_still_load(tmp_path):
     agent.save_pretrained(tmp_path)
     path = tmp_path / "agent_config.json"
     raw = json.loads(path.read_text())
-    assert raw["format_version"] == 2 and raw["agent"]["text_bridge"] is None
+    assert raw["format_version"] == 3 and raw["agent"]["text_bridge"] is None
     raw["format_version"] = 1
     del raw["agent"]["text_bridge"]
     path.write_text(json.dumps(raw))
     assert Agent.from_pretrained(tmp_path).config == agent.config
+
+
+def test_agents_saved_before_conditional_heads_load_with_independent_factors(tmp_path):
+    """Format 2 folders had no `conditional_actions` / `instruction_length`: their heads are independent."""
+    import json
+
+    sizes = dict(hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, memory_size=32, head_hidden=32)
+    parts = _agent(seed=4)
+    old = Agent.from_components(parts.vision, parts.planner, key=jax.random.key(1), action_nvec=NVEC,
+                                proprio_dim=PROPRIO, policy_sizes=dict(sizes, conditional_actions=False))
+    assert old.policy.actor_out.weight.shape[0] == sum(NVEC)
+    old.save_pretrained(tmp_path)
+    path = tmp_path / "agent_config.json"
+    raw = json.loads(path.read_text())
+    raw["format_version"] = 2
+    del raw["agent"]["policy"]["conditional_actions"], raw["agent"]["instruction_length"]
+    path.write_text(json.dumps(raw))
+    loaded = Agent.from_pretrained(tmp_path)
+    assert loaded.config == old.config and not loaded.config.policy.conditional_actions
+    carry = old.initial_carry()
+    a1, _, e1 = eqx.filter_jit(Agent.act)(old, jax.random.key(3), _obs(1), carry)
+    a2, _, e2 = eqx.filter_jit(Agent.act)(loaded, jax.random.key(3), _obs(1), carry)
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(e1["log_prob"], e2["log_prob"])

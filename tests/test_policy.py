@@ -13,6 +13,7 @@ from sima2.policy import (
     FactorisedCategorical,
     check_action_mask,
 )
+from sima2.policy.distributions import num_logits
 
 NVEC = (7, 5, 3)
 
@@ -38,6 +39,57 @@ def test_log_prob_and_entropy_match_numpy():
     np.testing.assert_allclose(stacked, [dist.log_prob(action), dist.log_prob(other)], rtol=1e-6)
     assert dist.sample(jax.random.key(1)).dtype == jnp.int32
     assert dist.mode().tolist() == [int(np.argmax(p)) for p in parts]
+
+
+def _joint_table(dist):
+    """Brute force: the probability of every joint action, by enumeration."""
+    actions = np.stack(np.meshgrid(*[np.arange(n) for n in NVEC], indexing="ij"), -1).reshape(-1, len(NVEC))
+    return actions, np.exp(np.asarray(dist.log_prob(jnp.asarray(actions, jnp.int32)), np.float64))
+
+
+def test_conditional_factors_are_an_exact_chain():
+    """Each factor conditioned on the previous one: probabilities sum to 1 over all joint actions, and the
+    entropy, the marginals, the mode and sampling agree with brute-force enumeration."""
+    logits = jax.random.normal(jax.random.key(4), (num_logits(NVEC, conditional=True),)) * 2.0
+    assert logits.shape == (7 + 7 * 5 + 5 * 3,)
+    dist = FactorisedCategorical.from_logits(logits, NVEC, conditional=True)
+    actions, probs = _joint_table(dist)
+    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(dist.entropy(), -(probs * np.log(probs)).sum(), rtol=1e-4)
+    assert dist.mode().tolist() == actions[np.argmax(probs)].tolist()
+    for factor, marginal in enumerate(dist.marginals()):
+        expected = np.bincount(actions[:, factor], weights=probs, minlength=NVEC[factor])
+        np.testing.assert_allclose(marginal, expected, atol=1e-5)
+    # Factor 1's table row is picked by factor 0's value: the conditional really depends on it.
+    table = np.asarray(dist.log_probs[1])
+    assert table.shape == (7, 5) and not np.allclose(table[0], table[1])
+    samples = np.asarray(jax.vmap(dist.sample)(jax.random.split(jax.random.key(5), 20000)))
+    counts = np.zeros(len(actions))
+    np.add.at(counts, np.ravel_multi_index(samples.T, NVEC), 1)
+    np.testing.assert_allclose(counts / counts.sum(), probs, atol=0.012)
+    # Masks stay per value: a masked value is never drawn, whatever the previous factor was.
+    mask = np.ones(sum(NVEC), bool)
+    mask[7 + 2] = False
+    masked = FactorisedCategorical.from_logits(logits, NVEC, jnp.asarray(mask), conditional=True)
+    masked_samples = jax.vmap(masked.sample)(jax.random.split(jax.random.key(6), 2000))
+    assert not (masked_samples[:, 1] == 2).any()
+    assert np.isfinite(masked.entropy()) and masked.mode()[1] != 2
+    with pytest.raises(ValueError, match="num_logits"):
+        FactorisedCategorical.from_logits(jnp.zeros(sum(NVEC)), NVEC, conditional=True)
+
+
+def test_independent_factors_are_the_chain_with_equal_rows():
+    """Independent factors are the special case of a chain whose rows repeat the same logits."""
+    logits = _logits(7)
+    independent = FactorisedCategorical.from_logits(logits, NVEC)
+    parts = np.split(np.asarray(logits), np.cumsum(NVEC)[:-1])
+    tiled = np.concatenate([parts[0], np.tile(parts[1], 7), np.tile(parts[2], 5)])
+    chain = FactorisedCategorical.from_logits(jnp.asarray(tiled), NVEC, conditional=True)
+    _, p_independent = _joint_table(independent)
+    _, p_chain = _joint_table(chain)
+    np.testing.assert_allclose(p_chain, p_independent, rtol=1e-5)
+    np.testing.assert_allclose(chain.entropy(), independent.entropy(), rtol=1e-5)
+    assert chain.mode().tolist() == independent.mode().tolist()
 
 
 def test_sampling_never_picks_a_masked_value():
@@ -105,7 +157,7 @@ def test_actor_critic_shapes_and_padding_is_ignored():
     valid = jnp.array([True, True, True, False, False, False])
     proprio = jnp.ones(5)
     logits, value, carry = model(image, text, valid, proprio, model.initial_carry())
-    assert logits.shape == (sum(NVEC),) and value.shape == () and carry.shape == (16,)
+    assert logits.shape == (num_logits(NVEC, conditional=True),) and value.shape == () and carry.shape == (16,)
     # Whatever sits in padded positions does not change the decision.
     noisy = text.at[3:].set(jax.random.normal(k3, (3, 16)) * 10)
     logits2, value2, carry2 = model(image, noisy, valid, proprio, model.initial_carry())
@@ -129,7 +181,7 @@ def test_actor_critic_gradients_reach_every_parameter():
         total = 0.0
         for _ in range(2):  # two steps, so the memory projection gets a gradient through the carry
             logits, value, carry = m(image, text, valid, jnp.ones(5), carry)
-            dist = FactorisedCategorical.from_logits(logits, NVEC)
+            dist = m.distribution(logits)
             total = total + dist.log_prob(jnp.array([1, 2, 0], jnp.int32)) + value**2
         return total
 

@@ -29,7 +29,14 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import os
+
     from sima2.training.pipeline import train
+
+    if "SIMA2_COORDINATOR" in os.environ:  # one process per host: join them before any device is touched
+        from sima2.training.parallel import initialize_distributed
+
+        initialize_distributed()
 
     out = args.out or f"runs/{args.preset}"
     report = train(args.preset, out, resume=args.resume, overrides=args.overrides, vision=args.vision,
@@ -136,6 +143,7 @@ def _play(args: argparse.Namespace) -> int:
     key_world, key_run = jax.random.split(jax.random.key(args.seed))
     obs, state = find_world(env, params, args.instruction, key_world)
     agent = Agent.from_pretrained(folder / "final")
+    agent.check_instruction_fits(int((obs["instruction"] != 0).sum()), what=repr(args.instruction))
     episode = play_episode(agent, env, params, obs, state, key_run, max_steps, deterministic=not args.sample)
     episode = dataclasses.replace(episode, instruction=args.instruction)
     out = Path(args.out) if args.out else folder / "play.gif"

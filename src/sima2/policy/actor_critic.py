@@ -8,7 +8,8 @@ One joint token sequence goes through a small pre-norm transformer:
 step) projected to a token, so attention can read what the agent remembered; each segment has a learned
 type embedding, and padded language tokens are masked out of attention. The transformer's output at the
 decision token updates the GRU (memory over decision steps, for partial observability), and the actor
-(flat logits, factor after factor, for `FactorisedCategorical`) and critic read `[gru state, decision]`.
+(flat logits for `FactorisedCategorical`, each factor conditioned on the previous one by default) and the
+critic read `[gru state, decision]`.
 
 Input projections adapt to whatever hidden sizes the vision and language components have.
 """
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from sima2.layers import attention, get_activation, linear
+from sima2.policy.distributions import FactorisedCategorical, num_logits
 
 # Segment ids for the learned type embeddings.
 DECISION, MEMORY, PROPRIO, IMAGE, INSTRUCTION, SUBGOAL = range(6)
@@ -45,6 +47,9 @@ class ActorCriticConfig:
     memory_size: int = 128  # GRU hidden size
     head_hidden: int = 128
     activation: str = "gelu"
+    # Each action factor conditioned on the previous one's value (see `FactorisedCategorical`): the head
+    # then emits `num_logits(action_nvec, conditional=True)` logits instead of `sum(action_nvec)`.
+    conditional_actions: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -123,10 +128,22 @@ class ActorCritic(eqx.Module):
         head_in = c.memory_size + d
         self.actor_hidden = eqx.nn.Linear(head_in, c.head_hidden, key=next(keys))
         # Small final layers: a near-uniform initial policy and a near-zero initial value (standard for PPO).
-        self.actor_out = linear(c.head_hidden, sum(c.action_nvec), std=0.01, key=next(keys))
+        self.actor_out = linear(c.head_hidden, num_logits(c.action_nvec, c.conditional_actions), std=0.01, key=next(keys))
         self.critic_hidden = eqx.nn.Linear(head_in, c.head_hidden, key=next(keys))
         self.critic_out = linear(c.head_hidden, 1, std=0.01, key=next(keys))
         self.config = config
+
+    @property
+    def num_logits(self) -> int:
+        return num_logits(self.config.action_nvec, self.config.conditional_actions)
+
+    def distribution(
+        self, logits: Float[Array, " N"], mask: Bool[Array, " A"] | None = None
+    ) -> FactorisedCategorical:
+        """The action distribution of this head's flat `logits` (with an optional per-value action mask)."""
+        return FactorisedCategorical.from_logits(
+            logits, self.config.action_nvec, mask, conditional=self.config.conditional_actions
+        )
 
     def initial_carry(self) -> Float[Array, " M"]:
         return jnp.zeros((self.config.memory_size,), jnp.float32)
@@ -141,7 +158,7 @@ class ActorCritic(eqx.Module):
         subgoal_tokens: Float[Array, "Ls Dt"] | None = None,
         subgoal_valid: Bool[Array, " Ls"] | None = None,
     ) -> tuple[Float[Array, " N"], Float[Array, ""], Float[Array, " M"]]:
-        """Returns flat action logits (`sum(action_nvec)`), the value and the new memory state."""
+        """Returns flat action logits (`self.num_logits`; see `distribution`), the value and the new memory."""
         c = self.config
         if proprio.shape != (c.proprio_dim,):
             raise ValueError(f"expected proprio of shape ({c.proprio_dim},), got {proprio.shape}")

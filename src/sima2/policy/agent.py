@@ -68,7 +68,7 @@ from sima2.policy.distributions import FactorisedCategorical
 
 AGENT_CONFIG_NAME = "agent_config.json"
 AGENT_WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 2  # 2: `agent.text_bridge`
+FORMAT_VERSION = 3  # 2: `agent.text_bridge`; 3: `agent.instruction_length`, `policy.conditional_actions`
 
 # Defaults follow the built-in world: key x look yaw bins x duration bins, and its proprio vector.
 DEFAULT_ACTION_NVEC = tuple(ACTION_NVEC)
@@ -91,6 +91,14 @@ class AgentConfig:
     freeze_planner: bool = False
     # World word ids -> the planner's tokenizer ids; None when the planner reads world ids directly.
     text_bridge: TokenBridge | None = None
+    # Read only this many leading instruction ids (None: all). Instructions are left-aligned, so a bound
+    # such as the world's `env.max_instruction_words` drops nothing but padding, and the language model
+    # and the fusion run on a third of the tokens for short task languages.
+    instruction_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.instruction_length is not None and self.instruction_length < 1:
+            raise ValueError(f"instruction_length must be a positive number of ids, got {self.instruction_length}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,7 +106,8 @@ class AgentConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AgentConfig:
         raw = dict(raw)
-        raw["policy"] = ActorCriticConfig(**{**raw["policy"], "action_nvec": tuple(raw["policy"]["action_nvec"])})
+        policy = {"conditional_actions": False, **raw["policy"]}  # saved before conditional heads: independent
+        raw["policy"] = ActorCriticConfig(**{**policy, "action_nvec": tuple(policy["action_nvec"])})
         for name in ("image_mean", "image_std"):
             raw[name] = tuple(raw[name])
         if raw.get("text_bridge") is not None:
@@ -329,6 +338,7 @@ class Agent(eqx.Module):
         action_nvec: tuple[int, ...] = DEFAULT_ACTION_NVEC,
         proprio_dim: int = DEFAULT_PROPRIO_DIM,
         vocab_size: int = DEFAULT_VOCAB_SIZE,
+        instruction_length: int | None = None,
     ) -> Agent:
         """A preset agent: `tiny` (tests), `cpu-small` (CPU training at 64x64), `base` (GPU, ViT-B/16 + LM).
 
@@ -344,7 +354,8 @@ class Agent(eqx.Module):
           module.
 
         A name or path that cannot be loaded (offline and not cached, no tokenizer, wrong architecture)
-        raises a ValueError naming it.
+        raises a ValueError naming it. `instruction_length`: read only that many leading instruction ids
+        (e.g. the world's `env.max_instruction_words`); None reads them all.
         """
         if planner is not None and text_encoder is not None:
             raise ValueError("pass planner= (a causal LM) or text_encoder= (BERT), not both: the agent has one")
@@ -367,6 +378,8 @@ class Agent(eqx.Module):
         tokenizer = tokenizer if tokenizer is not None else language_source
         if tokenizer is not None:
             agent_fields = {**agent_fields, "text_bridge": token_bridge(tokenizer, planner)}
+        if instruction_length is not None:
+            agent_fields = {**agent_fields, "instruction_length": int(instruction_length)}
         return cls.from_components(
             vision,
             planner,
@@ -421,6 +434,16 @@ class Agent(eqx.Module):
                 f"{obs['instruction'].shape}"
             )
 
+    def check_instruction_fits(self, num_words: int, what: str = "the instruction") -> None:
+        """Host-side check that an instruction of `num_words` ids is read whole (`config.instruction_length`
+        bounds what the agent reads; a longer one would lose its tail without notice inside `jit`)."""
+        limit = self.config.instruction_length
+        if limit is not None and num_words > limit:
+            raise ValueError(
+                f"{what} has {num_words} words, but this agent reads only the first {limit} "
+                f"(its instruction_length, the longest instruction of the level it was built for)"
+            )
+
     def _embed_text(self, ids: Int[Array, " L"]) -> tuple[Float[Array, "N D"], Bool[Array, " N"]]:
         """World word ids (pad 0) -> the planner's token embeddings and their validity mask."""
         bridge = self.config.text_bridge
@@ -436,14 +459,14 @@ class Agent(eqx.Module):
     ) -> tuple[FactorisedCategorical, Float[Array, ""], Float[Array, " M"]]:
         self._check_obs(obs)
         image_tokens = self.encode_image(obs["image"])
-        text, text_valid = self._embed_text(obs["instruction"])
+        text, text_valid = self._embed_text(obs["instruction"][: self.config.instruction_length])
         subgoal = subgoal_valid = None
         if obs.get("subgoal") is not None:
             subgoal, subgoal_valid = self._embed_text(obs["subgoal"])
         logits, value, new_carry = self.policy(
             image_tokens, text, text_valid, obs["proprio"].astype(jnp.float32), carry, subgoal, subgoal_valid
         )
-        dist = FactorisedCategorical.from_logits(logits, self.action_nvec, obs.get("action_mask"))
+        dist = self.policy.distribution(logits, obs.get("action_mask"))
         return dist, value, new_carry
 
     # --- the agent protocol -----------------------------------------------------------------------------
@@ -484,9 +507,9 @@ class Agent(eqx.Module):
     def action_logits(
         self, obs: Mapping[str, Array], carry: Float[Array, " M"]
     ) -> tuple[list[Float[Array, " _"]], Float[Array, ""], Float[Array, " M"]]:
-        """Per-factor normalised log-probabilities (masked), the value and the new carry."""
+        """Per-factor (marginal) normalised log-probabilities (masked), the value and the new carry."""
         dist, value, new_carry = self._forward(obs, carry)
-        return dist.log_probs, value, new_carry
+        return dist.marginal_log_probs(), value, new_carry
 
     # --- training partitions ----------------------------------------------------------------------------
     def trainable_filter(
@@ -507,6 +530,14 @@ class Agent(eqx.Module):
         else:
             planner_filter = jax.tree.map(eqx.is_inexact_array, self.planner)
         return eqx.tree_at(lambda a: a.planner, trainable, planner_filter)
+
+    def critic_filter(self) -> PyTree[bool]:
+        """True for the arrays only the value estimate uses (the critic head), e.g. for a critic warm-up
+        that must not move the features the policy reads (`ppo.critic_warmup_updates`)."""
+        critic = jax.tree.map(lambda _: False, self)
+        head = (self.policy.critic_hidden, self.policy.critic_out)
+        return eqx.tree_at(lambda a: (a.policy.critic_hidden, a.policy.critic_out), critic,
+                           jax.tree.map(eqx.is_inexact_array, head))
 
     # --- persistence ------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
