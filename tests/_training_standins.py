@@ -116,6 +116,10 @@ class MLPAgent(eqx.Module):
         h = jnp.tanh(self.torso(_features(obs)))
         return self.policy(h), self.value(h)
 
+    def critic_filter(self):
+        critic = jax.tree.map(lambda _: False, self)
+        return eqx.tree_at(lambda m: m.value, critic, jax.tree.map(eqx.is_inexact_array, self.value))
+
     def act(self, key, obs, carry):
         logits, value = self._heads(obs)
         action, log_prob, entropy = _factored(logits, obs, key=key)

@@ -42,3 +42,32 @@ def test_unknown_preset_and_bad_override_are_named():
         pipeline_config("huge")
     with pytest.raises(ValueError, match="no_such_field"):
         pipeline_config("tiny", ["bc.no_such_field=3"])
+
+
+def test_pipeline_splits_over_several_devices(tmp_path):
+    """With two (simulated) devices the same command trains data-parallel and writes the same run folder;
+    sizes that do not divide over the devices are named before anything runs."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from sima2.training.pipeline import _check_divisible
+
+    with pytest.raises(ValueError, match=r"bc.bc.batch_size=3, ppo.ppo.num_envs=9 must divide by the 2 devices"):
+        _check_divisible(pipeline_config("tiny", ["bc.bc.batch_size=3", "ppo.ppo.num_envs=9"]), 2)
+    overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_steps=1", "bc.num_steps=2", "bc.bc.batch_size=2",
+                 "ppo.ppo.num_minibatches=1", "eval.num_envs=2", "eval.num_episodes=2", "eval.max_steps=16"]
+    code = (
+        "import jax, sys; from sima2.training.pipeline import train; assert jax.device_count() == 2; "
+        f"train('tiny', sys.argv[1], overrides={overrides!r}, report=False)"
+    )
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert set(report["success_rate"]) == {"train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases"}
+    Agent.from_pretrained(tmp_path / "final")

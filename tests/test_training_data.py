@@ -57,6 +57,22 @@ def test_recorded_demonstrations_round_trip_through_load_dataset(demos, tmp_path
         load_demonstrations(str(bad_folder))
 
 
+def test_noisy_demonstrations_record_the_expert_while_executing_slips():
+    """With noise, executed random actions knock the expert off its path (longer episodes), yet every row
+    records the expert's own action for the state shown (toward the instructed side, wherever it stands)."""
+    clean = record_demonstrations(LineWorld(), LineParams(), jax.random.key(1), num_envs=8, num_steps=40,
+                                  describe=_describe)
+    noisy = record_demonstrations(LineWorld(), LineParams(), jax.random.key(1), num_envs=8, num_steps=40,
+                                  describe=_describe, noise=0.6)
+    assert max(noisy["step_id"]) > max(clean["step_id"]) == 1
+    assert all(action[0] == ids[0] for action, ids in zip(noisy["action"], noisy["instruction_ids"], strict=True))
+    positions = {int(np.argmax(np.asarray(image)[0, :, 0])) for image in noisy["image"]}
+    assert len(positions) > len({int(np.argmax(np.asarray(image)[0, :, 0])) for image in clean["image"]})
+    with pytest.raises(ValueError, match="noise must be a probability"):
+        record_demonstrations(LineWorld(), LineParams(), jax.random.key(1), num_envs=2, num_steps=4,
+                              describe=_describe, noise=1.0)
+
+
 def test_bad_rows_are_reported_with_their_index(demos):
     rows = demos.select(range(6)).to_dict()
     rows["image"][1] = np.zeros((5, 4, 3), np.uint8)

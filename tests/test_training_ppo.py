@@ -95,6 +95,28 @@ def test_expert_distillation_pulls_the_policy_to_the_expert_and_decays():
     assert "expert_loss" not in run(0.0)[0]
 
 
+def test_critic_warmup_trains_only_the_value_function_first():
+    overrides = [*SMALL, "ppo.critic_warmup_updates=2", "optim.weight_decay=0.0"]
+    init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(),
+                          apply_overrides(TrainConfig(), overrides))
+    step = eqx.filter_jit(step)
+    state = init(jax.random.key(1))
+    before = state.model
+    for _ in range(2):
+        state, metrics = step(state, None)
+    # Only the critic's own head moved: neither the policy head nor the shared torso the policy reads.
+    np.testing.assert_array_equal(state.model.policy.weight, before.policy.weight)
+    np.testing.assert_array_equal(state.model.torso.layers[0].weight, before.torso.layers[0].weight)
+    assert not np.allclose(state.model.value.weight, before.value.weight)
+    state, _ = step(state, None)
+    assert not np.allclose(state.model.policy.weight, before.policy.weight)
+    assert not np.allclose(state.model.torso.layers[0].weight, before.torso.layers[0].weight)
+    gru_init, gru_step = make_ppo(GRUAgent(jax.random.key(0)), LineWorld(), LineParams(),
+                                  apply_overrides(TrainConfig(), overrides))
+    with pytest.raises(ValueError, match="critic_filter"):
+        gru_step(gru_init(jax.random.key(1)), None)
+
+
 @pytest.mark.parametrize("agent_type", [GRUAgent, _MemorylessAgent])
 def test_replay_reproduces_rollout_log_probs_and_values(agent_type):
     agent = agent_type(jax.random.key(0))

@@ -66,6 +66,10 @@ class PPOConfig:
     # of actions (as `sima2.policy.Agent` does).
     expert_coef: float = 0.0
     expert_decay_updates: int = 0
+    # Updates at the start that train only the critic's own parameters (the model's `critic_filter()`).
+    # A policy cloned from demonstrations comes with an untrained critic: its first advantages are noise,
+    # and its value loss flowing into the shared trunk would undo part of what behaviour cloning taught.
+    critic_warmup_updates: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

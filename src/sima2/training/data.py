@@ -61,8 +61,13 @@ def record_demonstrations(
     num_steps: int,
     describe: Describe | None = None,
     keep_incomplete: bool = False,
+    noise: float = 0.0,
 ) -> datasets.Dataset:
     """Run `env.expert_action` in `num_envs` worlds for `num_steps` steps and return the rows.
+
+    `noise`: the probability that a step executes a uniformly random action instead of the expert's; its
+    row still records the expert's action (noise injection, as in DART, Laskey et al. 2017). Demonstrations
+    then also show the expert recovering from the kind of slips a cloned policy makes.
 
     The instruction text and subgoal plan of each episode come from the env's `instruction_text(state)`
     and `plan_text(state)` (the built-in world has both), read once at the episode's first step; an env
@@ -71,6 +76,8 @@ def record_demonstrations(
     """
     if num_envs <= 0 or num_steps <= 0:
         raise ValueError(f"num_envs and num_steps must be positive, got {num_envs} and {num_steps}")
+    if not 0.0 <= noise < 1.0:
+        raise ValueError(f"noise must be a probability in [0, 1), got {noise}")
     from_env = describe is None
     if from_env and not (hasattr(env, "instruction_text") and hasattr(env, "plan_text")):
         raise ValueError(
@@ -85,9 +92,15 @@ def record_demonstrations(
 
         def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
             obs, state = carry
+            env_key, slip_key, random_key = jax.random.split(step_key, 3)
             action = jax.vmap(env.expert_action, in_axes=(0, None))(state, env_params)
+            executed = action
+            if noise > 0:
+                slip = jax.random.bernoulli(slip_key, noise, (num_envs, 1))
+                random_action = jax.random.randint(random_key, action.shape, 0, jnp.asarray(env.action_nvec))
+                executed = jnp.where(slip, random_action, action).astype(action.dtype)
             next_obs, next_state, _, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-                jax.random.split(step_key, num_envs), state, action, env_params
+                jax.random.split(env_key, num_envs), state, executed, env_params
             )
             return (next_obs, next_state), (obs, action, done, state if from_env else None)
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
 
 from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, config_to_dict
@@ -65,6 +66,7 @@ class PipelineConfig:
     seed: int = 0
     demo_envs: int = 64
     demo_steps: int = 128
+    demo_noise: float = 0.0  # chance of a random executed action while the expert's is recorded (DART)
     # Pretrained parts by HF name or local path (`--vision`, `--planner`, `--text-encoder`); None: random init.
     vision: str | None = None
     planner: str | None = None
@@ -103,16 +105,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         demo_envs=256,
         demo_steps=96,
         bc=dict(
-            num_steps=3000,
+            num_steps=3500,
             bc=dict(batch_size=16, sequence_length=8),
-            optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=100, decay_steps=3000),
+            optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=100, decay_steps=3500),
             checkpoint=dict(every=500, keep=2),
             monitor=dict(log_every=50),
         ),
         ppo=dict(
-            num_steps=60,
-            ppo=dict(num_envs=64, num_steps=32, num_epochs=4, num_minibatches=4),
-            optim=dict(lr=3e-4, final_lr=1e-4, warmup_steps=1, decay_steps=60),
+            num_steps=70,
+            # The cloned policy's critic starts untrained: fit it alone first, then fine-tune gently.
+            ppo=dict(num_envs=64, num_steps=32, num_epochs=4, num_minibatches=4, critic_warmup_updates=10),
+            optim=dict(lr=1e-4, final_lr=1e-4, warmup_steps=1, decay_steps=70),
             checkpoint=dict(every=10, keep=2),
             monitor=dict(log_every=1),
         ),
@@ -131,7 +134,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         ppo=dict(
             num_steps=200,
-            ppo=dict(num_envs=256, num_steps=64),
+            ppo=dict(num_envs=256, num_steps=64, critic_warmup_updates=10),
             optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=10, decay_steps=200),
             checkpoint=dict(every=20, keep=3),
         ),
@@ -175,6 +178,17 @@ def wrapped_world(env: Any, config: PipelineConfig) -> Any:
     return SafetyFilter(rollback, is_destructive=is_destructive)
 
 
+def _check_divisible(config: PipelineConfig, devices: int) -> None:
+    """Data parallelism splits BC batches and PPO worlds over the devices: name what does not divide."""
+    sizes = {"bc.bc.batch_size": config.bc.bc.batch_size}
+    if config.ppo.num_steps > 0:
+        sizes["ppo.ppo.num_envs"] = config.ppo.ppo.num_envs
+    bad = {name: size for name, size in sizes.items() if size % devices}
+    if bad:
+        listed = ", ".join(f"{name}={size}" for name, size in bad.items())
+        raise ValueError(f"{listed} must divide by the {devices} devices the run is split over (override them)")
+
+
 def _plan_supervision(agent: Any, dataset: Any, planner: str | None) -> tuple[Any, Any]:
     """(transform, plan_loss) teaching the planner the expert's plans, or (None, None) when its backbone
     cannot generate text (a text encoder) or the demonstrations carry no plans. A pretrained planner
@@ -213,14 +227,22 @@ def train(
     from sima2.policy import Agent
     from sima2.training.data import load_demonstrations, record_demonstrations, save_demonstrations
     from sima2.training.evaluate import evaluate_splits
+    from sima2.training.parallel import make_mesh, to_host
     from sima2.training.stages import train_bc, train_ppo
 
     config = pipeline_config(preset, overrides)
     pretrained = {"vision": vision, "planner": planner, "text_encoder": text_encoder}
     config = dataclasses.replace(config, **{k: v for k, v in pretrained.items() if v is not None})
+    # Data parallel over every device (of every process, after `initialize_distributed`): BC batches and
+    # PPO worlds are split over them, so batch_size and num_envs must divide by the device count.
+    mesh = make_mesh() if jax.device_count() > 1 else None
+    if mesh is not None:
+        _check_divisible(config, jax.device_count())
+    is_main = jax.process_index() == 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    if is_main:
+        (out / "pipeline.json").write_text(json.dumps(config_to_dict(config), indent=2))
     key = jax.random.key(config.seed)
     k_demo, k_agent, k_eval = jax.random.split(key, 3)
     timings: dict[str, float] = {}
@@ -233,6 +255,7 @@ def train(
         action_nvec=env.action_nvec,
         proprio_dim=env.proprio_size,
         vocab_size=env.vocab_size,
+        instruction_length=env.max_instruction_words,  # the level's longest instruction: no padding to embed
         vision=config.vision,
         planner=config.planner,
         text_encoder=config.text_encoder,
@@ -243,8 +266,14 @@ def train(
     if resume and (demos_dir / "data").exists():
         dataset = load_demonstrations(str(demos_dir))
     else:
-        dataset = record_demonstrations(env, params, k_demo, num_envs=config.demo_envs, num_steps=config.demo_steps)
-        save_demonstrations(dataset, demos_dir)
+        # Every process records the same demonstrations (same key) and trains on its own share of them.
+        dataset = record_demonstrations(
+            env, params, k_demo, num_envs=config.demo_envs, num_steps=config.demo_steps, noise=config.demo_noise
+        )
+        if is_main:
+            save_demonstrations(dataset, demos_dir)
+    if jax.process_count() > 1:
+        dataset = dataset.shard(jax.process_count(), jax.process_index(), contiguous=True)
     timings["demos"] = time.perf_counter() - start
 
     # 2. Behaviour cloning of perception + planner + policy together (the planner also learns the plans).
@@ -260,6 +289,7 @@ def train(
         plan_loss=plan_loss,
         transform=transform,
         resume=resume,
+        mesh=mesh,
     )
     agent = state.model
     timings["bc"] = time.perf_counter() - stage_start
@@ -268,10 +298,14 @@ def train(
     if config.ppo.num_steps > 0:
         stage_start = time.perf_counter()
         ppo_config = dataclasses.replace(config.ppo, stage="ppo", seed=config.seed, out=str(out / "ppo"))
-        state = train_ppo(ppo_config, agent, wrapped_world(env, config), params, resume=resume)
+        state = train_ppo(ppo_config, agent, wrapped_world(env, config), params, resume=resume, mesh=mesh)
         agent = state.model
         timings["ppo"] = time.perf_counter() - stage_start
-    agent.save_pretrained(out / "final")
+    if mesh is not None:  # evaluate on this process's default device, with the replicated weights
+        arrays, static = eqx.partition(agent, eqx.is_array)
+        agent = eqx.combine(jax.device_put(to_host(arrays)), static)
+    if is_main:
+        agent.save_pretrained(out / "final")
 
     # 4. Evaluation on the training level and every held-out split, in the plain world.
     stage_start = time.perf_counter()
@@ -282,6 +316,8 @@ def train(
     eval_report = evaluation_report(
         results, preset=config.preset, level=config.level, timings_s={k: round(v, 1) for k, v in timings.items()}
     )
+    if not is_main:
+        return eval_report
     (out / "eval.json").write_text(json.dumps(eval_report, indent=2, default=float))
 
     # 5. The report: learning curves, success per split and task, evaluation GIFs, summary.md.

@@ -177,12 +177,13 @@ def plot_success(eval_report: Mapping[str, Any], path: str | Path) -> Path:
         x = np.arange(len(groups)) + (i - (len(splits) - 1) / 2) * width
         bars = ax.bar(x, values, width, label=f"{split} ({int(result.get('episodes', 0))} ep.)")
         ax.bar_label(bars, labels=[_cell(v) for v in values], fontsize=7)
-    ax.set_xticks(np.arange(len(groups)), groups)
+    level = str(eval_report.get("level", "all")).removeprefix("sima2/").removesuffix("-v0")
+    ax.set_xticks(np.arange(len(groups)), [level if g == "all" else g for g in groups])
     ax.set_ylim(0.0, 1.1)
     ax.set_ylabel("success rate")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    figure.suptitle("success per split" + (" and task" if len(groups) > 1 else ""))
+    figure.suptitle("success per level and split" + (" and task" if len(groups) > 1 else ""))
     figure.savefig(path, dpi=80)
     return path
 
