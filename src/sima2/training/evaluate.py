@@ -99,14 +99,26 @@ def evaluate(
 
 
 def evaluate_splits(
-    agent: Any, env: Any, splits: dict[str, PyTree], key: PRNGKeyArray, config: EvalConfig | None = None
+    agent: Any,
+    env: Any,
+    splits: dict[str, PyTree],
+    key: PRNGKeyArray,
+    config: EvalConfig | None = None,
+    *,
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """`evaluate` on each named split (e.g. {"train": params, "heldout": heldout_params})."""
+    """`evaluate` on each named split (e.g. {"train": params, "heldout": heldout_params}); `progress` shows
+    a bar over the splits."""
+    from tqdm.auto import tqdm
+
     config = EvalConfig() if config is None else config
-    return {
-        name: evaluate(agent, env, params, jax.random.fold_in(key, i), config)
-        for i, (name, params) in enumerate(splits.items())
-    }
+    results = {}
+    with tqdm(total=len(splits), desc="eval", disable=not progress, dynamic_ncols=True) as bar:
+        for i, (name, params) in enumerate(splits.items()):
+            bar.set_postfix_str(name)
+            results[name] = evaluate(agent, env, params, jax.random.fold_in(key, i), config)
+            bar.update()
+    return results
 
 
 def decision_latency(agent: Any, obs: PyTree, key: PRNGKeyArray, repeats: int = 20) -> float:

@@ -43,8 +43,11 @@ def memory_stats() -> dict[str, float]:
 class MetricsLogger:
     """Writes metrics to `out/metrics.jsonl`, TensorBoard (`out/tb`) and a tqdm progress bar."""
 
-    def __init__(self, out_dir: str | os.PathLike, config: MonitorConfig, *, is_main: bool | None = None):
+    def __init__(
+        self, out_dir: str | os.PathLike, config: MonitorConfig, *, is_main: bool | None = None, desc: str = "train"
+    ):
         self.config = config
+        self.desc = desc  # the progress bar's label
         self.out_dir = Path(out_dir)
         self.is_main = jax.process_index() == 0 if is_main is None else is_main
         self._jsonl = None
@@ -64,7 +67,7 @@ class MetricsLogger:
         if self.is_main and self.config.progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True)
+            self._bar = tqdm(total=total, initial=step, desc=self.desc, dynamic_ncols=True)
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:

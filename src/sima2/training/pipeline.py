@@ -217,11 +217,13 @@ def train(
     planner: str | None = None,
     text_encoder: str | None = None,
     report: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the whole job and return the evaluation report (also written to `out/eval.json`).
 
     `vision`, `planner`, `text_encoder`: pretrained components by HF name or path (see `Agent.from_preset`);
-    they override the config's. `report`: also write plots, episode GIFs and `summary.md`.
+    they override the config's. `report`: also write plots, episode GIFs and `summary.md`. `progress`: a
+    line per stage and progress bars (the stages' own bars follow `<stage>.monitor.progress`).
     """
     import sima2.envs as envs
     from sima2.policy import Agent
@@ -239,6 +241,12 @@ def train(
     if mesh is not None:
         _check_divisible(config, jax.device_count())
     is_main = jax.process_index() == 0
+    show = progress and is_main
+
+    def announce(text: str) -> None:
+        if show:
+            print(text, flush=True)
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if is_main:
@@ -263,6 +271,8 @@ def train(
 
     # 1. Expert demonstrations with their instruction and plan text, saved as a Hugging Face dataset.
     demos_dir = out / "demos"
+    announce(f"[1/4] expert demonstrations: {config.demo_envs} worlds x {config.demo_steps} steps of {config.level} "
+             f"at {config.image_size}x{config.image_size} -> {demos_dir}")
     if resume and (demos_dir / "data").exists():
         dataset = load_demonstrations(str(demos_dir))
     else:
@@ -275,9 +285,12 @@ def train(
     if jax.process_count() > 1:
         dataset = dataset.shard(jax.process_count(), jax.process_index(), contiguous=True)
     timings["demos"] = time.perf_counter() - start
+    announce(f"      {len(dataset)} steps in {len(dataset.unique('episode_id'))} episodes ({timings['demos']:.0f} s)")
 
     # 2. Behaviour cloning of perception + planner + policy together (the planner also learns the plans).
     stage_start = time.perf_counter()
+    announce(f"[2/4] behaviour cloning of perception + planner + policy: {config.bc.num_steps} steps of "
+             f"{config.bc.bc.batch_size} x {config.bc.bc.sequence_length} steps -> {out / 'bc'}")
     transform, plan_loss = _plan_supervision(agent, dataset, config.planner)
     bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
     state = train_bc(
@@ -297,6 +310,9 @@ def train(
     # 3. PPO on vmapped worlds with the reward shaper, the rollback wrapper and the safety filter.
     if config.ppo.num_steps > 0:
         stage_start = time.perf_counter()
+        ppo = config.ppo.ppo
+        announce(f"[3/4] PPO in shaped, rollback and safety-filtered worlds: {config.ppo.num_steps} updates of "
+                 f"{ppo.num_envs} worlds x {ppo.num_steps} steps -> {out / 'ppo'}")
         ppo_config = dataclasses.replace(config.ppo, stage="ppo", seed=config.seed, out=str(out / "ppo"))
         state = train_ppo(ppo_config, agent, wrapped_world(env, config), params, resume=resume, mesh=mesh)
         agent = state.model
@@ -310,7 +326,8 @@ def train(
     # 4. Evaluation on the training level and every held-out split, in the plain world.
     stage_start = time.perf_counter()
     splits = {name: env.default_params(name) for name in envs.SPLITS}
-    results = evaluate_splits(agent, env, splits, k_eval, config.eval)
+    announce(f"[4/4] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(splits)}")
+    results = evaluate_splits(agent, env, splits, k_eval, config.eval, progress=show)
     timings["eval"] = time.perf_counter() - stage_start
     timings["total"] = time.perf_counter() - start
     eval_report = evaluation_report(

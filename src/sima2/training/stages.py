@@ -56,7 +56,7 @@ def run_stage(
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
-    logger = MetricsLogger(out, config.monitor)
+    logger = MetricsLogger(out, config.monitor, desc=config.stage)
     position = 0
     batches = None
     try:
