@@ -179,7 +179,10 @@ def _apply_rotary(x: Float[Array, "T H Dh"], cos: Float[Array, "T Dh"], sin: Flo
 
 
 def _dense(layer: eqx.nn.Linear, x: Float[Array, "T i"]) -> Float[Array, "T o"]:
-    y = x @ layer.weight.T
+    # Weight on the left, contracting its minor (row-major) dimension: with one token this is XLA:CPU's
+    # matrix-vector product on the weight as stored; `x @ W.T` made XLA copy every weight transposed on each
+    # decoding step.
+    y = (layer.weight @ x.T).T
     return y if layer.bias is None else y + layer.bias
 
 
@@ -364,7 +367,7 @@ class CausalLM(PretrainedModel):
     def logits(self, hidden: Float[Array, "T D"]) -> Float[Array, "T V"]:
         """Output-embedding projection (the tied input embeddings when there is no separate head)."""
         head = self.embed_tokens if self.lm_head is None else self.lm_head
-        return hidden @ head.T
+        return (head @ hidden.T).T  # weight on the left, as in `_dense`
 
     def hidden_states(
         self,

@@ -156,12 +156,7 @@ def generate(
         eos_ids = tuple(int(e) for e in eos_token_id)
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     attention_mask = jnp.asarray(attention_mask).astype(bool)
-    single = prompt_ids.shape[0] == 1 and jax.default_backend() == "cpu"
-    if single:
-        # XLA:CPU runs one-row matmuls (matrix-vector) on one thread; two rows take the multi-threaded GEMM
-        # path and finish sooner than one, so decode a duplicate row alongside and drop it.
-        prompt_ids, attention_mask = jnp.tile(prompt_ids, (2, 1)), jnp.tile(attention_mask, (2, 1))
-    out = _generate(
+    return _generate(
         lm,
         prompt_ids,
         attention_mask,
@@ -174,7 +169,6 @@ def generate(
         eos_ids,
         int(pad_token_id),
     )
-    return out[:1] if single else out
 
 
 __all__ = ["generate"]
