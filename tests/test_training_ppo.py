@@ -95,8 +95,9 @@ def test_expert_distillation_pulls_the_policy_to_the_expert_and_decays():
     assert "expert_loss" not in run(0.0)[0]
 
 
-def test_critic_warmup_trains_only_the_value_function_first():
-    overrides = [*SMALL, "ppo.critic_warmup_updates=2", "optim.weight_decay=0.0"]
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])  # AdamW's decay must not move frozen arrays either
+def test_critic_warmup_trains_only_the_value_function_first(weight_decay):
+    overrides = [*SMALL, "ppo.critic_warmup_updates=2", f"optim.weight_decay={weight_decay}"]
     init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(),
                           apply_overrides(TrainConfig(), overrides))
     step = eqx.filter_jit(step)

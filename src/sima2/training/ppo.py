@@ -192,11 +192,9 @@ def ppo_loss(
     returns: Float[Array, "T M"],
     config: PPOConfig,
     expert_coef: Float[Array, ""] | float = 0.0,
-    policy_weight: Float[Array, ""] | float = 1.0,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """Clipped surrogate + (optionally clipped) value loss - entropy bonus, on a minibatch of worlds, plus
-    `expert_coef` x the cross-entropy of the expert's actions when the trajectory has them. The policy's
-    terms are scaled by `policy_weight` (0 while only the critic warms up)."""
+    `expert_coef` x the cross-entropy of the expert's actions when the trajectory has them."""
     with_expert = trajectory.expert_action is not None
     if with_expert:  # score the taken and the expert's action in one pass
         both = jnp.stack([trajectory.action, trajectory.expert_action], axis=2)
@@ -219,7 +217,7 @@ def ppo_loss(
         value_error = jnp.maximum(value_error, jnp.square(clipped - returns))
     value_loss = 0.5 * value_error.mean()
     entropy_mean = entropy.mean()
-    loss = policy_weight * (policy_loss - config.ent_coef * entropy_mean) + config.vf_coef * value_loss
+    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy_mean
     approx_kl = ((ratio - 1.0) - jnp.log(ratio)).mean()
     clip_fraction = (jnp.abs(ratio - 1.0) > config.clip_eps).mean()
     terms = {
@@ -232,7 +230,7 @@ def ppo_loss(
     if with_expert:
         terms["expert_loss"] = -expert_log_prob.mean()
         terms["expert_coef"] = jnp.asarray(expert_coef, jnp.float32)
-        loss = loss + policy_weight * expert_coef * terms["expert_loss"]
+        loss = loss + expert_coef * terms["expert_loss"]
     return loss, terms
 
 
@@ -268,9 +266,7 @@ def ppo_update(
     expert_coef = jnp.float32(config.expert_coef)
     if config.expert_decay_updates > 0:
         expert_coef = expert_coef * jnp.clip(1.0 - state.step / config.expert_decay_updates, 0.0, 1.0)
-    warming_up = state.step < config.critic_warmup_updates
-    policy_weight = 1.0 - warming_up.astype(jnp.float32)
-    critic_only = None
+    freeze = None
     if config.critic_warmup_updates > 0:
         if not callable(getattr(state.model, "critic_filter", None)):
             raise ValueError(
@@ -278,6 +274,11 @@ def ppo_update(
                 f"(which arrays belong to the critic alone); {type(state.model).__name__} has none"
             )
         critic_only, _ = split_trainable(state.model.critic_filter(), spec)
+        warming_up = state.step < config.critic_warmup_updates
+
+        def freeze(tree: PyTree) -> PyTree:
+            """Zero everything but the critic's own arrays while the critic warms up."""
+            return jax.tree.map(lambda x, critic: jnp.where(warming_up & ~critic, 0.0, x), tree, critic_only)
 
     def minibatch_step(carry: tuple, units: Int[Array, " M"]) -> tuple[tuple, dict]:
         trainable, opt_state = carry
@@ -286,14 +287,16 @@ def ppo_update(
 
         def loss_fn(trainable: PyTree) -> tuple[Array, dict]:
             model = eqx.combine(trainable, rest)
-            return ppo_loss(
-                model, mb_trajectory, mb_carry, mb_advantages, mb_returns, config, expert_coef, policy_weight
-            )
+            return ppo_loss(model, mb_trajectory, mb_carry, mb_advantages, mb_returns, config, expert_coef)
 
         (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(trainable)
-        if critic_only is not None:  # warm-up: the value loss may not move the trunk the policy reads
-            grads = jax.tree.map(lambda g, critic: jnp.where(warming_up & ~critic, 0.0, g), grads, critic_only)
+        if freeze is not None:
+            # Warm-up: neither the value loss nor the optimiser (its moments, clipping norm and weight decay)
+            # may move the trunk and heads the policy reads.
+            grads = freeze(grads)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        if freeze is not None:
+            updates = freeze(updates)
         trainable = eqx.apply_updates(trainable, updates)
         return (trainable, opt_state), dict(terms, loss=loss, grad_norm=global_norm(grads))
 
