@@ -134,7 +134,7 @@ def test_bad_inputs_raise_clear_errors():
         )
 
 
-def _actor_critic():
+def _actor_critic(**sizes):
     key = jax.random.key(0)
     config = ActorCriticConfig(
         image_dim=24,
@@ -145,6 +145,7 @@ def _actor_critic():
         num_heads=2,
         memory_size=16,
         head_hidden=16,
+        **sizes,
     )
     return ActorCritic(config, key=key)
 
@@ -188,3 +189,36 @@ def test_actor_critic_gradients_reach_every_parameter():
     grads = eqx.filter_grad(loss)(model)
     for leaf in jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array)):
         assert jnp.any(leaf != 0)
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_decision_equals_running_every_block_on_every_token(num_layers):
+    """The last block computes the decision token's row alone; that must equal the full computation."""
+    from sima2.policy.actor_critic import DECISION, IMAGE, INSTRUCTION, MEMORY, PROPRIO
+
+    model = _actor_critic(num_layers=num_layers)
+    k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+    image, text = jax.random.normal(k1, (9, 24)), jax.random.normal(k2, (6, 16))
+    valid = jnp.array([True, True, True, True, False, False])
+    proprio, carry = jnp.linspace(-1, 1, 5), jax.random.normal(k3, (16,))
+    logits, value, new_carry = model(image, text, valid, proprio, carry)
+
+    seg = model.segment_embeddings
+    x = jnp.concatenate([
+        (model.decision_token + seg[DECISION])[None],
+        (model.memory_proj(carry) + seg[MEMORY])[None],
+        (model.proprio_proj(proprio) + seg[PROPRIO])[None],
+        jax.vmap(model.image_proj)(image) + seg[IMAGE],
+        jax.vmap(model.text_proj)(text) + seg[INSTRUCTION],
+    ])
+    mask = jnp.concatenate([jnp.ones(12, bool), valid])
+    for block in model.blocks:
+        x = block(x, mask)
+    assert x.shape == (18, 32)
+    np.testing.assert_allclose(model.blocks[-1](x, mask, num_queries=2), model.blocks[-1](x, mask)[:2], atol=1e-5)
+    decision = model.final_norm(x[0])
+    expected_carry = model.memory(decision, carry)
+    features = jnp.concatenate([expected_carry, decision])
+    np.testing.assert_allclose(new_carry, expected_carry, atol=1e-5)
+    np.testing.assert_allclose(logits, model.actor_out(jnp.tanh(model.actor_hidden(features))), atol=1e-5)
+    np.testing.assert_allclose(value, model.critic_out(jnp.tanh(model.critic_hidden(features)))[0], atol=1e-5)

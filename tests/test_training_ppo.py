@@ -133,6 +133,28 @@ def test_replay_reproduces_rollout_log_probs_and_values(agent_type):
     np.testing.assert_allclose(value, trajectory.value, rtol=1e-5, atol=1e-5)
 
 
+def test_replay_of_the_agent_in_the_built_in_world_reproduces_its_rollout():
+    """The agent's replay encodes all observations first and runs only its memory over time
+    (`observation_features` / `evaluate_features`): it must score exactly what acting scored."""
+    import sima2.envs as envs
+    from sima2.policy import Agent
+
+    env, params = envs.make("sima2/GoTo-v0")
+    agent = Agent.from_preset(
+        "tiny", key=jax.random.key(0), instruction_length=env.max_instruction_words
+    )
+    collect = eqx.filter_jit(collect_rollout)
+    rollout = eqx.filter_jit(init_rollout)(agent, env, params, jax.random.key(1), 3)
+    rollout, _, _, _ = collect(agent, env, params, rollout, jax.random.key(2), 8)
+    _, trajectory, start_carry, _ = collect(agent, env, params, rollout, jax.random.key(3), 8)
+    assert float(jnp.abs(start_carry).max()) > 0  # the replay starts mid-episode, from a remembered state
+    log_prob, _, value = eqx.filter_jit(evaluate_sequences)(
+        agent, trajectory.obs, trajectory.action, trajectory.first, start_carry
+    )
+    np.testing.assert_allclose(log_prob, trajectory.log_prob, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(value, trajectory.value, rtol=1e-4, atol=1e-4)
+
+
 def test_vmapped_seeds_match_separate_runs():
     config = apply_overrides(TrainConfig(), [*SMALL, "ppo.num_envs=4", "ppo.num_steps=4"])
     init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), config)

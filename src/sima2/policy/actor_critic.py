@@ -82,12 +82,17 @@ class FusionBlock(eqx.Module):
         self.num_heads = num_heads
         self.activation = activation
 
-    def __call__(self, x: Float[Array, "T D"], valid: Bool[Array, " T"]) -> Float[Array, "T D"]:
+    def __call__(
+        self, x: Float[Array, "T D"], valid: Bool[Array, " T"], *, num_queries: int | None = None
+    ) -> Float[Array, "Q D"]:
+        """The block's output for the first `num_queries` tokens (all by default); every token is still read
+        as a key and value. A last block whose caller reads one token computes only that token's row."""
+        rows = x.shape[0] if num_queries is None else num_queries
         qkv = jax.vmap(self.qkv)(jax.vmap(self.norm1)(x))
         q, k, v = einops.rearrange(qkv, "t (three h d) -> three t h d", three=3, h=self.num_heads)
-        mask = jnp.broadcast_to(valid[None, :], (x.shape[0], x.shape[0]))
-        att = einops.rearrange(attention(q, k, v, mask=mask), "t h d -> t (h d)")
-        x = x + jax.vmap(self.out)(att)
+        mask = jnp.broadcast_to(valid[None, :], (rows, x.shape[0]))
+        att = einops.rearrange(attention(q[:rows], k, v, mask=mask), "t h d -> t (h d)")
+        x = x[:rows] + jax.vmap(self.out)(att)
         h = get_activation(self.activation)(jax.vmap(self.fc1)(jax.vmap(self.norm2)(x)))
         return x + jax.vmap(self.fc2)(h)
 
@@ -175,8 +180,11 @@ class ActorCritic(eqx.Module):
             pieces.append((jax.vmap(self.text_proj)(subgoal_tokens) + seg[SUBGOAL], valid))
         x = jnp.concatenate([p[0] for p in pieces])
         valid = jnp.concatenate([p[1] for p in pieces])
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, valid)
+        # Only the decision token's output is read: the last block computes that row alone.
+        if self.blocks:
+            x = self.blocks[-1](x, valid, num_queries=1)
         decision = self.final_norm(x[0])
         new_carry = self.memory(decision, carry)
         features = jnp.concatenate([new_carry, decision])

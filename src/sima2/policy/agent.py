@@ -454,20 +454,44 @@ class Agent(eqx.Module):
         tokens, _ = self.planner.embed(ids, valid.astype(jnp.int32))
         return tokens, valid
 
+    def observation_features(self, obs: Mapping[str, Any]) -> dict[str, Array]:
+        """The part of a step that does not depend on the memory: image tokens, the instruction's (and
+        subgoal's) token embeddings, proprio and the action mask. Replaying memory over a sequence
+        (`sima2.training.recurrent.evaluate_sequences`) computes these for all steps in one batch and runs only
+        `evaluate_features` step by step."""
+        self._check_obs(obs)
+        text, text_valid = self._embed_text(obs["instruction"][: self.config.instruction_length])
+        features = {
+            "image": self.encode_image(obs["image"]),
+            "text": text,
+            "text_valid": text_valid,
+            "proprio": obs["proprio"].astype(jnp.float32),
+        }
+        if obs.get("subgoal") is not None:
+            features["subgoal"], features["subgoal_valid"] = self._embed_text(obs["subgoal"])
+        if obs.get("action_mask") is not None:
+            features["action_mask"] = obs["action_mask"]
+        return features
+
+    def _decide(
+        self, features: Mapping[str, Array], carry: Float[Array, " M"]
+    ) -> tuple[FactorisedCategorical, Float[Array, ""], Float[Array, " M"]]:
+        logits, value, new_carry = self.policy(
+            features["image"],
+            features["text"],
+            features["text_valid"],
+            features["proprio"],
+            carry,
+            features.get("subgoal"),
+            features.get("subgoal_valid"),
+        )
+        dist = self.policy.distribution(logits, features.get("action_mask"))
+        return dist, value, new_carry
+
     def _forward(
         self, obs: Mapping[str, Any], carry: Float[Array, " M"]
     ) -> tuple[FactorisedCategorical, Float[Array, ""], Float[Array, " M"]]:
-        self._check_obs(obs)
-        image_tokens = self.encode_image(obs["image"])
-        text, text_valid = self._embed_text(obs["instruction"][: self.config.instruction_length])
-        subgoal = subgoal_valid = None
-        if obs.get("subgoal") is not None:
-            subgoal, subgoal_valid = self._embed_text(obs["subgoal"])
-        logits, value, new_carry = self.policy(
-            image_tokens, text, text_valid, obs["proprio"].astype(jnp.float32), carry, subgoal, subgoal_valid
-        )
-        dist = self.policy.distribution(logits, obs.get("action_mask"))
-        return dist, value, new_carry
+        return self._decide(self.observation_features(obs), carry)
 
     # --- the agent protocol -----------------------------------------------------------------------------
     def initial_carry(self) -> Float[Array, " M"]:
@@ -502,6 +526,13 @@ class Agent(eqx.Module):
 
         `action` may be a stack of candidate actions `(K, F)`: all are scored in one forward pass."""
         dist, value, new_carry = self._forward(obs, carry)
+        return dist.log_prob(action), dist.entropy(), value, new_carry
+
+    def evaluate_features(
+        self, features: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, "*K F"]
+    ) -> tuple[Float[Array, "*K"], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
+        """`evaluate` on `observation_features(obs)` computed beforehand."""
+        dist, value, new_carry = self._decide(features, carry)
         return dist.log_prob(action), dist.entropy(), value, new_carry
 
     def action_logits(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import statistics
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -215,14 +216,17 @@ def check_dataset(
     return dataset.select(sorted(set(range(len(dataset))) - set(bad)))
 
 
-def rows_to_batch(rows: dict[str, list], instruction_length: int) -> dict[str, Any]:
-    """Stack a dict of dataset columns into the training batch layout (NumPy)."""
+def rows_to_batch(
+    rows: dict[str, list], instruction_length: int, images: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Stack a dict of dataset columns into the training batch layout (NumPy); `images`, if given, are the
+    rows' images already decoded (then `rows` need not carry them)."""
     ids = np.zeros((len(rows["action"]), instruction_length), np.int32)
     for i, seq in enumerate(rows["instruction_ids"]):
         seq = list(seq)[:instruction_length]
         ids[i, : len(seq)] = seq
     obs = {
-        "image": np.stack([np.asarray(image, np.uint8) for image in rows["image"]]),
+        "image": images if images is not None else np.stack([np.asarray(image, np.uint8) for image in rows["image"]]),
         "instruction": ids,
         "proprio": np.asarray(rows["proprio"], np.float32),
     }
@@ -268,6 +272,10 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
     episode start (windows may run on into the following episodes): every array gets leading axes
     `(batch_size, T)` and the batch gains `first` (True where a step starts an episode), so the learner can
     thread a recurrent memory through each window and reset it where episodes begin.
+
+    Images are decoded once into memory (on first use, in the prefetch thread) when they fit in
+    `image_cache_bytes` (decoding PNGs row by row would otherwise cost more host time per batch than a
+    small model's training step); larger datasets are decoded batch by batch.
     """
 
     def __init__(
@@ -283,6 +291,7 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
         instruction_length: int | None = None,
         transform: Callable[[dict[str, list], dict[str, Any]], dict[str, Any]] | None = None,
         sequence_length: int = 1,
+        image_cache_bytes: int = 2**30,
     ):
         if sequence_length < 1:
             raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
@@ -308,6 +317,9 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
             instruction_length = max(1, max(len(ids) for ids in dataset["instruction_ids"]))
         self.instruction_length = instruction_length
         self._prefetch = prefetch
+        self.image_cache_bytes = image_cache_bytes
+        self._images: np.ndarray | None = None
+        self._columns: datasets.Dataset | None = None
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -325,10 +337,34 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
             return starts
         return starts[:, None] + np.arange(self.sequence_length)[None, :]
 
+    def _cache_images(self) -> bool:
+        """Decode every image into one array if they fit in `image_cache_bytes` (once); True if cached."""
+        if self._images is not None:
+            return True
+        if self._columns is not None or "image" not in self.dataset.column_names:
+            return False
+        first = np.asarray(self.dataset[0]["image"], np.uint8)
+        if first.nbytes * len(self.dataset) > self.image_cache_bytes:
+            self._columns = self.dataset  # too large: decode per batch
+            return False
+        images = np.empty((len(self.dataset), *first.shape), np.uint8)
+        chunk = 1024
+        for start in range(0, len(self.dataset), chunk):
+            decoded = self.dataset[start : start + chunk]["image"]
+            images[start : start + len(decoded)] = np.stack([np.asarray(image, np.uint8) for image in decoded])
+        self._columns = self.dataset.remove_columns("image")
+        self._images = images
+        return True
+
     def load(self, position: int) -> dict[str, Any]:
         indices = self.indices(position)
-        rows = self.dataset[indices.reshape(-1).tolist()]
-        batch = rows_to_batch(rows, self.instruction_length)
+        flat = indices.reshape(-1)
+        if self._cache_images():
+            rows = self._columns[flat.tolist()]
+            batch = rows_to_batch(rows, self.instruction_length, images=self._images[flat])
+        else:
+            rows = self.dataset[flat.tolist()]
+            batch = rows_to_batch(rows, self.instruction_length)
         if self.transform is not None:
             batch = self.transform(rows, batch)
         if self.sequence_length > 1:
@@ -371,6 +407,23 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
             self._thread.join(timeout=5)
 
 
+# Standard-normal quantiles of 256 equal-probability bins (rescaled to unit variance): one random byte per
+# value gives Gaussian noise at 256 levels, clipped at +-2.9 sigma, plenty for pixel noise.
+_NORMAL_LEVELS = np.asarray([statistics.NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)], np.float32)
+_NORMAL_LEVELS /= _NORMAL_LEVELS.std()
+
+
+def _pixel_noise(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
+    """Standard-normal noise of `shape` (..., C <= 4) from one random 32-bit word per pixel, a byte per
+    channel: a third of the random bits of `jax.random.normal`, whose draws cost more than the rest of an
+    augmented training step's image work on CPU."""
+    if shape[-1] > 4:
+        return jax.random.normal(key, shape)
+    bits = jax.random.bits(key, shape[:-1], jnp.uint32)
+    levels = jnp.stack([(bits >> (8 * c)) & 0xFF for c in range(shape[-1])], axis=-1)
+    return jnp.asarray(_NORMAL_LEVELS)[levels]
+
+
 def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, noise_std: float) -> jax.Array:
     """Random crop (edge-pad by `crop_padding`, crop back) and pixel noise, per image; stays uint8."""
     batch, height, width, _ = images.shape
@@ -385,5 +438,5 @@ def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, n
 
         out = jax.vmap(crop)(padded, offsets)
     if noise_std > 0:
-        out = out + noise_std * 255.0 * jax.random.normal(noise_key, out.shape)
+        out = out + noise_std * 255.0 * _pixel_noise(noise_key, out.shape)
     return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
