@@ -226,6 +226,23 @@ def test_evaluate_reports_success_efficiency_and_levels():
     assert {"success_rate/level_0", "success_rate/level_1"} <= set(expert)
 
 
+def test_greedy_evaluation_takes_the_most_likely_action_and_needs_an_agent_that_offers_it():
+    calls = []
+
+    class GreedyCapable(MLPAgent):
+        def act(self, key, obs, carry, *, deterministic=False):
+            calls.append(deterministic)  # traced once per program: records which mode was compiled
+            return super().act(key, obs, carry)
+
+    agent = GreedyCapable(jax.random.key(0))
+    evaluate(agent, LineWorld(), LineParams(), jax.random.key(1), EvalConfig(8, 8, 20, deterministic=True))
+    evaluate(agent, LineWorld(), LineParams(), jax.random.key(1), EvalConfig(8, 8, 20))
+    assert calls == [True, False]
+    with pytest.raises(ValueError, match="deterministic"):
+        evaluate(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), jax.random.key(1),
+                 EvalConfig(8, 8, 20, deterministic=True))
+
+
 def test_evaluate_splits_share_one_compiled_program():
     traces = []
 

@@ -123,6 +123,9 @@ class EvalConfig:
     num_envs: int = 32
     num_episodes: int = 64
     max_steps: int = 500
+    # True: the agent's most likely action at each step (Stable-Baselines3's `evaluate_policy` default), for
+    # agents whose `act` takes `deterministic=`; False samples actions as in training rollouts.
+    deterministic: bool = False
     optimal_path_key: str = "optimal_path_length"
     actual_path_key: str = "path_length"
     level_key: str = "level"

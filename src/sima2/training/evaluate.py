@@ -7,6 +7,7 @@ named in `EvalConfig` when the env reports them. Levels are grouped by `info[lev
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -39,7 +40,9 @@ def _rollout(
         obs, state, agent_carry, first, ep_return = carry
         act_key, env_key = jax.random.split(step_key)
         agent_carry = reset_where(first, initial, agent_carry)
-        action, agent_carry, _ = jax.vmap(agent.act)(jax.random.split(act_key, num_envs), obs, agent_carry)
+        greedy = {"deterministic": True} if config.deterministic else {}
+        act = lambda k, o, c: agent.act(k, o, c, **greedy)  # noqa: E731
+        action, agent_carry, _ = jax.vmap(act)(jax.random.split(act_key, num_envs), obs, agent_carry)
         obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(env_key, num_envs), state, action, env_params
         )
@@ -57,10 +60,16 @@ def evaluate(
     agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, config: EvalConfig | None = None
 ) -> dict[str, float]:
     """Run `config.num_envs` worlds for `config.max_steps` steps and score the episodes that finished,
-    up to `config.num_episodes` of them (the earliest per world first). `eval_seconds` and `episodes_per_s`
-    time the rollout alone, after compilation."""
+    up to `config.num_episodes` of them (the earliest per world first). The agent acts greedily unless
+    `config.deterministic` is False. `eval_seconds` and `episodes_per_s` time the rollout alone, after
+    compilation."""
 
     config = EvalConfig() if config is None else config
+    if config.deterministic and "deterministic" not in inspect.signature(agent.act).parameters:
+        raise ValueError(
+            f"eval.deterministic=True needs an agent whose act() takes deterministic=; "
+            f"{type(agent).__name__}.act does not (set eval.deterministic=False to sample its actions)"
+        )
     args = (agent, env, env_params, key, config)
     compiled = _rollout.lower(*args).compile()  # cached: compiles once per agent / env structure
     start = time.perf_counter()

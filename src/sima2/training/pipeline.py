@@ -98,7 +98,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             checkpoint=dict(every=1, keep=2),
             monitor=dict(log_every=1),
         ),
-        eval=dict(num_envs=8, num_episodes=8, max_steps=64),
+        eval=dict(num_envs=8, num_episodes=8, max_steps=64, deterministic=True),
     ),
     # The default: learns the built-in world's training level on a 2-core CPU in under 20 minutes.
     "cpu-small": dict(
@@ -112,14 +112,16 @@ PRESETS: dict[str, dict[str, Any]] = {
             monitor=dict(log_every=50),
         ),
         ppo=dict(
-            num_steps=70,
+            num_steps=110,
             # The cloned policy's critic starts untrained: fit it alone first, then fine-tune gently.
             ppo=dict(num_envs=64, num_steps=32, num_epochs=4, num_minibatches=4, critic_warmup_updates=10),
-            optim=dict(lr=1e-4, final_lr=1e-4, warmup_steps=1, decay_steps=70),
+            optim=dict(lr=1e-4, final_lr=1e-4, warmup_steps=1, decay_steps=110),
             checkpoint=dict(every=10, keep=2),
             monitor=dict(log_every=1),
         ),
-        eval=dict(num_envs=128, num_episodes=256, max_steps=96),
+        # The agent as deployed (greedy actions), 1024 episodes per split: the success rate's standard error
+        # is then about 0.01 (0.02 with 256 episodes).
+        eval=dict(num_envs=256, num_episodes=1024, max_steps=96, deterministic=True),
     ),
     # GPU scale: ViT-B/16 at 224 pixels, a SmolLM2-135M-shaped planner with LoRA.
     "base": dict(
@@ -138,7 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=10, decay_steps=200),
             checkpoint=dict(every=20, keep=3),
         ),
-        eval=dict(num_envs=128, num_episodes=512, max_steps=256),
+        eval=dict(num_envs=128, num_episodes=512, max_steps=256, deterministic=True),
     ),
 }
 
