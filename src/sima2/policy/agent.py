@@ -525,8 +525,7 @@ class Agent(eqx.Module):
         """`(log_prob(action), entropy, value, new_carry)` for one observation (PPO / behaviour cloning).
 
         `action` may be a stack of candidate actions `(K, F)`: all are scored in one forward pass."""
-        dist, value, new_carry = self._forward(obs, carry)
-        return dist.log_prob(action), dist.entropy(), value, new_carry
+        return self.evaluate_features(self.observation_features(obs), carry, action)
 
     def evaluate_features(
         self, features: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, "*K F"]

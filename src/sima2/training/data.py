@@ -216,6 +216,11 @@ def check_dataset(
     return dataset.select(sorted(set(range(len(dataset))) - set(bad)))
 
 
+def _stack_images(images: Sequence[Any]) -> np.ndarray:
+    """Decoded dataset images (PIL or arrays) -> one uint8 array."""
+    return np.stack([np.asarray(image, np.uint8) for image in images])
+
+
 def rows_to_batch(
     rows: dict[str, list], instruction_length: int, images: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -226,7 +231,7 @@ def rows_to_batch(
         seq = list(seq)[:instruction_length]
         ids[i, : len(seq)] = seq
     obs = {
-        "image": images if images is not None else np.stack([np.asarray(image, np.uint8) for image in rows["image"]]),
+        "image": images if images is not None else _stack_images(rows["image"]),
         "instruction": ids,
         "proprio": np.asarray(rows["proprio"], np.float32),
     }
@@ -317,9 +322,12 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
             instruction_length = max(1, max(len(ids) for ids in dataset["instruction_ids"]))
         self.instruction_length = instruction_length
         self._prefetch = prefetch
-        self.image_cache_bytes = image_cache_bytes
+        # Decide now whether every image fits in memory; decode them lazily (in the prefetch thread).
+        self._cache_images = "image" in dataset.column_names and (
+            np.asarray(dataset[0]["image"], np.uint8).nbytes * len(dataset) <= image_cache_bytes
+        )
         self._images: np.ndarray | None = None
-        self._columns: datasets.Dataset | None = None
+        self._rows = dataset.remove_columns("image") if self._cache_images else dataset  # what is read per batch
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -337,34 +345,19 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
             return starts
         return starts[:, None] + np.arange(self.sequence_length)[None, :]
 
-    def _cache_images(self) -> bool:
-        """Decode every image into one array if they fit in `image_cache_bytes` (once); True if cached."""
-        if self._images is not None:
-            return True
-        if self._columns is not None or "image" not in self.dataset.column_names:
-            return False
-        first = np.asarray(self.dataset[0]["image"], np.uint8)
-        if first.nbytes * len(self.dataset) > self.image_cache_bytes:
-            self._columns = self.dataset  # too large: decode per batch
-            return False
-        images = np.empty((len(self.dataset), *first.shape), np.uint8)
-        chunk = 1024
-        for start in range(0, len(self.dataset), chunk):
-            decoded = self.dataset[start : start + chunk]["image"]
-            images[start : start + len(decoded)] = np.stack([np.asarray(image, np.uint8) for image in decoded])
-        self._columns = self.dataset.remove_columns("image")
-        self._images = images
-        return True
+    def _decoded_images(self) -> np.ndarray:
+        """Every image of the dataset, decoded once."""
+        if self._images is None:
+            chunks = range(0, len(self.dataset), 1024)
+            self._images = np.concatenate([_stack_images(self.dataset[i : i + 1024]["image"]) for i in chunks])
+        return self._images
 
     def load(self, position: int) -> dict[str, Any]:
         indices = self.indices(position)
         flat = indices.reshape(-1)
-        if self._cache_images():
-            rows = self._columns[flat.tolist()]
-            batch = rows_to_batch(rows, self.instruction_length, images=self._images[flat])
-        else:
-            rows = self.dataset[flat.tolist()]
-            batch = rows_to_batch(rows, self.instruction_length)
+        rows = self._rows[flat.tolist()]
+        images = self._decoded_images()[flat] if self._cache_images else None
+        batch = rows_to_batch(rows, self.instruction_length, images=images)
         if self.transform is not None:
             batch = self.transform(rows, batch)
         if self.sequence_length > 1:
@@ -419,9 +412,8 @@ def _pixel_noise(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
     augmented training step's image work on CPU."""
     if shape[-1] > 4:
         return jax.random.normal(key, shape)
-    bits = jax.random.bits(key, shape[:-1], jnp.uint32)
-    levels = jnp.stack([(bits >> (8 * c)) & 0xFF for c in range(shape[-1])], axis=-1)
-    return jnp.asarray(_NORMAL_LEVELS)[levels]
+    levels = jax.lax.bitcast_convert_type(jax.random.bits(key, shape[:-1], jnp.uint32), jnp.uint8)  # (..., 4)
+    return jnp.asarray(_NORMAL_LEVELS)[levels[..., : shape[-1]]]
 
 
 def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, noise_std: float) -> jax.Array:

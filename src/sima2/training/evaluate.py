@@ -36,12 +36,13 @@ def _rollout(
     initial = initial_carries(agent, num_envs)
     info_keys = ("success", config.optimal_path_key, config.actual_path_key, config.level_key, "episode_length")
 
+    greedy = {"deterministic": True} if config.deterministic else {}
+    act = lambda k, o, c: agent.act(k, o, c, **greedy)  # noqa: E731
+
     def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
         obs, state, agent_carry, first, ep_return = carry
         act_key, env_key = jax.random.split(step_key)
         agent_carry = reset_where(first, initial, agent_carry)
-        greedy = {"deterministic": True} if config.deterministic else {}
-        act = lambda k, o, c: agent.act(k, o, c, **greedy)  # noqa: E731
         action, agent_carry, _ = jax.vmap(act)(jax.random.split(act_key, num_envs), obs, agent_carry)
         obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(env_key, num_envs), state, action, env_params

@@ -35,6 +35,14 @@ def is_memoryless(agent: Any) -> bool:
     return all(jnp.size(leaf) == 0 for leaf in jax.tree.leaves(agent.initial_carry()))
 
 
+def _over_time_and_worlds(fn: Any, *trees: PyTree) -> PyTree:
+    """`fn` on every (time, world) pair of time-major `trees` as one flat vmapped batch; outputs keep the
+    leading `(T, E)` axes."""
+    time_worlds = jax.tree.leaves(trees[0])[0].shape[:2]
+    flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), trees)
+    return jax.tree.map(lambda x: x.reshape(*time_worlds, *x.shape[1:]), jax.vmap(fn)(*flat))
+
+
 def evaluate_sequences(
     model: Any,
     obs: PyTree,
@@ -57,10 +65,7 @@ def evaluate_sequences(
             log_prob, entropy, value, _ = model.evaluate(o, initial, a)
             return log_prob, entropy, value
 
-        time_worlds = first.shape
-        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), (obs, action))
-        outs = jax.vmap(one_step)(*flat)
-        return jax.tree.map(lambda x: x.reshape(*time_worlds, *x.shape[1:]), outs)
+        return _over_time_and_worlds(one_step, obs, action)
 
     # Perception does not depend on the memory: when the model separates the two
     # (`observation_features` / `evaluate_features`), encode every (time, world) step in one flat batch and
@@ -69,9 +74,7 @@ def evaluate_sequences(
     evaluate = model.evaluate
     features_fn = getattr(model, "observation_features", None)
     if callable(features_fn) and callable(getattr(model, "evaluate_features", None)):
-        time_worlds = first.shape
-        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), obs)
-        obs = jax.tree.map(lambda x: x.reshape(*time_worlds, *x.shape[1:]), jax.vmap(features_fn)(flat))
+        obs = _over_time_and_worlds(features_fn, obs)
         evaluate = model.evaluate_features
 
     def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, Array, Array]:
