@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import gymnasium
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 
 import sima2.envs as envs
 from sima2.envs import vocabulary as voc
-from sima2.envs.world import AGENT_RADIUS, HELDOUT_PAIR_MASK
+from sima2.envs.env import reset_where_done
+from sima2.envs.render import FIELD_OF_VIEW, _cast_rays
+from sima2.envs.world import AGENT_RADIUS, HELDOUT_PAIR_MASK, door_state_grid, generate, heading_vectors
 
 SIZE = 16  # tiny images keep the tests fast
 
@@ -286,3 +289,58 @@ def test_topdown_render_and_gif(tmp_path, goto):
     assert path.exists() and path.stat().st_size > 0
     with pytest.raises(ValueError, match="unsupported video format"):
         envs.write_episode(frames, tmp_path / "episode.avi")
+
+
+@pytest.mark.parametrize(("num_done", "split_batched"), [(0, False), (5, True), (40, False)])
+def test_batched_auto_reset_regenerates_exactly_the_done_worlds(goto, num_done, split_batched):
+    env, params = goto
+    n = 40  # the batched reset works in chunks of ceil(n / 16) = 3 worlds: many done worlds take several
+    _, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(jax.random.split(jax.random.key(0), n), params)
+    keys = jax.random.split(jax.random.key(1), n)
+    done = jnp.zeros((n,), bool).at[jax.random.permutation(jax.random.key(2), n)[:num_done]].set(True)
+    split = jnp.broadcast_to(params.split, (n,)) if split_batched else params.split
+    in_axes = (None, 0, 0, 0 if split_batched else None, 0)
+    out = jax.jit(jax.vmap(reset_where_done, in_axes=in_axes), static_argnums=0)(env.level, done, keys, split, state)
+    fresh = jax.jit(jax.vmap(generate, in_axes=(0, None, None)), static_argnums=1)(keys, env.level, params.split)
+    single = jax.jit(reset_where_done, static_argnums=0)
+    for i in range(n):
+        pick = lambda tree, i=i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
+        expected = pick(fresh) if done[i] else pick(state)
+        assert _trees_equal(pick(out), expected), f"world {i} (done={bool(done[i])}) differs"
+        if i % 8 == 0:  # the unbatched path (a lax.cond) agrees too
+            assert _trees_equal(single(env.level, done[i], keys[i], params.split, pick(state)), expected)
+
+
+@pytest.mark.parametrize("level", ["sima2/Sequence-v0", "sima2/GoToMultiRoom-v0"])
+def test_ray_casting_matches_a_fine_ray_march(level):
+    env, params = envs.make(level, image_size=SIZE)
+    width = 32
+    cam_x = (2.0 * (np.arange(width) + 0.5) / width - 1.0) * np.tan(FIELD_OF_VIEW / 2)
+    march_t = np.arange(1, 40_001, dtype=np.float64) * 1e-3  # distances along the ray, up to 40 cells
+    checked = agree = 0
+    reset, cast_rays = jax.jit(env.reset), jax.jit(_cast_rays)
+    for seed in range(8):
+        _, state = reset(jax.random.key(seed), params)
+        # A random continuous pose on free floor: rays start anywhere inside a cell, at any angle.
+        rng = np.random.default_rng(seed)
+        opaque = np.asarray(state.wall | (door_state_grid(state) > 0))
+        row, col = rng.choice(np.argwhere(~opaque))
+        pos = np.array([col, row]) + rng.uniform(0.05, 0.95, 2)
+        angle = rng.uniform(-np.pi, np.pi)
+        state = eqx.tree_at(
+            lambda s: (s.agent_pos, s.agent_dir), state, (jnp.asarray(pos, jnp.float32), jnp.float32(angle))
+        )
+        forward, right = (np.asarray(v, np.float64) for v in heading_vectors(jnp.float32(angle)))
+        rays = np.stack([forward[0] + cam_x * right[0], forward[1] + cam_x * right[1]], 1)  # [W, 2]
+        dist, hit_row, hit_col, _ = map(
+            np.asarray, cast_rays(state, (jnp.asarray(rays[:, 0], jnp.float32), jnp.asarray(rays[:, 1], jnp.float32)))
+        )
+        for w in range(width):  # march in 0.001 steps until the first opaque (or outside) cell
+            cells = np.floor(pos[None, :] + march_t[:, None] * rays[w][None, :]).astype(int)
+            c, r = cells[:, 0], cells[:, 1]
+            outside = (r < 0) | (r >= opaque.shape[0]) | (c < 0) | (c >= opaque.shape[1])
+            blocked = outside | opaque[np.clip(r, 0, opaque.shape[0] - 1), np.clip(c, 0, opaque.shape[1] - 1)]
+            first = int(np.argmax(blocked))
+            checked += 1
+            agree += abs(dist[w] - march_t[first]) < 2e-3 and (hit_row[w], hit_col[w]) == (r[first], c[first])
+    assert agree >= 0.99 * checked, f"{checked - agree} of {checked} rays disagree with the fine march"

@@ -19,7 +19,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from sima2.envs import vocabulary as voc
-from sima2.envs.env import Sima2Env, make
+from sima2.envs.env import Sima2Env, make, reset_where_done
 from sima2.envs.levels import LEVELS
 
 RENDER_MODES = ("rgb_array", "rgb_array_topdown")
@@ -131,9 +131,10 @@ class Sima2VectorEnv(VectorEnv):
 
         def step_all(key, state, needs_reset, actions):
             stepped, reward, info = jax.vmap(env.transition, in_axes=(0, 0, None))(state, actions, params)
-            _, fresh = reset_all(key)
-            pick = lambda a, b: jnp.where(needs_reset.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-            state = jax.tree.map(pick, fresh, stepped)
+            # The same worlds as reset_all(key) would give, generated only for the sub-envs that reset.
+            keys = jax.random.split(key, num_envs)
+            reset = jax.vmap(reset_where_done, in_axes=(None, 0, 0, None, 0))
+            state = reset(env.level, needs_reset, keys, params.split, stepped)
             obs = jax.vmap(env.observe)(state)
             reward = jnp.where(needs_reset, 0.0, reward)
             terminated = info["success"] & ~needs_reset

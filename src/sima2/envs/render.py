@@ -1,9 +1,10 @@
 """First-person and top-down rendering of the built-in world, in pure JAX (works under jit and vmap).
 
-First person: walls and closed doors are ray-cast column by column (DDA over the grid with a fixed number
-of steps), floor and ceiling are shaded by distance, and objects are billboard sprites composited in a
-fixed back-to-front order (sorted by depth once) with a per-column depth test against the walls. The
-image is built as palette indices and turned into RGB with one gather, which keeps it cheap on CPU.
+First person: walls and closed doors are ray-cast, one ray per column (grid traversal in closed form: all
+grid crossings tested at once), floor and ceiling are shaded by distance, and objects are billboard sprites
+composited in a fixed back-to-front order (sorted by depth once) with a per-column depth test against the
+walls. The image is composited as packed 32-bit colours with selects (colours are looked up per column and
+per sprite, never per pixel) and reinterpreted as RGB bytes at the end, which keeps it cheap on CPU.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float32, UInt8
+from jaxtyping import Array, Float32, Int32, UInt8
 
-from sima2.envs.world import DOOR_LOCKED, EnvState, door_state_grid, heading_vectors, object_grid
+from sima2.envs.world import DOOR_LOCKED, DOOR_OPEN, EnvState, door_state_grid, heading_vectors, object_grid
 
 FIELD_OF_VIEW = math.radians(66.0)
 SHADE_LEVELS = 8
@@ -60,71 +61,75 @@ def _shade_level(distance: Float32[Array, "*s"]) -> jax.Array:
     return jnp.clip(jnp.floor(distance * 0.7), 0, SHADE_LEVELS - 1).astype(jnp.int32)
 
 
+def _cast_rays(
+    state: EnvState, ray: tuple[Float32[Array, " W"], Float32[Array, " W"]]
+) -> tuple[Float32[Array, " W"], Int32[Array, " W"], Int32[Array, " W"], Int32[Array, " W"]]:
+    """The first wall or closed door along each ray (x, y): (distance, row, col, side: 0 = x, 1 = y).
+
+    Grid traversal (DDA) in closed form: the k-th grid line a ray crosses along one axis is at distance
+    first + k * delta and enters a known cell, so all crossings of all rays are tested at once and the
+    first opaque one is a min-reduction; no sequential loop, whose carries XLA would have to materialise
+    at every step. Opacity comes from per-column and per-row bit masks gathered once per world, not per
+    ray. Outside the grid counts as opaque; a tie goes to the y crossing, as in the stepping DDA.
+    """
+    grid_rows, grid_cols = state.wall.shape
+    pos = state.agent_pos
+    opaque = state.wall | (door_state_grid(state) > DOOR_OPEN)
+    bits = (  # per axis: the masks of the cells on each grid line, over the other axis
+        jnp.sum(opaque.astype(jnp.int32) << jnp.arange(grid_rows, dtype=jnp.int32)[:, None], axis=0),
+        jnp.sum(opaque.astype(jnp.int32) << jnp.arange(grid_cols, dtype=jnp.int32)[None, :], axis=1),
+    )
+    cell = jnp.floor(pos).astype(jnp.int32)  # (col, row) of the agent
+    size = (grid_cols, grid_rows)
+
+    def first_crossing(axis: int) -> tuple[Float32[Array, " W"], Int32[Array, " W"]]:
+        other = 1 - axis
+        lines = size[axis]
+        k = jnp.arange(lines, dtype=jnp.int32)
+        entered = jnp.stack([cell[axis] + k + 1, cell[axis] - k - 1])  # [2, K]: rays going + / -
+        in_grid = (entered >= 0) & (entered < lines)
+        masks = jnp.where(in_grid, bits[axis][jnp.clip(entered, 0, lines - 1)], -1)
+        direction = ray[axis]
+        delta = jnp.abs(1.0 / jnp.where(jnp.abs(direction) < 1e-6, 1e-6, direction))
+        here = pos[axis]
+        first = jnp.where(direction < 0, here - jnp.floor(here), jnp.floor(here) + 1.0 - here) * delta
+        distance = first[:, None] + k.astype(jnp.float32)[None, :] * delta[:, None]  # [W, K]
+        across = jnp.floor(pos[other] + ray[other][:, None] * distance).astype(jnp.int32)
+        mask = jnp.where(direction[:, None] < 0, masks[1][None, :], masks[0][None, :])
+        blocked = (across < 0) | (across >= size[other]) | (((mask >> jnp.clip(across, 0, 31)) & 1) == 1)
+        index = jnp.min(jnp.where(blocked, k[None, :], lines), axis=1)
+        return first + index.astype(jnp.float32) * delta, index
+
+    (dist_x, index_x), (dist_y, index_y) = first_crossing(0), first_crossing(1)
+    use_x = dist_x < dist_y
+    step_x, step_y = jnp.where(ray[0] < 0, -1, 1), jnp.where(ray[1] < 0, -1, 1)
+    floor_at = lambda axis, distance: jnp.floor(pos[axis] + ray[axis] * distance).astype(jnp.int32)  # noqa: E731
+    col = jnp.where(use_x, cell[0] + step_x * (index_x + 1), floor_at(0, dist_y))
+    row = jnp.where(use_x, floor_at(1, dist_x), cell[1] + step_y * (index_y + 1))
+    return jnp.minimum(dist_x, dist_y), row, col, jnp.where(use_x, 0, 1)
+
+
 def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array, "{height} {width} 3"]:
     """The agent's view as RGB uint8 [height, width, 3]."""
-    grid_rows, grid_cols = state.wall.shape
-    if grid_cols > 31:
-        raise ValueError(f"grids wider than 31 cells are not supported by the renderer, got {grid_cols}")
+    if max(state.wall.shape) > 31:
+        raise ValueError(f"grids larger than 31 cells are not supported by the renderer, got {state.wall.shape}")
     tan_half = math.tan(FIELD_OF_VIEW / 2)
     focal = (width / 2) / tan_half
     forward, right = heading_vectors(state.agent_dir)
     pos = state.agent_pos
 
-    # Cell appearance: wall, closed door (its colour, darker when locked), or see-through (-1).
-    doors = door_state_grid(state)
-    door_colour = state.door_colour[jnp.maximum(state.door_id, 0)]
-    cell_base = jnp.where(state.wall, WALL, jnp.where(doors > 0, door_colour, -1))
-    cell_dark = jnp.where(doors == DOOR_LOCKED, 3, 0)
-    cell_code = (cell_base * 4 + cell_dark).reshape(-1)  # base and extra darkness in one gather
-
-    # --- walls: DDA per column with a fixed step count. Solidity is looked up in per-row bit masks with
-    # selects instead of a gather per step (batched gathers are slow on CPU); one gather per ray at the end.
-    solid = cell_base >= 0
-    row_bits = jnp.sum(solid.astype(jnp.int32) << jnp.arange(grid_cols, dtype=jnp.int32)[None, :], axis=1)
-    cam_x = (2.0 * (np.arange(width, dtype=np.float32) + 0.5) / width - 1.0) * tan_half
-    ray_x = forward[0] + jnp.asarray(cam_x) * right[0]  # [W]
-    ray_y = forward[1] + jnp.asarray(cam_x) * right[1]
-    delta_x = jnp.abs(1.0 / jnp.where(jnp.abs(ray_x) < 1e-6, 1e-6, ray_x))
-    delta_y = jnp.abs(1.0 / jnp.where(jnp.abs(ray_y) < 1e-6, 1e-6, ray_y))
-    step_x = jnp.where(ray_x < 0, -1, 1).astype(jnp.int32)
-    step_y = jnp.where(ray_y < 0, -1, 1).astype(jnp.int32)
-    floor_x, floor_y = jnp.floor(pos[0]), jnp.floor(pos[1])
-    side_x = jnp.where(ray_x < 0, pos[0] - floor_x, floor_x + 1.0 - pos[0]) * delta_x
-    side_y = jnp.where(ray_y < 0, pos[1] - floor_y, floor_y + 1.0 - pos[1]) * delta_y
-    col = jnp.broadcast_to(floor_x.astype(jnp.int32), (width,))
-    row = jnp.broadcast_to(floor_y.astype(jnp.int32), (width,))
-    hit_dist = jnp.full((width,), 1e3, jnp.float32)
-    zeros = jnp.zeros((width,), jnp.int32)
-    found = jnp.zeros((width,), bool)
-
-    # A real loop (not unrolled): its outputs are materialised, so XLA cannot fuse the whole ray march
-    # into every pixel's computation (which made rendering ~50x slower).
-    def march(_, carry):
-        col, row, side_x, side_y, hit_dist, hit_col, hit_row, hit_side, found = carry
-        use_x = side_x < side_y
-        dist = jnp.minimum(side_x, side_y)
-        col = jnp.where(use_x, col + step_x, col)
-        row = jnp.where(use_x, row, row + step_y)
-        side_x = jnp.where(use_x, side_x + delta_x, side_x)
-        side_y = jnp.where(use_x, side_y, side_y + delta_y)
-        bits = jnp.zeros((width,), jnp.int32)
-        for r in range(grid_rows):
-            bits = jnp.where(row == r, row_bits[r], bits)
-        inside = (col >= 0) & (col < grid_cols) & (row >= 0) & (row < grid_rows)
-        is_solid = ~inside | (((bits >> jnp.clip(col, 0, grid_cols - 1)) & 1) == 1)
-        new_hit = ~found & is_solid
-        hit_dist = jnp.where(new_hit, dist, hit_dist)
-        hit_col = jnp.where(new_hit, col, hit_col)
-        hit_row = jnp.where(new_hit, row, hit_row)
-        hit_side = jnp.where(new_hit, jnp.where(use_x, 0, 1), hit_side)
-        return col, row, side_x, side_y, hit_dist, hit_col, hit_row, hit_side, found | new_hit
-
-    carry = (col, row, side_x, side_y, hit_dist, col, row, zeros, found)
-    carry = jax.lax.fori_loop(0, grid_rows + grid_cols, march, carry)
-    _, _, _, _, hit_dist, hit_col, hit_row, hit_side, _ = carry
-    hit_inside = (hit_col >= 0) & (hit_col < grid_cols) & (hit_row >= 0) & (hit_row < grid_rows)
-    flat = jnp.clip(hit_row, 0, grid_rows - 1) * grid_cols + jnp.clip(hit_col, 0, grid_cols - 1)
-    hit_code = jnp.where(hit_inside, cell_code[flat], WALL * 4)
+    # --- walls and closed doors, one ray per column
+    cam_x = jnp.asarray((2.0 * (np.arange(width, dtype=np.float32) + 0.5) / width - 1.0) * tan_half)
+    rays = (forward[0] + cam_x * right[0], forward[1] + cam_x * right[1])
+    hit_dist, hit_row, hit_col, hit_side = _cast_rays(state, rays)
+    # The cell hit is a wall unless it is a closed door (its colour, darker when locked): comparing with
+    # the few doors is cheaper than a per-ray gather on CPU.
+    closed = state.door_valid & (state.door_state > DOOR_OPEN)
+    door_code = state.door_colour * 4 + jnp.where(state.door_state == DOOR_LOCKED, 3, 0)
+    hit_code = jnp.full((width,), WALL * 4, jnp.int32)  # base colour * 4 + extra darkness
+    for d in range(state.door_pos.shape[0]):
+        at_door = closed[d] & (hit_row == state.door_pos[d, 0]) & (hit_col == state.door_pos[d, 1])
+        hit_code = jnp.where(at_door, door_code[d], hit_code)
     hit_dist = jnp.maximum(hit_dist, 1e-3)
     level = jnp.clip(_shade_level(hit_dist) + hit_side + hit_code % 4, 0, SHADE_LEVELS - 1)
     wall_index = (hit_code // 4) * SHADE_LEVELS + level  # [W]
@@ -161,16 +166,22 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
     half = focal * jnp.asarray(SPRITE_SIZE, jnp.float32)[obj_type] * 0.5 / d_safe
     centre_x = width / 2 + focal * lateral[order] / d_safe
     centre_y = height / 2 + focal * 0.5 / d_safe - half  # standing on the floor
-    u = jnp.abs(columns[None, :] - centre_x[:, None]) / half[:, None]
-    v = jnp.abs(rows[None, :] - centre_y[:, None]) / half[:, None]
-    p = jnp.asarray(SPRITE_EXPONENT, jnp.int32)[obj_type][:, None]
-    u2, v2 = u * u, v * v
-    u_term = jnp.where(p == 1, u, jnp.where(p == 2, u2, (u2 * u2) ** 2))
-    v_term = jnp.where(p == 1, v, jnp.where(p == 2, v2, (v2 * v2) ** 2))
-    u_term = jnp.where(visible[:, None] & (d[:, None] < hit_dist[None, :]) & (u < 1.0), u_term, 2.0)
+    exponent = jnp.asarray(SPRITE_EXPONENT, jnp.int32)[obj_type]
+
+    def sprite_terms(sprite: tuple[Array, ...]) -> tuple[Float32[Array, " W"], Float32[Array, " H"]]:
+        # |u|^p per column (2 where the sprite is hidden) and |v|^p per row: inside where u + v < 1.
+        centre_x, centre_y, half, exponent, visible, depth = sprite
+        u = jnp.abs(columns - centre_x) / half
+        v = jnp.abs(rows - centre_y) / half
+        u2, v2 = u * u, v * v
+        u_term = jnp.where(exponent == 1, u, jnp.where(exponent == 2, u2, (u2 * u2) ** 2))
+        v_term = jnp.where(exponent == 1, v, jnp.where(exponent == 2, v2, (v2 * v2) ** 2))
+        return jnp.where(visible & (depth < hit_dist) & (u < 1.0), u_term, 2.0), v_term
+
+    # lax.map (a loop) materialises these small per-sprite tables: XLA would otherwise fuse their
+    # computation into the per-pixel compositing and redo it for every pixel.
+    u_term, v_term = jax.lax.map(sprite_terms, (centre_x, centre_y, half, exponent, visible, d))
     sprite_rgb = palette[state.obj_colour[order] * SHADE_LEVELS + _shade_level(d_safe)]  # [K]
-    # Materialise the small per-sprite tables so they are not recomputed for every pixel.
-    u_term, v_term, sprite_rgb = jax.lax.optimization_barrier((u_term, v_term, sprite_rgb))
     for k in range(n_obj):  # fixed back-to-front order: nearer sprites overwrite farther ones
         inside = u_term[k][None, :] + v_term[k][:, None] < 1.0
         image = jnp.where(inside, sprite_rgb[k], image)
@@ -183,7 +194,6 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
     ] = True
     held_index = state.obj_colour[jnp.maximum(state.carrying, 0)] * SHADE_LEVELS
     image = jnp.where(jnp.asarray(icon) & held, palette[held_index], image)
-    image = jax.lax.optimization_barrier(image)
     return jax.lax.bitcast_convert_type(image, jnp.uint8)[..., :3]
 
 
