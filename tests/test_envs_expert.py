@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import sima2.envs as envs
+from sima2.envs.expert import UNREACHABLE, distance_field, distances_at, passable_grid, subgoal_goal_cells
 
 DEFAULT_LEVELS = ("GoTo", "Pickup", "Open", "PutNext", "Sequence")
 HARD_LEVELS = tuple(name for name in envs.LEVELS if name not in DEFAULT_LEVELS)
@@ -67,3 +68,19 @@ def test_expert_navigates_efficiently(level):
 @pytest.mark.parametrize("split", ["train", "heldout_layouts"])
 def test_expert_solves_hard_levels(level, split):
     assert expert_success_rate(level, num_worlds=512, seed=1, split=split) >= 0.99
+
+
+@pytest.mark.parametrize("level", ["sima2/PutNext-v0", "sima2/Unlock-v0", "sima2/SequenceMultiRoom-v0"])
+def test_bitmask_bfs_equals_the_distance_field_at_every_cell(level):
+    env, params = envs.make(level, image_size=8)
+    states = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(jax.random.split(jax.random.key(3), 24), params)[1]
+    goal, passable = jax.jit(jax.vmap(lambda s: (subgoal_goal_cells(s), passable_grid(s))))(states)
+    rows, cols = env.level.grid_shape
+    # Every cell plus a ring outside the grid (UNREACHABLE there).
+    r, c = np.meshgrid(np.arange(-1, rows + 1), np.arange(-1, cols + 1), indexing="ij")
+    cells = jnp.asarray(np.stack([r.ravel(), c.ravel()], 1), jnp.int32)
+    got = np.asarray(jax.jit(jax.vmap(distances_at, in_axes=(0, 0, None)))(goal, passable, cells))
+    field = np.asarray(jax.jit(jax.vmap(distance_field))(goal, passable))
+    expected = np.pad(field, ((0, 0), (1, 1), (1, 1)), constant_values=UNREACHABLE).reshape(len(field), -1)
+    np.testing.assert_array_equal(got, expected)
+    assert (expected < UNREACHABLE).any() and (expected == UNREACHABLE).any()

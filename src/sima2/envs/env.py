@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float32, Int32, PRNGKeyArray, UInt8
 
 from sima2.envs import vocabulary as voc
-from sima2.envs.expert import current_subgoal, distance_at, distance_to_goal, expert_action, goal_distance_field
+from sima2.envs.expert import current_subgoal, distance_to_goal, expert_action, goal_distances
 from sima2.envs.levels import LEVELS, LevelConfig, level_from_id
 from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.world import (
@@ -111,13 +111,12 @@ class Sima2Env(eqx.Module):
         subgoal_index, *_ = current_subgoal(state)
         # One BFS per step serves both the info's distance and the optimal-path bookkeeping: a subgoal's
         # shortest path is counted when it becomes current (the first one from the start cell, looked up in
-        # this step's field while it is still current; if the first step already finished it, the step
+        # this step's BFS while it is still current; if the first step already finished it, the step
         # itself was its path).
-        field = goal_distance_field(state)
-        distance = distance_at(field, state.agent_pos)
+        distance, distance_from_start = goal_distances(state, jnp.stack([state.agent_pos, start_pos]))
         moved = jnp.linalg.norm(state.agent_pos - start_pos)
         same_subgoal = subgoal_index == start_subgoal
-        first_path = jnp.where(same_subgoal, distance_at(field, start_pos), moved)
+        first_path = jnp.where(same_subgoal, distance_from_start, moved)
         optimal = jnp.where(first_step, first_path, 0.0) + jnp.where(~same_subgoal & ~success, distance, 0.0)
         state = eqx.tree_at(
             lambda s: (s.time, s.episode_return, s.path_length, s.optimal_path_length),
