@@ -589,12 +589,18 @@ def stage_complete(state: EnvState) -> Bool[Array, ""]:
 
 # --- physics ---------------------------------------------------------------------------------------------
 def _blocked(
-    solid_flat: Bool[Array, " C"], pos: Float32[Array, "2"], shape: tuple[int, int]
+    row_bits: Int32[Array, " GH"], cols: int, x: Float32[Array, ""], y: Float32[Array, ""]
 ) -> Bool[Array, ""]:
-    corners = pos[None, :] + AGENT_RADIUS * jnp.array([[-1, -1], [-1, 1], [1, -1], [1, 1]], jnp.float32)
-    col = jnp.clip(jnp.floor(corners[:, 0]).astype(jnp.int32), 0, shape[1] - 1)
-    row = jnp.clip(jnp.floor(corners[:, 1]).astype(jnp.int32), 0, shape[0] - 1)
-    return jnp.any(solid_flat[row * shape[1] + col])
+    """Whether the agent's bounding square at (x, y) overlaps a solid cell (`row_bits`: the solid cells
+    of each row as a bit mask; positions outside the grid read its edge cells). The square's corners span
+    at most two rows and two columns: two row lookups instead of four cell lookups."""
+    rows = row_bits.shape[0]
+    col_lo = jnp.clip(jnp.floor(x - AGENT_RADIUS).astype(jnp.int32), 0, cols - 1)
+    col_hi = jnp.clip(jnp.floor(x + AGENT_RADIUS).astype(jnp.int32), 0, cols - 1)
+    row_lo = jnp.clip(jnp.floor(y - AGENT_RADIUS).astype(jnp.int32), 0, rows - 1)
+    row_hi = jnp.clip(jnp.floor(y + AGENT_RADIUS).astype(jnp.int32), 0, rows - 1)
+    mask = row_bits[row_lo] | row_bits[row_hi]
+    return (((mask >> col_lo) | (mask >> col_hi)) & 1) == 1
 
 
 def _interact(state: EnvState, key_index: Int32[Array, ""]) -> tuple[EnvState, Bool[Array, ""]]:
@@ -657,30 +663,32 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
     body = jnp.array([[0, 0], [1, 0], [-1, 0], [0, -1], [0, 1], [0, 0], [0, 0]], jnp.float32)[key_index]
     yaw_step = jnp.deg2rad(look) / ticks.astype(jnp.float32)
     dt = 1.0 / TICK_HZ
-    solid_flat = solid_grid(state).reshape(-1)
-    shape = state.wall.shape
+    solid = solid_grid(state)
+    cols = solid.shape[1]
+    if cols > 31:
+        raise ValueError(f"grids wider than 31 cells are not supported, got {cols}")
+    row_bits = jnp.sum(jnp.where(solid, jnp.int32(1) << jnp.arange(cols, dtype=jnp.int32)[None, :], 0), axis=1)
 
     def tick(t, carry):
-        pos, angle, pushed = carry
+        x, y, angle, pushed = carry
         active = t < ticks
         angle = jnp.where(active, angle + yaw_step, angle)
         forward, right = heading_vectors(angle)
         delta = (body[0] * forward + body[1] * right) * (MOVE_SPEED * dt)
         delta = jnp.where(active, delta, 0.0)
-        try_x = pos.at[0].add(delta[0])
-        hit_x = _blocked(solid_flat, try_x, shape)
-        pos = jnp.where(hit_x, pos, try_x)
-        try_y = pos.at[1].add(delta[1])
-        hit_y = _blocked(solid_flat, try_y, shape)
-        pos = jnp.where(hit_y, pos, try_y)
+        hit_x = _blocked(row_bits, cols, x + delta[0], y)
+        x = jnp.where(hit_x, x, x + delta[0])
+        hit_y = _blocked(row_bits, cols, x, y + delta[1])
+        y = jnp.where(hit_y, y, y + delta[1])
         moving = jnp.any(delta != 0.0)
         pushed = pushed + (active & moving & (hit_x | hit_y)).astype(jnp.float32)
-        return pos, angle, pushed
+        return x, y, angle, pushed
 
     start = state.agent_pos
-    pos, angle, pushed = jax.lax.fori_loop(
-        0, max(DURATION_TICKS), tick, (start, state.agent_dir, jnp.float32(0.0))
+    x, y, angle, pushed = jax.lax.fori_loop(
+        0, max(DURATION_TICKS), tick, (start[0], start[1], state.agent_dir, jnp.float32(0.0))
     )
+    pos = jnp.stack([x, y])
     duration = ticks.astype(jnp.float32) * dt
     forward, right = heading_vectors(angle)
     moved = (pos - start) / duration
