@@ -599,7 +599,11 @@ def _blocked(
     col_hi = jnp.clip(jnp.floor(x + AGENT_RADIUS).astype(jnp.int32), 0, cols - 1)
     row_lo = jnp.clip(jnp.floor(y - AGENT_RADIUS).astype(jnp.int32), 0, rows - 1)
     row_hi = jnp.clip(jnp.floor(y + AGENT_RADIUS).astype(jnp.int32), 0, rows - 1)
-    mask = row_bits[row_lo] | row_bits[row_hi]
+    # Row lookups as selects over the few rows: all elementwise, so XLA fuses a whole physics tick into
+    # one kernel (a gather would split it into several, and their launches dominate at this size).
+    mask = jnp.int32(0)
+    for r in range(rows):
+        mask = mask | jnp.where((row_lo == r) | (row_hi == r), row_bits[r], 0)
     return (((mask >> col_lo) | (mask >> col_hi)) & 1) == 1
 
 
@@ -670,24 +674,24 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
     row_bits = jnp.sum(jnp.where(solid, jnp.int32(1) << jnp.arange(cols, dtype=jnp.int32)[None, :], 0), axis=1)
 
     def tick(t, carry):
-        x, y, angle, pushed = carry
+        # One array as the carry: the tick then has a single output and XLA fuses it into one kernel.
+        x, y, angle, pushed = carry[0], carry[1], carry[2], carry[3]
         active = t < ticks
         angle = jnp.where(active, angle + yaw_step, angle)
-        forward, right = heading_vectors(angle)
-        delta = (body[0] * forward + body[1] * right) * (MOVE_SPEED * dt)
-        delta = jnp.where(active, delta, 0.0)
-        hit_x = _blocked(row_bits, cols, x + delta[0], y)
-        x = jnp.where(hit_x, x, x + delta[0])
-        hit_y = _blocked(row_bits, cols, x, y + delta[1])
-        y = jnp.where(hit_y, y, y + delta[1])
-        moving = jnp.any(delta != 0.0)
+        cos, sin = jnp.cos(angle), jnp.sin(angle)  # forward = (cos, sin), right = (-sin, cos)
+        dx = jnp.where(active, (body[0] * cos + body[1] * -sin) * (MOVE_SPEED * dt), 0.0)
+        dy = jnp.where(active, (body[0] * sin + body[1] * cos) * (MOVE_SPEED * dt), 0.0)
+        hit_x = _blocked(row_bits, cols, x + dx, y)
+        x = jnp.where(hit_x, x, x + dx)
+        hit_y = _blocked(row_bits, cols, x, y + dy)
+        y = jnp.where(hit_y, y, y + dy)
+        moving = (dx != 0.0) | (dy != 0.0)
         pushed = pushed + (active & moving & (hit_x | hit_y)).astype(jnp.float32)
-        return x, y, angle, pushed
+        return jnp.stack([x, y, angle, pushed])
 
     start = state.agent_pos
-    x, y, angle, pushed = jax.lax.fori_loop(
-        0, max(DURATION_TICKS), tick, (start[0], start[1], state.agent_dir, jnp.float32(0.0))
-    )
+    carry = jnp.stack([start[0], start[1], state.agent_dir, jnp.float32(0.0)])
+    x, y, angle, pushed = jax.lax.fori_loop(0, max(DURATION_TICKS), tick, carry)
     pos = jnp.stack([x, y])
     duration = ticks.astype(jnp.float32) * dt
     forward, right = heading_vectors(angle)
