@@ -344,3 +344,25 @@ def test_ray_casting_matches_a_fine_ray_march(level):
             checked += 1
             agree += abs(dist[w] - march_t[first]) < 2e-3 and (hit_row[w], hit_col[w]) == (r[first], c[first])
     assert agree >= 0.99 * checked, f"{checked - agree} of {checked} rays disagree with the fine march"
+
+
+def test_generation_draws_are_uniform_and_independent_of_the_batch():
+    from sima2.envs.world import _Draws
+
+    def draw(seed):
+        draws = _Draws(seed)
+        allowed = jnp.arange(12) % 3 != 0  # 8 of 12 allowed
+        return draws.integers(0, 7), draws.choice(allowed), draws.permutation(4), draws.uniform()
+
+    seeds = jnp.arange(20_000, dtype=jnp.uint32) * jnp.uint32(7919)
+    ints, picks, perms, unit = map(np.asarray, jax.jit(jax.vmap(draw))(seeds))
+    expected = len(seeds) / 7
+    assert np.abs(np.bincount(ints, minlength=7) - expected).max() < 5 * np.sqrt(expected)
+    counts = np.bincount(picks, minlength=12)
+    assert counts[::3].sum() == 0 and np.abs(counts[counts > 0] - len(seeds) / 8).max() < 5 * np.sqrt(len(seeds) / 8)
+    assert (np.sort(perms, axis=1) == np.arange(4)).all() and len({tuple(p) for p in perms}) == 24
+    assert 0.0 <= unit.min() and unit.max() < 1.0 and abs(unit.mean() - 0.5) < 0.01
+    # Consecutive streams of one seed are uncorrelated.
+    assert abs(np.corrcoef(ints, picks)[0, 1]) < 0.03
+    single = draw(seeds[123])
+    assert int(single[0]) == ints[123] and int(single[1]) == picks[123]

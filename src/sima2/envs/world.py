@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float32, Int32, PRNGKeyArray
+from jaxtyping import Array, Bool, Float32, Int32, PRNGKeyArray, UInt32
 
 from sima2.envs import vocabulary as voc
 from sima2.envs.levels import LevelConfig
@@ -51,7 +51,7 @@ HELDOUT_PAIR_MASK = np.array(
     ]
 )
 LAYOUT_SEED_SPACE = 1 << 24
-_LAYOUT_ROOT = np.array([0x5EED, 0x1A7], np.uint32)
+_LAYOUT_ROOT = 0x5EED01A7  # salt of the layout streams
 
 # Door states.
 DOOR_OPEN, DOOR_CLOSED, DOOR_LOCKED = 0, 1, 2
@@ -215,16 +215,55 @@ def _fill_template(
     return _concat_pieces(tokens, lengths, out_len)
 
 
-def _uniform_index(key: PRNGKeyArray, start: Int32[Array, ""], count: Int32[Array, ""]) -> Int32[Array, ""]:
-    """A uniform integer in [start, start + count) with traced bounds."""
-    draw = jnp.floor(jax.random.uniform(key) * count).astype(jnp.int32)
-    return start + jnp.minimum(draw, count - 1)
+def _mix32(x: UInt32[Array, "*s"]) -> UInt32[Array, "*s"]:
+    """A 32-bit integer hash with full avalanche ("lowbias32", C. Wellons)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
 
 
-def _pick_cell(key: PRNGKeyArray, allowed: Bool[Array, "GH GW"]) -> Int32[Array, "2"]:
+class _Draws:
+    """Counter-based random draws from one 32-bit seed, for world generation.
+
+    Word i of the n-th stream is mix(mix(seed ^ n * golden) + i): elementwise integer arithmetic that XLA
+    fuses, instead of one threefry call per draw (each a loop on CPU, and generation makes dozens). Each
+    method takes the next stream, so the draws of a world depend only on the seed and the code's order.
+    """
+
+    def __init__(self, seed: UInt32[Array, ""]):
+        self.seed = seed
+        self.stream = 0
+
+    def words(self, shape: tuple[int, ...] = ()) -> UInt32[Array, "..."]:
+        self.stream += 1
+        base = _mix32(self.seed ^ jnp.uint32((self.stream * 0x9E3779B9) & 0xFFFFFFFF))
+        count = math.prod(shape)
+        return _mix32(base + jnp.arange(count, dtype=jnp.uint32)).reshape(shape)
+
+    def uniform(self, shape: tuple[int, ...] = ()) -> Float32[Array, "..."]:
+        """Uniform in [0, 1) with 24 bits of resolution."""
+        return (self.words(shape) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+    def integers(self, low, high, shape: tuple[int, ...] = ()) -> Int32[Array, "..."]:
+        """Uniform integers in [low, high) (bounds may be traced)."""
+        count = jnp.asarray(high, jnp.int32) - low
+        draw = jnp.floor(self.uniform(shape) * count.astype(jnp.float32)).astype(jnp.int32)
+        return (low + jnp.minimum(draw, count - 1)).astype(jnp.int32)
+
+    def choice(self, allowed: Bool[Array, "..."]) -> Int32[Array, ""]:
+        """A uniformly random flat index among the True entries of `allowed` (which must have one)."""
+        scores = jnp.where(allowed, (self.words(allowed.shape) >> 1).astype(jnp.int32), -1)
+        return jnp.argmax(scores.reshape(-1)).astype(jnp.int32)
+
+    def permutation(self, n: int) -> Int32[Array, " {n}"]:
+        return jnp.argsort(self.words((n,))).astype(jnp.int32)
+
+
+def _pick_cell(draws: _Draws, allowed: Bool[Array, "GH GW"]) -> Int32[Array, "2"]:
     """A uniformly random allowed cell (row, col); allowed must be non-empty."""
-    scores = jnp.where(allowed, jax.random.uniform(key, allowed.shape), -1.0)
-    flat = jnp.argmax(scores.reshape(-1))
+    flat = draws.choice(allowed)
     return jnp.stack([flat // allowed.shape[1], flat % allowed.shape[1]]).astype(jnp.int32)
 
 
@@ -266,23 +305,23 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
     n_obj = level.num_objects
     n_door = max(level.num_doors, 1)
     n_inner = level.num_inner_doors
-    key_seed, key_task = jax.random.split(key)
+    # One threefry call for the episode; every other draw comes from cheap counter-based streams: the
+    # layout's seeded by the layout seed alone (so a seed is a layout), the task's by the episode.
+    episode = _Draws(jax.random.bits(key, (), jnp.uint32))
 
     # Layout seeds: held-out layouts use seeds divisible by 5, all other splits the rest (disjoint).
-    k_u, k_r = jax.random.split(key_seed)
-    u = jax.random.randint(k_u, (), 0, LAYOUT_SEED_SPACE // 5)
-    residue = jax.random.randint(k_r, (), 1, 5)
+    u = episode.integers(0, LAYOUT_SEED_SPACE // 5)
+    residue = episode.integers(1, 5)
     layout_seed = jnp.where(split == HELDOUT_LAYOUTS, 5 * u, 5 * u + residue)
-    layout_key = jax.random.fold_in(jnp.asarray(_LAYOUT_ROOT), layout_seed)
-    k_doors, k_sides, k_parity, k_cells, k_agent, k_heading = jax.random.split(layout_key, 6)
+    layout = _Draws(_mix32(layout_seed.astype(jnp.uint32) ^ jnp.uint32(_LAYOUT_ROOT)))
 
     # Doors: one per wall between adjacent rooms, plus optional doors on the outer walls.
     slot_base, slot_step = _door_slots(level)
-    sides = jax.random.permutation(k_sides, 4)[: level.num_outer_doors] + n_inner
+    sides = layout.permutation(4)[: level.num_outer_doors] + n_inner
     slot = jnp.concatenate([jnp.arange(n_inner), sides]).astype(jnp.int32)
     if level.num_doors == 0:
         slot = jnp.zeros((1,), jnp.int32)
-    offsets = jax.random.randint(k_doors, (n_door,), 1, size + 1)
+    offsets = layout.integers(1, size + 1, (n_door,))
     door_pos = jnp.asarray(slot_base)[slot] + offsets[:, None] * jnp.asarray(slot_step)[slot]
     door_valid = jnp.arange(n_door) < level.num_doors
     door_pos = jnp.where(door_valid[:, None], door_pos, jnp.array([grid_rows, grid_cols]))  # dummy: off-grid
@@ -296,7 +335,7 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
     # Objects on a lattice of every other interior cell: never adjacent, so they cannot wall anything off.
     rr, cc = jnp.meshgrid(jnp.arange(grid_rows), jnp.arange(grid_cols), indexing="ij")
     interior = ~jnp.asarray(_static_walls(level))
-    parity = jax.random.randint(k_parity, (2,), 0, 2)
+    parity = layout.integers(0, 2, (2,))
     lattice = (
         interior & (((rr % period) - 1 - parity[0]) % 2 == 0) & (((cc % period) - 1 - parity[1]) % 2 == 0)
     )
@@ -311,30 +350,27 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
     free_lattice = lattice & ~near_door
     taken = jnp.zeros((grid_rows, grid_cols), bool)
     cells = []
-    cell_keys = jax.random.split(k_cells, n_obj)
     for i in range(n_obj):
         allowed = free_lattice & ~taken
         if level.task == "unlock" and i == 0:
             allowed = allowed & room0  # the key is in the agent's room
-        cell = _pick_cell(cell_keys[i], allowed)
+        cell = _pick_cell(layout, allowed)
         taken = taken.at[cell[0], cell[1]].set(True)
         cells.append(cell)
     obj_pos = jnp.stack(cells)
     agent_allowed = interior & ~taken
     if level.task == "unlock":
         agent_allowed = agent_allowed & room0
-    agent_cell = _pick_cell(k_agent, agent_allowed)
+    agent_cell = _pick_cell(layout, agent_allowed)
     agent_pos = agent_cell[::-1].astype(jnp.float32) + 0.5
-    agent_dir = jax.random.randint(k_heading, (), 0, 4).astype(jnp.float32) * (math.pi / 2)
+    agent_dir = layout.integers(0, 4).astype(jnp.float32) * (math.pi / 2)
 
     # Task: object identities, door colours and states, the instruction.
-    k_pairs, k_dcol, k_dstate, k_kind, k_tmpl, k_seq, k_syn, k_loc, k_door = jax.random.split(key_task, 9)
     heldout_pair = jnp.asarray(HELDOUT_PAIR_MASK)
     pair_is_heldout_split = split == HELDOUT_PAIRS
     n_targets = 2 if level.task in ("putnext", "sequence") else 1
     used = jnp.zeros((NUM_PAIRS,), bool)
     pairs = []
-    pair_keys = jax.random.split(k_pairs, n_obj)
     for i in range(n_obj):
         if i < n_targets:
             allowed = jnp.where(pair_is_heldout_split, heldout_pair, ~heldout_pair)
@@ -343,21 +379,21 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
         if level.task == "unlock" and i == 0:
             allowed = allowed & (jnp.arange(NUM_PAIRS) // len(voc.COLOURS) == voc.KEY)
         allowed = allowed & ~used
-        pair = jax.random.categorical(pair_keys[i], jnp.where(allowed, 0.0, -jnp.inf)).astype(jnp.int32)
+        pair = episode.choice(allowed)
         used = used.at[pair].set(True)
         pairs.append(pair)
     pair_arr = jnp.stack(pairs)
     obj_type = pair_arr // len(voc.COLOURS)
     obj_colour = pair_arr % len(voc.COLOURS)
-    door_colour = jax.random.permutation(k_dcol, len(voc.COLOURS))[:n_door].astype(jnp.int32)
-    closed = jax.random.uniform(k_dstate, (n_door,)) < level.door_closed_prob
+    door_colour = episode.permutation(len(voc.COLOURS))[:n_door]
+    closed = episode.uniform((n_door,)) < level.door_closed_prob
     door_state = jnp.where(closed | (jnp.arange(n_door) >= n_inner), DOOR_CLOSED, DOOR_OPEN).astype(jnp.int32)
     if level.task == "unlock":
         door_colour = door_colour.at[0].set(obj_colour[0])
         door_state = door_state.at[0].set(DOOR_LOCKED)
 
     # Stages (instruction clauses): kinds and target entities.
-    first_door = jax.random.randint(k_door, (), 0, max(level.num_doors, 1))
+    first_door = episode.integers(0, max(level.num_doors, 1))
     zero = jnp.int32(0)
     if level.task in ("goto", "pickup"):
         kinds = [jnp.int32(voc.GOTO if level.task == "goto" else voc.PICKUP), zero]
@@ -372,10 +408,9 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
         kinds = [jnp.int32(voc.PUTNEXT), zero]
         targets_a, targets_b, num_stages = [zero, zero], [jnp.int32(1), zero], 1
     else:  # sequence: (goto | open) then (goto | pickup | open)
-        k1, k2 = jax.random.split(k_kind)
-        kind1 = jnp.where(jax.random.bernoulli(k1), voc.OPEN, voc.GOTO).astype(jnp.int32)
-        kind2 = jnp.array([voc.GOTO, voc.PICKUP, voc.OPEN], jnp.int32)[jax.random.randint(k2, (), 0, 3)]
-        second_door = (first_door + 1 + jax.random.randint(k2, (), 0, level.num_doors - 1)) % level.num_doors
+        kind1 = jnp.where(episode.uniform() < 0.5, voc.OPEN, voc.GOTO).astype(jnp.int32)
+        kind2 = jnp.array([voc.GOTO, voc.PICKUP, voc.OPEN], jnp.int32)[episode.integers(0, 3)]
+        second_door = (first_door + 1 + episode.integers(0, level.num_doors - 1)) % level.num_doors
         a1 = jnp.where(kind1 == voc.OPEN, n_obj + first_door, 0)
         a2 = jnp.where(kind2 == voc.OPEN, n_obj + second_door, 1)
         kinds = [kind1, kind2]
@@ -390,14 +425,14 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
 
     # Noun synonyms and location phrases per entity.
     n_ent = n_obj + n_door
-    synonym = jax.random.bernoulli(k_syn, 0.5, (n_ent,)).astype(jnp.int32)
+    synonym = (episode.uniform((n_ent,)) < 0.5).astype(jnp.int32)
     location = jnp.zeros((n_ent,), jnp.int32)
     if level.location_phrases:
         forward, right = heading_vectors(agent_dir)
         offset = obj_pos[0, ::-1].astype(jnp.float32) + 0.5 - agent_pos
         along, across = offset @ forward, offset @ right
         holds = jnp.stack([along > 0.5, along < -0.5, across < -0.5, across > 0.5])  # front behind left right
-        loc = 1 + jax.random.categorical(k_loc, jnp.where(holds, 0.0, -jnp.inf))
+        loc = 1 + episode.choice(holds)
         location = location.at[0].set(loc.astype(jnp.int32))
 
     state = EnvState(
@@ -438,25 +473,22 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
         optimal_path_length=jnp.float32(0.0),
     )
     state = _with_plan(state)
-    instruction = _instruction(state, split, k_tmpl, k_seq)
+    instruction = _instruction(state, split, episode)
     return eqx.tree_at(lambda s: s.instruction, state, instruction)
 
 
-def _instruction(
-    state: EnvState, split: Int32[Array, ""], key_template: PRNGKeyArray, key_sequence: PRNGKeyArray
-) -> Int32[Array, " L"]:
+def _instruction(state: EnvState, split: Int32[Array, ""], draws: _Draws) -> Int32[Array, " L"]:
     """Assemble the instruction token ids from templates (training or held-out paraphrases)."""
     tables = voc.token_tables()
     heldout = split == HELDOUT_PARAPHRASES
     types, colours = entity_types(state), entity_colours(state)
     clauses = []
-    template_keys = jax.random.split(key_template, NUM_STAGES)
     for t in range(NUM_STAGES):
         kind = state.stage_kind[t]
         n_train = jnp.asarray(tables.clause_num_train)[kind]
         n_held = jnp.asarray(tables.clause_num_heldout)[kind]
         start = jnp.asarray(tables.clause_offset)[kind] + jnp.where(heldout, n_train, 0)
-        row = _uniform_index(template_keys[t], start, jnp.where(heldout, n_held, n_train))
+        row = draws.integers(start, start + jnp.where(heldout, n_held, n_train))
         a, b = state.stage_a[t], state.stage_b[t]
         np_a = _noun_phrase(types[a], colours[a], state.entity_synonym[a], state.entity_location[a])
         np_b = _noun_phrase(types[b], colours[b], state.entity_synonym[b], state.entity_location[b])
@@ -473,7 +505,7 @@ def _instruction(
     single, _ = _concat_pieces(clauses[0][0][None], clauses[0][1][None], voc.MAX_INSTRUCTION_LENGTH)
     start = jnp.where(heldout, tables.sequence_num_train, 0)
     count = jnp.where(heldout, tables.sequence_num_heldout, tables.sequence_num_train)
-    row = _uniform_index(key_sequence, jnp.int32(start), jnp.int32(count))
+    row = draws.integers(jnp.int32(start), jnp.int32(start) + count)
     sequence, _ = _fill_template(
         jnp.asarray(tables.sequence_segment_kind)[row],
         jnp.asarray(tables.sequence_segment_tokens)[row],
