@@ -131,17 +131,29 @@ def entity_colours(state: EnvState) -> Int32[Array, " E"]:
     return jnp.concatenate([state.obj_colour, state.door_colour])
 
 
+# The per-cell grids below compare every cell with the few entity positions instead of scattering or
+# gathering: elementwise code that XLA fuses, where batched scatters and gathers are slow on CPU.
+def _cells_at(shape: tuple[int, int], pos: Int32[Array, "2"]) -> Bool[Array, "GH GW"]:
+    rows = jnp.arange(shape[0], dtype=jnp.int32)[:, None]
+    cols = jnp.arange(shape[1], dtype=jnp.int32)[None, :]
+    return (rows == pos[0]) & (cols == pos[1])
+
+
 def object_grid(state: EnvState) -> Bool[Array, "GH GW"]:
     """Cells occupied by objects lying in the world (not the carried one)."""
-    lying = jnp.arange(state.obj_type.shape[0]) != state.carrying
-    return (
-        jnp.zeros(state.wall.shape, bool).at[state.obj_pos[:, 0], state.obj_pos[:, 1]].max(lying, mode="drop")
-    )
+    grid = jnp.zeros(state.wall.shape, bool)
+    for i in range(state.obj_type.shape[0]):
+        grid = grid | (_cells_at(state.wall.shape, state.obj_pos[i]) & (state.carrying != i))
+    return grid
 
 
 def door_state_grid(state: EnvState) -> Int32[Array, "GH GW"]:
     """Door state per cell, -1 where there is no door."""
-    return jnp.where(state.door_id >= 0, state.door_state[jnp.maximum(state.door_id, 0)], -1)
+    grid = jnp.full(state.wall.shape, -1, jnp.int32)
+    for d in range(state.door_pos.shape[0]):
+        at_door = _cells_at(state.wall.shape, state.door_pos[d]) & state.door_valid[d]
+        grid = jnp.where(at_door, state.door_state[d], grid)
+    return grid
 
 
 def solid_grid(state: EnvState) -> Bool[Array, "GH GW"]:
@@ -705,25 +717,31 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
         raise ValueError(f"grids wider than 31 cells are not supported, got {cols}")
     row_bits = jnp.sum(jnp.where(solid, jnp.int32(1) << jnp.arange(cols, dtype=jnp.int32)[None, :], 0), axis=1)
 
+    # The heading and the intended displacement of every tick, computed up front (vectorised over ticks);
+    # the sequential loop then only moves and collides.
+    tick_index = jnp.arange(max(DURATION_TICKS), dtype=jnp.int32)
+    active = tick_index < ticks
+    angles = state.agent_dir + yaw_step * (jnp.minimum(tick_index, ticks - 1) + 1).astype(jnp.float32)
+    cos, sin = jnp.cos(angles), jnp.sin(angles)  # forward = (cos, sin), right = (-sin, cos)
+    steps_x = jnp.where(active, (body[0] * cos + body[1] * -sin) * (MOVE_SPEED * dt), 0.0)
+    steps_y = jnp.where(active, (body[0] * sin + body[1] * cos) * (MOVE_SPEED * dt), 0.0)
+    counts = active & ((steps_x != 0.0) | (steps_y != 0.0))  # ticks whose bumps count as contact
+
     def tick(t, carry):
         # One array as the carry: the tick then has a single output and XLA fuses it into one kernel.
-        x, y, angle, pushed = carry[0], carry[1], carry[2], carry[3]
-        active = t < ticks
-        angle = jnp.where(active, angle + yaw_step, angle)
-        cos, sin = jnp.cos(angle), jnp.sin(angle)  # forward = (cos, sin), right = (-sin, cos)
-        dx = jnp.where(active, (body[0] * cos + body[1] * -sin) * (MOVE_SPEED * dt), 0.0)
-        dy = jnp.where(active, (body[0] * sin + body[1] * cos) * (MOVE_SPEED * dt), 0.0)
+        x, y, pushed = carry[0], carry[1], carry[2]
+        dx, dy = steps_x[t], steps_y[t]
         hit_x = _blocked(row_bits, cols, x + dx, y)
         x = jnp.where(hit_x, x, x + dx)
         hit_y = _blocked(row_bits, cols, x, y + dy)
         y = jnp.where(hit_y, y, y + dy)
-        moving = (dx != 0.0) | (dy != 0.0)
-        pushed = pushed + (active & moving & (hit_x | hit_y)).astype(jnp.float32)
-        return jnp.stack([x, y, angle, pushed])
+        pushed = pushed + (counts[t] & (hit_x | hit_y)).astype(jnp.float32)
+        return jnp.stack([x, y, pushed])
 
     start = state.agent_pos
-    carry = jnp.stack([start[0], start[1], state.agent_dir, jnp.float32(0.0)])
-    x, y, angle, pushed = jax.lax.fori_loop(0, max(DURATION_TICKS), tick, carry)
+    carry = jnp.stack([start[0], start[1], jnp.float32(0.0)])
+    x, y, pushed = jax.lax.fori_loop(0, max(DURATION_TICKS), tick, carry)
+    angle = angles[-1]
     pos = jnp.stack([x, y])
     duration = ticks.astype(jnp.float32) * dt
     forward, right = heading_vectors(angle)
