@@ -366,3 +366,25 @@ def test_generation_draws_are_uniform_and_independent_of_the_batch():
     assert abs(np.corrcoef(ints, picks)[0, 1]) < 0.03
     single = draw(seeds[123])
     assert int(single[0]) == ints[123] and int(single[1]) == picks[123]
+
+
+def test_auto_reset_under_nested_vmap(goto):
+    # Several seeds x several worlds (as PPO trains several seeds at once): the batching rule nests.
+    env, params = goto
+    seeds, n = 2, 12
+    keys = jax.random.split(jax.random.key(4), seeds * n).reshape(seeds, n)
+    _, state = jax.jit(jax.vmap(jax.vmap(env.reset, in_axes=(0, None)), in_axes=(0, None)))(keys, params)
+    done = jax.random.bernoulli(jax.random.key(5), 0.4, (seeds, n))
+    fresh_keys = jax.random.split(jax.random.key(6), seeds * n).reshape(seeds, n)
+    inner = jax.vmap(reset_where_done, in_axes=(None, 0, 0, None, 0))
+    out = jax.jit(jax.vmap(inner, in_axes=(None, 0, 0, None, 0)), static_argnums=0)(
+        env.level, done, fresh_keys, params.split, state
+    )
+    fresh = jax.jit(jax.vmap(jax.vmap(generate, in_axes=(0, None, None)), in_axes=(0, None, None)), static_argnums=1)(
+        fresh_keys, env.level, params.split
+    )
+    for s in range(seeds):
+        for i in range(n):
+            pick = lambda tree, s=s, i=i: jax.tree.map(lambda x: x[s, i], tree)  # noqa: E731
+            expected = pick(fresh) if done[s, i] else pick(state)
+            assert _trees_equal(pick(out), expected), f"seed {s} world {i} differs"
