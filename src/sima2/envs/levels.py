@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sima2.envs.vocabulary import COLOURS
+
 TASK_FAMILIES = ("goto", "pickup", "open", "putnext", "sequence", "unlock")
 
 
@@ -58,6 +60,12 @@ class LevelConfig:
         min_objects = 2 if self.task in ("putnext", "sequence") else 1
         if self.num_objects < min_objects:
             raise ValueError(f"task {self.task!r} needs at least {min_objects} objects")
+        if self.num_doors > len(COLOURS):  # every door has its own colour (and key)
+            raise ValueError(
+                f"level {self.name}: at most {len(COLOURS)} doors (one per colour), got {self.num_doors}"
+            )
+        if max(self.grid_shape) > 31:  # rows and columns of cells are 32-bit masks in the renderer and physics
+            raise ValueError(f"level {self.name}: grids larger than 31 cells are not supported, got {self.grid_shape}")
         # Objects sit on a lattice of every other cell; keep at least that many lattice cells per room.
         lattice_per_room = (self.room_size // 2) ** 2
         if self.num_objects > lattice_per_room * self.rooms[0] * self.rooms[1] - 1:
