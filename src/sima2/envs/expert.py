@@ -36,6 +36,7 @@ from sima2.envs.world import (
     entity_positions,
     key_for_door,
     object_grid,
+    row_masks,
     wrap_angle,
 )
 
@@ -99,10 +100,7 @@ def distances_at(
     to the goal, the expert's neighbours).
     """
     rows, cols = goal.shape
-    if cols > 31:
-        raise ValueError(f"grids wider than 31 cells are not supported, got {cols}")
-    weights = jnp.int32(1) << jnp.arange(cols, dtype=jnp.int32)
-    open_bits = jnp.sum(jnp.where(passable, weights[None, :], 0), axis=1)  # [GH]
+    open_bits = row_masks(passable)
     row, col = cells[:, 0], cells[:, 1]
     inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
     row, col = jnp.clip(row, 0, rows - 1), jnp.clip(col, 0, cols - 1)
@@ -117,7 +115,7 @@ def distances_at(
         reached = grown & open_bits
         return reached, distance + unreached(reached)
 
-    start = jnp.sum(jnp.where(goal & passable, weights[None, :], 0), axis=1)
+    start = row_masks(goal & passable)
     reached, distance = jax.lax.fori_loop(0, _sweeps(goal.shape), layer, (start, unreached(start)))
     return jnp.where(inside & (unreached(reached) == 0), distance, UNREACHABLE).astype(jnp.int32)
 

@@ -16,7 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float32, Int32, UInt8
 
-from sima2.envs.world import DOOR_LOCKED, DOOR_OPEN, EnvState, door_state_grid, heading_vectors, object_grid
+from sima2.envs.world import (
+    DOOR_LOCKED,
+    DOOR_OPEN,
+    EnvState,
+    door_state_grid,
+    heading_vectors,
+    object_grid,
+    row_masks,
+)
 
 FIELD_OF_VIEW = math.radians(66.0)
 SHADE_LEVELS = 8
@@ -75,10 +83,7 @@ def _cast_rays(
     grid_rows, grid_cols = state.wall.shape
     pos = state.agent_pos
     opaque = state.wall | (door_state_grid(state) > DOOR_OPEN)
-    bits = (  # per axis: the masks of the cells on each grid line, over the other axis
-        jnp.sum(opaque.astype(jnp.int32) << jnp.arange(grid_rows, dtype=jnp.int32)[:, None], axis=0),
-        jnp.sum(opaque.astype(jnp.int32) << jnp.arange(grid_cols, dtype=jnp.int32)[None, :], axis=1),
-    )
+    bits = (row_masks(opaque.T), row_masks(opaque))  # per axis: each grid line's cells, over the other axis
     cell = jnp.floor(pos).astype(jnp.int32)  # (col, row) of the agent
     size = (grid_cols, grid_rows)
 
@@ -111,8 +116,6 @@ def _cast_rays(
 
 def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array, "{height} {width} 3"]:
     """The agent's view as RGB uint8 [height, width, 3]."""
-    if max(state.wall.shape) > 31:
-        raise ValueError(f"grids larger than 31 cells are not supported by the renderer, got {state.wall.shape}")
     tan_half = math.tan(FIELD_OF_VIEW / 2)
     focal = (width / 2) / tan_half
     forward, right = heading_vectors(state.agent_dir)

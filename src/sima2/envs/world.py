@@ -131,6 +131,14 @@ def entity_colours(state: EnvState) -> Int32[Array, " E"]:
     return jnp.concatenate([state.obj_colour, state.door_colour])
 
 
+def row_masks(grid: Bool[Array, "R C"]) -> Int32[Array, " R"]:
+    """Each row of a boolean grid as a 32-bit mask (bit c = column c): grid lookups become shifts and ands
+    (renderer, physics, BFS). `row_masks(grid.T)` gives the columns."""
+    if grid.shape[1] > 31:
+        raise ValueError(f"grids larger than 31 cells are not supported, got {grid.shape}")
+    return jnp.sum(jnp.where(grid, jnp.int32(1) << jnp.arange(grid.shape[1], dtype=jnp.int32), 0), axis=1)
+
+
 # The per-cell grids below compare every cell with the few entity positions instead of scattering or
 # gathering: elementwise code that XLA fuses, where batched scatters and gathers are slow on CPU.
 def _cells_at(shape: tuple[int, int], pos: Int32[Array, "2"]) -> Bool[Array, "GH GW"]:
@@ -713,9 +721,7 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
     dt = 1.0 / TICK_HZ
     solid = solid_grid(state)
     cols = solid.shape[1]
-    if cols > 31:
-        raise ValueError(f"grids wider than 31 cells are not supported, got {cols}")
-    row_bits = jnp.sum(jnp.where(solid, jnp.int32(1) << jnp.arange(cols, dtype=jnp.int32)[None, :], 0), axis=1)
+    row_bits = row_masks(solid)
 
     # The heading and the intended displacement of every tick, computed up front (vectorised over ticks);
     # the sequential loop then only moves and collides.
