@@ -22,7 +22,7 @@ from sima2.training import (
     make_replay_buffer,
     vmap_seeds,
 )
-from sima2.training.ppo import collect_rollout, init_rollout
+from sima2.training.ppo import collect_rollout, init_rollout, random_permutation
 from sima2.training.recurrent import evaluate_sequences
 
 SMALL = [
@@ -59,6 +59,35 @@ class _MemorylessAgent(MLPAgent):
 
     def initial_carry(self):
         return jnp.zeros((0,), jnp.float32)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 1000, 4096, 70_000])
+def test_random_permutation_is_a_permutation(n):
+    order = np.asarray(jax.jit(random_permutation, static_argnums=1)(jax.random.key(n), n))
+    np.testing.assert_array_equal(np.sort(order), np.arange(n))
+    if n >= 1000:  # not the identity, nor a rotation of it
+        assert np.mean(np.diff(order) == 1) < 0.01
+
+
+def test_random_permutation_is_uniform():
+    """Every ordering of 4 items equally likely, every item equally likely in every position (chi-square
+    at p = 0.001 over 24,000 draws), and different keys give independent orders."""
+    draws = 24_000
+    orders = np.asarray(jax.vmap(lambda k: random_permutation(k, 4))(jax.random.split(jax.random.key(0), draws)))
+    codes = orders @ np.array([64, 16, 4, 1])
+    counts = np.unique(codes, return_counts=True)[1]
+    assert len(counts) == 24
+    expected = draws / 24
+    assert ((counts - expected) ** 2 / expected).sum() < 49.7  # chi-square, 23 dof, p = 0.001
+    for position in range(4):
+        per_item = np.bincount(orders[:, position], minlength=4)
+        assert ((per_item - draws / 4) ** 2 / (draws / 4)).sum() < 16.3  # 3 dof, p = 0.001
+    # Large n: the item at each position is uniform too (first position over 2,000 keys of a 4096-shuffle).
+    firsts = np.asarray(
+        jax.vmap(lambda k: random_permutation(k, 4096)[0])(jax.random.split(jax.random.key(1), 2000))
+    )
+    per_bin = np.bincount(firsts // 512, minlength=8)
+    assert ((per_bin - 250) ** 2 / 250).sum() < 24.3  # 7 dof, p = 0.001
 
 
 @pytest.mark.parametrize("agent_type", [MLPAgent, _MemorylessAgent])
