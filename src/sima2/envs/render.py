@@ -123,7 +123,12 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
 
     # --- walls and closed doors, one ray per column
     cam_x = jnp.asarray((2.0 * (np.arange(width, dtype=np.float32) + 0.5) / width - 1.0) * tan_half)
-    rays = (forward[0] + cam_x * right[0], forward[1] + cam_x * right[1])
+    # forward + cam_x * right as a (tiny) matrix product: XLA materialises a dot's result, where element-wise
+    # ray directions would be fused into every per-crossing and per-pixel loop and the heading's sine and
+    # cosine recomputed for each element.
+    basis = jnp.stack([forward, right], axis=1)  # [(x, y), (forward, right)]
+    ray_xy = basis @ jnp.stack([jnp.ones_like(cam_x), cam_x])  # [2, W]
+    rays = (ray_xy[0], ray_xy[1])
     hit_dist, hit_row, hit_col, hit_side = _cast_rays(state, rays)
     # The cell hit is a wall unless it is a closed door (its colour, darker when locked): comparing with
     # the few doors is cheaper than a per-ray gather on CPU.
