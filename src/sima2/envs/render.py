@@ -163,7 +163,14 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
     lateral = rel @ right
     lying = jnp.arange(n_obj) != state.carrying
     depth = jnp.where(lying, depth, -1.0)
-    order = jnp.argsort(-depth)
+    # Back-to-front order by ranking (a few objects: comparisons are cheaper than a sort call on CPU); equal
+    # depths keep the lower index first, as a stable argsort would.
+    index = jnp.arange(n_obj)
+    drawn_before = (depth[None, :] > depth[:, None]) | (
+        (depth[None, :] == depth[:, None]) & (index[None, :] < index[:, None])
+    )  # [i, j]: object j is drawn before object i
+    rank = drawn_before.sum(axis=1)
+    order = jnp.sum(jnp.where(rank[None, :] == index[:, None], index[None, :], 0), axis=1)  # rank -> object
     columns = jnp.asarray(np.arange(width, dtype=np.float32) + 0.5)
     rows = jnp.asarray(np.arange(height, dtype=np.float32) + 0.5)
     # Per-sprite column and row terms for all objects at once, [K, W] and [K, H].
