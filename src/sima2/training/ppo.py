@@ -190,8 +190,8 @@ def random_permutation(key: PRNGKeyArray, n: int) -> Int[Array, " {n}"]:
     for the same key) at a fraction of its cost on CPU.
 
     `jax.random.permutation` sorts (random key, value) pairs, which XLA CPU runs through a compiled
-    comparator: at PPO's few thousand samples per minibatch epoch that sort cost more than the epoch's
-    forward and backward passes. Here each round sorts one uint32 array whose high bits are random and whose
+    comparator: for PPO on CartPole (4 epochs of 4096 samples) those sorts took a fifth of each update's
+    time on a 2-core CPU. Here each round sorts one uint32 array whose high bits are random and whose
     low bits hold the position, so the sorted keys carry the order themselves. The keys are distinct, and
     successive rounds refine the previous order like the passes of a radix sort, so the result is the order
     of the concatenated random bits; rounds are added until they total 3 log2(n) bits, as jax's own
@@ -199,7 +199,7 @@ def random_permutation(key: PRNGKeyArray, n: int) -> Int[Array, " {n}"]:
     """
     index_bits = max(1, (n - 1).bit_length())
     random_bits = 32 - index_bits
-    if random_bits < 8:  # hundreds of millions of items: too few bits left per round
+    if random_bits < 8:  # over 16 million items: too few random bits left per round
         return jax.random.permutation(key, n)
     rounds = math.ceil(3 * index_bits / random_bits)
     position_mask = jnp.uint32((1 << index_bits) - 1)
