@@ -36,6 +36,7 @@ from sima2.envs.world import (
     entity_types,
     generate,
     heading_vectors,
+    precise_dot,
 )
 
 _DETERMINERS = ("the", "a")
@@ -202,7 +203,7 @@ def _location_holds(state: EnvState, entity: Int32[Array, ""], location: Int32[A
     """Whether the location phrase holds for the entity, seen from the agent's start pose (as the world says it)."""
     forward, right = heading_vectors(state.start_dir)
     offset = entity_positions(state)[entity, ::-1].astype(jnp.float32) + 0.5 - state.start_pos
-    along, across = offset @ forward, offset @ right
+    along, across = precise_dot(offset, forward), precise_dot(offset, right)
     holds = jnp.stack([jnp.bool_(True), along > 0.5, along < -0.5, across < -0.5, across > 0.5])
     return holds[jnp.maximum(location, 0)]
 

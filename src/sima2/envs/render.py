@@ -23,6 +23,7 @@ from sima2.envs.world import (
     door_state_grid,
     heading_vectors,
     object_grid,
+    precise_dot,
     row_masks,
 )
 
@@ -127,7 +128,7 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
     # ray directions would be fused into every per-crossing and per-pixel loop and the heading's sine and
     # cosine recomputed for each element.
     basis = jnp.stack([forward, right], axis=1)  # [(x, y), (forward, right)]
-    ray_xy = basis @ jnp.stack([jnp.ones_like(cam_x), cam_x])  # [2, W]
+    ray_xy = precise_dot(basis, jnp.stack([jnp.ones_like(cam_x), cam_x]))  # [2, W]
     rays = (ray_xy[0], ray_xy[1])
     hit_dist, hit_row, hit_col, hit_side = _cast_rays(state, rays)
     # The cell hit is a wall unless it is a closed door (its colour, darker when locked): comparing with
@@ -159,8 +160,8 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
     n_obj = state.obj_type.shape[0]
     centres = state.obj_pos[:, ::-1].astype(jnp.float32) + 0.5
     rel = centres - pos[None, :]
-    depth = rel @ forward
-    lateral = rel @ right
+    depth = precise_dot(rel, forward)
+    lateral = precise_dot(rel, right)
     lying = jnp.arange(n_obj) != state.carrying
     depth = jnp.where(lying, depth, -1.0)
     # Back-to-front order by ranking (a few objects: comparisons are cheaper than a sort call on CPU); equal

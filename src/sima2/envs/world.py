@@ -107,6 +107,11 @@ class EnvState(eqx.Module):
 
 
 # --- small helpers ---------------------------------------------------------------------------------------
+def precise_dot(a: Float32[Array, "..."], b: Float32[Array, "..."]) -> Float32[Array, "..."]:
+    """`a @ b` in full float32 on every backend (GPUs and TPUs would otherwise round the operands)."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def heading_vectors(angle: Float32[Array, ""]) -> tuple[Float32[Array, "2"], Float32[Array, "2"]]:
     """Unit forward and right vectors (x, y) of a heading."""
     forward = jnp.stack([jnp.cos(angle), jnp.sin(angle)])
@@ -176,7 +181,7 @@ def entity_in_reach(state: EnvState) -> tuple[Bool[Array, " E"], Float32[Array, 
     distance = jnp.linalg.norm(offset, axis=-1)
     forward, _ = heading_vectors(state.agent_dir)
     # Within REACH_ANGLE of the heading, tested as a cosine (no per-entity arctangent, slow on CPU).
-    in_front = offset @ forward >= distance * math.cos(REACH_ANGLE)
+    in_front = precise_dot(offset, forward) >= distance * math.cos(REACH_ANGLE)
     n_obj = state.obj_type.shape[0]
     present = jnp.concatenate([jnp.arange(n_obj) != state.carrying, state.door_valid])
     reach = present & (distance <= REACH_DISTANCE) & in_front
@@ -452,7 +457,7 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
     if level.location_phrases:
         forward, right = heading_vectors(agent_dir)
         offset = obj_pos[0, ::-1].astype(jnp.float32) + 0.5 - agent_pos
-        along, across = offset @ forward, offset @ right
+        along, across = precise_dot(offset, forward), precise_dot(offset, right)
         holds = jnp.stack([along > 0.5, along < -0.5, across < -0.5, across > 0.5])  # front behind left right
         loc = 1 + episode.choice(holds)
         location = location.at[0].set(loc.astype(jnp.int32))
@@ -761,7 +766,7 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
         (
             pos,
             wrap_angle(angle),
-            jnp.stack([moved @ forward, moved @ right]),
+            jnp.stack([precise_dot(moved, forward), precise_dot(moved, right)]),
             jnp.deg2rad(look) / duration,
             contact,
         ),
