@@ -35,8 +35,7 @@ from sima2.envs.world import (
     entity_positions,
     entity_types,
     generate,
-    heading_vectors,
-    precise_dot,
+    location_phrases_holding,
 )
 
 _DETERMINERS = ("the", "a")
@@ -201,10 +200,8 @@ def _stage_spec(stages: tuple[Stage, ...]) -> dict[str, np.ndarray]:
 
 def _location_holds(state: EnvState, entity: Int32[Array, ""], location: Int32[Array, ""]) -> Bool[Array, ""]:
     """Whether the location phrase holds for the entity, seen from the agent's start pose (as the world says it)."""
-    forward, right = heading_vectors(state.start_dir)
-    offset = entity_positions(state)[entity, ::-1].astype(jnp.float32) + 0.5 - state.start_pos
-    along, across = precise_dot(offset, forward), precise_dot(offset, right)
-    holds = jnp.stack([jnp.bool_(True), along > 0.5, along < -0.5, across < -0.5, across > 0.5])
+    phrases = location_phrases_holding(entity_positions(state)[entity], state.start_pos, state.start_dir)
+    holds = jnp.concatenate([jnp.ones((1,), bool), phrases])  # code 0: no location phrase
     return holds[jnp.maximum(location, 0)]
 
 

@@ -124,6 +124,17 @@ def wrap_angle(angle: Float32[Array, "*s"]) -> Float32[Array, "*s"]:
     return jnp.arctan2(jnp.sin(angle), jnp.cos(angle))
 
 
+def location_phrases_holding(
+    cell: Int32[Array, "2"], pos: Float32[Array, "2"], heading: Float32[Array, ""]
+) -> Bool[Array, "4"]:
+    """Which location phrases (in front of, behind, left of, right of: codes 1-4) hold for the entity in
+    `cell` (row, col), seen from `pos` facing `heading`."""
+    forward, right = heading_vectors(heading)
+    offset = cell[::-1].astype(jnp.float32) + 0.5 - pos
+    along, across = precise_dot(offset, forward), precise_dot(offset, right)
+    return jnp.stack([along > 0.5, along < -0.5, across < -0.5, across > 0.5])
+
+
 def entity_positions(state: EnvState) -> Int32[Array, "E 2"]:
     return jnp.concatenate([state.obj_pos, state.door_pos], axis=0)
 
@@ -455,11 +466,7 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
     synonym = (episode.uniform((n_ent,)) < 0.5).astype(jnp.int32)
     location = jnp.zeros((n_ent,), jnp.int32)
     if level.location_phrases:
-        forward, right = heading_vectors(agent_dir)
-        offset = obj_pos[0, ::-1].astype(jnp.float32) + 0.5 - agent_pos
-        along, across = precise_dot(offset, forward), precise_dot(offset, right)
-        holds = jnp.stack([along > 0.5, along < -0.5, across < -0.5, across > 0.5])  # front behind left right
-        loc = 1 + episode.choice(holds)
+        loc = 1 + episode.choice(location_phrases_holding(obj_pos[0], agent_pos, agent_dir))
         location = location.at[0].set(loc.astype(jnp.int32))
 
     state = EnvState(
