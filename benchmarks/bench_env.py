@@ -5,6 +5,10 @@ included, for N = 1, 64, 1024 worlds at 64x64 and 128x128. MiniWorld (OpenGL, on
 gymnasium API) is timed at the same image sizes on OneRoom and FourRooms in a subprocess, so it may live in
 its own virtual environment (`--peer-python`; headless with PYGLET_HEADLESS=1).
 
+The per-core ratio compares like with like: MiniWorld pinned to one core against sima2 pinned to the same
+core (its largest batch, run again in a subprocess restricted to that core before JAX starts). The all-core
+figure divided by the core count is printed too; it is lower whenever XLA's threads scale below linearly.
+
     python benchmarks/bench_env.py --peer-python path/to/venv-with-miniworld/bin/python
 """
 
@@ -78,6 +82,21 @@ def bench_sima2(level: str, num_worlds: int, size: int, steps: int, repeats: int
     return num_worlds * steps / best
 
 
+def bench_sima2_one_core(level: str, num_worlds: int, size: int, steps: int, repeats: int) -> float | None:
+    """sima2 frames/s in a subprocess pinned to the core the peer runs on (JAX sizes its threads by it)."""
+    command = [
+        sys.executable, __file__, "--one-core-worker", "--level", level, "--sizes", str(size),
+        "--worlds", str(num_worlds), "--steps", str(steps), "--repeats", str(repeats),
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=900, check=True)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        stderr = getattr(error, "stderr", "") or ""
+        print(f"  sima2 on one core failed: {error.__class__.__name__} {stderr.strip()[-300:]}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["fps"]
+
+
 def bench_peer(python: str, level: str, size: int, seconds: float) -> float | None:
     # Software OpenGL (llvmpipe) would otherwise spread rendering over several threads.
     env = dict(os.environ, PYGLET_HEADLESS="1", LP_NUM_THREADS="1")
@@ -108,7 +127,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peer-python", default=sys.executable, help="interpreter that has `miniworld`")
     parser.add_argument("--peer-seconds", type=float, default=5.0)
+    parser.add_argument("--one-core-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.one_core_worker:  # child of bench_sima2_one_core: pin before JAX creates its thread pool
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        fps = bench_sima2(args.level, args.worlds[0], args.sizes[0], args.steps, args.repeats)
+        print(json.dumps({"fps": fps}))
+        return
 
     cores = os.cpu_count() or 1
     print(
@@ -123,17 +149,24 @@ def main() -> None:
             print(f"sima2 {size}x{size} N={n:5d}: {fps:12,.0f} frames/s  ({fps / cores:10,.0f} per core)")
 
     for size in args.sizes:
+        largest = max(args.worlds)
+        steps = max(args.steps, 256 // largest)
+        one_core = bench_sima2_one_core(args.level, largest, size, steps, args.repeats)
+        all_cores = results[(size, largest)]
+        if one_core is not None:
+            print(
+                f"sima2 {size}x{size} N={largest:5d} pinned to 1 core: {one_core:12,.0f} frames/s "
+                f"(all {cores} cores: {all_cores / one_core:.2f}x that)"
+            )
         for peer_level in ("MiniWorld-OneRoom-v0", "MiniWorld-FourRooms-v0"):
             peer = bench_peer(args.peer_python, peer_level, size, args.peer_seconds)
             if peer is None:
                 continue
-            best = max(fps for (s, _), fps in results.items() if s == size)
-            ratio = (best / cores) / peer  # MiniWorld renders one world on one core
+            pinned = f"{one_core / peer:,.1f}x per core (both on 1 core)" if one_core is not None else "n/a"
             print(
                 f"MiniWorld {peer_level} {size}x{size}: {peer:8,.0f} frames/s on 1 core | "
-                f"sima2 best {best:,.0f} on {cores} cores -> {ratio:,.1f}x per core"
+                f"sima2 N={largest}: {pinned}; all-core figure / {cores}: {all_cores / cores / peer:,.1f}x"
             )
-
 
 if __name__ == "__main__":
     main()
