@@ -23,7 +23,16 @@ import gymnax
 import jax
 import jax.numpy as jnp
 
-from sima2.training import TrainConfig, apply_overrides, make_ppo, scan_steps
+from sima2.training import (
+    TrainConfig,
+    apply_overrides,
+    make_optimizer,
+    make_ppo,
+    ppo_update,
+    scan_steps,
+    trainable_spec,
+)
+from sima2.training.ppo import collect_rollout
 
 
 class CartPoleEnv(eqx.Module):
@@ -82,7 +91,8 @@ def sima2_runner(num_envs, num_steps, num_epochs, num_minibatches, updates):
             "optim.max_grad_norm=0.5",
         ],
     )
-    init_fn, step_fn = make_ppo(MLPActorCritic(jax.random.key(0)), CartPoleEnv(gym_env), env_params, config)
+    agent, env = MLPActorCritic(jax.random.key(0)), CartPoleEnv(gym_env)
+    init_fn, step_fn = make_ppo(agent, env, env_params, config)
 
     @eqx.filter_jit
     def train(key):
@@ -98,7 +108,35 @@ def sima2_runner(num_envs, num_steps, num_epochs, num_minibatches, updates):
         final_returns.append(float(returns[-1]))
         return time.perf_counter() - start
 
-    return run, final_returns
+    return run, final_returns, update_only_runner(agent, env, env_params, config, init_fn, updates)
+
+
+def update_only_runner(agent, env, env_params, config, init_fn, updates):
+    """sima2's PPO update alone (epochs x minibatches on one fixed trajectory), `updates` times in one jit:
+    the ceiling on env-steps/s with these network and batch settings if rollouts cost nothing."""
+    optimizer, spec = make_optimizer(config.optim), trainable_spec(agent, None)
+    state = init_fn(jax.random.key(0))
+    _, trajectory, start_carry, last_value = collect_rollout(
+        state.model, env, env_params, state.env, jax.random.key(1), config.ppo.num_steps
+    )
+
+    def one_update(state, batch=None):
+        return ppo_update(
+            state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=config.ppo
+        )
+
+    @eqx.filter_jit
+    def update_only(state):
+        return scan_steps(one_update, state, updates)[1]["loss"]
+
+    jax.block_until_ready(update_only(state))
+
+    def run(seed):
+        start = time.perf_counter()
+        jax.block_until_ready(update_only(state))
+        return time.perf_counter() - start
+
+    return run
 
 
 def rejax_runner(num_envs, num_steps, num_epochs, num_minibatches, updates):
@@ -185,9 +223,10 @@ def main():
         f"{args.num_minibatches} minibatches, MLP (64, 64) SiLU actor/critic, {jax.devices()[0].platform}, "
         f"best of {args.repeats}"
     )
-    sima2_run, final_returns = sima2_runner(*shape, args.updates)
+    sima2_run, final_returns, update_run = sima2_runner(*shape, args.updates)
     runs = {
         "sima2": (sima2_run, args.updates),
+        "update": (update_run, args.updates),
         "rejax": (rejax_runner(*shape, args.updates), args.updates),
         "SB3": (sb3_runner(*shape, args.sb3_updates), args.sb3_updates),
     }
@@ -199,6 +238,10 @@ def main():
     print(
         f"sima2  : {rate['sima2']:12,.0f} env-steps/s  (mean episode return after {args.updates} updates: "
         f"{sum(final_returns) / len(final_returns):.1f}, averaged over the timed runs)"
+    )
+    print(
+        f"  sima2 update alone (same trajectory, no rollout): {rate['update']:12,.0f} env-steps/s, the ceiling "
+        f"with free rollouts = {rate['update'] / rate['SB3']:.1f}x SB3"
     )
     print(f"rejax  : {rate['rejax']:12,.0f} env-steps/s")
     print(f"SB3    : {rate['SB3']:12,.0f} env-steps/s")
