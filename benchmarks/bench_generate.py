@@ -2,6 +2,9 @@
 
 Random models shaped like GPT-2 small and SmolLM-135M, batch 1 and 8, a 16-token prompt, 64 new greedy
 tokens. Both run in this process on the same weights; the outputs are checked to be token-identical.
+Each new token reads every weight once, so the last column is the memory bound on tokens/s: batch x the
+bandwidth of one matrix-vector product over the model's largest weight (the output embedding, timed here in
+JAX) / the model's weight bytes.
 
     python benchmarks/bench_generate.py [--repeats 3] [--models gpt2,smollm] [--batches 1,8]
 """
@@ -9,12 +12,14 @@ tokens. Both run in this process on the same weights; the outputs are checked to
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -47,6 +52,18 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def weight_read_bound(lm: CausalLM) -> tuple[float, float]:
+    """(bytes of weights read per decoding step, GB/s of a matrix-vector product over the output embedding)."""
+    arrays = [x for x in jax.tree.leaves(eqx.filter(lm, eqx.is_array)) if x is not lm.position_embeddings]
+    weight_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in arrays)
+    head = lm.embed_tokens if lm.lm_head is None else lm.lm_head
+    vector = jnp.ones((head.shape[1],), head.dtype)
+    matvec = jax.jit(lambda w, v: w @ v)
+    matvec(head, vector).block_until_ready()
+    seconds = best_time(lambda: matvec(head, vector).block_until_ready(), 20)
+    return weight_bytes, head.size * head.dtype.itemsize / seconds / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -56,7 +73,8 @@ def main() -> None:
     print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")
     print(f"prompt {PROMPT_LEN} tokens, {NEW_TOKENS} new greedy tokens, best of {args.repeats}")
-    print(f"{'model':8} {'batch':>5} {'sima2 tok/s':>12} {'HF tok/s':>10} {'ratio':>6}  identical")
+    print(f"{'model':8} {'batch':>5} {'sima2 tok/s':>12} {'HF tok/s':>10} {'ratio':>6}  identical  "
+          f"memory bound tok/s (x HF)")
     factories = hf_models()
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -64,6 +82,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             hf.save_pretrained(tmp)
             lm = CausalLM.from_pretrained(tmp)
+        weight_bytes, bandwidth = weight_read_bound(lm)
         for batch in (int(b) for b in args.batches.split(",")):
             prompts = np.random.default_rng(batch).integers(1, 1000, size=(batch, PROMPT_LEN))
             torch_prompts = torch.tensor(prompts)
@@ -84,8 +103,11 @@ def main() -> None:
             t_hf = best_time(run_hf, args.repeats)
             tokens = batch * NEW_TOKENS
             identical = "yes" if np.array_equal(ours, theirs) else "NO"
+            bound = batch * bandwidth * 1e9 / weight_bytes
             print(f"{name:8} {batch:5d} {tokens / t_sima2:12.1f} {tokens / t_hf:10.1f} "
-                  f"{t_hf / t_sima2:5.2f}x  {identical}", flush=True)
+                  f"{t_hf / t_sima2:5.2f}x  {identical:9}  {bound:7.1f} ({bound * t_hf / tokens:.2f}x)", flush=True)
+        print(f"  {name}: {weight_bytes / 1e6:.0f} MB of weights per step, matrix-vector product at "
+              f"{bandwidth:.1f} GB/s", flush=True)
 
 
 if __name__ == "__main__":
