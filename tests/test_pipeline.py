@@ -44,6 +44,23 @@ def test_unknown_preset_and_bad_override_are_named():
         pipeline_config("tiny", ["bc.no_such_field=3"])
 
 
+def test_a_refused_run_leaves_the_run_folder_untouched(tmp_path):
+    """Bad settings are refused before the folder is written: a finished run's pipeline.json survives."""
+    import pytest
+
+    saved = '{"level": "sima2/GoTo-v0", "finished": true}'
+    (tmp_path / "pipeline.json").write_text(saved)
+    with pytest.raises(ValueError, match="unknown level"):
+        train("tiny", tmp_path, overrides=["level=sima2/Nope-v0"], report=False, progress=False)
+    with pytest.raises(ValueError, match=r"ppo.ppo.num_envs \(6\) must be divisible by ppo.ppo.num_minibatches \(4\)"):
+        train("tiny", tmp_path, overrides=["ppo.ppo.num_envs=6", "ppo.ppo.num_minibatches=4"], report=False)
+    assert (tmp_path / "pipeline.json").read_text() == saved and sorted(p.name for p in tmp_path.iterdir()) == [
+        "pipeline.json"
+    ]
+    with pytest.raises(ValueError, match="is an existing file"):
+        train("tiny", tmp_path / "pipeline.json", report=False)
+
+
 def test_pipeline_splits_over_several_devices(tmp_path):
     """With two (simulated) devices the same command trains data-parallel and writes the same run folder;
     sizes that do not divide over the devices are named before anything runs."""

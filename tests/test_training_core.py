@@ -58,6 +58,27 @@ def test_overrides_are_typed_and_validated():
         apply_overrides(TrainConfig(), ["ppo=3"])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ppo.num_envs=-4", r"'ppo.num_envs': PPOConfig.num_envs must be >= 1, got -4"),
+        ("ppo.num_minibatches=0", "PPOConfig.num_minibatches must be >= 1"),
+        ("ppo.gamma=2.0", r"PPOConfig.gamma must be in \[0, 1\], got 2.0"),
+        ("optim.lr=-1", "OptimConfig.lr must be a finite number >= 0"),
+        ("optim.lr=1e400", "OptimConfig.lr must be a finite number >= 0, got inf"),
+        ("ppo.num_envs=1e400", "expected an int, got inf"),
+        ("eval.num_episodes=0", "EvalConfig.num_episodes must be >= 1"),
+        ("checkpoint.every=0", "CheckpointConfig.every must be >= 1"),
+        ("data.on_invalid=skip", "DataConfig.on_invalid must be 'raise' or 'drop'"),
+        ("guard.ema_decay=1.0", r"GuardConfig.ema_decay must be in \[0, 1\)"),
+        ("stage=rl", "TrainConfig.stage must be 'bc' or 'ppo'"),
+    ],
+)
+def test_out_of_range_overrides_are_refused_when_the_config_is_built(override, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(TrainConfig(), [override])
+
+
 def test_schedule_warms_up_then_decays_to_final_lr():
     schedule = make_schedule(OptimConfig(lr=1e-4, final_lr=1e-5, warmup_steps=10, decay_steps=100))
     assert float(schedule(0)) == 0.0
@@ -233,6 +254,42 @@ def test_checkpoint_restores_exactly_keeps_last_k_and_exports_safetensors(tmp_pa
     path = export_safetensors(state.model, tmp_path / "final")
     tensors = load_file(str(path))
     assert np.array_equal(tensors["policy.weight"], np.asarray(state.model.policy.weight))
+    checkpointer.close()
+
+
+# orbax leaves coroutines of the failed reads to the garbage collector; their warnings are noise here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning", "ignore::RuntimeWarning")
+def test_resume_skips_a_damaged_newest_checkpoint_and_keeps_it_aside(tmp_path):
+    config = apply_overrides(TrainConfig(), ["ppo.num_envs=4", "ppo.num_steps=4", "ppo.num_minibatches=2"])
+    init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), config)
+    step = eqx.filter_jit(step)
+    state = init(jax.random.key(1))
+    checkpointer = Checkpointer(tmp_path, every=1, keep=3, async_save=False)
+    for i in range(1, 4):
+        state, _ = step(state, None)
+        checkpointer.save(i, state, {"data_position": i})
+    checkpointer.wait()
+    checkpointer.close()
+    damaged = [f for f in (tmp_path / "3").rglob("*") if f.is_file() and f.stat().st_size > 0]
+    for f in damaged:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated, as by a crash mid-write
+    (tmp_path / "7").mkdir()  # a stray, empty step folder
+    checkpointer = Checkpointer(tmp_path, every=1, keep=3, async_save=False)
+    restored, meta = checkpointer.restore(init(jax.random.key(7)))
+    assert meta["step"] == 2 and meta["data_position"] == 2
+    assert (tmp_path / "3.unreadable").is_dir() and (tmp_path / "7.unreadable").is_dir()
+    assert checkpointer.all_steps() == [1, 2]
+    checkpointer.save(3, step(restored, None)[0], {"data_position": 3})  # the resumed run saves step 3 again
+    checkpointer.wait()
+    assert checkpointer.restore(init(jax.random.key(7)))[1]["step"] == 3
+    checkpointer.close()
+    # A checkpoint that cannot fit this run's state (another configuration) is named, and nothing moves.
+    other = apply_overrides(config, ["ppo.num_envs=8"])
+    init_other, _ = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), other)
+    checkpointer = Checkpointer(tmp_path, every=1, keep=3, async_save=False)
+    with pytest.raises(ValueError, match="no checkpoint in .* restores into this run's training state"):
+        checkpointer.restore(init_other(jax.random.key(7)))
+    assert checkpointer.all_steps() == [1, 2, 3]
     checkpointer.close()
 
 

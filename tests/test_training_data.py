@@ -74,7 +74,7 @@ def test_noisy_demonstrations_record_the_expert_while_executing_slips():
 
 
 def test_bad_rows_are_reported_with_their_index(demos):
-    rows = demos.select(range(6)).to_dict()
+    rows = demos.select(range(10)).to_dict()
     rows["image"][1] = np.zeros((5, 4, 3), np.uint8)
     rows["action"][3] = [9, 0, 0]
     rows["instruction"][4] = "   "
@@ -85,7 +85,29 @@ def test_bad_rows_are_reported_with_their_index(demos):
     with pytest.raises(ValueError, match="row 1: image shape.*row 3: action.*row 4: empty instruction"):
         check_dataset(broken, image_shape=(4, 4, 3), action_nvec=NVEC)
     kept = check_dataset(broken, image_shape=(4, 4, 3), action_nvec=NVEC, on_invalid="drop")
-    assert len(kept) == 3 and not validate_rows(kept, image_shape=(4, 4, 3), action_nvec=NVEC)
+    # Dropping removes whole episodes, so sequence windows never jump over a hole.
+    bad_episodes = {rows["episode_id"][i] for i in (1, 3, 4)}
+    expected = [i for i, episode in enumerate(rows["episode_id"]) if episode not in bad_episodes]
+    assert 0 < len(expected) < 7 and kept["episode_id"] == [rows["episode_id"][i] for i in expected]
+    assert not validate_rows(kept, image_shape=(4, 4, 3), action_nvec=NVEC)
+
+
+def test_bad_ids_proprio_and_missing_values_are_reported(demos):
+    rows = demos.select(range(8)).to_dict()
+    rows["instruction_ids"][0] = [1, 500]
+    rows["instruction_ids"][2] = [-1]
+    rows["proprio"][3] = rows["proprio"][3][:-1]
+    rows["proprio"][5] = None
+    rows["step_id"][6] = None
+    broken = datasets.Dataset.from_dict(rows, features=demos.features)
+    problems = dict(validate_rows(broken, image_shape=(4, 4, 3), action_nvec=NVEC, vocab_size=100))
+    assert sorted(problems) == [0, 2, 3, 5, 6]
+    assert "[0, 100)" in problems[0] and "non-negative" not in problems[2] and "length" in problems[3]
+    assert problems[5] == "no proprio" and problems[6] == "no step_id"
+    # Without a vocabulary size only negative ids are known to be wrong.
+    assert sorted(dict(validate_rows(broken, image_shape=(4, 4, 3), action_nvec=NVEC))) == [2, 3, 5, 6]
+    with pytest.raises(ValueError, match="5 invalid dataset rows"):
+        check_dataset(broken, image_shape=(4, 4, 3), action_nvec=NVEC, vocab_size=100)
 
 
 def test_iterator_is_deterministic_covers_epochs_and_resumes_at_a_position(demos):

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, OSError) as err:  # bad input or an unusable path: one clear line, no traceback
         print(f"sima2 {args.command}: error: {err}", file=sys.stderr)
         return 2
 

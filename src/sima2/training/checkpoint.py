@@ -9,6 +9,7 @@ facts that are not arrays (the data iterator's position) go in a JSON item next 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jaxtyping import PyTree
 from safetensors.numpy import save_file
+
+log = logging.getLogger("sima2.training")
 
 
 def _is_key(leaf: Any) -> bool:
@@ -93,10 +96,44 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def restore(self, template: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
-        """Restore checkpoint `step` (default: latest) into the structure and shardings of `template`."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+        """Restore checkpoint `step` into the structure and shardings of `template`.
+
+        Without `step`, the newest checkpoint that restores: a damaged or foreign one (truncated files, a
+        stray folder, a missing item) is skipped with a warning naming it and the next older one is tried,
+        so a run killed while its newest checkpoint was being damaged still resumes from the last good one.
+        A skipped checkpoint is moved aside to `<step>.unreadable` (nothing is deleted), so the resumed run can
+        save that step again. If none restores, nothing is moved and the ValueError lists why for each.
+        """
+        if step is not None:
+            return self._restore(template, step)
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint to resume from in {self.directory}")
+        failures = []
+        for candidate in steps:
+            try:
+                restored = self._restore(template, candidate)
+            except Exception as err:  # orbax and tensorstore raise many types for unreadable data
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                failures.append(f"checkpoint {candidate}: {type(err).__name__}: {reason}")
+                log.warning("cannot restore %s/%d (%s); trying an older checkpoint", self.directory, candidate, reason)
+                continue
+            skipped = [step for step in steps if step > candidate]
+            if skipped and jax.process_index() == 0:
+                for step in skipped:
+                    aside = self.directory / f"{step}.unreadable"
+                    while aside.exists():
+                        aside = aside.with_name(aside.name + "_")
+                    (self.directory / str(step)).rename(aside)
+                    log.warning("moved the unreadable checkpoint %s/%d aside to %s", self.directory, step, aside)
+                self._manager.reload()
+            return restored
+        raise ValueError(
+            f"no checkpoint in {self.directory} restores into this run's training state (was the run's "
+            f"configuration changed since they were saved?): " + "; ".join(failures)
+        )
+
+    def _restore(self, template: PyTree, step: int) -> tuple[PyTree, dict[str, Any]]:
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(

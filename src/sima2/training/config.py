@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
+
+
+def _check(config: Any, **rules: tuple[bool, str]) -> None:
+    """Raise a ValueError naming the first field whose value breaks its rule: `field=(ok, "must be ...")`.
+
+    Runs in `__post_init__`, so presets, `dataclasses.replace` and command-line overrides are all checked when
+    the config is built, before any stage starts (NaN fails every comparison, so it is refused too).
+    """
+    for name, (ok, requirement) in rules.items():
+        if not ok:
+            raise ValueError(f"{type(config).__name__}.{name} {requirement}, got {getattr(config, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +40,20 @@ class OptimConfig:
     eps: float = 1e-8
     max_grad_norm: float = 1.0
 
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            lr=(0 <= self.lr < math.inf, "must be a finite number >= 0"),
+            final_lr=(0 <= self.final_lr < math.inf, "must be a finite number >= 0"),
+            warmup_steps=(self.warmup_steps >= 0, "must be >= 0"),
+            decay_steps=(self.decay_steps >= 0, "must be >= 0"),
+            weight_decay=(0 <= self.weight_decay < math.inf, "must be a finite number >= 0"),
+            b1=(0 <= self.b1 < 1, "must be in [0, 1)"),
+            b2=(0 <= self.b2 < 1, "must be in [0, 1)"),
+            eps=(self.eps > 0, "must be > 0"),
+            max_grad_norm=(self.max_grad_norm > 0, "must be > 0 (inf: no clipping)"),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class BCConfig:
@@ -42,6 +68,16 @@ class BCConfig:
     plan_loss_weight: float = 1.0
     crop_padding: int = 4
     noise_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            batch_size=(self.batch_size >= 1, "must be >= 1"),
+            sequence_length=(self.sequence_length >= 1, "must be >= 1"),
+            plan_loss_weight=(0 <= self.plan_loss_weight < math.inf, "must be a finite number >= 0"),
+            crop_padding=(self.crop_padding >= 0, "must be >= 0"),
+            noise_std=(0 <= self.noise_std < math.inf, "must be a finite number >= 0"),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +107,24 @@ class PPOConfig:
     # and its value loss flowing into the shared trunk would undo part of what behaviour cloning taught.
     critic_warmup_updates: int = 0
 
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            num_envs=(self.num_envs >= 1, "must be >= 1"),
+            num_steps=(self.num_steps >= 1, "must be >= 1"),
+            num_epochs=(self.num_epochs >= 1, "must be >= 1"),
+            num_minibatches=(self.num_minibatches >= 1, "must be >= 1"),
+            gamma=(0 <= self.gamma <= 1, "must be in [0, 1]"),
+            gae_lambda=(0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
+            clip_eps=(0 < self.clip_eps < math.inf, "must be a finite number > 0"),
+            vf_coef=(0 <= self.vf_coef < math.inf, "must be a finite number >= 0"),
+            ent_coef=(0 <= self.ent_coef < math.inf, "must be a finite number >= 0"),
+            num_seeds=(self.num_seeds >= 1, "must be >= 1"),
+            expert_coef=(0 <= self.expert_coef < math.inf, "must be a finite number >= 0"),
+            expert_decay_updates=(self.expert_decay_updates >= 0, "must be >= 0"),
+            critic_warmup_updates=(self.critic_warmup_updates >= 0, "must be >= 0"),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -82,6 +136,13 @@ class DataConfig:
     prefetch: int = 2
     on_invalid: str = "raise"  # "raise" or "drop" (dropped rows are logged with their index)
 
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            prefetch=(self.prefetch >= 0, "must be >= 0"),
+            on_invalid=(self.on_invalid in ("raise", "drop"), "must be 'raise' or 'drop'"),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
@@ -90,6 +151,9 @@ class CheckpointConfig:
     every: int = 1000
     keep: int = 3
     async_save: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self, every=(self.every >= 1, "must be >= 1"), keep=(self.keep >= 1, "must be >= 1"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +168,15 @@ class MonitorConfig:
     profile_start: int = -1  # first step of a profiler trace (-1: only on demand, via a PROFILE file)
     profile_steps: int = 5
 
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            log_every=(self.log_every >= 1, "must be >= 1"),
+            memory_warning_fraction=(0 < self.memory_warning_fraction <= 1, "must be in (0, 1]"),
+            profile_start=(self.profile_start >= -1, "must be >= 0, or -1 (on demand only)"),
+            profile_steps=(self.profile_steps >= 1, "must be >= 1"),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class GuardConfig:
@@ -114,6 +187,15 @@ class GuardConfig:
     warmup_steps: int = 20  # no spike detection before the running mean has settled
     ema_decay: float = 0.98
     max_consecutive: int = 5
+
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            spike_factor=(self.spike_factor > 1, "must be > 1"),
+            warmup_steps=(self.warmup_steps >= 0, "must be >= 0"),
+            ema_decay=(0 <= self.ema_decay < 1, "must be in [0, 1)"),
+            max_consecutive=(self.max_consecutive >= 1, "must be >= 1"),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +211,14 @@ class EvalConfig:
     optimal_path_key: str = "optimal_path_length"
     actual_path_key: str = "path_length"
     level_key: str = "level"
+
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            num_envs=(self.num_envs >= 1, "must be >= 1"),
+            num_episodes=(self.num_episodes >= 1, "must be >= 1"),
+            max_steps=(self.max_steps >= 1, "must be >= 1"),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +237,13 @@ class TrainConfig:
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
     guard: GuardConfig = dataclasses.field(default_factory=GuardConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            stage=(self.stage in ("bc", "ppo"), "must be 'bc' or 'ppo'"),
+            num_steps=(self.num_steps >= 0, "must be >= 0"),
+        )
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
@@ -174,7 +271,12 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             return bool(value)
         raise ValueError(f"override {name}: expected a bool, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or int(value) != value
+        ):
             raise ValueError(f"override {name}: expected an int, got {value!r}")
         return int(value)
     if annotation is float:
@@ -223,7 +325,12 @@ def _replace_path(node: Any, path: list[str], value: Any, dotted: str) -> Any:
     if len(path) == 1:
         if dataclasses.is_dataclass(getattr(node, head)):
             raise ValueError(f"override {dotted!r}: {head!r} is a section, set one of its keys")
-        return dataclasses.replace(node, **{head: _coerce(value, hints[head], dotted)})
+        try:
+            return dataclasses.replace(node, **{head: _coerce(value, hints[head], dotted)})
+        except ValueError as err:  # a range check in __post_init__: say which override broke it
+            if str(err).startswith("override "):
+                raise
+            raise ValueError(f"override {dotted!r}: {err}") from None
     return dataclasses.replace(node, **{head: _replace_path(getattr(node, head), path[1:], value, dotted)})
 
 

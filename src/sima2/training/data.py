@@ -165,10 +165,14 @@ def validate_rows(
     *,
     image_shape: Sequence[int],
     action_nvec: Sequence[int],
+    vocab_size: int | None = None,
+    proprio_size: int | None = None,
     chunk_size: int = 256,
 ) -> list[tuple[int, str]]:
     """Every bad row as `(index, problem)`: wrong image shape, out-of-range or mis-sized action, empty
-    instruction, or non-finite proprioception. An empty list means the dataset is clean."""
+    instruction, instruction ids missing or outside `[0, vocab_size)`, proprioception missing, non-finite or
+    of another length than `proprio_size` (default: the first row's), or a missing episode/step id. An empty
+    list means the dataset is clean."""
     image_shape, action_nvec = tuple(image_shape), tuple(action_nvec)
     problems: list[tuple[int, str]] = []
     for start in range(0, len(dataset), chunk_size):
@@ -187,9 +191,26 @@ def validate_rows(
             text = rows["instruction"][offset]
             if text is None or not str(text).strip():
                 problems.append((index, "empty instruction"))
-            proprio = rows.get("proprio", [None] * len(rows["action"]))[offset]
-            if proprio is not None and not np.all(np.isfinite(np.asarray(proprio, np.float32))):
-                problems.append((index, "non-finite proprio"))
+            if "instruction_ids" in rows:
+                ids = rows["instruction_ids"][offset]
+                if ids is None or len(ids) == 0:
+                    problems.append((index, "no instruction ids"))
+                elif min(ids) < 0 or (vocab_size is not None and max(ids) >= vocab_size):
+                    bound = f"[0, {vocab_size})" if vocab_size is not None else "non-negative"
+                    problems.append((index, f"instruction ids {list(ids)} not all {bound}"))
+            if "proprio" in rows:
+                proprio = rows["proprio"][offset]
+                if proprio is None:
+                    problems.append((index, "no proprio"))
+                elif proprio_size is not None and len(proprio) != proprio_size:
+                    problems.append((index, f"proprio of length {len(proprio)} != {proprio_size}"))
+                elif not np.all(np.isfinite(np.asarray(proprio, np.float32))):
+                    problems.append((index, "non-finite proprio"))
+                elif proprio_size is None:
+                    proprio_size = len(proprio)  # later rows must match the first good one
+            for column in ("episode_id", "step_id"):
+                if column in rows and rows[column][offset] is None:
+                    problems.append((index, f"no {column}"))
     return problems
 
 
@@ -199,21 +220,34 @@ def check_dataset(
     image_shape: Sequence[int],
     action_nvec: Sequence[int],
     on_invalid: str = "raise",
+    vocab_size: int | None = None,
+    proprio_size: int | None = None,
 ) -> datasets.Dataset:
-    """Validate; with `on_invalid="raise"` bad rows raise a ValueError listing them, with `"drop"` they
-    are logged with their index and removed. Bad rows are never trained on silently."""
+    """Validate (see `validate_rows`); with `on_invalid="raise"` bad rows raise a ValueError listing them,
+    with `"drop"` they are logged with their index and removed, together with the rest of their episode
+    when the dataset has `episode_id` (sequence windows must not jump over a hole). Bad rows are never
+    trained on silently."""
     if on_invalid not in ("raise", "drop"):
         raise ValueError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
-    problems = validate_rows(dataset, image_shape=image_shape, action_nvec=action_nvec)
+    problems = validate_rows(
+        dataset, image_shape=image_shape, action_nvec=action_nvec, vocab_size=vocab_size, proprio_size=proprio_size
+    )
     if not problems:
         return dataset
     listing = "; ".join(f"row {i}: {p}" for i, p in problems[:20])
     more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
     if on_invalid == "raise":
         raise ValueError(f"{len(problems)} invalid dataset rows: {listing}{more}")
-    bad = sorted({i for i, _ in problems})
+    bad = {i for i, _ in problems}
     log.warning("dropping %d invalid dataset rows: %s%s", len(bad), listing, more)
-    return dataset.select(sorted(set(range(len(dataset))) - set(bad)))
+    if "episode_id" in dataset.column_names:
+        episodes = dataset["episode_id"]
+        broken = {episodes[i] for i in bad if episodes[i] is not None}
+        whole = {i for i, episode in enumerate(episodes) if episode in broken}
+        if whole - bad:
+            log.warning("dropping the other %d rows of their %d episodes too", len(whole - bad), len(broken))
+        bad |= whole
+    return dataset.select(sorted(set(range(len(dataset))) - bad))
 
 
 def _stack_images(images: Sequence[Any]) -> np.ndarray:

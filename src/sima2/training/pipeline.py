@@ -191,6 +191,27 @@ def _check_divisible(config: PipelineConfig, devices: int) -> None:
         raise ValueError(f"{listed} must divide by the {devices} devices the run is split over (override them)")
 
 
+def _check_stages(config: PipelineConfig) -> None:
+    """Cross-field rules of the stages, checked before any stage starts (single fields check themselves)."""
+    ppo = config.ppo.ppo
+    if config.ppo.num_steps > 0 and ppo.num_envs % ppo.num_minibatches:
+        raise ValueError(
+            f"ppo.ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.ppo.num_minibatches ({ppo.num_minibatches})"
+        )
+    for name in ("demo_envs", "demo_steps", "image_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not 0 <= config.demo_noise <= 1:
+        raise ValueError(f"demo_noise must be a probability in [0, 1], got {config.demo_noise}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file whole or not at all (temp file in the same folder, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _plan_supervision(agent: Any, dataset: Any, planner: str | None) -> tuple[Any, Any]:
     """(transform, plan_loss) teaching the planner the expert's plans, or (None, None) when its backbone
     cannot generate text (a text encoder) or the demonstrations carry no plans. A pretrained planner
@@ -250,14 +271,17 @@ def train(
             print(text, flush=True)
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        (out / "pipeline.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the run folder {str(out)!r} is an existing file, not a folder")
     key = jax.random.key(config.seed)
     k_demo, k_agent, k_eval = jax.random.split(key, 3)
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
+    # Everything that can refuse the configuration (level, image size, presets, pretrained parts, the
+    # minibatch split) runs before the run folder is touched: a bad override must not overwrite the
+    # pipeline.json of a finished run in the same folder.
+    _check_stages(config)
     env, params = envs.make(config.level, split="train", image_size=config.image_size)
     agent = Agent.from_preset(
         config.preset,
@@ -270,6 +294,9 @@ def train(
         planner=config.planner,
         text_encoder=config.text_encoder,
     )
+    out.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        atomic_write_text(out / "pipeline.json", json.dumps(config_to_dict(config), indent=2))
 
     # 1. Expert demonstrations with their instruction and plan text, saved as a Hugging Face dataset.
     demos_dir = out / "demos"
@@ -305,6 +332,8 @@ def train(
         transform=transform,
         resume=resume,
         mesh=mesh,
+        vocab_size=env.vocab_size,
+        proprio_size=env.proprio_size,
     )
     agent = state.model
     timings["bc"] = time.perf_counter() - stage_start
@@ -337,7 +366,7 @@ def train(
     )
     if not is_main:
         return eval_report
-    (out / "eval.json").write_text(json.dumps(eval_report, indent=2, default=float))
+    atomic_write_text(out / "eval.json", json.dumps(eval_report, indent=2, default=float))
 
     # 5. The report: learning curves, success per split and task, evaluation GIFs, summary.md.
     if report:

@@ -101,13 +101,21 @@ def train_bc(
     resume: bool = False,
     mesh: Mesh | None = None,
     hooks: Sequence[Hook] = (),
+    vocab_size: int | None = None,
+    proprio_size: int | None = None,
 ) -> TrainState:
     """Behaviour cloning on demonstrations, validated first (bad rows raise, or are logged and dropped).
 
+    `vocab_size` / `proprio_size`, when given, bound the rows' instruction ids and proprioception length.
     With several processes, each passes its own shard of the dataset and its local batch size.
     """
     dataset = check_dataset(
-        dataset, image_shape=image_shape, action_nvec=action_nvec, on_invalid=config.data.on_invalid
+        dataset,
+        image_shape=image_shape,
+        action_nvec=action_nvec,
+        on_invalid=config.data.on_invalid,
+        vocab_size=vocab_size,
+        proprio_size=proprio_size,
     )
     init_fn, step_fn = make_bc(agent, config, filter_spec=filter_spec, plan_loss=plan_loss)
     local_batch = config.bc.batch_size // jax.process_count()
