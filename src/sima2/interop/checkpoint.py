@@ -22,6 +22,7 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "model.pt", "pytorch_model.pt")
 PICKLE_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 CONFIG_NAME = "config.json"
 
 # safetensors dtype tags -> numpy dtypes (bfloat16 through ml_dtypes, which JAX uses too).
@@ -76,18 +77,36 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{path} is not a safetensors file: its header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{path} is not a safetensors file: its header is a JSON {type(header).__name__}, not an object"
+        )
     data_start = 8 + header_len
     metadata = header.pop("__metadata__", None) or {}
-    tensors = {}
-    for name, entry in header.items():
-        tag = entry["dtype"]
-        if tag not in _SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {tag}")
-        begin, end = entry["data_offsets"]
-        tensors[name] = TensorInfo(
-            path, _SAFETENSORS_DTYPES[tag], tuple(entry["shape"]), data_start + begin, data_start + end
-        )
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: __metadata__ must be a JSON object, got {type(metadata).__name__}")
+    tensors = {name: _tensor_info(path, name, entry, data_start) for name, entry in header.items()}
     return tensors, metadata
+
+
+def _tensor_info(path: Path, name: str, entry: Any, data_start: int) -> TensorInfo:
+    """One header entry, validated: a malformed one is a `CheckpointError` naming the file and tensor."""
+    where = f"{path}: header entry for tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{where} is a JSON {type(entry).__name__}, not an object")
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
+    if missing:
+        raise CheckpointError(f"{where} lacks {missing}; the file is corrupt")
+    tag, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(tag, str) or tag not in _SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {tag}")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise CheckpointError(f"{where} has shape {shape!r}, not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{where} has data_offsets {offsets!r}, not [begin, end] with 0 <= begin <= end")
+    begin, end = offsets
+    return TensorInfo(path, _SAFETENSORS_DTYPES[tag], tuple(shape), data_start + begin, data_start + end)
 
 
 def _read_tensor(info: TensorInfo) -> np.ndarray:
@@ -226,7 +245,7 @@ def _pickle_refusal(where: Path) -> PickleRefusedError:
 def _weights_in_folder(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
     index = folder / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():
-        return _shards_from_index(index), False
+        return _weights_from_index(index, allow_pickle, folder)
     single = folder / SAFE_WEIGHTS_NAME
     if single.is_file():
         return [single], False
@@ -240,18 +259,42 @@ def _weights_in_folder(folder: Path, allow_pickle: bool) -> tuple[list[Path], bo
         )
     pickle_index = folder / PICKLE_WEIGHTS_INDEX_NAME
     pickles = [folder / n for n in PICKLE_WEIGHTS_NAMES if (folder / n).is_file()]
-    if pickle_index.is_file() or pickles:
+    if pickle_index.is_file():
+        return _weights_from_index(pickle_index, allow_pickle, folder)
+    if pickles:
         if not allow_pickle:
             raise _pickle_refusal(folder)
-        return (_shards_from_index(pickle_index) if pickle_index.is_file() else pickles[:1]), True
+        return pickles[:1], True
     raise CheckpointError(f"no weights found in {folder}: expected {SAFE_WEIGHTS_NAME} or a sharded index")
+
+
+def _is_pickle_file(path: Path) -> bool:
+    return path.suffix in PICKLE_SUFFIXES
+
+
+def _weights_from_index(index: Path, allow_pickle: bool, where: Path) -> tuple[list[Path], bool]:
+    """An index's shards and whether they are pickle, judged by the shard files themselves rather than the
+    index's name (a pickle index must not bypass the refusal; `combined.safetensors.index.json` is not one)."""
+    shards = _shards_from_index(index)
+    pickled = [_is_pickle_file(s) for s in shards]
+    if all(pickled):
+        if not allow_pickle:
+            raise _pickle_refusal(where)
+        return shards, True
+    if not any(pickled) and all(s.suffix == ".safetensors" for s in shards):
+        return shards, False
+    raise CheckpointError(
+        f"{index} names shards {[s.name for s in shards]}: expected all .safetensors or all .bin/.pt/.pth"
+    )
 
 
 def _shards_from_index(index: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise CheckpointError(f"{index} is not a valid shard index: {err}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index} is not a valid shard index: {err!r}") from None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index} is not a valid shard index: weight_map must map tensor names to file names")
     shards = []
     for name in dict.fromkeys(weight_map.values()):  # ordered, unique
         shard = index.parent / name
@@ -276,22 +319,22 @@ def resolve_checkpoint(
 ) -> CheckpointFiles:
     """Locate a checkpoint's config and weights.
 
-    Accepts a local folder, a `.safetensors` / `.bin` / `.pt` file (its folder's `config.json` is used),
-    or a Hub repo id. Repo ids go through `huggingface_hub.snapshot_download`, which honours `revision`,
+    Accepts a local folder, a `.safetensors` / `.bin` / `.pt` / `.pth` file or a `*.index.json` shard index
+    (its folder's `config.json` is used), or a Hub repo id. Pickle weights, however reached, are refused
+    unless `allow_pickle`. Repo ids go through `huggingface_hub.snapshot_download`, which honours `revision`,
     the HF cache and `HF_HUB_OFFLINE`. Remote code is never run.
     """
     path = Path(os.fspath(path_or_repo_id)).expanduser()
     if path.is_file():
         if path.suffix == ".safetensors":
             return CheckpointFiles(path.parent, _read_config(path.parent), [path])
-        if path.suffix in (".bin", ".pt", ".pth"):
+        if _is_pickle_file(path):
             if not allow_pickle:
                 raise _pickle_refusal(path)
             return CheckpointFiles(path.parent, _read_config(path.parent), [path], is_pickle=True)
         if path.name.endswith(".index.json"):
-            return CheckpointFiles(
-                path.parent, _read_config(path.parent), _shards_from_index(path), "bin" in path.name
-            )
+            files, is_pickle = _weights_from_index(path, allow_pickle, path)
+            return CheckpointFiles(path.parent, _read_config(path.parent), files, is_pickle)
         raise CheckpointError(f"{path}: unknown weight file type {path.suffix!r}")
     if path.is_dir():
         files, is_pickle = _weights_in_folder(path, allow_pickle)

@@ -46,6 +46,14 @@ def hf_config_to_dict(config: Any) -> dict[str, Any]:
     raise TypeError(f"expected an HF config (PretrainedConfig, dict or path), got {type(config).__name__}")
 
 
+try:
+    from huggingface_hub.errors import StrictDataclassError
+
+    _CONFIG_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, StrictDataclassError)
+except ImportError:  # pragma: no cover - older huggingface_hub validates nothing
+    _CONFIG_ERRORS = (ValueError, TypeError)
+
+
 def with_hf_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """Fill the fields a `config.json` leaves out with `transformers`' own defaults for its `model_type`."""
     from transformers import CONFIG_MAPPING
@@ -54,7 +62,10 @@ def with_hf_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     if model_type not in CONFIG_MAPPING:
         raise CheckpointError(f"config.json has model_type {model_type!r}, which transformers does not know")
     fields = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
-    return CONFIG_MAPPING[model_type](**fields).to_dict()
+    try:
+        return CONFIG_MAPPING[model_type](**fields).to_dict()
+    except _CONFIG_ERRORS as err:  # transformers' own validation (e.g. heads not dividing hidden_size)
+        raise CheckpointError(f"invalid {model_type} config: {err}") from None
 
 
 class PretrainedModel(eqx.Module):

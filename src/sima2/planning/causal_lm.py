@@ -25,7 +25,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from sima2.interop.checkpoint import CheckpointError
 from sima2.interop.mapping import HFParam, fused, named_arrays, same, transposed
 from sima2.interop.pretrained import PretrainedModel, hf_config_to_dict, with_hf_defaults
-from sima2.layers import attention, get_activation, linear
+from sima2.layers import ACTIVATIONS, attention, get_activation, linear
 
 LMFamily = Literal["gpt2", "llama", "qwen2"]
 LM_MODEL_TYPES: tuple[str, ...] = ("gpt2", "llama", "qwen2")
@@ -55,6 +55,10 @@ class LMConfig:
     rope_json: str = "{}"  # the HF `rope_parameters` (theta, type, scaling), as JSON so the config hashes
     hf_json: str = "{}"  # the full HF config, so save_pretrained writes back exactly what was read
 
+    def __post_init__(self) -> None:
+        # Fail at config time, not on the first call deep inside a layer.
+        check_activation(self.hidden_act)
+
     @property
     def gated_mlp(self) -> bool:
         return self.family != "gpt2"
@@ -83,6 +87,9 @@ class LMConfig:
                 if bool(hf.get(flag, ok)) != ok:
                     raise CheckpointError(f"GPT-2 with {flag}={hf[flag]} is not supported")
             d = hf["n_embd"]
+            if d % hf["n_head"]:
+                raise CheckpointError(f"n_embd={d} is not divisible by n_head={hf['n_head']}")
+            check_activation(hf["activation_function"], key="activation_function")
             return cls(
                 family="gpt2",
                 vocab_size=hf["vocab_size"],
@@ -117,6 +124,11 @@ class LMConfig:
         kv_heads = hf.get("num_key_value_heads") or heads
         if heads % kv_heads:
             raise CheckpointError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+        if not raw.get("head_dim") and hf["hidden_size"] % heads:
+            raise CheckpointError(
+                f"hidden_size={hf['hidden_size']} is not divisible by num_attention_heads={heads} "
+                "and no head_dim is given"
+            )
         qwen = model_type == "qwen2"
         return cls(
             family=model_type,
@@ -376,8 +388,19 @@ class CausalLM(PretrainedModel):
         attention_mask: Int[Array, " T"] | Bool[Array, " T"] | None = None,
         positions: Int[Array, " T"] | None = None,
     ) -> Float[Array, "T D"]:
-        """Final hidden states (what HF calls `last_hidden_state` of the base model)."""
+        """Final hidden states (what HF calls `last_hidden_state` of the base model).
+
+        Token ids must lie in [0, vocab_size) and GPT-2 positions in [0, n_positions): concrete inputs are
+        checked, but under `jit` nothing can raise and out-of-range ids give NaN.
+        """
         t = input_ids.shape[0]
+        check_token_ids(input_ids, self.config.vocab_size)
+        if self.position_embeddings is not None:
+            limit = self.position_embeddings.shape[0]
+            if positions is None and t > limit:  # static: raise even under jit
+                raise ValueError(f"{t} tokens exceed the model's {limit} learned positions")
+            if positions is not None:
+                check_token_ids(positions, limit, name="positions", bound="learned positions")
         valid = jnp.ones((t,), bool) if attention_mask is None else attention_mask.astype(bool)
         if positions is None:
             positions = positions_from_mask(valid)
@@ -443,6 +466,26 @@ class CausalLM(PretrainedModel):
         config["architectures"] = [_ARCHITECTURES[self.config.family]]
         config["model_type"] = self.config.family
         return config
+
+
+def check_activation(name: str, *, key: str = "hidden_act") -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{key}={name!r} is not supported; supported: {sorted(ACTIVATIONS)}")
+
+
+def check_token_ids(ids: Any, limit: int, *, name: str = "input_ids", bound: str = "vocab_size") -> None:
+    """Raise `ValueError` on ids outside [0, limit) when `ids` are concrete. Traced ids (under jit / vmap)
+    are not checked: that would need a host callback, and `jnp.take` then fills NaN instead."""
+    if isinstance(ids, jax.core.Tracer):
+        return
+    ids = np.asarray(ids)
+    bad = (ids < 0) | (ids >= limit)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} has {int(ids[where])} at position {where[0] if len(where) == 1 else where}, "
+            f"outside [0, {limit}) ({bound}={limit})"
+        )
 
 
 def positions_from_mask(mask: Bool[Array, " T"] | Int[Array, " T"]) -> Int[Array, " T"]:

@@ -7,14 +7,20 @@ end-of-sequence token. Compiled programs are cached per (model structure, shapes
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from sima2.planning.causal_lm import CausalLM, positions_from_mask
+from sima2.planning.causal_lm import CausalLM, check_token_ids, positions_from_mask
+
+# Python, numpy or 0-d JAX integers: all are coerced to `int` before tracing.
+Integer = int | np.integer | Int[Array, ""]
 
 
 def _filter_logits(
@@ -106,18 +112,48 @@ def _generate(
     return jax.lax.while_loop(cond, body, carry)[4]
 
 
+def _as_int(name: str, value: Any) -> int:
+    """`value` as a Python int; floats, strings and traced values are refused (they are static options)."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{name} must be a concrete integer, got a traced value")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
+
+
+def _eos_ids(eos_token_id: Any) -> tuple[int, ...]:
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, (str, bytes)):  # else "12" would read as the ids (1, 2)
+        raise TypeError(f"eos_token_id must be an integer or a sequence of integers, got {eos_token_id!r}")
+    if np.ndim(eos_token_id) == 0:
+        return (_as_int("eos_token_id", eos_token_id),)
+    return tuple(_as_int("eos_token_id", e) for e in eos_token_id)
+
+
+def _as_matrix(name: str, value: Any) -> Array:
+    if isinstance(value, jax.Array):
+        return value
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an integer array [batch, length], got {type(value).__name__}: {err}") from None
+
+
 def generate(
     lm: CausalLM,
-    prompt_ids: Int[Array, "B T"],
+    prompt_ids: Int[Array, "B T"] | Int[np.ndarray, "B T"] | Sequence[Sequence[int]],
     *,
-    max_new_tokens: int,
+    max_new_tokens: Integer,
     key: PRNGKeyArray | None = None,
     temperature: float = 0.0,
-    top_k: int | None = None,
+    top_k: Integer | None = None,
     top_p: float | None = None,
-    eos_token_id: int | Sequence[int] | None = None,
-    pad_token_id: int = 0,
-    attention_mask: Int[Array, "B T"] | Bool[Array, "B T"] | None = None,
+    eos_token_id: Integer | Sequence[Integer] | Int[Array, " E"] | None = None,
+    pad_token_id: Integer = 0,
+    attention_mask: Int[Array, "B T"] | Bool[Array, "B T"] | Int[np.ndarray, "B T"] | Bool[np.ndarray, "B T"]
+    | Sequence[Sequence[int]] | None = None,
 ) -> Int[Array, "B S"]:
     """Continue each prompt by `max_new_tokens` tokens; returns `[B, T + max_new_tokens]` (prompts included).
 
@@ -125,14 +161,22 @@ def generate(
     are sampled (with optional `top_k` / `top_p`) using `key`. Prompts of different lengths are
     left-padded, with `attention_mask` marking real tokens. A row that emits an `eos_token_id` is filled
     with `pad_token_id` afterwards; `eos_token_id=None` never stops early.
+
+    Prompt ids must lie in [0, vocab_size) and padding must be on the left: concrete inputs are checked
+    here, but traced ones (generate called under `jit`) cannot be, and bad ids then give garbage tokens.
     """
     if not isinstance(lm, CausalLM):
         raise TypeError(f"generate needs a CausalLM, got {type(lm).__name__}")
+    prompt_ids = _as_matrix("prompt_ids", prompt_ids)
     if prompt_ids.ndim != 2 or prompt_ids.shape[1] == 0:
         raise ValueError(f"prompt_ids must be [batch, length>0], got shape {prompt_ids.shape}")
+    max_new_tokens = _as_int("max_new_tokens", max_new_tokens)
+    top_k = None if top_k is None else _as_int("top_k", top_k)
+    pad_token_id = _as_int("pad_token_id", pad_token_id)
+    eos_ids = _eos_ids(eos_token_id)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
+    if not temperature >= 0:  # also catches NaN
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     greedy = temperature == 0.0
     if not greedy and key is None:
@@ -144,16 +188,22 @@ def generate(
     total = prompt_ids.shape[1] + max_new_tokens
     if lm.position_embeddings is not None and total > lm.position_embeddings.shape[0]:
         raise ValueError(f"{total} tokens exceed the model's {lm.position_embeddings.shape[0]} learned positions")
+    check_token_ids(prompt_ids, lm.config.vocab_size, name="prompt_ids")
     if attention_mask is None:
         attention_mask = jnp.ones(prompt_ids.shape, bool)
-    elif attention_mask.shape != prompt_ids.shape:
-        raise ValueError(f"attention_mask shape {attention_mask.shape} != prompt_ids shape {prompt_ids.shape}")
-    if eos_token_id is None:
-        eos_ids: tuple[int, ...] = ()
-    elif isinstance(eos_token_id, int):
-        eos_ids = (eos_token_id,)
     else:
-        eos_ids = tuple(int(e) for e in eos_token_id)
+        attention_mask = _as_matrix("attention_mask", attention_mask)
+        if attention_mask.shape != prompt_ids.shape:
+            raise ValueError(f"attention_mask shape {attention_mask.shape} != prompt_ids shape {prompt_ids.shape}")
+        if not isinstance(attention_mask, jax.core.Tracer):
+            valid = np.asarray(attention_mask).astype(bool)
+            right = valid[:, :-1] & ~valid[:, 1:]  # a real token followed by padding
+            if right.any():
+                row, col = (int(i) for i in np.argwhere(right)[0])
+                raise ValueError(
+                    f"attention_mask row {row} has padding at position {col + 1} after a real token: "
+                    "generation needs left padding (pad at the start of each row)"
+                )
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     attention_mask = jnp.asarray(attention_mask).astype(bool)
     return _generate(
@@ -167,7 +217,7 @@ def generate(
         top_k,
         top_p,
         eos_ids,
-        int(pad_token_id),
+        pad_token_id,
     )
 
 

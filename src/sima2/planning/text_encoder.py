@@ -21,6 +21,7 @@ from sima2.interop.checkpoint import CheckpointError
 from sima2.interop.mapping import HFParam, fused, named_arrays, same
 from sima2.interop.pretrained import PretrainedModel, hf_config_to_dict, with_hf_defaults
 from sima2.layers import attention, get_activation, linear
+from sima2.planning.causal_lm import check_activation, check_token_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,14 @@ class TextEncoderConfig:
     hidden_act: str = "gelu"
     use_pooler: bool = True
     hf_json: str = "{}"  # the full HF config, so save_pretrained writes back exactly what was read
+
+    def __post_init__(self) -> None:
+        # Fail at config time, not on the first call deep inside a layer.
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_heads}"
+            )
+        check_activation(self.hidden_act)
 
     @classmethod
     def from_hf(cls, config: Any) -> TextEncoderConfig:
@@ -161,11 +170,19 @@ class TextEncoder(PretrainedModel):
         *,
         token_type_ids: Int[Array, " T"] | None = None,
     ) -> Float[Array, "T D"]:
-        """`last_hidden_state` for one sequence (padding, marked by `attention_mask`, is never attended)."""
+        """`last_hidden_state` for one sequence (padding, marked by `attention_mask`, is never attended).
+
+        Ids must lie in [0, vocab_size) and `token_type_ids` in [0, type_vocab_size): concrete inputs are
+        checked, but under `jit` nothing can raise and out-of-range ids give NaN.
+        """
         t = input_ids.shape[0]
         if t > self.config.max_position_embeddings:
             limit = self.config.max_position_embeddings
             raise ValueError(f"sequence of {t} tokens exceeds max_position_embeddings={limit}")
+        check_token_ids(input_ids, self.config.vocab_size)
+        if token_type_ids is not None:
+            limit = self.config.type_vocab_size
+            check_token_ids(token_type_ids, limit, name="token_type_ids", bound="type_vocab_size")
         types = jnp.zeros((t,), jnp.int32) if token_type_ids is None else token_type_ids
         x = (
             jnp.take(self.word_embeddings, input_ids, axis=0)
