@@ -99,9 +99,10 @@ class Sima2Env(eqx.Module):
     def transition(
         self, state: EnvState, action: Int32[Array, "3"], params: EnvParams
     ) -> tuple[EnvState, Float32[Array, ""], Info]:
-        """Advance one decision step without rendering and without resetting."""
+        """Advance one decision step without rendering and without resetting (action as in `step`)."""
+        action = clip_action(action)
         start_pos, start_subgoal, first_step = state.agent_pos, current_subgoal(state)[0], state.time == 0
-        state, invalid = physics(state, jnp.asarray(action, jnp.int32))
+        state, invalid = physics(state, action)
         advance = stage_complete(state)
         state = eqx.tree_at(lambda s: s.stage, state, state.stage + advance.astype(jnp.int32))
         success = advance & (state.stage >= state.num_stages)
@@ -139,14 +140,19 @@ class Sima2Env(eqx.Module):
             "path_length": state.path_length,
             "optimal_path_length": state.optimal_path_length,
             # Simulated ticks this decision held its action for (60 Hz): wrappers measure time with it.
-            "elapsed_ticks": jnp.asarray(DURATION_TICKS, jnp.int32)[jnp.asarray(action, jnp.int32)[2]],
+            "elapsed_ticks": jnp.asarray(DURATION_TICKS, jnp.int32)[action[2]],
         }
         return state, reward, info
 
     def step(
         self, key: PRNGKeyArray, state: EnvState, action: Int32[Array, "3"], params: EnvParams
     ) -> tuple[Observation, EnvState, Float32[Array, ""], Bool[Array, ""], Info]:
-        """One decision step; when the episode ends the returned state/obs are a fresh episode's."""
+        """One decision step; when the episode ends the returned state/obs are a fresh episode's.
+
+        `action` is (key, mouse-look, duration) indices, shape (3,) (per world under vmap; another shape
+        raises ValueError). Values cannot be checked under jit, so each factor is clipped to
+        [0, ACTION_NVEC[i] - 1] first: physics, rendering and info all see the clipped action.
+        """
         next_state, reward, info = self.transition(state, action, params)
         done = info["success"] | info["timeout"]
         state = reset_where_done(self.level, done, key, params.split, next_state)
@@ -155,7 +161,10 @@ class Sima2Env(eqx.Module):
     def step_no_reset(
         self, state: EnvState, action: Int32[Array, "3"], params: EnvParams
     ) -> tuple[Observation, EnvState, Float32[Array, ""], Bool[Array, ""], Bool[Array, ""], Info]:
-        """One decision step without auto-reset: (obs, state, reward, terminated, truncated, info)."""
+        """One decision step without auto-reset: (obs, state, reward, terminated, truncated, info).
+
+        `action` is checked and clipped as in `step`.
+        """
         state, reward, info = self.transition(state, action, params)
         return self.observe(state), state, reward, info["success"], info["timeout"], info
 
@@ -200,6 +209,21 @@ class Sima2Env(eqx.Module):
         return steps
 
 
+def clip_action(action: Int32[Array, "*shape"]) -> Int32[Array, "3"]:
+    """`action` as int32 with each factor clipped to its range; raises ValueError on a shape other than (3,).
+
+    The shape is static (also under jit and, per world, under vmap); the values are not, so an
+    out-of-range index is clipped rather than refused, once, for everything downstream to agree on.
+    """
+    action = jnp.asarray(action, jnp.int32)
+    if action.shape != (len(ACTION_NVEC),):
+        raise ValueError(
+            f"action must have shape ({len(ACTION_NVEC)},) = (key, mouse-look, duration) per world, "
+            f"got shape {action.shape}"
+        )
+    return jnp.clip(action, 0, jnp.asarray(ACTION_NVEC, jnp.int32) - 1)
+
+
 def reset_where_done(
     level: LevelConfig, done: Bool[Array, ""], key: PRNGKeyArray, split: Int32[Array, ""], state: EnvState
 ) -> EnvState:
@@ -239,13 +263,31 @@ def reset_where_done(
     return reset(done, key, split, state)
 
 
+ImageSize = int | np.integer | tuple[int | np.integer, int | np.integer]
+
+
+def image_shape(image_size: ImageSize) -> tuple[int, int]:
+    """(height, width) of an `image_size` given as one int or a (height, width) pair of ints."""
+    # bool is an int but never a size; strings would otherwise unpack into digits ("64" -> 6x4).
+    def is_int(x):
+        return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
+
+    if is_int(image_size):
+        return int(image_size), int(image_size)
+    if isinstance(image_size, tuple | list) and len(image_size) == 2 and all(map(is_int, image_size)):
+        return int(image_size[0]), int(image_size[1])
+    raise TypeError(f"image_size must be an int or a (height, width) pair of ints, got {image_size!r}")
+
+
 def make(
-    env_id: str = "sima2/GoTo-v0", split: str = "train", image_size: int | tuple[int, int] = 64
+    env_id: str = "sima2/GoTo-v0", split: str = "train", image_size: ImageSize = 64
 ) -> tuple[Sima2Env, EnvParams]:
     """Build a functional environment and its default parameters from a gymnasium-style id."""
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a level id string like 'sima2/GoTo-v0', got {env_id!r}")
     level = level_from_id(env_id)
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    env = Sima2Env(level=level, image_height=int(height), image_width=int(width))
+    height, width = image_shape(image_size)
+    env = Sima2Env(level=level, image_height=height, image_width=width)
     return env, env.default_params(split)
 
 

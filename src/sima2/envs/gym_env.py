@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
+from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from sima2.envs import vocabulary as voc
-from sima2.envs.env import Sima2Env, make, reset_where_done
+from sima2.envs.env import ImageSize, Sima2Env, make, reset_where_done
 from sima2.envs.levels import LEVELS
 
 RENDER_MODES = ("rgb_array", "rgb_array_topdown")
@@ -44,6 +45,45 @@ def _seed_key(rng: np.random.Generator) -> jax.Array:
     return jax.random.key(int(rng.integers(0, 2**31 - 1)))
 
 
+def _checked_seed(seed: Any, name: str = "seed") -> int:
+    """A seed as a Python int: any non-negative int, as gymnasium's seeding accepts."""
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool | np.bool_):
+        raise TypeError(f"{name} must be a non-negative int or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be non-negative, got {seed}")
+    return int(seed)
+
+
+def _entropy_key(entropy: int | list[int]) -> jax.Array:
+    """A key from any non-negative int(s): `jax.random.key` takes only 63 bits, so hash them to 63 bits."""
+    return jax.random.key(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1)))
+
+
+def _checked_actions(actions: Any, nvec: tuple[int, ...], num_envs: int | None = None) -> np.ndarray:
+    """`actions` as int32 factor indices, shape (3,) (one env) or (num_envs, 3); ValueError otherwise.
+
+    Checked before the cast to int32, so that floats are not truncated and huge ints do not wrap.
+    """
+    what = "action" if num_envs is None else "actions"
+    array = np.asarray(actions)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{what} must be integer factor indices, got dtype {array.dtype}")
+    shape = (len(nvec),) if num_envs is None else (num_envs, len(nvec))
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{what} must have shape {shape} (key, mouse-look, duration), got shape {array.shape}")
+    array = array.reshape(shape)
+    outside = (array < 0) | (array >= np.asarray(nvec))
+    if outside.any():
+        if num_envs is None:
+            raise ValueError(f"action must be 3 factor indices within {nvec}, got {array.tolist()}")
+        i = int(np.argmax(outside.any(axis=1)))
+        raise ValueError(
+            f"actions[{i}] = {array[i].tolist()} of sub-env {i} is outside the action space: "
+            f"each factor must be in [0, n) for n in {nvec}"
+        )
+    return array.astype(np.int32)
+
+
 class Sima2GymEnv(gymnasium.Env):
     """One world of a level behind the standard gymnasium API (no auto-reset: call `reset` when done)."""
 
@@ -53,7 +93,7 @@ class Sima2GymEnv(gymnasium.Env):
         self,
         level: str = "GoTo",
         split: str = "train",
-        image_size: int = 64,
+        image_size: ImageSize = 64,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in RENDER_MODES:
@@ -84,9 +124,7 @@ class Sima2GymEnv(gymnasium.Env):
     def step(self, action):
         if self._state is None:
             raise RuntimeError("call reset() before step()")
-        action = np.asarray(action, np.int32).reshape(-1)
-        if action.shape != (3,) or not self.action_space.contains(action.astype(np.int64)):
-            raise ValueError(f"action must be 3 factor indices within {self.env.action_nvec}, got {action}")
+        action = _checked_actions(action, self.env.action_nvec)
         obs, self._state, reward, terminated, truncated, info = self._step(self._state, action, self.params)
         obs = _to_numpy(obs)
         self._last_image = obs["image"]
@@ -99,6 +137,8 @@ class Sima2GymEnv(gymnasium.Env):
 
     def expert_action(self) -> np.ndarray:
         """The shortest-path expert's action in the current state."""
+        if self._state is None:
+            raise RuntimeError("call reset() before expert_action(): there is no current state yet")
         return np.asarray(jax.jit(self.env.expert_action)(self._state, self.params))
 
 
@@ -112,11 +152,15 @@ class Sima2VectorEnv(VectorEnv):
         num_envs: int,
         level: str = "GoTo",
         split: str = "train",
-        image_size: int = 64,
+        image_size: ImageSize = 64,
         render_mode: str | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
+            )
         self.env, self.params = make(level, split=split, image_size=image_size)
         self.num_envs = num_envs
         self.render_mode = render_mode
@@ -142,19 +186,33 @@ class Sima2VectorEnv(VectorEnv):
             return obs, state, reward, terminated, truncated, info
 
         self._reset_all = jax.jit(reset_all)
+        self._reset_each = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
         self._step_all = jax.jit(step_all)
         self._state = None
         self._needs_reset = np.zeros((num_envs,), bool)
         self._key = jax.random.key(0)
         self._last_images: np.ndarray | None = None
 
-    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
-        if isinstance(seed, list):
-            seed = seed[0]
-        if seed is not None:
-            self._key = jax.random.key(int(seed))
-        self._key, key = jax.random.split(self._key)
-        obs, self._state = self._reset_all(key)
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
+        """Reset all sub-envs. An int seed seeds them all; a list (gymnasium's convention) seeds sub-env i
+        with seed[i], giving the world `Sima2GymEnv.reset(seed=seed[i])` gives (None: unseeded)."""
+        if isinstance(seed, list | tuple):
+            if len(seed) != self.num_envs:
+                raise ValueError(f"seed must be an int or a list of {self.num_envs} seeds, got {len(seed)} seeds")
+            seeds = [None if s is None else _checked_seed(s, f"seed[{i}]") for i, s in enumerate(seed)]
+            self._key, key = jax.random.split(self._key)
+            unseeded = jax.random.split(key, self.num_envs)
+            keys = [unseeded[i] if s is None else _seed_key(seeding.np_random(s)[0]) for i, s in enumerate(seeds)]
+            if any(s is not None for s in seeds):  # later auto-resets follow from the seeds too
+                self._key = _entropy_key([s for s in seeds if s is not None])
+            obs, self._state = self._reset_each(jnp.stack(keys), self.params)
+        else:
+            if seed is not None:
+                seed = _checked_seed(seed)
+                # jax.random.key takes seeds below 2**63 (kept as they were); larger ones are hashed.
+                self._key = jax.random.key(seed) if seed < 2**63 else _entropy_key(seed)
+            self._key, key = jax.random.split(self._key)
+            obs, self._state = self._reset_all(key)
         self._needs_reset = np.zeros((self.num_envs,), bool)
         obs = _to_numpy(obs)
         self._last_images = obs["image"]
@@ -163,7 +221,7 @@ class Sima2VectorEnv(VectorEnv):
     def step(self, actions):
         if self._state is None:
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions, np.int32).reshape(self.num_envs, 3)
+        actions = _checked_actions(actions, self.env.action_nvec, self.num_envs)
         self._key, key = jax.random.split(self._key)
         obs, self._state, reward, terminated, truncated, info = self._step_all(
             key, self._state, jnp.asarray(self._needs_reset), actions

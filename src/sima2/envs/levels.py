@@ -142,6 +142,8 @@ LEVELS: dict[str, LevelConfig] = {
 
 def level_from_id(env_id: str) -> LevelConfig:
     """Look up a level by gymnasium id (`sima2/GoTo-v0`) or bare name (`GoTo`)."""
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a level id string like 'sima2/GoTo-v0', got {env_id!r}")
     name = env_id
     if name.startswith("sima2/"):
         name = name[len("sima2/") :]

@@ -6,7 +6,7 @@ subgoal or the outcome, on lines of their own after a newline) is drawn in a cap
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -57,27 +57,37 @@ def side_by_side(
 
 
 def write_episode(
-    frames: Sequence[np.ndarray],
+    frames: Iterable[np.ndarray],
     path: str | Path,
-    captions: Sequence[str] | str = "",
+    captions: Iterable[str] | str | None = "",
     fps: int = 8,
     scale: int = 4,
     caption_lines: int = 2,
 ) -> Path:
     """Write frames as a GIF (`.gif`, Pillow) or MP4 (`.mp4`, needs `imageio[ffmpeg]`), captioned.
 
-    `captions` is one caption for all frames (e.g. the instruction) or one per frame.
+    `frames` are uint8 RGB images (H, W, 3). `captions` is one caption for all frames (e.g. the
+    instruction), one per frame (any iterable), or None for none.
     """
+    frames = [np.asarray(f) for f in frames]  # also takes a generator or a stacked (T, H, W, 3) array
     if len(frames) == 0:
         raise ValueError("no frames to write")
-    if isinstance(captions, str):
-        captions = [captions] * len(frames)
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    if captions is None:
+        captions = ""
+    captions = [captions] * len(frames) if isinstance(captions, str) else list(captions)
     if len(captions) != len(frames):
         raise ValueError(f"got {len(captions)} captions for {len(frames)} frames")
+    for i, caption in enumerate(captions):
+        if not isinstance(caption, str):
+            raise TypeError(f"captions must be strings, got captions[{i}] = {caption!r}")
+    for i, frame in enumerate(frames):
+        # Casting floats in [0, 1] to uint8 would silently give a black video.
+        if frame.dtype != np.uint8:
+            raise TypeError(f"frames must have dtype uint8 (0..255), got frames[{i}] with dtype {frame.dtype}")
     path = Path(path)
-    annotated = [
-        annotate_frame(np.asarray(f), c, scale, caption_lines) for f, c in zip(frames, captions, strict=True)
-    ]
+    annotated = [annotate_frame(f, c, scale, caption_lines) for f, c in zip(frames, captions, strict=True)]
     if path.suffix.lower() == ".gif":
         images = [Image.fromarray(a).convert("P", palette=Image.ADAPTIVE, colors=64) for a in annotated]
         images[0].save(
