@@ -12,7 +12,6 @@ JAX) / the model's weight bytes.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
 import time
@@ -55,13 +54,13 @@ def best_time(fn, repeats: int) -> float:
 def weight_read_bound(lm: CausalLM) -> tuple[float, float]:
     """(bytes of weights read per decoding step, GB/s of a matrix-vector product over the output embedding)."""
     arrays = [x for x in jax.tree.leaves(eqx.filter(lm, eqx.is_array)) if x is not lm.position_embeddings]
-    weight_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in arrays)
+    weight_bytes = sum(x.nbytes for x in arrays)
     head = lm.embed_tokens if lm.lm_head is None else lm.lm_head
     vector = jnp.ones((head.shape[1],), head.dtype)
     matvec = jax.jit(lambda w, v: w @ v)
     matvec(head, vector).block_until_ready()
     seconds = best_time(lambda: matvec(head, vector).block_until_ready(), 20)
-    return weight_bytes, head.size * head.dtype.itemsize / seconds / 1e9
+    return weight_bytes, head.nbytes / seconds / 1e9
 
 
 def main() -> None:

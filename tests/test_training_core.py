@@ -222,16 +222,22 @@ def test_injected_nan_batch_is_survived_and_frozen_parts_stay_put():
     assert np.array_equal(state.model.torso.layers[0].weight, agent.torso.layers[0].weight)
 
 
-def test_checkpoint_restores_exactly_keeps_last_k_and_exports_safetensors(tmp_path):
+def _three_ppo_checkpoints(folder, keep, position_per_step):
+    """Three PPO updates on the line world, each checkpointed (data_position = step * position_per_step)."""
     config = apply_overrides(TrainConfig(), ["ppo.num_envs=4", "ppo.num_steps=4", "ppo.num_minibatches=2"])
     init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), config)
     step = eqx.filter_jit(step)
     state = init(jax.random.key(1))
-    checkpointer = Checkpointer(tmp_path, every=1, keep=2, async_save=False)
+    checkpointer = Checkpointer(folder, every=1, keep=keep, async_save=False)
     for i in range(1, 4):
         state, _ = step(state, None)
-        checkpointer.save(i, state, {"data_position": i * 10})
+        checkpointer.save(i, state, {"data_position": i * position_per_step})
     checkpointer.wait()
+    return config, init, step, state, checkpointer
+
+
+def test_checkpoint_restores_exactly_keeps_last_k_and_exports_safetensors(tmp_path):
+    _, init, step, state, checkpointer = _three_ppo_checkpoints(tmp_path, keep=2, position_per_step=10)
     assert checkpointer.all_steps() == [2, 3]
     restored, meta = checkpointer.restore(init(jax.random.key(7)))
     assert meta["data_position"] == 30 and meta["step"] == 3
@@ -260,15 +266,7 @@ def test_checkpoint_restores_exactly_keeps_last_k_and_exports_safetensors(tmp_pa
 # orbax leaves coroutines of the failed reads to the garbage collector; their warnings are noise here.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning", "ignore::RuntimeWarning")
 def test_resume_skips_a_damaged_newest_checkpoint_and_keeps_it_aside(tmp_path):
-    config = apply_overrides(TrainConfig(), ["ppo.num_envs=4", "ppo.num_steps=4", "ppo.num_minibatches=2"])
-    init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), config)
-    step = eqx.filter_jit(step)
-    state = init(jax.random.key(1))
-    checkpointer = Checkpointer(tmp_path, every=1, keep=3, async_save=False)
-    for i in range(1, 4):
-        state, _ = step(state, None)
-        checkpointer.save(i, state, {"data_position": i})
-    checkpointer.wait()
+    config, init, step, _, checkpointer = _three_ppo_checkpoints(tmp_path, keep=3, position_per_step=1)
     checkpointer.close()
     damaged = [f for f in (tmp_path / "3").rglob("*") if f.is_file() and f.stat().st_size > 0]
     for f in damaged:

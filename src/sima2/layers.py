@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -32,9 +33,30 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 def get_activation(name: str) -> Callable[[Array], Array]:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    check_activation(name, key="activation")
     return ACTIVATIONS[name]
+
+
+def check_activation(name: str, *, key: str = "hidden_act") -> None:
+    """Raise `ValueError` naming the config `key` if `name` is not a supported activation (configs call it
+    when they are built, so a typo fails there rather than on the first forward pass)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{key}={name!r} is not supported; supported: {sorted(ACTIVATIONS)}")
+
+
+def check_token_ids(ids: Any, limit: int, *, name: str = "input_ids", bound: str = "vocab_size") -> None:
+    """Raise `ValueError` on ids outside [0, limit) when `ids` are concrete. Traced ids (under jit / vmap)
+    are not checked: that would need a host callback, and `jnp.take` then fills NaN instead."""
+    if isinstance(ids, jax.core.Tracer):
+        return
+    ids = np.asarray(ids)
+    bad = (ids < 0) | (ids >= limit)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} has {int(ids[where])} at position {where[0] if len(where) == 1 else where}, "
+            f"outside [0, {limit}) ({bound}={limit})"
+        )
 
 
 def linear(in_features: int, out_features: int, *, use_bias: bool = True, std: float = 0.02,

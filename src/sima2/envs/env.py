@@ -283,9 +283,7 @@ def make(
     env_id: str = "sima2/GoTo-v0", split: str = "train", image_size: ImageSize = 64
 ) -> tuple[Sima2Env, EnvParams]:
     """Build a functional environment and its default parameters from a gymnasium-style id."""
-    if not isinstance(env_id, str):
-        raise TypeError(f"env_id must be a level id string like 'sima2/GoTo-v0', got {env_id!r}")
-    level = level_from_id(env_id)
+    level = level_from_id(env_id)  # also refuses an id that is not a string
     height, width = image_shape(image_size)
     env = Sima2Env(level=level, image_height=height, image_width=width)
     return env, env.default_params(split)

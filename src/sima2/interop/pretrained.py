@@ -173,15 +173,15 @@ class PretrainedModel(eqx.Module):
         else:
             names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         for name, shard in zip(names, shards, strict=True):
-            _atomic_write(folder / name, lambda p, shard=shard: save_file(shard, p, metadata={"format": "pt"}))
+            atomic_write(folder / name, lambda p, shard=shard: save_file(shard, p, metadata={"format": "pt"}))
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))},
                 "weight_map": {k: n for n, s in zip(names, shards, strict=True) for k in s},
             }
-            _atomic_write(folder / SAFE_WEIGHTS_INDEX_NAME, lambda p: Path(p).write_text(json.dumps(index, indent=2)))
+            atomic_write(folder / SAFE_WEIGHTS_INDEX_NAME, lambda p: Path(p).write_text(json.dumps(index, indent=2)))
         config = self.hf_config()
-        _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))
+        atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))
         return folder
 
     def push_to_hub(
@@ -201,7 +201,9 @@ class PretrainedModel(eqx.Module):
         return str(info)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it over `path`: readers see the
+    old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(str(tmp))

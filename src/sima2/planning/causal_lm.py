@@ -25,7 +25,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from sima2.interop.checkpoint import CheckpointError
 from sima2.interop.mapping import HFParam, fused, named_arrays, same, transposed
 from sima2.interop.pretrained import PretrainedModel, hf_config_to_dict, with_hf_defaults
-from sima2.layers import ACTIVATIONS, attention, get_activation, linear
+from sima2.layers import attention, check_activation, check_token_ids, get_activation, linear
 
 LMFamily = Literal["gpt2", "llama", "qwen2"]
 LM_MODEL_TYPES: tuple[str, ...] = ("gpt2", "llama", "qwen2")
@@ -466,26 +466,6 @@ class CausalLM(PretrainedModel):
         config["architectures"] = [_ARCHITECTURES[self.config.family]]
         config["model_type"] = self.config.family
         return config
-
-
-def check_activation(name: str, *, key: str = "hidden_act") -> None:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"{key}={name!r} is not supported; supported: {sorted(ACTIVATIONS)}")
-
-
-def check_token_ids(ids: Any, limit: int, *, name: str = "input_ids", bound: str = "vocab_size") -> None:
-    """Raise `ValueError` on ids outside [0, limit) when `ids` are concrete. Traced ids (under jit / vmap)
-    are not checked: that would need a host callback, and `jnp.take` then fills NaN instead."""
-    if isinstance(ids, jax.core.Tracer):
-        return
-    ids = np.asarray(ids)
-    bad = (ids < 0) | (ids >= limit)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{name} has {int(ids[where])} at position {where[0] if len(where) == 1 else where}, "
-            f"outside [0, {limit}) ({bound}={limit})"
-        )
 
 
 def positions_from_mask(mask: Bool[Array, " T"] | Int[Array, " T"]) -> Int[Array, " T"]:

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from sima2.planning.causal_lm import CausalLM, check_token_ids, positions_from_mask
+from sima2.layers import check_token_ids
+from sima2.planning.causal_lm import CausalLM, positions_from_mask
 
 # Python, numpy or 0-d JAX integers: all are coerced to `int` before tracing.
 Integer = int | np.integer | Int[Array, ""]

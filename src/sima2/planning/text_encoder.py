@@ -20,8 +20,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from sima2.interop.checkpoint import CheckpointError
 from sima2.interop.mapping import HFParam, fused, named_arrays, same
 from sima2.interop.pretrained import PretrainedModel, hf_config_to_dict, with_hf_defaults
-from sima2.layers import attention, get_activation, linear
-from sima2.planning.causal_lm import check_activation, check_token_ids
+from sima2.layers import attention, check_activation, check_token_ids, get_activation, linear
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 
-def _check(config: Any, **rules: tuple[bool, str]) -> None:
+def check_fields(config: Any, **rules: tuple[bool, str]) -> None:
     """Raise a ValueError naming the first field whose value breaks its rule: `field=(ok, "must be ...")`.
 
     Runs in `__post_init__`, so presets, `dataclasses.replace` and command-line overrides are all checked when
@@ -41,7 +41,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(
+        check_fields(
             self,
             lr=(0 <= self.lr < math.inf, "must be a finite number >= 0"),
             final_lr=(0 <= self.final_lr < math.inf, "must be a finite number >= 0"),
@@ -70,7 +70,7 @@ class BCConfig:
     noise_std: float = 0.02
 
     def __post_init__(self) -> None:
-        _check(
+        check_fields(
             self,
             batch_size=(self.batch_size >= 1, "must be >= 1"),
             sequence_length=(self.sequence_length >= 1, "must be >= 1"),
@@ -108,7 +108,7 @@ class PPOConfig:
     critic_warmup_updates: int = 0
 
     def __post_init__(self) -> None:
-        _check(
+        check_fields(
             self,
             num_envs=(self.num_envs >= 1, "must be >= 1"),
             num_steps=(self.num_steps >= 1, "must be >= 1"),
@@ -137,7 +137,7 @@ class DataConfig:
     on_invalid: str = "raise"  # "raise" or "drop" (dropped rows are logged with their index)
 
     def __post_init__(self) -> None:
-        _check(
+        check_fields(
             self,
             prefetch=(self.prefetch >= 0, "must be >= 0"),
             on_invalid=(self.on_invalid in ("raise", "drop"), "must be 'raise' or 'drop'"),
@@ -153,7 +153,7 @@ class CheckpointConfig:
     async_save: bool = True
 
     def __post_init__(self) -> None:
-        _check(self, every=(self.every >= 1, "must be >= 1"), keep=(self.keep >= 1, "must be >= 1"))
+        check_fields(self, every=(self.every >= 1, "must be >= 1"), keep=(self.keep >= 1, "must be >= 1"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +169,7 @@ class MonitorConfig:
     profile_steps: int = 5
 
     def __post_init__(self) -> None:
-        _check(
+        check_fields(
             self,
             log_every=(self.log_every >= 1, "must be >= 1"),
             memory_warning_fraction=(0 < self.memory_warning_fraction <= 1, "must be in (0, 1]"),
@@ -189,7 +189,7 @@ class GuardConfig:
     max_consecutive: int = 5
 
     def __post_init__(self) -> None:
-        _check(
+        check_fields(
             self,
             spike_factor=(self.spike_factor > 1, "must be > 1"),
             warmup_steps=(self.warmup_steps >= 0, "must be >= 0"),
@@ -213,7 +213,7 @@ class EvalConfig:
     level_key: str = "level"
 
     def __post_init__(self) -> None:
-        _check(
+        check_fields(
             self,
             num_envs=(self.num_envs >= 1, "must be >= 1"),
             num_episodes=(self.num_episodes >= 1, "must be >= 1"),
@@ -239,7 +239,7 @@ class TrainConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        _check(
+        check_fields(
             self,
             stage=(self.stage in ("bc", "ppo"), "must be 'bc' or 'ppo'"),
             num_steps=(self.num_steps >= 0, "must be >= 0"),

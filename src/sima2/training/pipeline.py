@@ -26,7 +26,8 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, config_to_dict
+from sima2.interop.pretrained import atomic_write
+from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, check_fields, config_to_dict
 from sima2.training.report import evaluation_report, write_report
 
 log = logging.getLogger("sima2.training")
@@ -77,6 +78,15 @@ class PipelineConfig:
     rollback: RollbackConfig = dataclasses.field(default_factory=RollbackConfig)
     # The agent as deployed: its most likely action at each step.
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(deterministic=True))
+
+    def __post_init__(self) -> None:
+        # The image size is checked by `envs.make`, also before the run folder is written.
+        check_fields(
+            self,
+            demo_envs=(self.demo_envs >= 1, "must be >= 1"),
+            demo_steps=(self.demo_steps >= 1, "must be >= 1"),
+            demo_noise=(0 <= self.demo_noise < 1, "must be a probability in [0, 1)"),
+        )
 
 
 _QUICK_MONITOR = dict(log_every=5)
@@ -192,24 +202,13 @@ def _check_divisible(config: PipelineConfig, devices: int) -> None:
 
 
 def _check_stages(config: PipelineConfig) -> None:
-    """Cross-field rules of the stages, checked before any stage starts (single fields check themselves)."""
+    """Cross-field rules of the stages, checked before any stage starts (single fields check themselves
+    when the config is built; overrides apply one at a time, so a pair can only be checked at the end)."""
     ppo = config.ppo.ppo
     if config.ppo.num_steps > 0 and ppo.num_envs % ppo.num_minibatches:
         raise ValueError(
             f"ppo.ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.ppo.num_minibatches ({ppo.num_minibatches})"
         )
-    for name in ("demo_envs", "demo_steps", "image_size"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if not 0 <= config.demo_noise <= 1:
-        raise ValueError(f"demo_noise must be a probability in [0, 1], got {config.demo_noise}")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small text file whole or not at all (temp file in the same folder, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _plan_supervision(agent: Any, dataset: Any, planner: str | None) -> tuple[Any, Any]:
@@ -296,7 +295,8 @@ def train(
     )
     out.mkdir(parents=True, exist_ok=True)
     if is_main:
-        atomic_write_text(out / "pipeline.json", json.dumps(config_to_dict(config), indent=2))
+        text = json.dumps(config_to_dict(config), indent=2)
+        atomic_write(out / "pipeline.json", lambda p: Path(p).write_text(text))
 
     # 1. Expert demonstrations with their instruction and plan text, saved as a Hugging Face dataset.
     demos_dir = out / "demos"
@@ -366,7 +366,8 @@ def train(
     )
     if not is_main:
         return eval_report
-    atomic_write_text(out / "eval.json", json.dumps(eval_report, indent=2, default=float))
+    text = json.dumps(eval_report, indent=2, default=float)
+    atomic_write(out / "eval.json", lambda p: Path(p).write_text(text))
 
     # 5. The report: learning curves, success per split and task, evaluation GIFs, summary.md.
     if report:
