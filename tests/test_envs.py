@@ -347,7 +347,7 @@ def test_ray_casting_matches_a_fine_ray_march(level):
 
 
 def test_generation_draws_are_uniform_and_independent_of_the_batch():
-    from sima2.envs.world import _Draws
+    from sima2.envs.world.streams import _Draws
 
     def draw(seed):
         draws = _Draws(seed)

@@ -134,7 +134,7 @@ def current_subgoal(
     has_key = state.carrying == key
     carrying_a = state.carrying == a
 
-    # Local step within the stage's plan (see world._stage_plan for the plan rows).
+    # Local step within the stage's plan (see world.plans._stage_plan for the plan rows).
     local_goto = jnp.int32(0)
     local_simple = jnp.where(reach[a], 1, 0)
     local_put = jnp.where(carrying_a, jnp.where(_at_drop_spot(state, b), 3, 2), jnp.where(reach[a], 1, 0))

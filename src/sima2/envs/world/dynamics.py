@@ -1,0 +1,186 @@
+"""Physics of one action (interact/drop, then per-tick motion with collisions) and the proprioception
+vector read from the state.
+
+Depends only on the state types and geometry: the step's hot path, kept free of generation and language.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float32, Int32
+
+from sima2.envs import vocabulary as voc
+from sima2.envs.world.geometry import (
+    entity_in_reach,
+    heading_vectors,
+    object_grid,
+    precise_dot,
+    row_masks,
+    solid_grid,
+    wrap_angle,
+)
+from sima2.envs.world.state import (
+    ACTION_NVEC,
+    AGENT_RADIUS,
+    DOOR_CLOSED,
+    DOOR_LOCKED,
+    DOOR_OPEN,
+    DROP,
+    DURATION_TICKS,
+    INTERACT,
+    LOOK_DEGREES,
+    MOVE_SPEED,
+    TICK_HZ,
+    EnvState,
+)
+
+
+# --- physics ---------------------------------------------------------------------------------------------
+def _blocked(
+    row_bits: Int32[Array, " GH"], cols: int, x: Float32[Array, ""], y: Float32[Array, ""]
+) -> Bool[Array, ""]:
+    """Whether the agent's bounding square at (x, y) overlaps a solid cell (`row_bits`: the solid cells
+    of each row as a bit mask; positions outside the grid read its edge cells). The square's corners span
+    at most two rows and two columns: two row lookups instead of four cell lookups."""
+    rows = row_bits.shape[0]
+    col_lo = jnp.clip(jnp.floor(x - AGENT_RADIUS).astype(jnp.int32), 0, cols - 1)
+    col_hi = jnp.clip(jnp.floor(x + AGENT_RADIUS).astype(jnp.int32), 0, cols - 1)
+    row_lo = jnp.clip(jnp.floor(y - AGENT_RADIUS).astype(jnp.int32), 0, rows - 1)
+    row_hi = jnp.clip(jnp.floor(y + AGENT_RADIUS).astype(jnp.int32), 0, rows - 1)
+    # Row lookups as selects over the few rows: all elementwise, so XLA fuses a whole physics tick into
+    # one kernel (a gather would split it into several, and their launches dominate at this size).
+    mask = jnp.int32(0)
+    for r in range(rows):
+        mask = mask | jnp.where((row_lo == r) | (row_hi == r), row_bits[r], 0)
+    return (((mask >> col_lo) | (mask >> col_hi)) & 1) == 1
+
+
+def _interact(state: EnvState, key_index: Int32[Array, ""]) -> tuple[EnvState, Bool[Array, ""]]:
+    """Apply interact (pick up / toggle door) or drop; returns the new state and whether it failed."""
+    n_obj = state.obj_type.shape[0]
+    reach, distance = entity_in_reach(state)
+    candidate = jnp.argmin(jnp.where(reach, distance, jnp.inf))
+    any_reach = jnp.any(reach)
+    is_object = candidate < n_obj
+    empty_handed = state.carrying < 0
+    do_interact = key_index == INTERACT
+    pick = do_interact & any_reach & is_object & empty_handed
+    door = jnp.clip(candidate - n_obj, 0, state.door_state.shape[0] - 1)
+    current = state.door_state[door]
+    holds_key = (
+        (state.carrying >= 0)
+        & (state.obj_type[jnp.maximum(state.carrying, 0)] == voc.KEY)
+        & (state.obj_colour[jnp.maximum(state.carrying, 0)] == state.door_colour[door])
+    )
+    # A door cannot be closed on the agent standing in its doorway.
+    clear_of_door = distance[candidate] > 0.5 + AGENT_RADIUS
+    toggle = do_interact & any_reach & ~is_object & clear_of_door & ((current != DOOR_LOCKED) | holds_key)
+    new_door_state = jnp.where(current == DOOR_OPEN, DOOR_CLOSED, DOOR_OPEN)
+    door_state = jnp.where(toggle, state.door_state.at[door].set(new_door_state), state.door_state)
+    carrying = jnp.where(pick, candidate, state.carrying).astype(jnp.int32)
+
+    # Drop into the cell in front if it is free floor (no wall, door, object, or the agent itself).
+    forward, _ = heading_vectors(state.agent_dir)
+    front = jnp.floor(state.agent_pos + forward).astype(jnp.int32)[::-1]
+    rows, cols = state.wall.shape
+    inside = (front[0] >= 0) & (front[0] < rows) & (front[1] >= 0) & (front[1] < cols)
+    fr, fc = jnp.clip(front[0], 0, rows - 1), jnp.clip(front[1], 0, cols - 1)
+    agent_cell = jnp.floor(state.agent_pos).astype(jnp.int32)[::-1]
+    free = inside & ~state.wall[fr, fc] & (state.door_id[fr, fc] < 0) & ~object_grid(state)[fr, fc]
+    free = free & ~jnp.all(agent_cell == jnp.stack([fr, fc]))
+    drop = (key_index == DROP) & (state.carrying >= 0) & free
+    obj_pos = jnp.where(
+        drop, state.obj_pos.at[jnp.maximum(state.carrying, 0)].set(jnp.stack([fr, fc])), state.obj_pos
+    )
+    carrying = jnp.where(drop, -1, carrying).astype(jnp.int32)
+    failed = (do_interact & ~pick & ~toggle) | ((key_index == DROP) & ~drop)
+    new_state = eqx.tree_at(
+        lambda s: (s.door_state, s.carrying, s.obj_pos),
+        state,
+        (door_state.astype(jnp.int32), carrying, obj_pos),
+    )
+    return new_state, failed
+
+
+def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[Array, ""]]:
+    """Hold `action` for its duration at TICK_HZ: interact/drop first, then per-tick motion with collisions.
+
+    Returns the new state and whether the action was invalid (bump, or an interaction that did nothing).
+    """
+    key_index = jnp.clip(action[0], 0, ACTION_NVEC[0] - 1)
+    look = jnp.asarray(LOOK_DEGREES, jnp.float32)[jnp.clip(action[1], 0, ACTION_NVEC[1] - 1)]
+    ticks = jnp.asarray(DURATION_TICKS, jnp.int32)[jnp.clip(action[2], 0, ACTION_NVEC[2] - 1)]
+    state, failed = _interact(state, key_index)
+
+    body = jnp.array([[0, 0], [1, 0], [-1, 0], [0, -1], [0, 1], [0, 0], [0, 0]], jnp.float32)[key_index]
+    yaw_step = jnp.deg2rad(look) / ticks.astype(jnp.float32)
+    dt = 1.0 / TICK_HZ
+    solid = solid_grid(state)
+    cols = solid.shape[1]
+    row_bits = row_masks(solid)
+
+    # The heading and the intended displacement of every tick, computed up front (vectorised over ticks);
+    # the sequential loop then only moves and collides.
+    tick_index = jnp.arange(max(DURATION_TICKS), dtype=jnp.int32)
+    active = tick_index < ticks
+    angles = state.agent_dir + yaw_step * (jnp.minimum(tick_index, ticks - 1) + 1).astype(jnp.float32)
+    cos, sin = jnp.cos(angles), jnp.sin(angles)  # forward = (cos, sin), right = (-sin, cos)
+    steps_x = jnp.where(active, (body[0] * cos + body[1] * -sin) * (MOVE_SPEED * dt), 0.0)
+    steps_y = jnp.where(active, (body[0] * sin + body[1] * cos) * (MOVE_SPEED * dt), 0.0)
+    counts = active & ((steps_x != 0.0) | (steps_y != 0.0))  # ticks whose bumps count as contact
+
+    def tick(t, carry):
+        # One array as the carry: the tick then has a single output and XLA fuses it into one kernel.
+        x, y, pushed = carry[0], carry[1], carry[2]
+        dx, dy = steps_x[t], steps_y[t]
+        hit_x = _blocked(row_bits, cols, x + dx, y)
+        x = jnp.where(hit_x, x, x + dx)
+        hit_y = _blocked(row_bits, cols, x, y + dy)
+        y = jnp.where(hit_y, y, y + dy)
+        pushed = pushed + (counts[t] & (hit_x | hit_y)).astype(jnp.float32)
+        return jnp.stack([x, y, pushed])
+
+    start = state.agent_pos
+    carry = jnp.stack([start[0], start[1], jnp.float32(0.0)])
+    x, y, pushed = jax.lax.fori_loop(0, max(DURATION_TICKS), tick, carry)
+    angle = angles[-1]
+    pos = jnp.stack([x, y])
+    duration = ticks.astype(jnp.float32) * dt
+    forward, right = heading_vectors(angle)
+    moved = (pos - start) / duration
+    contact = pushed / ticks.astype(jnp.float32)
+    state = eqx.tree_at(
+        lambda s: (s.agent_pos, s.agent_dir, s.velocity, s.yaw_rate, s.contact),
+        state,
+        (
+            pos,
+            wrap_angle(angle),
+            jnp.stack([precise_dot(moved, forward), precise_dot(moved, right)]),
+            jnp.deg2rad(look) / duration,
+            contact,
+        ),
+    )
+    return state, failed | (pushed > 0)
+
+
+def proprio(state: EnvState) -> Float32[Array, " P"]:
+    """Velocity (body frame), yaw rate, heading, held object (type and colour one-hot), contact impulse."""
+    holding = state.carrying >= 0
+    held = jnp.maximum(state.carrying, 0)
+    held_type = jax.nn.one_hot(state.obj_type[held], 3) * holding
+    held_colour = jax.nn.one_hot(state.obj_colour[held], len(voc.COLOURS)) * holding
+    return jnp.concatenate(
+        [
+            state.velocity / MOVE_SPEED,
+            (state.yaw_rate / math.pi)[None],
+            jnp.stack([jnp.cos(state.agent_dir), jnp.sin(state.agent_dir)]),
+            holding.astype(jnp.float32)[None],
+            held_type,
+            held_colour,
+            state.contact[None],
+        ]
+    ).astype(jnp.float32)

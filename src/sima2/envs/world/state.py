@@ -1,0 +1,100 @@
+"""Constants and state types of the built-in world: the action space (keys, mouse-look, durations), the
+splits, door states, `EnvParams` and `EnvState`.
+
+The base of the package: every other module reads these, and this one imports none of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import numpy as np
+from jaxtyping import Array, Bool, Float32, Int32
+
+from sima2.envs import vocabulary as voc
+
+# --- time and actions ------------------------------------------------------------------------------------
+TICK_HZ = 60
+KEY_NAMES = ("noop", "forward", "back", "strafe_left", "strafe_right", "interact", "drop")
+NOOP, FORWARD, BACK, STRAFE_LEFT, STRAFE_RIGHT, INTERACT, DROP = range(len(KEY_NAMES))
+# Mouse-look: total yaw change over the held action, in degrees (positive turns right).
+LOOK_DEGREES = (-90.0, -45.0, -15.0, 0.0, 15.0, 45.0, 90.0)
+LOOK_CENTRE = LOOK_DEGREES.index(0.0)
+# How long an action is held, in simulation ticks (0.1 s, 0.25 s, 0.5 s at 60 Hz).
+DURATION_TICKS = (6, 15, 30)
+ACTION_NVEC = (len(KEY_NAMES), len(LOOK_DEGREES), len(DURATION_TICKS))
+
+MOVE_SPEED = 4.0  # cells per second
+AGENT_RADIUS = 0.25
+REACH_DISTANCE = 1.5  # interaction range (cell units, centre to centre)
+REACH_ANGLE = math.radians(35.0)
+PROPRIO_SIZE = 16
+MAX_PLAN = 8  # subgoals in the expert plan
+NUM_STAGES = 2  # clauses of an instruction ("X, then Y")
+
+# Splits: layout seeds, colour-object pairs and paraphrase templates are partitioned by construction.
+SPLITS = ("train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases")
+TRAIN, HELDOUT_LAYOUTS, HELDOUT_PAIRS, HELDOUT_PARAPHRASES = range(len(SPLITS))
+NUM_PAIRS = 3 * len(voc.COLOURS)  # (ball | box | key) x colour
+# Held-out colour-object pairs: green ball, purple box, grey key.
+HELDOUT_PAIR_MASK = np.array(
+    [
+        (pair % len(voc.COLOURS)) == (2 * (pair // len(voc.COLOURS)) + 1) % len(voc.COLOURS)
+        for pair in range(NUM_PAIRS)
+    ]
+)
+LAYOUT_SEED_SPACE = 1 << 24
+_LAYOUT_ROOT = 0x5EED01A7  # salt of the layout streams
+
+# Door states.
+DOOR_OPEN, DOOR_CLOSED, DOOR_LOCKED = 0, 1, 2
+
+
+class EnvParams(eqx.Module):
+    """Dynamic environment parameters (can change without recompiling)."""
+
+    max_steps: Int32[Array, ""]
+    split: Int32[Array, ""]
+
+
+class EnvState(eqx.Module):
+    """Full state of one world. Entities: objects 0..N-1, then doors N..N+D-1."""
+
+    wall: Bool[Array, "GH GW"]
+    door_id: Int32[Array, "GH GW"]  # index of the door in each cell, -1 where none
+    door_pos: Int32[Array, "D 2"]  # (row, col)
+    door_colour: Int32[Array, " D"]
+    door_state: Int32[Array, " D"]
+    door_valid: Bool[Array, " D"]
+    obj_pos: Int32[Array, "N 2"]  # (row, col)
+    obj_type: Int32[Array, " N"]
+    obj_colour: Int32[Array, " N"]
+    carrying: Int32[Array, ""]  # index of the carried object, -1 when empty-handed
+    agent_pos: Float32[Array, "2"]  # (x, y)
+    agent_dir: Float32[Array, ""]
+    start_pos: Float32[Array, "2"]
+    start_dir: Float32[Array, ""]
+    velocity: Float32[Array, "2"]  # body frame (forward, right), cells/s
+    yaw_rate: Float32[Array, ""]  # rad/s over the last action
+    contact: Float32[Array, ""]  # fraction of the last action's ticks spent pushing against something
+    stage_kind: Int32[Array, " T"]
+    stage_a: Int32[Array, " T"]  # entity index
+    stage_b: Int32[Array, " T"]
+    num_stages: Int32[Array, ""]
+    stage: Int32[Array, ""]
+    plan_kind: Int32[Array, " S"]
+    plan_a: Int32[Array, " S"]
+    plan_b: Int32[Array, " S"]
+    plan_len: Int32[Array, ""]
+    stage_plan_offset: Int32[Array, " T"]
+    entity_synonym: Int32[Array, " E"]
+    entity_location: Int32[Array, " E"]
+    instruction: Int32[Array, " L"]
+    time: Int32[Array, ""]
+    layout_seed: Int32[Array, ""]  # seeds divisible by 5 are the held-out layouts
+    episode_return: Float32[Array, ""]
+    # Navigation efficiency: cells travelled since reset, and the sum of each subgoal's shortest path (BFS
+    # cells) from where the agent stood when that subgoal became current.
+    path_length: Float32[Array, ""]
+    optimal_path_length: Float32[Array, ""]
