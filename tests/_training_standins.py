@@ -1,7 +1,7 @@
 """Small stand-ins for tests of sima2.training: a functional env and tiny MLP/GRU agents.
 
-They follow the shared env contract (reset/step/expert_action, dict observations, info keys) and the agent
-protocol (initial_carry/act/evaluate), so the training utilities are exercised without the real world.
+They implement the contract (`sima2.contract.Env` and `AbstractAgent`), so the training utilities are
+exercised without the real world.
 """
 
 from __future__ import annotations
@@ -9,6 +9,17 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+
+from sima2.contract import (
+    AbstractAgent,
+    ActionSpec,
+    ActOutput,
+    ArraySpec,
+    Env,
+    EnvSpec,
+    ObservationSpec,
+    StepInfo,
+)
 
 NVEC = (4, 3, 2)
 
@@ -25,26 +36,39 @@ class LineState(eqx.Module):
     t: jax.Array
 
 
-class LineWorld(eqx.Module):
+class LineWorld(Env):
     """Walk left or right along a line to the end named by the one-token instruction (0 left, 1 right)."""
 
     image_size: int = eqx.field(static=True, default=4)
     action_nvec: tuple = eqx.field(static=True, default=NVEC)
 
-    def _obs(self, state, params):
+    @property
+    def spec(self):
+        return EnvSpec(
+            observation=ObservationSpec(
+                image=ArraySpec((self.image_size, self.image_size, 3), "uint8"),
+                instruction=ArraySpec((1,), "int32"),
+                proprio=ArraySpec((2,), "float32"),
+                vocab_size=2,
+            ),
+            action=ActionSpec(self.action_nvec),
+            max_instruction_words=1,
+        )
+
+    def default_params(self):
+        return LineParams()
+
+    def observe(self, state, params):
         image = jnp.zeros((self.image_size, self.image_size, 3), jnp.uint8)
         image = image.at[0, jnp.minimum(state.pos, self.image_size - 1), 0].set(255)
         proprio = jnp.stack([state.pos / params.size, state.t / params.max_steps]).astype(jnp.float32)
         return {"image": image, "instruction": state.side[None].astype(jnp.int32), "proprio": proprio}
 
-    def reset(self, key, params):
+    def init(self, key, params):
         side = jax.random.bernoulli(key).astype(jnp.int32)
-        state = LineState(
-            pos=jnp.int32(params.size // 2), goal=side * (params.size - 1), side=side, t=jnp.int32(0)
-        )
-        return self._obs(state, params), state
+        return LineState(pos=jnp.int32(params.size // 2), goal=side * (params.size - 1), side=side, t=jnp.int32(0))
 
-    def step(self, key, state, action, params):
+    def transition(self, key, state, action, params):
         move = jnp.where(action[0] == 0, -1, jnp.where(action[0] == 1, 1, 0))
         target = state.pos + move
         invalid = (target < 0) | (target >= params.size) | (move == 0)
@@ -52,26 +76,21 @@ class LineWorld(eqx.Module):
         t = state.t + 1
         success = pos == state.goal
         timeout = (t >= params.max_steps) & ~success
-        done = success | timeout
         reward_goal = success.astype(jnp.float32)
         reward_invalid = -0.05 * invalid.astype(jnp.float32)
-        info = {
-            "success": success,
-            "invalid_move": invalid,
-            "agent_pos": jnp.stack([pos, 0]).astype(jnp.float32),
-            "distance_to_goal": jnp.abs(pos - state.goal).astype(jnp.float32),
-            "timeout": timeout,
-            "optimal_path_length": jnp.float32(params.size // 2),
-            "path_length": t.astype(jnp.float32),
-            "level": state.side,
-            "reward_goal": reward_goal,
-            "reward_invalid": reward_invalid,
-        }
+        info = StepInfo(
+            terminated=success,
+            truncated=timeout,
+            success=success,
+            invalid_move=invalid,
+            agent_pos=jnp.stack([pos, 0]).astype(jnp.float32),
+            distance_to_goal=jnp.abs(pos - state.goal).astype(jnp.float32),
+            optimal_path_length=jnp.float32(params.size // 2),
+            path_length=t.astype(jnp.float32),
+            extras={"reward_goal": reward_goal, "reward_invalid": reward_invalid},
+        )
         stepped = LineState(pos=pos, goal=state.goal, side=state.side, t=t)
-        reset_obs, reset_state = self.reset(key, params)
-        new_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, stepped)
-        obs = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_obs, self._obs(stepped, params))
-        return obs, new_state, reward_goal + reward_invalid, done, info
+        return stepped, reward_goal + reward_invalid, info
 
     def expert_action(self, state, params):
         key = jnp.where(state.goal < state.pos, 0, 1)
@@ -84,12 +103,14 @@ def _features(obs):
     return jnp.concatenate([image, instruction, obs["proprio"]])
 
 
-def _factored(logits, obs, action=None, key=None):
+def _factored(logits, obs, action=None, key=None, deterministic=False):
     if "action_mask" in obs:
         logits = jnp.where(obs["action_mask"], logits, -1e9)
     splits = [4, 7]
     parts = jnp.split(logits, splits)
-    if action is None:
+    if action is None and deterministic:
+        action = jnp.stack([jnp.argmax(p) for p in parts])
+    elif action is None:
         keys = jax.random.split(key, len(parts))
         action = jnp.stack([jax.random.categorical(k, p) for k, p in zip(keys, parts, strict=True)])
     log_probs = [jax.nn.log_softmax(p) for p in parts]
@@ -98,7 +119,20 @@ def _factored(logits, obs, action=None, key=None):
     return action.astype(jnp.int32), log_prob, entropy
 
 
-class MLPAgent(eqx.Module):
+class _StandInAgent(AbstractAgent):
+    """The parts of the agent contract every stand-in shares: features are the observation itself."""
+
+    def observation_features(self, obs):
+        return obs
+
+    def trainable_filter(self):
+        return jax.tree.map(eqx.is_inexact_array, self)
+
+    def save_pretrained(self, save_directory):
+        raise NotImplementedError("test stand-ins are not saved")
+
+
+class MLPAgent(_StandInAgent):
     torso: eqx.nn.MLP
     policy: eqx.nn.Linear
     value: eqx.nn.Linear
@@ -120,18 +154,18 @@ class MLPAgent(eqx.Module):
         critic = jax.tree.map(lambda _: False, self)
         return eqx.tree_at(lambda m: m.value, critic, jax.tree.map(eqx.is_inexact_array, self.value))
 
-    def act(self, key, obs, carry):
+    def act(self, key, obs, carry, *, deterministic=False):
         logits, value = self._heads(obs)
-        action, log_prob, entropy = _factored(logits, obs, key=key)
-        return action, carry, {"log_prob": log_prob, "value": value, "entropy": entropy}
+        action, log_prob, entropy = _factored(logits, obs, key=key, deterministic=deterministic)
+        return action, carry, ActOutput(log_prob=log_prob, value=value, entropy=entropy)
 
-    def evaluate(self, obs, carry, action):
+    def evaluate_features(self, obs, carry, action):
         logits, value = self._heads(obs)
         _, log_prob, entropy = _factored(logits, obs, action=action)
         return log_prob, entropy, value, carry
 
 
-class GRUAgent(eqx.Module):
+class GRUAgent(_StandInAgent):
     encoder: eqx.nn.Linear
     cell: eqx.nn.GRUCell
     policy: eqx.nn.Linear
@@ -153,12 +187,16 @@ class GRUAgent(eqx.Module):
         carry = self.cell(jnp.tanh(self.encoder(_features(obs))), carry)
         return self.policy(carry), self.value(carry), carry
 
-    def act(self, key, obs, carry):
-        logits, value, carry = self._core(obs, carry)
-        action, log_prob, entropy = _factored(logits, obs, key=key)
-        return action, carry, {"log_prob": log_prob, "value": value, "entropy": entropy}
+    def critic_filter(self):
+        critic = jax.tree.map(lambda _: False, self)
+        return eqx.tree_at(lambda m: m.value, critic, jax.tree.map(eqx.is_inexact_array, self.value))
 
-    def evaluate(self, obs, carry, action):
+    def act(self, key, obs, carry, *, deterministic=False):
+        logits, value, carry = self._core(obs, carry)
+        action, log_prob, entropy = _factored(logits, obs, key=key, deterministic=deterministic)
+        return action, carry, ActOutput(log_prob=log_prob, value=value, entropy=entropy)
+
+    def evaluate_features(self, obs, carry, action):
         logits, value, carry = self._core(obs, carry)
         _, log_prob, entropy = _factored(logits, obs, action=action)
         return log_prob, entropy, value, carry

@@ -134,7 +134,7 @@ def test_guard_skips_nonfinite_and_spiking_updates_and_stops_when_they_repeat():
     assert bool(metrics["anomaly"]) and float(state.model[0]) == 3.0 and float(state.opt_state[0]) == 3.0
     assert int(state.step) == 4  # the step counter and key still move on: the bad batch is not retried
     state, metrics = step(state, jnp.float32(1.2))
-    assert float(state.model[0]) == 4.0 and int(metrics["rollbacks"]) == 1
+    assert float(state.model[0]) == 4.0 and int(metrics["skipped_updates"]) == 1
     state, metrics = step(state, jnp.float32(100.0))  # a spike
     assert bool(metrics["anomaly"]) and float(state.model[0]) == 4.0
     state, _ = step(state, jnp.float32(jnp.inf))

@@ -136,47 +136,52 @@ def _extras(x: Mapping[str, Any]) -> dict[str, Array]:
 
 
 class StepInfo(eqx.Module):
-    """What one step reports (one world; leading axes under vmap/scan). Fields an env cannot know keep
+    """What one step reports (one world, or leading `*batch` axes from a rollout or a host loop). Fields an env cannot know keep
     their defaults: no distance to a goal (NaN), no position (NaN), every action its own.
 
     `terminated` / `truncated` end the episode (done = either); `success` is the task's own success
     signal. On a done step every field describes the step that ended the episode, before the reset.
     """
 
-    terminated: Bool[Array, ""] = eqx.field(converter=_bool)
-    truncated: Bool[Array, ""] = eqx.field(converter=_bool)
-    success: Bool[Array, ""] = eqx.field(converter=_bool, default=False)
-    invalid_move: Bool[Array, ""] = eqx.field(converter=_bool, default=False)
+    terminated: Bool[Array, "*batch"] = eqx.field(converter=_bool)
+    truncated: Bool[Array, "*batch"] = eqx.field(converter=_bool)
+    success: Bool[Array, "*batch"] = eqx.field(converter=_bool, default=False)
+    invalid_move: Bool[Array, "*batch"] = eqx.field(converter=_bool, default=False)
     # Fraction of the action's simulated time spent pushing against a wall, object or other body.
-    contact: Float32[Array, ""] = eqx.field(converter=_f32, default=0.0)
+    contact: Float32[Array, "*batch"] = eqx.field(converter=_f32, default=0.0)
     # Simulated ticks this decision held its action for (wrappers measure time with it).
-    elapsed_ticks: Int32[Array, ""] = eqx.field(converter=_i32, default=1)
-    agent_pos: Float32[Array, "2"] = eqx.field(converter=_f32, default=(float("nan"), float("nan")))
+    elapsed_ticks: Int32[Array, "*batch"] = eqx.field(converter=_i32, default=1)
+    agent_pos: Float32[Array, "*batch 2"] = eqx.field(converter=_f32, default=(float("nan"), float("nan")))
     # Shortest-path distance to where the current subgoal can be done (NaN: the env does not know).
-    distance_to_goal: Float32[Array, ""] = eqx.field(converter=_f32, default=float("nan"))
+    distance_to_goal: Float32[Array, "*batch"] = eqx.field(converter=_f32, default=float("nan"))
     # Distance travelled this episode, and the sum of its subgoals' shortest paths (efficiency = ratio).
-    path_length: Float32[Array, ""] = eqx.field(converter=_f32, default=float("nan"))
-    optimal_path_length: Float32[Array, ""] = eqx.field(converter=_f32, default=float("nan"))
-    subgoal_index: Int32[Array, ""] = eqx.field(converter=_i32, default=0)
+    path_length: Float32[Array, "*batch"] = eqx.field(converter=_f32, default=float("nan"))
+    optimal_path_length: Float32[Array, "*batch"] = eqx.field(converter=_f32, default=float("nan"))
+    subgoal_index: Int32[Array, "*batch"] = eqx.field(converter=_i32, default=0)
     # Wrappers' interventions: False where another action than the agent's was executed.
-    agent_acted: Bool[Array, ""] = eqx.field(converter=_bool, default=True)
-    world_rollback: Bool[Array, ""] = eqx.field(converter=_bool, default=False)  # the world was restored
-    fallback_step: Bool[Array, ""] = eqx.field(converter=_bool, default=False)  # a controller acted
-    action_blocked: Bool[Array, ""] = eqx.field(converter=_bool, default=False)  # the safety filter replaced it
+    agent_acted: Bool[Array, "*batch"] = eqx.field(converter=_bool, default=True)
+    world_rollback: Bool[Array, "*batch"] = eqx.field(converter=_bool, default=False)  # the world was restored
+    fallback_step: Bool[Array, "*batch"] = eqx.field(converter=_bool, default=False)  # a controller acted
+    action_blocked: Bool[Array, "*batch"] = eqx.field(converter=_bool, default=False)  # the safety filter replaced it
     # Scalars that are logged (averaged per update, per step) and never read by any learner.
-    extras: dict[str, Float32[Array, ""]] = eqx.field(converter=_extras, default_factory=dict)
+    extras: dict[str, Float32[Array, "*batch"]] = eqx.field(converter=_extras, default_factory=dict)
 
     @property
-    def done(self) -> Bool[Array, ""]:
+    def done(self) -> Bool[Array, "*batch"]:
         return self.terminated | self.truncated
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a flat dict of NumPy arrays (`extras` merged in), for gymnasium's `info`."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "extras"}
+        return {name: np.asarray(value) for name, value in {**fields, **self.extras}.items()}
 
 
 class ActOutput(eqx.Module):
     """What an agent reports with an action: its log-probability, the value estimate and the entropy."""
 
-    log_prob: Float[Array, ""]
-    value: Float[Array, ""]
-    entropy: Float[Array, ""]
+    log_prob: Float[Array, "*batch"]
+    value: Float[Array, "*batch"]
+    entropy: Float[Array, "*batch"]
 
 
 class Transition(eqx.Module):
@@ -188,15 +193,15 @@ class Transition(eqx.Module):
     """
 
     obs: Observation
-    action: Int[Array, "*A"]
-    reward: Float[Array, ""]
-    done: Bool[Array, ""]
-    first: Bool[Array, ""]
+    action: Int[Array, "*batch F"]
+    reward: Float[Array, "*batch"]
+    done: Bool[Array, "*batch"]
+    first: Bool[Array, "*batch"]
     info: StepInfo
     agent: ActOutput
-    episode_return: Float[Array, ""]
-    episode_length: Int[Array, ""]
-    expert_action: Int[Array, "*A"] | None = None
+    episode_return: Float[Array, "*batch"]
+    episode_length: Int[Array, "*batch"]
+    expert_action: Int[Array, "*batch F"] | None = None
 
 
 # --- environments ----------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float32, Int32, PRNGKeyArray, UInt8
+from jaxtyping import Array, Float32, Int32, PRNGKeyArray, UInt8
 
+from sima2.contract import ActionSpec, ArraySpec, Env, EnvSpec, Observation, ObservationSpec, StepInfo
 from sima2.envs import vocabulary as voc
 from sima2.envs.expert import current_subgoal, distance_to_goal, expert_action, goal_distances
 from sima2.envs.levels import LEVELS, LevelConfig, level_from_id
@@ -36,11 +37,7 @@ from sima2.envs.world import (
     stage_complete,
 )
 
-Observation = dict[str, Array]
-Info = dict[str, Array]
-
-
-class Sima2Env(eqx.Module):
+class Sima2Env(Env[EnvState, EnvParams]):
     """One level of the built-in world. Static configuration only; dynamic settings live in EnvParams."""
 
     level: LevelConfig = eqx.field(static=True)
@@ -78,28 +75,47 @@ class Sima2Env(eqx.Module):
     def vocab_size(self) -> int:
         return len(voc.vocabulary())
 
+    @property
+    def spec(self) -> EnvSpec:
+        return EnvSpec(
+            observation=ObservationSpec(
+                image=ArraySpec((self.image_height, self.image_width, 3), "uint8"),
+                instruction=ArraySpec((self.instruction_length,), "int32"),
+                proprio=ArraySpec((PROPRIO_SIZE,), "float32"),
+                vocab_size=self.vocab_size,
+            ),
+            action=ActionSpec(ACTION_NVEC),
+            max_instruction_words=self.max_instruction_words,
+        )
+
     def default_params(self, split: str = "train") -> EnvParams:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return EnvParams(max_steps=jnp.int32(self.level.max_steps), split=jnp.int32(SPLITS.index(split)))
 
-    # --- functional API
-    def observe(self, state: EnvState) -> Observation:
+    # --- functional API (reset and step come from sima2.contract.Env)
+    def observe(self, state: EnvState, params: EnvParams | None = None) -> Observation:
         """Render the observation of a state."""
+        del params
         return {
             "image": render_first_person(state, self.image_height, self.image_width),
             "instruction": state.instruction,
             "proprio": proprio(state),
         }
 
-    def reset(self, key: PRNGKeyArray, params: EnvParams) -> tuple[Observation, EnvState]:
-        state = generate(key, self.level, params.split)
-        return self.observe(state), state
+    def init(self, key: PRNGKeyArray, params: EnvParams) -> EnvState:
+        return generate(key, self.level, params.split)
 
     def transition(
-        self, state: EnvState, action: Int32[Array, "3"], params: EnvParams
-    ) -> tuple[EnvState, Float32[Array, ""], Info]:
-        """Advance one decision step without rendering and without resetting (action as in `step`)."""
+        self, key: PRNGKeyArray, state: EnvState, action: Int32[Array, "3"], params: EnvParams
+    ) -> tuple[EnvState, Float32[Array, ""], StepInfo]:
+        """Advance one decision step without rendering and without resetting.
+
+        `action` is (key, mouse-look, duration) indices, shape (3,) (per world under vmap; another shape
+        raises ValueError). Values cannot be checked under jit, so each factor is clipped to
+        [0, ACTION_NVEC[i] - 1] first: physics, rendering and info all see the clipped action.
+        """
+        del key  # the world's physics is deterministic
         action = clip_action(action)
         start_pos, start_subgoal, first_step = state.agent_pos, current_subgoal(state)[0], state.time == 0
         state, invalid = physics(state, action)
@@ -124,49 +140,20 @@ class Sima2Env(eqx.Module):
             state,
             (time, state.episode_return + reward, state.path_length + moved, state.optimal_path_length + optimal),
         )
-        info = {
-            "success": success,
-            "timeout": timeout,
-            "invalid_move": invalid,
-            "agent_pos": state.agent_pos,
-            "distance_to_goal": distance,
-            "subgoal_index": subgoal_index,
-            "stage": state.stage,
-            "contact": state.contact,
-            "episode_return": state.episode_return,
-            "episode_length": time,
-            # Cells travelled, and the sum of the subgoals' shortest paths: optimal / travelled is the
-            # navigation efficiency of a successful episode.
-            "path_length": state.path_length,
-            "optimal_path_length": state.optimal_path_length,
-            # Simulated ticks this decision held its action for (60 Hz): wrappers measure time with it.
-            "elapsed_ticks": jnp.asarray(DURATION_TICKS, jnp.int32)[action[2]],
-        }
+        info = StepInfo(
+            terminated=success,
+            truncated=timeout,
+            success=success,
+            invalid_move=invalid,
+            contact=state.contact,
+            elapsed_ticks=jnp.asarray(DURATION_TICKS, jnp.int32)[action[2]],
+            agent_pos=state.agent_pos,
+            distance_to_goal=distance,
+            path_length=state.path_length,
+            optimal_path_length=state.optimal_path_length,
+            subgoal_index=subgoal_index,
+        )
         return state, reward, info
-
-    def step(
-        self, key: PRNGKeyArray, state: EnvState, action: Int32[Array, "3"], params: EnvParams
-    ) -> tuple[Observation, EnvState, Float32[Array, ""], Bool[Array, ""], Info]:
-        """One decision step; when the episode ends the returned state/obs are a fresh episode's.
-
-        `action` is (key, mouse-look, duration) indices, shape (3,) (per world under vmap; another shape
-        raises ValueError). Values cannot be checked under jit, so each factor is clipped to
-        [0, ACTION_NVEC[i] - 1] first: physics, rendering and info all see the clipped action.
-        """
-        next_state, reward, info = self.transition(state, action, params)
-        done = info["success"] | info["timeout"]
-        state = reset_where_done(self.level, done, key, params.split, next_state)
-        return self.observe(state), state, reward, done, info
-
-    def step_no_reset(
-        self, state: EnvState, action: Int32[Array, "3"], params: EnvParams
-    ) -> tuple[Observation, EnvState, Float32[Array, ""], Bool[Array, ""], Bool[Array, ""], Info]:
-        """One decision step without auto-reset: (obs, state, reward, terminated, truncated, info).
-
-        `action` is checked and clipped as in `step`.
-        """
-        state, reward, info = self.transition(state, action, params)
-        return self.observe(state), state, reward, info["success"], info["timeout"], info
 
     def expert_action(self, state: EnvState, params: EnvParams) -> Int32[Array, "3"]:
         """Shortest-path expert action (key, look, duration) in this state."""
@@ -222,45 +209,6 @@ def clip_action(action: Int32[Array, "*shape"]) -> Int32[Array, "3"]:
             f"got shape {action.shape}"
         )
     return jnp.clip(action, 0, jnp.asarray(ACTION_NVEC, jnp.int32) - 1)
-
-
-def reset_where_done(
-    level: LevelConfig, done: Bool[Array, ""], key: PRNGKeyArray, split: Int32[Array, ""], state: EnvState
-) -> EnvState:
-    """`state`, or where `done` a fresh world generated from `key`: the auto-reset of `step`.
-
-    Under `jax.vmap` this generates only the worlds that are done, in chunks of a sixteenth of the batch
-    (a custom batching rule), instead of a fresh world for every world at every step of which all but the
-    few finished ones would be thrown away. Each done world still gets exactly `generate(its key)`, so
-    results do not depend on the batch. Outside vmap it is a `lax.cond`.
-    """
-
-    @jax.custom_batching.custom_vmap
-    def reset(done, key, split, state):
-        return jax.lax.cond(done, lambda: generate(key, level, split), lambda: state)
-
-    @reset.def_vmap
-    def reset_batched(axis_size, in_batched, done, key, split, state):
-        done, key, split, state = (
-            jax.tree.map(lambda x, batched: x if batched else jnp.broadcast_to(x, (axis_size, *x.shape)), arg, flag)
-            for arg, flag in zip((done, key, split, state), in_batched, strict=True)
-        )
-        chunk = max(1, -(-axis_size // 16))
-        padded = -(-axis_size // chunk) * chunk
-        # Indices of the done worlds first, then out-of-range fillers (their writes are dropped).
-        order = jnp.nonzero(done, size=padded, fill_value=axis_size)[0]
-
-        def regenerate(i, state):
-            index = jax.lax.dynamic_slice(order, (i * chunk,), (chunk,))
-            source = jnp.minimum(index, axis_size - 1)
-            fresh = jax.vmap(generate, in_axes=(0, None, 0))(key[source], level, split[source])
-            return jax.tree.map(lambda s, f: s.at[index].set(f, mode="drop"), state, fresh)
-
-        chunks = (jnp.sum(done, dtype=jnp.int32) + chunk - 1) // chunk
-        state = jax.lax.fori_loop(0, chunks, regenerate, state)
-        return state, jax.tree.map(lambda _: True, state)
-
-    return reset(done, key, split, state)
 
 
 ImageSize = int | np.integer | tuple[int | np.integer, int | np.integer]

@@ -19,8 +19,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from sima2.contract import StepInfo, reset_where_done
 from sima2.envs import vocabulary as voc
-from sima2.envs.env import ImageSize, Sima2Env, make, reset_where_done
+from sima2.envs.env import ImageSize, Sima2Env, make
 from sima2.envs.levels import LEVELS
 
 RENDER_MODES = ("rgb_array", "rgb_array_topdown")
@@ -104,14 +105,15 @@ class Sima2GymEnv(gymnasium.Env):
         self.action_space = spaces.MultiDiscrete(np.array(self.env.action_nvec, np.int64))
         self._reset = jax.jit(self.env.reset)
         self._step = jax.jit(self.env.step_no_reset)
+        self._step_key = jax.random.key(0)
         self._topdown = jax.jit(self.env.render_topdown)
         self._state = None
         self._last_image: np.ndarray | None = None
 
-    def _info(self, state, extra: dict | None = None) -> dict[str, Any]:
+    def _info(self, state, step_info: StepInfo | None = None) -> dict[str, Any]:
         info = {"instruction_text": self.env.instruction_text(state)}
-        if extra is not None:
-            info.update({k: np.asarray(v) for k, v in extra.items()})
+        if step_info is not None:
+            info.update(step_info.to_dict())
         return info
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -125,10 +127,13 @@ class Sima2GymEnv(gymnasium.Env):
         if self._state is None:
             raise RuntimeError("call reset() before step()")
         action = _checked_actions(action, self.env.action_nvec)
-        obs, self._state, reward, terminated, truncated, info = self._step(self._state, action, self.params)
+        # The world's step is deterministic: the key would only seed an auto-reset, which this API leaves
+        # to the caller.
+        obs, self._state, reward, _, info = self._step(self._step_key, self._state, action, self.params)
         obs = _to_numpy(obs)
         self._last_image = obs["image"]
-        return obs, float(reward), bool(terminated), bool(truncated), self._info(self._state, info)
+        terminated, truncated = bool(info.terminated), bool(info.truncated)
+        return obs, float(reward), terminated, truncated, self._info(self._state, info)
 
     def render(self):
         if self.render_mode == "rgb_array_topdown" and self._state is not None:
@@ -174,15 +179,15 @@ class Sima2VectorEnv(VectorEnv):
             return jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_envs), params)
 
         def step_all(key, state, needs_reset, actions):
-            stepped, reward, info = jax.vmap(env.transition, in_axes=(0, 0, None))(state, actions, params)
             # The same worlds as reset_all(key) would give, generated only for the sub-envs that reset.
             keys = jax.random.split(key, num_envs)
+            stepped, reward, info = jax.vmap(env.transition, in_axes=(0, 0, 0, None))(keys, state, actions, params)
             reset = jax.vmap(reset_where_done, in_axes=(None, 0, 0, None, 0))
-            state = reset(env.level, needs_reset, keys, params.split, stepped)
+            state = reset(env, needs_reset, keys, params, stepped)
             obs = jax.vmap(env.observe)(state)
             reward = jnp.where(needs_reset, 0.0, reward)
-            terminated = info["success"] & ~needs_reset
-            truncated = info["timeout"] & ~needs_reset
+            terminated = info.terminated & ~needs_reset
+            truncated = info.truncated & ~needs_reset
             return obs, state, reward, terminated, truncated, info
 
         self._reset_all = jax.jit(reset_all)
@@ -230,7 +235,7 @@ class Sima2VectorEnv(VectorEnv):
         self._needs_reset = terminated | truncated
         obs = _to_numpy(obs)
         self._last_images = obs["image"]
-        return obs, np.asarray(reward), terminated, truncated, _to_numpy(info)
+        return obs, np.asarray(reward), terminated, truncated, info.to_dict()
 
     def render(self):
         return None if self._last_images is None else tuple(self._last_images)

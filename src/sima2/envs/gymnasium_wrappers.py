@@ -32,6 +32,8 @@ import cloudpickle
 import gymnasium as gym
 import numpy as np
 
+from sima2.envs.shaping import DEFAULT_SHAPING, ShapingCoefficients, potential_of, shaping_terms
+
 __all__ = ["RewardShaper", "RollbackWrapper", "SafetyFilter", "default_signals"]
 
 
@@ -56,49 +58,43 @@ def default_signals(env: gym.Env, reward: float, terminated: bool, info: dict) -
 
 
 class RewardShaper(gym.Wrapper):
-    """Reward = success + invalid_move + first region visit + potential shaping (+ env_reward * reward).
-
-    Coefficients and region geometry as in `sima2.envs.wrappers.RewardShaper`; here the visited regions are
-    a set (no fixed grid), and the start region and potential are known from the reset's info.
-    """
+    """Reward = the shaping terms of `sima2.envs.shaping` (the same formula and defaults as the functional
+    `sima2.envs.wrappers.RewardShaper`); here the visited regions are a set (no fixed grid), and the start
+    region and potential are known from the reset's info."""
 
     def __init__(
         self,
         env: gym.Env,
-        success: float = 1.0,
-        invalid_move: float = -0.1,
-        new_region: float = 0.5,
-        potential: float = 0.0,
-        gamma: float = 0.99,
-        env_reward: float = 0.0,
-        region_size: float = 2.0,
+        success: float = DEFAULT_SHAPING.success,
+        invalid_move: float = DEFAULT_SHAPING.invalid_move,
+        new_region: float = DEFAULT_SHAPING.new_region,
+        potential: float = DEFAULT_SHAPING.potential,
+        gamma: float = DEFAULT_SHAPING.gamma,
+        env_reward: float = DEFAULT_SHAPING.env_reward,
+        region_size: float = DEFAULT_SHAPING.region_size,
         signals: Callable[[gym.Env, float, bool, dict], dict] = default_signals,
     ):
         super().__init__(env)
-        if region_size <= 0:
-            raise ValueError(f"region_size must be positive, got {region_size!r}")
-        self.coefficients = {
-            "success": float(success),
-            "invalid_move": float(invalid_move),
-            "new_region": float(new_region),
-            "potential": float(potential),
-            "gamma": float(gamma),
-            "env_reward": float(env_reward),
-        }
-        self.region_size = float(region_size)
+        self.coefficients = ShapingCoefficients(
+            success=float(success),
+            invalid_move=float(invalid_move),
+            new_region=float(new_region),
+            potential=float(potential),
+            gamma=float(gamma),
+            env_reward=float(env_reward),
+            region_size=float(region_size),
+        )
         self.signals = signals
         self._visited: set[tuple[int, ...]] = set()
         self._phi = 0.0
 
     def _region(self, agent_pos: np.ndarray | None) -> tuple[int, ...] | None:
-        return (
-            None if agent_pos is None else tuple(np.floor(agent_pos / self.region_size).astype(int).tolist())
-        )
+        if agent_pos is None or not np.all(np.isfinite(agent_pos)):
+            return None
+        return tuple(np.floor(agent_pos / self.coefficients.region_size).astype(int).tolist())
 
     def _potential(self, distance: Any) -> float:
-        if distance is None or not np.isfinite(distance):
-            return 0.0
-        return -self.coefficients["potential"] * float(distance)
+        return float(potential_of(self.coefficients.potential, np.nan if distance is None else distance))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
@@ -110,20 +106,23 @@ class RewardShaper(gym.Wrapper):
 
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        c = self.coefficients
         signals = self.signals(self.env, float(reward), bool(terminated), info)
         region = self._region(signals["agent_pos"])
         first_visit = region is not None and region not in self._visited
         if region is not None:
             self._visited.add(region)
-        phi_next = 0.0 if terminated else self._potential(signals["distance_to_goal"])
-        terms = {
-            "reward_success": c["success"] * signals["success"],
-            "reward_invalid_move": c["invalid_move"] * signals["invalid_move"],
-            "reward_exploration": c["new_region"] * first_visit,
-            "reward_potential": c["gamma"] * phi_next - self._phi,
-            "reward_env": c["env_reward"] * float(reward),
-        }
+        phi_next = self._potential(signals["distance_to_goal"])
+        terms = shaping_terms(
+            self.coefficients,
+            success=signals["success"],
+            invalid_move=signals["invalid_move"],
+            new_region_visit=first_visit,
+            potential_before=self._phi,
+            potential_after=phi_next,
+            terminated=bool(terminated),
+            env_reward=float(reward),
+        )
+        terms = {name: float(value) for name, value in terms.items()}
         self._phi = phi_next
         return obs, float(sum(terms.values())), terminated, truncated, {**info, **terms}
 

@@ -1,31 +1,24 @@
 """Composable functional wrappers for sima2's pure JAX worlds: reward shaping, rollback and a safety filter.
 
-Every wrapper is an `eqx.Module` that is itself a functional environment with the same signatures as the
-world it wraps (see the shared environment contract):
+Every wrapper is a `sima2.contract.Env` around another one, so it has the same `reset`/`step` (auto-reset
+included, defined once in the contract) and wrappers nest in any order, e.g.
+``SafetyFilter(RollbackWrapper(RewardShaper(world), ...), ...)``, under ``jax.jit``/``jax.vmap``/``jax.lax.scan``.
+A wrapper implements `init`, `observe` and `transition` on top of the wrapped env's; its state is a PyTree
+holding the wrapped state in ``state.inner`` next to the wrapper's own extras. Coefficients are PyTree
+leaves (float32 arrays), so a batch of coefficient settings can be vmapped like any other input;
+structural settings (grid shapes, callables) are static. ``params`` pass through to the innermost world.
 
-    obs, state = wrapper.reset(key, params)
-    obs, state, reward, done, info = wrapper.step(key, state, action, params)   # auto-resets when done
-    action = wrapper.expert_action(state, params)
-
-so wrappers nest in any order, e.g. ``SafetyFilter(RollbackWrapper(RewardShaper(world), ...), ...)``, and
-run under ``jax.jit``/``jax.vmap``/``jax.lax.scan``. A wrapper's state is a PyTree holding the wrapped
-state in ``state.inner`` next to the wrapper's own extras. Coefficients are PyTree leaves (float32
-arrays), so a batch of coefficient settings can be vmapped like any other input; structural settings
-(grid shapes, callables) are static. ``params`` pass through unchanged to the innermost world.
-
-What the wrappers read from the wrapped environment (nothing beyond the contract unless stated):
-- ``info["success"]``, ``info["invalid_move"]``, ``info["agent_pos"]``, ``info["distance_to_goal"]``,
-  ``info["timeout"]`` on every step, and ``env.action_nvec`` / ``env.expert_action`` where used.
-- `RollbackWrapper` measures simulated time either from a fixed ``seconds_per_step`` or, when that is
-  ``None``, from ``info["elapsed_ticks"]`` (simulation ticks advanced by this step) at ``tick_rate_hz``.
-- User callables (``is_destructive``, ``is_invalid``, ``controller``, ``probe``) receive the *innermost*
-  world state (all wrapper states peeled off), so they are written once against the world.
-- ``info["agent_pos"]``/``info["distance_to_goal"]`` on a done step describe the position the step
-  reached, before the automatic reset.
+What the wrappers read is the typed `StepInfo` of the wrapped env's transition: `success`, `terminated`,
+`invalid_move`, `agent_pos`, `distance_to_goal`, `elapsed_ticks`. What they report is typed too:
+`world_rollback`, `fallback_step`, `action_blocked` and `agent_acted`; the shaping terms go to
+`info.extras` (logged, never read). User callables (``is_destructive``, ``is_invalid``, ``controller``,
+``probe``) receive the *innermost* world state (all wrapper states peeled off), so they are written once
+against the world.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable
@@ -36,6 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+
+from sima2.contract import ArraySpec, Env, EnvSpec, Observation, StepInfo
+from sima2.envs.shaping import DEFAULT_SHAPING, ShapingCoefficients, potential_of, shaping_terms
 
 __all__ = [
     "RewardShaper",
@@ -62,28 +58,22 @@ def _select(pred: Bool[Array, ""], on_true: PyTree, on_false: PyTree) -> PyTree:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-class Wrapper(eqx.Module):
-    """Base class: holds the wrapped env, delegates `expert_action` and forwards unknown attributes.
+class Wrapper(Env):
+    """An env around another one (`env`). The wrapped env is a regular field (not static) so that
+    coefficients of nested wrappers stay PyTree leaves; the world itself contributes no leaves."""
 
-    The wrapped env is a regular field (not static) so that coefficients of nested wrappers stay PyTree
-    leaves; the world itself is an `eqx.Module` of static configuration and contributes no leaves.
-    """
-
-    env: Any
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached when normal lookup fails: forward e.g. `action_nvec`, `num_actions` to the wrapped env.
-        if name.startswith("_") or name == "env":
-            raise AttributeError(name)
-        return getattr(self.env, name)
+    env: eqx.AbstractVar[Env]
 
     @property
-    def unwrapped(self) -> Any:
+    def unwrapped(self) -> Env:
         """The innermost (non-wrapper) environment."""
         env = self.env
         while isinstance(env, Wrapper):
             env = env.env
         return env
+
+    def default_params(self, *args: Any, **kwargs: Any) -> PyTree:
+        return self.env.default_params(*args, **kwargs)
 
     def expert_action(self, state: PyTree, params: PyTree) -> Int[Array, " factors"]:
         return self.env.expert_action(state.inner, params)
@@ -98,12 +88,6 @@ def unwrap_state(env: Any, state: PyTree) -> PyTree:
     while isinstance(env, Wrapper):
         env, state = env.env, state.inner
     return state
-
-
-def _require_info_keys(info: dict, keys: tuple[str, ...], who: str) -> None:
-    missing = [k for k in keys if k not in info]
-    if missing:
-        raise ValueError(f"{who} needs info keys {missing} from the wrapped env's step(); got {sorted(info)}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -122,99 +106,82 @@ class RewardShaperState(eqx.Module):
 
 
 class RewardShaper(Wrapper):
-    """Replaces (or augments) the world's reward with separately reported shaping terms.
-
-    reward = success * info["success"] + invalid_move * info["invalid_move"]
-             + new_region * [first visit of the agent's region this episode]
-             + (gamma * phi(s') - phi(s))          with phi(s) = -potential * distance_to_goal(s)
-             + env_reward * (wrapped env's reward)
-
-    `phi` is taken as 0 at terminal (non-timeout) states so potential shaping keeps optimal policies.
-    Regions are square blocks of `region_size` grid cells: region (i, j) covers agent_pos in
-    [i*region_size, (i+1)*region_size) x [j*region_size, (j+1)*region_size); positions outside the
-    `num_regions` grid are clipped to its border regions. Each term is reported in `info` as
+    """Replaces (or augments) the world's reward with the shaping terms of `sima2.envs.shaping` (one
+    formula, one set of defaults: `ShapingCoefficients()`), each reported in `info.extras` as
     "reward_success", "reward_invalid_move", "reward_exploration", "reward_potential", "reward_env".
 
+    Regions are square blocks of `region_size` grid cells: region (i, j) covers agent_pos in
+    [i*region_size, (i+1)*region_size) x [j*region_size, (j+1)*region_size); positions outside the
+    `num_regions` grid are clipped to its border regions; an unknown (NaN) position visits nothing.
+
     The contract gives agent_pos/distance_to_goal only on steps. `probe(world_state, params)` (optional)
-    returns ``{"agent_pos": f32[2], "distance_to_goal": f32[]}`` for a state, so that the start region of
-    an episode is marked visited without a bonus and the first step's potential difference is exact.
-    Without a probe the first step of each episode only seeds the visit grid and the potential (no
-    exploration bonus, no potential term on that step).
+    returns ``(agent_pos f32[2], distance_to_goal f32[])`` for a state, so that the start region of an
+    episode is marked visited without a bonus and the first step's potential difference is exact. Without
+    a probe the first step of each episode only seeds the visit grid and the potential (no exploration
+    bonus, no potential term on that step).
     """
 
-    success: Float[Array, ""] = eqx.field(converter=_as_f32, default=1.0)
-    invalid_move: Float[Array, ""] = eqx.field(converter=_as_f32, default=-0.1)
-    new_region: Float[Array, ""] = eqx.field(converter=_as_f32, default=0.5)
-    potential: Float[Array, ""] = eqx.field(converter=_as_f32, default=0.0)
-    gamma: Float[Array, ""] = eqx.field(converter=_as_f32, default=0.99)
-    env_reward: Float[Array, ""] = eqx.field(converter=_as_f32, default=0.0)
-    region_size: float = eqx.field(static=True, default=2.0)
+    env: Env
+    success: Float[Array, ""] = eqx.field(converter=_as_f32, default=DEFAULT_SHAPING.success)
+    invalid_move: Float[Array, ""] = eqx.field(converter=_as_f32, default=DEFAULT_SHAPING.invalid_move)
+    new_region: Float[Array, ""] = eqx.field(converter=_as_f32, default=DEFAULT_SHAPING.new_region)
+    potential: Float[Array, ""] = eqx.field(converter=_as_f32, default=DEFAULT_SHAPING.potential)
+    gamma: Float[Array, ""] = eqx.field(converter=_as_f32, default=DEFAULT_SHAPING.gamma)
+    env_reward: Float[Array, ""] = eqx.field(converter=_as_f32, default=DEFAULT_SHAPING.env_reward)
+    region_size: float = eqx.field(static=True, default=DEFAULT_SHAPING.region_size)
     num_regions: tuple[int, int] = eqx.field(static=True, default=(16, 16))
-    probe: Callable[..., dict] | None = eqx.field(static=True, default=None)
+    probe: Callable[..., tuple[Array, Array]] | None = eqx.field(static=True, default=None)
 
     def __check_init__(self) -> None:
-        if not (isinstance(self.region_size, int | float) and self.region_size > 0):
-            raise ValueError(f"region_size must be a positive number of grid cells, got {self.region_size!r}")
+        ShapingCoefficients(region_size=self.region_size)  # the one region_size check
         if len(self.num_regions) != 2 or min(self.num_regions) < 1:
             raise ValueError(f"num_regions must be two positive ints (x, y), got {self.num_regions!r}")
 
-    def _region(self, pos: Float[Array, "2"]) -> Int[Array, "2"]:
-        cell = jnp.floor(pos / self.region_size).astype(jnp.int32)
-        return jnp.clip(cell, 0, jnp.asarray(self.num_regions, jnp.int32) - 1)
+    @property
+    def spec(self) -> EnvSpec:
+        return self.env.spec
 
-    def _phi(self, distance: Float[Array, ""]) -> Float[Array, ""]:
-        # An unreachable goal (inf distance) contributes no potential rather than NaNs.
-        return -self.potential * jnp.where(jnp.isfinite(distance), distance, 0.0)
+    def _region(self, pos: Float[Array, "2"]) -> tuple[Int[Array, "2"], Bool[Array, ""]]:
+        """The region of `pos` and whether the position is known at all."""
+        known = jnp.all(jnp.isfinite(pos))
+        cell = jnp.floor(jnp.where(known, pos, 0.0) / self.region_size).astype(jnp.int32)
+        return jnp.clip(cell, 0, jnp.asarray(self.num_regions, jnp.int32) - 1), known
 
-    def _episode_start(self, inner: PyTree, params: PyTree) -> tuple[Array, Array, Array]:
+    def init(self, key: PRNGKeyArray, params: PyTree) -> RewardShaperState:
+        inner = self.env.init(key, params)
         empty = jnp.zeros(self.num_regions, dtype=bool)
         if self.probe is None:
-            return empty, jnp.zeros((), jnp.float32), jnp.asarray(False)
-        probed = self.probe(unwrap_state(self.env, inner), params)
-        region = self._region(jnp.asarray(probed["agent_pos"], jnp.float32))
-        visited = empty.at[region[0], region[1]].set(True)
-        phi = self._phi(jnp.asarray(probed["distance_to_goal"], jnp.float32))
-        return visited, phi, jnp.asarray(True)
+            return RewardShaperState(inner, empty, jnp.zeros((), jnp.float32), jnp.asarray(False))
+        agent_pos, distance = self.probe(unwrap_state(self.env, inner), params)
+        region, known = self._region(jnp.asarray(agent_pos, jnp.float32))
+        visited = empty.at[region[0], region[1]].set(known)
+        return RewardShaperState(inner, visited, potential_of(self.potential, distance), jnp.asarray(True))
 
-    def reset(self, key: PRNGKeyArray, params: PyTree) -> tuple[PyTree, RewardShaperState]:
-        obs, inner = self.env.reset(key, params)
-        visited, phi, seeded = self._episode_start(inner, params)
-        return obs, RewardShaperState(inner=inner, visited=visited, potential=phi, seeded=seeded)
+    def observe(self, state: RewardShaperState, params: PyTree) -> Observation:
+        return self.env.observe(state.inner, params)
 
-    def step(
+    def transition(
         self, key: PRNGKeyArray, state: RewardShaperState, action: Int[Array, " factors"], params: PyTree
-    ) -> tuple[PyTree, RewardShaperState, Float[Array, ""], Bool[Array, ""], dict[str, Array]]:
-        obs, inner, env_reward, done, info = self.env.step(key, state.inner, action, params)
-        _require_info_keys(
-            info, ("success", "invalid_move", "agent_pos", "distance_to_goal", "timeout"), "RewardShaper"
+    ) -> tuple[RewardShaperState, Float[Array, ""], StepInfo]:
+        inner, env_reward, info = self.env.transition(key, state.inner, action, params)
+        region, known = self._region(info.agent_pos)
+        first_visit = known & ~state.visited[region[0], region[1]]
+        visited = state.visited.at[region[0], region[1]].set(state.visited[region[0], region[1]] | known)
+        phi_next = potential_of(self.potential, info.distance_to_goal)
+        terms = shaping_terms(
+            self,
+            success=info.success,
+            invalid_move=info.invalid_move,
+            new_region_visit=state.seeded & first_visit,
+            potential_before=state.potential,
+            potential_after=phi_next,
+            terminated=info.terminated,
+            env_reward=env_reward,
         )
-        region = self._region(jnp.asarray(info["agent_pos"], jnp.float32))
-        first_visit = ~state.visited[region[0], region[1]]
-        visited = state.visited.at[region[0], region[1]].set(True)
-
-        phi_next = self._phi(jnp.asarray(info["distance_to_goal"], jnp.float32))
-        terminated = done & ~info["timeout"]
-        potential_term = self.gamma * jnp.where(terminated, 0.0, phi_next) - state.potential
-
-        terms = {
-            "reward_success": self.success * info["success"],
-            "reward_invalid_move": self.invalid_move * info["invalid_move"],
-            "reward_exploration": jnp.where(state.seeded & first_visit, self.new_region, 0.0),
-            "reward_potential": jnp.where(state.seeded, potential_term, 0.0),
-            "reward_env": self.env_reward * env_reward,
-        }
-        terms = {k: jnp.asarray(v, jnp.float32) for k, v in terms.items()}
+        terms["reward_potential"] = jnp.where(state.seeded, terms["reward_potential"], 0.0)
         reward = sum(terms.values())
-
-        # On done the inner env has already auto-reset: start the next episode's bookkeeping.
-        start_visited, start_phi, start_seeded = self._episode_start(inner, params)
-        new_state = RewardShaperState(
-            inner=inner,
-            visited=jnp.where(done, start_visited, visited),
-            potential=jnp.where(done, start_phi, phi_next),
-            seeded=jnp.where(done, start_seeded, True),
-        )
-        return obs, new_state, reward, done, {**info, **terms}
+        new_state = RewardShaperState(inner=inner, visited=visited, potential=phi_next, seeded=jnp.asarray(True))
+        return new_state, reward, dataclasses.replace(info, extras={**info.extras, **terms})
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -227,7 +194,6 @@ class RollbackState(eqx.Module):
 
     inner: PyTree
     snapshot: PyTree
-    snapshot_obs: PyTree
     best_distance: Float[Array, ""]
     stalled_seconds: Float[Array, ""]
     fallback_left: Int[Array, ""]
@@ -247,23 +213,23 @@ def _all_finite(tree: PyTree) -> Bool[Array, ""]:
 class RollbackWrapper(Wrapper):
     """Restores the last good state when the agent makes no progress for `timeout_s` or the state is invalid.
 
-    Progress is a new best (lowest) ``info["distance_to_goal"]`` this episode, by more than `min_progress`
-    grid cells, or success. A progressing step's resulting state (and its observation) becomes the
-    snapshot, as does each episode's start state. After every step the no-progress timer advances by the
-    simulated seconds of that step (``seconds_per_step``, or ``info["elapsed_ticks"] / tick_rate_hz`` when
-    ``seconds_per_step`` is None); when it reaches `timeout_s`, or `is_invalid(world_state, params)` holds
-    (default: any non-finite float in the state), the step's outcome is discarded:
+    Progress is a new best (lowest) `info.distance_to_goal` this episode, by more than `min_progress` grid
+    cells, or success. A progressing step's resulting state becomes the snapshot, as does each episode's
+    start state. After every step the no-progress timer advances by the simulated seconds of that step
+    (``seconds_per_step``, or ``info.elapsed_ticks / tick_rate_hz`` when ``seconds_per_step`` is None); when
+    it reaches `timeout_s`, or `is_invalid(world_state, params)` holds (default: any non-finite float in
+    the state), the step's outcome is discarded:
 
-    - ``rollback_to="snapshot"``: the snapshot state and observation are restored, the episode continues;
-    - ``rollback_to="reset"``: the world is reset; the step is reported done with ``info["timeout"]`` set.
+    - ``rollback_to="snapshot"``: the snapshot state is restored, the episode continues;
+    - ``rollback_to="reset"``: the step is reported truncated, so the episode ends and the world resets.
 
-    The step's reward is reduced by `penalty`. For the next `fallback_steps` steps the agent's action is
-    replaced by `controller(key, world_state, params)` (default: the wrapped env's `expert_action`).
-    `info` gains "rollback" (this step), "fallback_active" (this step's action came from the controller),
-    "rollback_count" and "fallback_step_count" (this episode so far; on done steps, the finished
-    episode's totals) and "stalled_seconds". Wrappers outside this one are not rolled back.
+    The step's reward is reduced by `penalty` and `info.world_rollback` is set. For the next
+    `fallback_steps` steps the agent's action is replaced by `controller(key, world_state, params)`
+    (default: the wrapped env's `expert_action`); those steps report `info.fallback_step` and
+    `info.agent_acted` False. Wrappers outside this one are not rolled back.
     """
 
+    env: Env
     timeout_s: Float[Array, ""] = eqx.field(converter=_as_f32, default=10.0)
     penalty: Float[Array, ""] = eqx.field(converter=_as_f32, default=1.0)
     min_progress: Float[Array, ""] = eqx.field(converter=_as_f32, default=0.0)
@@ -279,44 +245,38 @@ class RollbackWrapper(Wrapper):
             raise ValueError(f"rollback_to must be 'snapshot' or 'reset', got {self.rollback_to!r}")
         if not (isinstance(self.fallback_steps, int) and self.fallback_steps >= 0):
             raise ValueError(f"fallback_steps must be a non-negative int, got {self.fallback_steps!r}")
-        if self.fallback_steps > 0 and self.controller is None and not hasattr(self.env, "expert_action"):
-            raise ValueError("fallback_steps > 0 needs a `controller` or a wrapped env with expert_action()")
         if self.tick_rate_hz <= 0:
             raise ValueError(f"tick_rate_hz must be positive, got {self.tick_rate_hz!r}")
 
-    def _fresh(
-        self, obs: PyTree, inner: PyTree, rollback_count: Array, fallback_step_count: Array
-    ) -> RollbackState:
+    @property
+    def spec(self) -> EnvSpec:
+        return self.env.spec
+
+    def init(self, key: PRNGKeyArray, params: PyTree) -> RollbackState:
+        inner = self.env.init(key, params)
+        zero = jnp.zeros((), jnp.int32)
         return RollbackState(
             inner=inner,
             snapshot=inner,
-            snapshot_obs=obs,
             best_distance=jnp.asarray(jnp.inf, jnp.float32),
             stalled_seconds=jnp.zeros((), jnp.float32),
-            fallback_left=jnp.zeros((), jnp.int32),
-            rollback_count=rollback_count,
-            fallback_step_count=fallback_step_count,
+            fallback_left=zero,
+            rollback_count=zero,
+            fallback_step_count=zero,
         )
 
-    def reset(self, key: PRNGKeyArray, params: PyTree) -> tuple[PyTree, RollbackState]:
-        obs, inner = self.env.reset(key, params)
-        zero = jnp.zeros((), jnp.int32)
-        return obs, self._fresh(obs, inner, zero, zero)
+    def observe(self, state: RollbackState, params: PyTree) -> Observation:
+        return self.env.observe(state.inner, params)
 
-    def _step_seconds(self, info: dict) -> Float[Array, ""]:
+    def _step_seconds(self, info: StepInfo) -> Float[Array, ""]:
         if self.seconds_per_step is not None:
             return self.seconds_per_step
-        if "elapsed_ticks" not in info:
-            raise ValueError(
-                "RollbackWrapper needs simulated time: pass seconds_per_step=..., or wrap an env whose "
-                "step() info has 'elapsed_ticks' (ticks advanced by the step)"
-            )
-        return jnp.asarray(info["elapsed_ticks"], jnp.float32) / self.tick_rate_hz
+        return info.elapsed_ticks.astype(jnp.float32) / self.tick_rate_hz
 
-    def step(
+    def transition(
         self, key: PRNGKeyArray, state: RollbackState, action: Int[Array, " factors"], params: PyTree
-    ) -> tuple[PyTree, RollbackState, Float[Array, ""], Bool[Array, ""], dict[str, Array]]:
-        step_key, control_key, reset_key = jax.random.split(key, 3)
+    ) -> tuple[RollbackState, Float[Array, ""], StepInfo]:
+        step_key, control_key = jax.random.split(key)
         use_fallback = state.fallback_left > 0
         if self.fallback_steps > 0:
             if self.controller is None:
@@ -325,56 +285,42 @@ class RollbackWrapper(Wrapper):
                 fallback_action = self.controller(control_key, unwrap_state(self.env, state.inner), params)
             action = jnp.where(use_fallback, jnp.asarray(fallback_action, action.dtype), action)
 
-        obs, inner, reward, done, info = self.env.step(step_key, state.inner, action, params)
-        _require_info_keys(info, ("success", "distance_to_goal", "timeout"), "RollbackWrapper")
-        distance = jnp.asarray(info["distance_to_goal"], jnp.float32)
-        progress = (distance < state.best_distance - self.min_progress) | info["success"]
+        inner, reward, info = self.env.transition(step_key, state.inner, action, params)
+        distance = info.distance_to_goal
+        progress = (distance < state.best_distance - self.min_progress) | info.success
         stalled_seconds = jnp.where(progress, 0.0, state.stalled_seconds + self._step_seconds(info))
         if self.is_invalid is None:
             invalid = ~_all_finite(inner)
         else:
             invalid = jnp.asarray(self.is_invalid(unwrap_state(self.env, inner), params), bool)
-        rollback = ((stalled_seconds >= self.timeout_s) | invalid) & ~done
+        rollback = ((stalled_seconds >= self.timeout_s) | invalid) & ~info.done
 
         if self.rollback_to == "snapshot":
-            restored_obs, restored_inner = state.snapshot_obs, state.snapshot
+            inner = _select(rollback, state.snapshot, inner)
+            truncated = info.truncated
         else:
-            restored_obs, restored_inner = self.env.reset(reset_key, params)
-            done = done | rollback
-            info = {**info, "timeout": info["timeout"] | rollback}
-        obs = _select(rollback, restored_obs, obs)
-        inner = _select(rollback, restored_inner, inner)
+            truncated = info.truncated | rollback
         reward = reward - self.penalty * rollback
-
-        rollback_count = state.rollback_count + rollback.astype(jnp.int32)
-        fallback_step_count = state.fallback_step_count + use_fallback.astype(jnp.int32)
-        fallback_left = jnp.where(
-            rollback,
-            self.fallback_steps,
-            jnp.maximum(state.fallback_left - use_fallback.astype(jnp.int32), 0),
-        ).astype(jnp.int32)
         take_snapshot = progress & ~rollback
-        continued = RollbackState(
+        new_state = RollbackState(
             inner=inner,
             snapshot=_select(take_snapshot, inner, state.snapshot),
-            snapshot_obs=_select(take_snapshot, obs, state.snapshot_obs),
-            best_distance=jnp.where(progress & ~rollback, distance, state.best_distance),
+            best_distance=jnp.where(take_snapshot, distance, state.best_distance),
             stalled_seconds=jnp.where(rollback, 0.0, stalled_seconds),
-            fallback_left=fallback_left,
-            rollback_count=rollback_count,
-            fallback_step_count=fallback_step_count,
+            fallback_left=jnp.where(
+                rollback, self.fallback_steps, jnp.maximum(state.fallback_left - use_fallback.astype(jnp.int32), 0)
+            ).astype(jnp.int32),
+            rollback_count=state.rollback_count + rollback.astype(jnp.int32),
+            fallback_step_count=state.fallback_step_count + use_fallback.astype(jnp.int32),
         )
-        zero = jnp.zeros((), jnp.int32)
-        new_state = _select(done, self._fresh(obs, inner, zero, zero), continued)
-        info = {
-            **info,
-            "rollback": rollback,
-            "fallback_active": use_fallback,
-            "rollback_count": rollback_count,
-            "fallback_step_count": fallback_step_count,
-            "stalled_seconds": continued.stalled_seconds,
-        }
-        return obs, new_state, reward, done, info
+        info = dataclasses.replace(
+            info,
+            truncated=truncated,
+            world_rollback=info.world_rollback | rollback,
+            fallback_step=info.fallback_step | use_fallback,
+            agent_acted=info.agent_acted & ~use_fallback,
+        )
+        return new_state, reward, info
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -383,10 +329,9 @@ class RollbackWrapper(Wrapper):
 
 
 class SafetyFilterState(eqx.Module):
-    """Wrapped state plus the wrapped env's own action mask for that state (all True if it has none)."""
+    """The wrapped state (the action mask is computed from it)."""
 
     inner: PyTree
-    inner_mask: Bool[Array, " mask"]
 
 
 class SafetyFilter(Wrapper):
@@ -396,15 +341,16 @@ class SafetyFilter(Wrapper):
     An action is *blocked* if it is destructive or any of its factor values is masked out by the wrapped
     env's own ``obs["action_mask"]`` (masks combine by logical AND). A blocked action is replaced by
     `safe_action` (if given and not itself blocked) or else by the first unblocked action in
-    lexicographic order, and ``info["safety_blocked"]`` is set. If every action is blocked the
-    replacement is `safe_action` (or all zeros) and ``info["safety_no_safe_action"]`` is set.
+    lexicographic order, and `info.action_blocked` is set (`info.agent_acted` False). If every action is
+    blocked the replacement is `safe_action` (or all zeros) and ``info.extras["safety_no_safe_action"]`` is 1.
 
-    ``obs["action_mask"]`` is Bool[sum(action_nvec)]: factor values concatenated over factors; a value is
+    ``obs["action_mask"]`` is Bool[sum(action nvec)]: factor values concatenated over factors; a value is
     allowed iff some unblocked joint action uses it. It is computed by evaluating `is_destructive` on
-    every joint action (prod(action_nvec) <= `max_joint_actions`), so it is exact per factor value; a
+    every joint action (prod(nvec) <= `max_joint_actions`), so it is exact per factor value; a
     combination of allowed values sampled independently may still be blocked, and is then replaced.
     """
 
+    env: Env
     is_destructive: Callable[..., Array] = eqx.field(static=True)
     safe_action: Int[Array, " factors"] | None = None
     max_joint_actions: int = eqx.field(static=True, default=4096)
@@ -415,8 +361,7 @@ class SafetyFilter(Wrapper):
         nvec = self._nvec
         if math.prod(nvec) > self.max_joint_actions:
             raise ValueError(
-                f"SafetyFilter enumerates all {math.prod(nvec)} joint actions of action_nvec={nvec}, "
-                f"more than "
+                f"SafetyFilter enumerates all {math.prod(nvec)} joint actions of action nvec={nvec}, more than "
                 f"max_joint_actions={self.max_joint_actions}; raise the limit if that is intended"
             )
         if self.safe_action is not None and np.shape(self.safe_action) != (len(nvec),):
@@ -424,79 +369,74 @@ class SafetyFilter(Wrapper):
 
     @property
     def _nvec(self) -> tuple[int, ...]:
-        nvec = getattr(self.env, "action_nvec", None)
-        if nvec is None:
-            raise ValueError("SafetyFilter needs the wrapped env to define action_nvec")
-        return tuple(int(n) for n in nvec)
+        return tuple(int(n) for n in self.env.spec.action.nvec)
+
+    @property
+    def spec(self) -> EnvSpec:
+        inner = self.env.spec
+        observation = dataclasses.replace(inner.observation, action_mask=ArraySpec((sum(self._nvec),), "bool"))
+        return dataclasses.replace(inner, observation=observation)
 
     def _joint_actions(self) -> Int[Array, "joint factors"]:
         return jnp.asarray(list(itertools.product(*(range(n) for n in self._nvec))), jnp.int32)
 
-    def _inner_mask(self, obs: PyTree) -> Bool[Array, " mask"]:
-        if not isinstance(obs, dict):
-            raise TypeError(
-                f"SafetyFilter needs dict observations to add 'action_mask', got {type(obs).__name__}"
-            )
-        if "action_mask" in obs:
-            return jnp.asarray(obs["action_mask"], bool)
-        return jnp.ones((sum(self._nvec),), bool)
+    def _inner_mask(self, state: SafetyFilterState, params: PyTree) -> Bool[Array, " mask"]:
+        if self.env.spec.observation.action_mask is None:
+            return jnp.ones((sum(self._nvec),), bool)
+        # Only the mask of the wrapped observation is used: jit drops the rest of its computation.
+        return jnp.asarray(self.env.observe(state.inner, params)["action_mask"], bool)
 
     def _blocked(
-        self, inner: PyTree, inner_mask: Bool[Array, " mask"], action: Int[Array, " factors"], params: PyTree
+        self, state: SafetyFilterState, inner_mask: Bool[Array, " mask"], action: Int[Array, " factors"], params: PyTree
     ) -> Bool[Array, ""]:
         offsets = np.cumsum((0,) + self._nvec[:-1])
         masked_out = ~jnp.all(inner_mask[action + offsets])
-        destructive = jnp.asarray(self.is_destructive(unwrap_state(self.env, inner), action, params), bool)
+        destructive = jnp.asarray(self.is_destructive(unwrap_state(self.env, state.inner), action, params), bool)
         return destructive | masked_out
 
-    def _allowed_joint(self, inner: PyTree, inner_mask: Array, params: PyTree) -> Bool[Array, " joint"]:
-        return ~jax.vmap(lambda a: self._blocked(inner, inner_mask, a, params))(self._joint_actions())
-
-    def _factor_mask(self, allowed_joint: Bool[Array, " joint"]) -> Bool[Array, " mask"]:
-        grid = allowed_joint.reshape(self._nvec)
-        axes = range(len(self._nvec))
-        return jnp.concatenate([jnp.any(grid, axis=tuple(a for a in axes if a != f)) for f in axes])
-
-    def _wrap(self, obs: PyTree, inner: PyTree, params: PyTree) -> tuple[PyTree, SafetyFilterState]:
-        inner_mask = self._inner_mask(obs)
-        mask = self._factor_mask(self._allowed_joint(inner, inner_mask, params))
-        return {**obs, "action_mask": mask}, SafetyFilterState(inner=inner, inner_mask=inner_mask)
+    def _allowed_joint(self, state: SafetyFilterState, inner_mask: Array, params: PyTree) -> Bool[Array, " joint"]:
+        return ~jax.vmap(lambda a: self._blocked(state, inner_mask, a, params))(self._joint_actions())
 
     def action_mask(self, state: SafetyFilterState, params: PyTree) -> Bool[Array, " mask"]:
         """The mask exposed in the observation for `state`."""
-        return self._factor_mask(self._allowed_joint(state.inner, state.inner_mask, params))
+        allowed_joint = self._allowed_joint(state, self._inner_mask(state, params), params)
+        grid = allowed_joint.reshape(self._nvec)
+        axes = range(len(self._nvec))
+        return jnp.concatenate([jnp.any(grid, axis=tuple(a for a in axes if a != f)) for f in axes])
 
     def filter_action(
         self, state: SafetyFilterState, action: Int[Array, " factors"], params: PyTree
     ) -> tuple[Int[Array, " factors"], Bool[Array, ""], Bool[Array, ""]]:
         """(action actually executed, whether `action` was blocked, whether no safe action exists)."""
-        blocked = self._blocked(state.inner, state.inner_mask, action, params)
-        allowed = self._allowed_joint(state.inner, state.inner_mask, params)
+        inner_mask = self._inner_mask(state, params)
+        blocked = self._blocked(state, inner_mask, action, params)
+        allowed = self._allowed_joint(state, inner_mask, params)
         none_safe = ~jnp.any(allowed)
         first_safe = self._joint_actions()[jnp.argmax(allowed)]
         if self.safe_action is None:
             replacement = jnp.where(none_safe, jnp.zeros_like(first_safe), first_safe)
         else:
             safe = jnp.asarray(self.safe_action, jnp.int32)
-            safe_ok = ~self._blocked(state.inner, state.inner_mask, safe, params)
+            safe_ok = ~self._blocked(state, inner_mask, safe, params)
             replacement = jnp.where(safe_ok | none_safe, safe, first_safe)
         executed = jnp.where(blocked, replacement.astype(action.dtype), action)
         return executed, blocked, none_safe
 
-    def reset(self, key: PRNGKeyArray, params: PyTree) -> tuple[PyTree, SafetyFilterState]:
-        obs, inner = self.env.reset(key, params)
-        return self._wrap(obs, inner, params)
+    def init(self, key: PRNGKeyArray, params: PyTree) -> SafetyFilterState:
+        return SafetyFilterState(inner=self.env.init(key, params))
 
-    def step(
+    def observe(self, state: SafetyFilterState, params: PyTree) -> Observation:
+        return {**self.env.observe(state.inner, params), "action_mask": self.action_mask(state, params)}
+
+    def transition(
         self, key: PRNGKeyArray, state: SafetyFilterState, action: Int[Array, " factors"], params: PyTree
-    ) -> tuple[PyTree, SafetyFilterState, Float[Array, ""], Bool[Array, ""], dict[str, Array]]:
+    ) -> tuple[SafetyFilterState, Float[Array, ""], StepInfo]:
         executed, blocked, none_safe = self.filter_action(state, action, params)
-        obs, inner, reward, done, info = self.env.step(key, state.inner, executed, params)
-        obs, new_state = self._wrap(obs, inner, params)
-        info = {
-            **info,
-            "safety_blocked": blocked,
-            "safety_no_safe_action": none_safe,
-            "executed_action": executed,
-        }
-        return obs, new_state, reward, done, info
+        inner, reward, info = self.env.transition(key, state.inner, executed, params)
+        info = dataclasses.replace(
+            info,
+            action_blocked=info.action_blocked | blocked,
+            agent_acted=info.agent_acted & ~blocked,
+            extras={**info.extras, "safety_no_safe_action": none_safe},
+        )
+        return SafetyFilterState(inner=inner), reward, info

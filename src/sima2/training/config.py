@@ -200,7 +200,7 @@ class GuardConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation episodes and the `info` keys that give path lengths and level ids."""
+    """Evaluation: worlds run at once, episodes scored, steps per world and greedy or sampled actions."""
 
     num_envs: int = 32
     num_episodes: int = 64
@@ -208,9 +208,6 @@ class EvalConfig:
     # True: the agent's most likely action at each step (Stable-Baselines3's `evaluate_policy` default), for
     # agents whose `act` takes `deterministic=`; False samples actions as in training rollouts.
     deterministic: bool = False
-    optimal_path_key: str = "optimal_path_length"
-    actual_path_key: str = "path_length"
-    level_key: str = "level"
 
     def __post_init__(self) -> None:
         check_fields(

@@ -29,6 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
+from sima2.contract import Env, Transition
+from sima2.envs.env import Sima2Env
+from sima2.training.rollout import ExpertActor, init_rollout, rollout
+
 log = logging.getLogger("sima2.training")
 
 FEATURES = datasets.Features(
@@ -54,7 +58,7 @@ def _world_text(env: Any, states: PyTree, world: int, t: int) -> tuple[str, list
 
 
 def record_demonstrations(
-    env: Any,
+    env: Env,
     env_params: PyTree,
     key: PRNGKeyArray,
     *,
@@ -77,38 +81,26 @@ def record_demonstrations(
     """
     if num_envs <= 0 or num_steps <= 0:
         raise ValueError(f"num_envs and num_steps must be positive, got {num_envs} and {num_steps}")
-    if not 0.0 <= noise < 1.0:
-        raise ValueError(f"noise must be a probability in [0, 1), got {noise}")
+    actor = ExpertActor(env, noise=noise)  # checks the noise probability
     from_env = describe is None
-    if from_env and not (hasattr(env, "instruction_text") and hasattr(env, "plan_text")):
+    if from_env and not isinstance(env, Sima2Env):
         raise ValueError(
-            f"{type(env).__name__} has no instruction_text/plan_text methods; pass describe=(observation) -> "
-            "(instruction text, plan)"
+            f"the instruction text and plan of a {type(env).__name__} are unknown to sima2; pass "
+            "describe=(observation) -> (instruction text, plan)"
         )
 
     @jax.jit
-    def rollout(key: PRNGKeyArray) -> tuple:
+    def record(key: PRNGKeyArray) -> tuple:
         reset_key, run_key = jax.random.split(key)
-        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_envs), env_params)
+        state = init_rollout(actor, env, env_params, reset_key, num_envs)
 
-        def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
-            obs, state = carry
-            env_key, slip_key, random_key = jax.random.split(step_key, 3)
-            action = jax.vmap(env.expert_action, in_axes=(0, None))(state, env_params)
-            executed = action
-            if noise > 0:
-                slip = jax.random.bernoulli(slip_key, noise, (num_envs, 1))
-                random_action = jax.random.randint(random_key, action.shape, 0, jnp.asarray(env.action_nvec))
-                executed = jnp.where(slip, random_action, action).astype(action.dtype)
-            next_obs, next_state, _, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-                jax.random.split(env_key, num_envs), state, executed, env_params
-            )
-            return (next_obs, next_state), (obs, action, done, state if from_env else None)
+        def keep(step: Transition, world: PyTree) -> tuple:
+            return step.obs, step.expert_action, step.done, world if from_env else None
 
-        _, outs = jax.lax.scan(one_step, (obs, state), jax.random.split(run_key, num_steps))
-        return outs
+        _, kept = rollout(actor, env, env_params, state, run_key, num_steps, expert_labels=True, keep=keep)
+        return kept
 
-    obs, actions, dones, states = jax.device_get(rollout(key))
+    obs, actions, dones, states = jax.device_get(record(key))
     columns: dict[str, list] = {name: [] for name in FEATURES}
     next_episode = 0
     for world in range(num_envs):

@@ -7,7 +7,7 @@ several batch-free steps per jitted call.
 
 The anomaly guard skips any update whose loss or gradient norm is not finite, or whose loss spikes above
 `spike_factor` times its running mean: the parameters and optimiser state stay at the last good values
-(a rollback), while the step counter, RNG key and data position move on so the bad batch is not retried.
+(a skipped update), while the step counter, RNG key and data position move on so the bad batch is not retried.
 After `max_consecutive` anomalies in a row the run stops with the reason logged, leaving the last good
 checkpoint on disk.
 """
@@ -44,7 +44,7 @@ class GuardState(eqx.Module):
     loss_ema: Float[Array, ""]
     good_steps: Int[Array, ""]
     consecutive: Int[Array, ""]
-    rollbacks: Int[Array, ""]
+    skipped_updates: Int[Array, ""]
     stopped: Bool[Array, ""]
     reason: Int[Array, ""]
 
@@ -108,7 +108,7 @@ def guard_step(step_fn: StepFn, config: GuardConfig) -> StepFn:
             loss_ema=ema,
             good_steps=guard.good_steps + ok.astype(jnp.int32),
             consecutive=consecutive,
-            rollbacks=guard.rollbacks + (~ok & ~guard.stopped).astype(jnp.int32),
+            skipped_updates=guard.skipped_updates + (~ok & ~guard.stopped).astype(jnp.int32),
             stopped=guard.stopped | stopping,
             reason=jnp.where(stopping, reason, guard.reason).astype(jnp.int32),
         )
@@ -118,7 +118,7 @@ def guard_step(step_fn: StepFn, config: GuardConfig) -> StepFn:
             (choose(new_state.model, state.model), choose(new_state.opt_state, state.opt_state), new_guard),
             is_leaf=lambda x: x is None,
         )
-        metrics = dict(metrics, anomaly=~ok, rollbacks=new_guard.rollbacks)
+        metrics = dict(metrics, anomaly=~ok, skipped_updates=new_guard.skipped_updates)
         return new_state, metrics
 
     return guarded
@@ -163,6 +163,7 @@ def run_loop(
     num_steps: int,
     *,
     batches: Iterator[Any] | None = None,
+    data_position: Callable[[], int] | None = None,
     checkpointer: Any | None = None,
     logger: Any | None = None,
     hooks: Sequence[Hook] = (),
@@ -171,8 +172,8 @@ def run_loop(
 ) -> TrainState:
     """Run `step_fn` until `state.step == num_steps` (so a resumed state just continues).
 
-    `batches` yields one batch per step (None: the step makes its own data, as PPO does); if it has a
-    `position` attribute, that is saved with checkpoints so a resume continues from the same batch.
+    `batches` yields one batch per step (None: the step makes its own data, as PPO does); `data_position()`
+    (the number of batches served) is saved with checkpoints so a resume continues from the same batch.
     `checkpointer` is a `sima2.training.checkpoint.Checkpointer`; `logger` a `MetricsLogger`; each hook is
     called as `hook(step, state, metrics)` at logging steps. Raises `TrainingHalted` when the anomaly
     guard stops the run; checkpoints then stay at the last good one.
@@ -197,8 +198,7 @@ def run_loop(
     metrics: dict[str, Array] = {}
 
     def data_meta() -> dict[str, Any]:
-        position = getattr(batches, "position", None)
-        return {} if position is None else {"data_position": position}
+        return {} if data_position is None else {"data_position": data_position()}
 
     def needs_host(step: int) -> bool:
         """Whether the loop does host work (log, checkpoint, profiler) right after `step` (or stops)."""

@@ -23,6 +23,8 @@ from sima2.training.config import OptimConfig
 # fused operations per step instead of several per array. Larger models skip the extra copy.
 FLAT_OPTIMIZER_MAX_SIZE = 1 << 20
 
+from sima2.contract import AbstractAgent
+
 
 def make_schedule(config: OptimConfig) -> optax.Schedule:
     """Warmup from 0 to `lr` over `warmup_steps`, then cosine to `final_lr` at `decay_steps`."""
@@ -91,10 +93,9 @@ def trainable_spec(model: PyTree, filter_spec: PyTree | None = None) -> PyTree:
     `model`, or a PyTree of callables, as accepted by `eqx.partition`.
     """
     if filter_spec is None:
-        own_filter = getattr(model, "trainable_filter", None)
-        if not callable(own_filter):
+        if not isinstance(model, AbstractAgent):
             return jax.tree.map(eqx.is_inexact_array, model)
-        filter_spec = own_filter()
+        filter_spec = model.trainable_filter()
     selected, _ = eqx.partition(model, filter_spec)
     return jax.tree.map(
         lambda leaf, chosen: eqx.is_inexact_array(leaf) and chosen is not None,

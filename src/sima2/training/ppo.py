@@ -7,12 +7,13 @@ whole sequences: the update re-scans `agent.evaluate` over time from the carry s
 resetting it wherever a step is the first of an episode, exactly as the rollout did. A memoryless agent
 (empty carry) has its (time, world) steps shuffled into minibatches and evaluated as one flat batch.
 
-The learner (`ppo_update`) is shared by the in-`jit` rollout and by `collect_host_rollout`, a host loop
-for gymnasium vector envs. Several seeds train at once by `jax.vmap`-ing the init and step functions.
+Rollouts come from the one rollout (`sima2.training.rollout`); the learner (`ppo_update`) also serves the
+host loop over gymnasium vector envs (`sima2.training.host_rollout`). Several seeds train at once by `jax.vmap`-ing the init and step functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,141 +25,34 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from sima2.contract import AbstractAgent, Env, Transition
 from sima2.training.config import PPOConfig, TrainConfig
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import global_norm, init_opt_state, make_optimizer, split_trainable, trainable_spec
-from sima2.training.recurrent import evaluate_sequences, initial_carries, is_memoryless, reset_where
-
-
-class RolloutState(eqx.Module):
-    """Per-world state carried between rollouts (every leaf has a leading world axis)."""
-
-    env_state: PyTree
-    obs: PyTree
-    carry: PyTree
-    first: Bool[Array, " E"]
-    episode_return: Float[Array, " E"]
-    episode_length: Int[Array, " E"]
-
-
-class Trajectory(eqx.Module):
-    """One rollout, time-major: every leaf has leading axes (T, E).
-
-    `agent_acted` is False where a wrapper executed another action than the agent's (a rollback's expert
-    fallback, a safety-filter replacement): those steps train the value but not the policy gradient.
-    `expert_action` (or None) is the env expert's action in each step's state, for expert distillation.
-    """
-
-    obs: PyTree
-    action: Int[Array, "T E *A"]
-    log_prob: Float[Array, "T E"]
-    value: Float[Array, "T E"]
-    reward: Float[Array, "T E"]
-    done: Bool[Array, "T E"]
-    first: Bool[Array, "T E"]
-    stats: dict[str, Array]
-    agent_acted: Bool[Array, "T E"]
-    expert_action: Int[Array, "T E *A"] | None = None
-
-
-def init_rollout(agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, num_envs: int) -> RolloutState:
-    """Reset `num_envs` worlds and their agent carries."""
-    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_envs), env_params)
-    return RolloutState(
-        env_state=env_state,
-        obs=obs,
-        carry=initial_carries(agent, num_envs),
-        first=jnp.ones((num_envs,), bool),
-        episode_return=jnp.zeros((num_envs,), jnp.float32),
-        episode_length=jnp.zeros((num_envs,), jnp.int32),
-    )
-
-
-def _step_stats(info: dict[str, Array], reward: Array, done: Array, ep_return: Array, ep_length: Array) -> dict:
-    stats = {
-        "episode_return": jnp.where(done, ep_return, 0.0),
-        "episode_length": jnp.where(done, ep_length, 0).astype(jnp.float32),
-        "episodes": done.astype(jnp.float32),
-    }
-    if "success" in info:
-        stats["success"] = (done & info["success"].astype(bool)).astype(jnp.float32)
-    if "invalid_move" in info:
-        stats["invalid_move_rate"] = info["invalid_move"].astype(jnp.float32)
-    for name, value in info.items():
-        if name.startswith("reward_") and jnp.ndim(value) == 1:
-            stats[name] = value.astype(jnp.float32)
-    return stats
-
-
-def _agent_acted(info: dict[str, Array], done: Array) -> Bool[Array, " E"]:
-    """False where a wrapper replaced the agent's action (rollback fallback, safety-filter replacement)."""
-    replaced = jnp.zeros_like(done)
-    for name in ("fallback_active", "safety_blocked"):
-        if name in info:
-            replaced = replaced | info[name].astype(bool)
-    return ~replaced
+from sima2.training.recurrent import evaluate_sequences, is_memoryless
+from sima2.training.rollout import AgentActor, RolloutState, bootstrap_values, init_rollout, rollout
 
 
 def collect_rollout(
-    agent: Any,
-    env: Any,
+    agent: AbstractAgent,
+    env: Env,
     env_params: PyTree,
-    rollout: RolloutState,
+    state: RolloutState,
     key: PRNGKeyArray,
-    num_steps: int,
+    rollout_length: int,
     *,
     expert: bool = False,
-) -> tuple[RolloutState, Trajectory, PyTree, Float[Array, " E"]]:
-    """`num_steps` steps in every world; returns the new rollout state, the trajectory, the carries at
-    rollout start (for re-scanning recurrent agents) and the bootstrap values of the final observations.
-    With `expert`, the trajectory also holds `env.expert_action` for every step's state."""
-    num_envs = rollout.first.shape[0]
-    initial = initial_carries(agent, num_envs)
-    act = jax.vmap(agent.act)
-    step_env = jax.vmap(env.step, in_axes=(0, 0, 0, None))
-    expert_action = jax.vmap(env.expert_action, in_axes=(0, None)) if expert else None
-
-    def one_step(rollout: RolloutState, keys: tuple[Array, Array]) -> tuple[RolloutState, dict]:
-        act_keys, env_keys = keys
-        carry = reset_where(rollout.first, initial, rollout.carry)
-        action, carry, extras = act(act_keys, rollout.obs, carry)
-        obs, env_state, reward, done, info = step_env(env_keys, rollout.env_state, action, env_params)
-        reward = reward.astype(jnp.float32)
-        done = done.astype(bool)
-        ep_return = rollout.episode_return + reward
-        ep_length = rollout.episode_length + 1
-        stats = _step_stats(info, reward, done, ep_return, ep_length)
-        out = dict(
-            obs=rollout.obs,
-            action=action.astype(jnp.int32),
-            log_prob=extras["log_prob"],
-            value=extras["value"],
-            reward=reward,
-            done=done,
-            first=rollout.first,
-            stats=stats,
-            agent_acted=_agent_acted(info, done),
-            expert_action=None if expert_action is None else expert_action(rollout.env_state, env_params),
-        )
-        new = RolloutState(
-            env_state=env_state,
-            obs=obs,
-            carry=carry,
-            first=done,
-            episode_return=jnp.where(done, 0.0, ep_return),
-            episode_length=jnp.where(done, 0, ep_length).astype(jnp.int32),
-        )
-        return new, out
-
-    # Every per-world key of the rollout from one split, rather than three splits inside each step.
-    act_keys, env_keys = jax.random.split(key, (2, num_steps, num_envs))
-    value_keys = jax.random.split(jax.random.fold_in(key, num_steps), num_envs)
-    start_carry = rollout.carry
-    rollout, steps = jax.lax.scan(one_step, rollout, (act_keys, env_keys))
-    trajectory = Trajectory(**steps)
-    carry = reset_where(rollout.first, initial, rollout.carry)
-    _, _, extras = act(value_keys, rollout.obs, carry)
-    return rollout, trajectory, start_carry, extras["value"]
+) -> tuple[RolloutState, Transition, PyTree, Float[Array, " E"]]:
+    """`rollout_length` steps of the agent (sampling its actions) in every world, through the one rollout;
+    returns the new rollout state, the transitions, the carries at rollout start (for re-scanning
+    recurrent agents) and the bootstrap values of the final observations. With `expert`, the transitions
+    also hold the env expert's action in every step's state (expert distillation)."""
+    start_carry = state.carry
+    state, transitions = rollout(
+        AgentActor(agent), env, env_params, state, key, rollout_length, expert_labels=expert
+    )
+    last_value = bootstrap_values(agent, state, jax.random.fold_in(key, rollout_length))
+    return state, transitions, start_carry, last_value
 
 
 def compute_gae(
@@ -212,8 +106,8 @@ def random_permutation(key: PRNGKeyArray, n: int) -> Int[Array, " {n}"]:
 
 
 def ppo_loss(
-    model: Any,
-    trajectory: Trajectory,
+    model: AbstractAgent,
+    trajectory: Transition,
     start_carry: PyTree,
     advantages: Float[Array, "T M"],
     returns: Float[Array, "T M"],
@@ -233,14 +127,15 @@ def ppo_loss(
         )
     if config.normalize_advantages:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    ratio = jnp.exp(log_prob - trajectory.log_prob)
+    ratio = jnp.exp(log_prob - trajectory.agent.log_prob)
     clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
-    acted = trajectory.agent_acted.astype(jnp.float32)
+    acted = trajectory.info.agent_acted.astype(jnp.float32)
     surrogate = jnp.minimum(ratio * advantages, clipped_ratio * advantages)
     policy_loss = -(surrogate * acted).sum() / jnp.maximum(acted.sum(), 1.0)
     value_error = jnp.square(value - returns)
     if config.clip_value:
-        clipped = trajectory.value + jnp.clip(value - trajectory.value, -config.clip_eps, config.clip_eps)
+        old_value = trajectory.agent.value
+        clipped = old_value + jnp.clip(value - old_value, -config.clip_eps, config.clip_eps)
         value_error = jnp.maximum(value_error, jnp.square(clipped - returns))
     value_loss = 0.5 * value_error.mean()
     entropy_mean = entropy.mean()
@@ -263,7 +158,7 @@ def ppo_loss(
 
 def ppo_update(
     state: TrainState,
-    trajectory: Trajectory,
+    trajectory: Transition,
     start_carry: PyTree,
     last_value: Float[Array, " E"],
     *,
@@ -280,11 +175,12 @@ def ppo_update(
     if num_envs % config.num_minibatches:
         raise ValueError(f"num_envs ({num_envs}) must be divisible by num_minibatches ({config.num_minibatches})")
     advantages, returns = compute_gae(
-        trajectory.reward, trajectory.value, trajectory.done, last_value, config.gamma, config.gae_lambda
+        trajectory.reward, trajectory.agent.value, trajectory.done, last_value, config.gamma, config.gae_lambda
     )
     key, update_key = jax.random.split(state.key)
     trainable, rest = split_trainable(state.model, spec)
-    samples = (eqx.tree_at(lambda t: t.stats, trajectory, {}), advantages, returns)
+    # The minibatches need what the loss reads, not the logged extras.
+    samples = (dataclasses.replace(trajectory, info=dataclasses.replace(trajectory.info, extras={})), advantages, returns)
     memoryless = is_memoryless(state.model)
     if memoryless:
         # Every step stands alone: view the (T, E) steps as one time step of T * E worlds.
@@ -295,11 +191,6 @@ def ppo_update(
         expert_coef = expert_coef * jnp.clip(1.0 - state.step / config.expert_decay_updates, 0.0, 1.0)
     freeze = None
     if config.critic_warmup_updates > 0:
-        if not callable(getattr(state.model, "critic_filter", None)):
-            raise ValueError(
-                f"ppo.critic_warmup_updates={config.critic_warmup_updates} needs a model with critic_filter() "
-                f"(which arrays belong to the critic alone); {type(state.model).__name__} has none"
-            )
         critic_only, _ = split_trainable(state.model.critic_filter(), spec)
         warming_up = state.step < config.critic_warmup_updates
 
@@ -349,22 +240,27 @@ def ppo_update(
     return state, metrics
 
 
-def rollout_metrics(trajectory: Trajectory) -> dict[str, Array]:
-    """Means over finished episodes (return, length, success) and over steps (reward terms, invalid moves)."""
-    stats = trajectory.stats
-    episodes = stats["episodes"].sum()
+def rollout_metrics(trajectory: Transition) -> dict[str, Array]:
+    """Means over finished episodes (return, length, success) and over steps (reward per step, invalid
+    moves, the wrappers' interventions and every logged extra, e.g. the reward terms)."""
+    done = trajectory.done
+    episodes = done.sum()
     per_episode = jnp.maximum(episodes, 1.0)
+    info = trajectory.info
     metrics = {
-        "episodes": episodes,
-        "return": stats["episode_return"].sum() / per_episode,
-        "episode_length": stats["episode_length"].sum() / per_episode,
+        "episodes": episodes.astype(jnp.float32),
+        "return": jnp.where(done, trajectory.episode_return, 0.0).sum() / per_episode,
+        "episode_length": jnp.where(done, trajectory.episode_length, 0).sum() / per_episode,
+        "success_rate": (done & info.success).sum() / per_episode,
         "reward_per_step": trajectory.reward.mean(),
+        "invalid_move_rate": info.invalid_move.mean(),
+        # The wrappers' activity, per step: worlds restored, steps a fallback controller acted, actions the
+        # safety filter replaced.
+        "world_rollback_rate": info.world_rollback.mean(),
+        "fallback_step_rate": info.fallback_step.mean(),
+        "action_blocked_rate": info.action_blocked.mean(),
     }
-    if "success" in stats:
-        metrics["success_rate"] = stats["success"].sum() / per_episode
-    for name, value in stats.items():
-        if name.startswith("reward_") or name == "invalid_move_rate":
-            metrics[name] = value.mean()
+    metrics.update({name: value.mean() for name, value in info.extras.items()})
     return metrics
 
 
@@ -383,14 +279,12 @@ def make_ppo(
         raise ValueError(
             f"ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.num_minibatches ({ppo.num_minibatches})"
         )
-    if ppo.expert_coef > 0 and not hasattr(env, "expert_action"):
-        raise ValueError(f"ppo.expert_coef > 0 needs an env with expert_action(); {type(env).__name__} has none")
     optimizer = make_optimizer(config.optim)
     spec = trainable_spec(agent, filter_spec)
 
     def init_fn(key: PRNGKeyArray) -> TrainState:
         env_key, key = jax.random.split(key)
-        rollout = init_rollout(agent, env, env_params, env_key, ppo.num_envs)
+        rollout = init_rollout(AgentActor(agent), env, env_params, env_key, ppo.num_envs)
         return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key, env=rollout)
 
     def step_fn(state: TrainState, batch: Any = None) -> tuple[TrainState, dict]:
@@ -404,110 +298,6 @@ def make_ppo(
         return ppo_update(state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=ppo)
 
     return init_fn, guard_step(step_fn, config.guard)
-
-
-class HostRollout:
-    """PPO rollouts on a gymnasium vector env with a host loop, feeding the same `ppo_update`.
-
-    `to_env_action` maps the agent's factored actions (E, A) to what the env expects; `to_obs` maps env
-    observations to the agent's observation PyTree. World states live outside JAX, so a resume restarts
-    the env (parameters, optimiser and keys still resume exactly).
-    """
-
-    def __init__(
-        self,
-        agent: Any,
-        vector_env: Any,
-        num_steps: int,
-        *,
-        to_env_action: Callable[[np.ndarray], Any] = lambda a: a,
-        to_obs: Callable[[Any], PyTree] = lambda o: o,
-        seed: int = 0,
-    ):
-        self.env = vector_env
-        self.num_steps = num_steps
-        self.to_env_action = to_env_action
-        self.to_obs = to_obs
-        self.num_envs = vector_env.num_envs
-        obs, _ = vector_env.reset(seed=seed)
-        self.obs = to_obs(obs)
-        self.carry = initial_carries(agent, self.num_envs)
-        self.first = np.ones(self.num_envs, bool)
-        self.episode_return = np.zeros(self.num_envs, np.float32)
-        self.episode_length = np.zeros(self.num_envs, np.int32)
-
-        @eqx.filter_jit
-        def act(model: Any, key: PRNGKeyArray, obs: PyTree, carry: PyTree, first: Array) -> tuple:
-            carry = reset_where(first, initial_carries(model, first.shape[0]), carry)
-            return jax.vmap(model.act)(jax.random.split(key, first.shape[0]), obs, carry)
-
-        self._act = act
-
-    def collect(self, model: Any, key: PRNGKeyArray) -> tuple[Trajectory, PyTree, Array]:
-        """Run `num_steps` env steps with `model`; returns (trajectory, start carries, bootstrap values)."""
-        start_carry = self.carry
-        records: list[tuple] = []
-        for step_key in jax.random.split(key, self.num_steps + 1)[:-1]:
-            action, carry, extras = self._act(model, step_key, self.obs, self.carry, jnp.asarray(self.first))
-            host_action = np.asarray(action)
-            next_obs, reward, terminated, truncated, _ = self.env.step(self.to_env_action(host_action))
-            done = np.logical_or(terminated, truncated)
-            reward = np.asarray(reward, np.float32)
-            self.episode_return += reward
-            self.episode_length += 1
-            stats = {
-                "episode_return": np.where(done, self.episode_return, 0.0).astype(np.float32),
-                "episode_length": np.where(done, self.episode_length, 0).astype(np.float32),
-                "episodes": done.astype(np.float32),
-            }
-            records.append(
-                (
-                    self.obs,
-                    host_action.astype(np.int32),
-                    np.asarray(extras["log_prob"]),
-                    np.asarray(extras["value"]),
-                    reward,
-                    done,
-                    self.first.copy(),
-                    stats,
-                    np.ones(self.num_envs, bool),  # agent_acted: host envs run the agent's actions as given
-                )
-            )
-            self.episode_return[done] = 0.0
-            self.episode_length[done] = 0
-            self.obs, self.carry, self.first = self.to_obs(next_obs), carry, done
-        stacked = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *records)
-        final_key = jax.random.split(key, self.num_steps + 1)[-1]
-        _, _, extras = self._act(model, final_key, self.obs, self.carry, jnp.asarray(self.first))
-        return Trajectory(*stacked), start_carry, extras["value"]
-
-
-def make_host_ppo(
-    agent: Any,
-    rollout: HostRollout,
-    config: TrainConfig,
-    *,
-    filter_spec: PyTree | None = None,
-) -> tuple[Callable[[PRNGKeyArray], TrainState], Callable[[TrainState, Any], tuple[TrainState, dict]]]:
-    """`(init_fn, step_fn)` for PPO on a host-stepped env; the update is the jitted `ppo_update`."""
-    optimizer = make_optimizer(config.optim)
-    spec = trainable_spec(agent, filter_spec)
-
-    def init_fn(key: PRNGKeyArray) -> TrainState:
-        return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key)
-
-    def update(state: TrainState, trajectory: Trajectory, start_carry: PyTree, last_value: Array) -> tuple:
-        return ppo_update(state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=config.ppo)
-
-    guarded_update = eqx.filter_jit(guard_step(lambda state, batch: update(state, *batch), config.guard))
-
-    def step_fn(state: TrainState, batch: Any = None) -> tuple[TrainState, dict]:
-        del batch
-        key, rollout_key = jax.random.split(state.key)
-        trajectory, start_carry, last_value = rollout.collect(state.model, rollout_key)
-        return guarded_update(eqx.tree_at(lambda s: s.key, state, key), (trajectory, start_carry, last_value))
-
-    return init_fn, step_fn
 
 
 def vmap_seeds(

@@ -67,28 +67,24 @@ def evaluate_sequences(
 
         return _over_time_and_worlds(one_step, obs, action)
 
-    # Perception does not depend on the memory: when the model separates the two
-    # (`observation_features` / `evaluate_features`), encode every (time, world) step in one flat batch and
-    # replay only the recurrent core over time. One wide batch instead of T narrow ones is several times
-    # cheaper for the vision and language encoders on CPU.
-    evaluate = model.evaluate
-    features_fn = getattr(model, "observation_features", None)
-    if callable(features_fn) and callable(getattr(model, "evaluate_features", None)):
-        obs = _over_time_and_worlds(features_fn, obs)
-        evaluate = model.evaluate_features
+    # Perception does not depend on the memory (the contract splits `observation_features` from
+    # `evaluate_features`): encode every (time, world) step in one flat batch and replay only the recurrent
+    # core over time. One wide batch instead of T narrow ones is several times cheaper for the vision and
+    # language encoders on CPU.
+    features = _over_time_and_worlds(model.observation_features, obs)
 
     def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, Array, Array]:
         def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:
             o, a, f = x
             carry = jax.tree.map(lambda i, c: jnp.where(f, i, c), initial, carry)
-            log_prob, entropy, value, carry = evaluate(o, carry, a)
+            log_prob, entropy, value, carry = model.evaluate_features(o, carry, a)
             return carry, (log_prob, entropy, value)
 
         _, outs = jax.lax.scan(step, carry, (obs, action, first))
         return outs
 
     # Time-major inputs, world-major carries: map over axis 1 of the sequences and axis 0 of the carries.
-    return jax.vmap(one_world, in_axes=(1, 1, 1, 0), out_axes=1)(obs, action, first, start_carry)
+    return jax.vmap(one_world, in_axes=(1, 1, 1, 0), out_axes=1)(features, action, first, start_carry)
 
 
 __all__ = ["evaluate_sequences", "initial_carries", "is_memoryless", "reset_where"]

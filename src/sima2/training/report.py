@@ -4,8 +4,8 @@
     write_report(run_dir, agent, env, report, key)      # plots/, gifs/, summary.md in the run folder
 
 Plots are read back from the stages' `metrics.jsonl` files (see `sima2.training.monitor`), so they can be
-redrawn for any run folder. Episodes are recorded by one jitted rollout (`jax.vmap` over worlds,
-`jax.lax.scan` over time) that stops each world at the end of its first episode; `write_episode_gifs`
+redrawn for any run folder. Episodes are recorded by the one rollout (`sima2.training.rollout`, without
+auto-reset, so each world stops at the end of its first episode); `write_episode_gifs`
 draws the instruction and the outcome on every frame, with the top-down map beside the agent's view.
 """
 
@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, PRNGKeyArray, PyTree, UInt8
 
-from sima2.training.recurrent import initial_carries
+from sima2.contract import AbstractAgent, Transition
+from sima2.training.rollout import AgentActor, rollout, state_from_reset
 
 PLOTS_DIR = "plots"
 GIFS_DIR = "gifs"
@@ -38,6 +39,8 @@ STAGE_MARKS = (
     ("ppo", "ppo/final/model.safetensors"),
     ("evaluation", "eval.json"),
 )
+# The wrappers' interventions per PPO step (see `sima2.training.ppo.rollout_metrics`).
+INTERVENTIONS = ("world_rollback_rate", "fallback_step_rate", "action_blocked_rate")
 _MEMORY_KEYS = ("host_memory_fraction", "host_rss_gb", "device_memory_fraction")
 
 
@@ -124,7 +127,7 @@ def _plot_series(
         points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None)
         for event in events:
-            if event["event"] in ("resume", "halt", "rollback"):
+            if event["event"] in ("resume", "halt"):
                 ax.axvline(event["step"], color="grey", linestyle="--", linewidth=0.8)
         ax.set_title(key)
         ax.set_xlabel("step")
@@ -136,7 +139,8 @@ def _plot_series(
 
 def plot_learning_curves(run_dir: str | Path) -> list[Path]:
     """PNGs under `run_dir/plots` from `bc/metrics.jsonl` and `ppo/metrics.jsonl` (whichever exist): the BC
-    loss terms; PPO return, success rate, episode length and rollbacks; each PPO `reward_*` term."""
+    loss terms; PPO return, success rate, episode length, the wrappers' interventions (world rollbacks,
+    fallback steps, blocked actions) and the anomaly guard's skipped updates; each PPO `reward_*` term."""
     run_dir = Path(run_dir)
     out = run_dir / PLOTS_DIR
     written = []
@@ -144,7 +148,7 @@ def plot_learning_curves(run_dir: str | Path) -> list[Path]:
     if bc_file.exists():
         records, events = read_metrics(bc_file)
         names = sorted({k for r in records for k in r if "loss" in k}, key=lambda k: (k != "loss", k))
-        names += [k for k in ("entropy", "grad_norm", "rollbacks") if any(k in r for r in records)]
+        names += [k for k in ("entropy", "grad_norm", "skipped_updates") if any(k in r for r in records)]
         if records and names:
             out.mkdir(parents=True, exist_ok=True)
             written.append(_plot_series(records, events, names, "behaviour cloning", out / "bc_losses.png"))
@@ -152,7 +156,7 @@ def plot_learning_curves(run_dir: str | Path) -> list[Path]:
         records, events = read_metrics(ppo_file)
         present = {k for r in records for k in r}
         names = [k for k in ("return", "success_rate", "episode_length") if k in present]
-        names += sorted(k for k in present if k.startswith("rollback"))
+        names += [k for k in (*INTERVENTIONS, "skipped_updates") if k in present]
         rewards = sorted(k for k in present if k.startswith("reward_") and k != "reward_per_step")
         if records and names:
             out.mkdir(parents=True, exist_ok=True)
@@ -202,47 +206,33 @@ class Episode:
     outcome: str
 
 
-def _scan_episodes(
-    agent: Any, env: Any, params: PyTree, obs: PyTree, state: PyTree, key: PRNGKeyArray,
+@eqx.filter_jit
+def _record(
+    agent: AbstractAgent, env: Any, params: PyTree, obs: PyTree, state: PyTree, key: PRNGKeyArray,
     max_steps: int, deterministic: bool,
 ) -> tuple[Array, Array, Bool[Array, "T B"], Bool[Array, "T B"], Bool[Array, "T B"]]:
-    """`max_steps` steps in a batch of worlds, each frozen once its episode ends (no auto-reset)."""
-    num = obs["image"].shape[0]
-    act = jax.vmap(lambda k, o, c: agent.act(k, o, c, deterministic=deterministic))
-    step = jax.vmap(env.step_no_reset)
-    topdown = jax.vmap(env.render_topdown)
+    """The first episode of each world (one rollout without auto-reset, one step more than `max_steps` so
+    that the frame an episode ends in is recorded too): agent views, top-down maps, and per step whether the
+    episode ended with success, with a time-out, at all."""
+    actor = AgentActor(agent, deterministic=deterministic)
 
-    def one_step(carry: tuple, step_key: PRNGKeyArray) -> tuple:
-        obs, state, agent_carry, done = carry
-        action, agent_carry, _ = act(jax.random.split(step_key, num), obs, agent_carry)
-        next_obs, next_state, _, terminated, truncated, _ = step(state, action, params)
-        keep = lambda old, new: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)  # noqa: E731
-        next_obs, next_state = jax.tree.map(keep, obs, next_obs), jax.tree.map(keep, state, next_state)
-        success = terminated & ~done
-        timeout = truncated & ~done
-        done = done | terminated | truncated
-        return (next_obs, next_state, agent_carry, done), (next_obs["image"], topdown(next_state), success,
-                                                           timeout, done)
+    def keep(step: Transition, world: PyTree) -> tuple[Array, ...]:
+        return step.obs["image"], env.render_topdown(world), step.done & step.info.success, \
+            step.done & step.info.truncated, step.done
 
-    carry = (obs, state, initial_carries(agent, num), jnp.zeros((num,), bool))
-    _, (images, maps, success, timeout, done) = jax.lax.scan(one_step, carry, jax.random.split(key, max_steps))
-    images = jnp.concatenate([obs["image"][None], images])
-    maps = jnp.concatenate([topdown(state)[None], maps])
-    return images, maps, success, timeout, done
+    start = state_from_reset(actor, obs, state)
+    _, (images, maps, success, timeout, done) = rollout(
+        actor, env, params, start, key, max_steps + 1, auto_reset=False, keep=keep
+    )
+    return images, maps, success[:max_steps], timeout[:max_steps], done[:max_steps]
 
 
 @eqx.filter_jit
-def _rollout_from(agent, env, params, obs, state, key, max_steps: int, deterministic: bool):
-    return _scan_episodes(agent, env, params, obs, state, key, max_steps, deterministic)
-
-
-@eqx.filter_jit
-def _reset_and_rollout(agent, env, params, key, max_steps: int, deterministic: bool):
+def _reset_and_record(agent, env, params, key, max_steps: int, deterministic: bool):
     reset_key, run_key = jax.random.split(key)
     num = params.split.shape[0]
     obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, num), params)
-    outs = _scan_episodes(agent, env, params, obs, state, run_key, max_steps, deterministic)
-    return obs["instruction"], outs
+    return obs["instruction"], _record(agent, env, params, obs, state, run_key, max_steps, deterministic)
 
 
 def _episodes(instructions: np.ndarray, outs: tuple) -> list[Episode]:
@@ -281,7 +271,7 @@ def record_episodes(
         params = _batched(params, num_episodes)
     elif params.split.shape[0] != num_episodes:
         raise ValueError(f"params has a leading axis of {params.split.shape[0]}, expected {num_episodes}")
-    instructions, outs = _reset_and_rollout(agent, env, params, key, max_steps, deterministic)
+    instructions, outs = _reset_and_record(agent, env, params, key, max_steps, deterministic)
     return _episodes(np.asarray(instructions), outs)
 
 
@@ -291,8 +281,7 @@ def play_episode(
 ) -> Episode:
     """One episode from a given world (e.g. `sima2.envs.instruct.find_world`'s), jitted like `record_episodes`."""
     add_axis = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)  # noqa: E731
-    outs = _rollout_from(agent, env, add_axis(params), add_axis(obs), add_axis(state), key, max_steps,
-                         deterministic)
+    outs = _record(agent, env, add_axis(params), add_axis(obs), add_axis(state), key, max_steps, deterministic)
     return _episodes(np.asarray(obs["instruction"])[None], outs)[0]
 
 

@@ -70,13 +70,14 @@ def run_stage(
             eqx.filter_jit(step_fn),
             config.num_steps,
             batches=batches,
+            data_position=None if batches is None else (lambda: batches.position),
             checkpointer=checkpointer,
             logger=logger,
             hooks=hooks,
             samples_per_step=samples_per_step,
         )
     finally:
-        if batches is not None and hasattr(batches, "close"):
+        if batches is not None:
             batches.close()
         checkpointer.close()
         logger.close()

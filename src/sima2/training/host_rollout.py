@@ -1,0 +1,163 @@
+"""Rollouts of a gymnasium vector env from a host loop, yielding the same `Transition` record as the
+in-`jit` rollout, and PPO on them (`make_host_ppo`, the same jitted `ppo_update`).
+
+World states live outside JAX here, so each step is a jitted `agent.act` on the batch (memory reset at
+episode starts, as in `sima2.training.rollout`), then `vector_env.step` on the host. What the gymnasium
+env reports in its `info` dict is turned into the typed `StepInfo` once, by `step_info_from_gym`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PRNGKeyArray, PyTree
+
+from sima2.contract import AbstractAgent, StepInfo, Transition
+from sima2.training.config import TrainConfig
+from sima2.training.loop import TrainState, guard_step
+from sima2.training.optim import init_opt_state, make_optimizer, trainable_spec
+from sima2.training.ppo import ppo_update
+from sima2.training.recurrent import initial_carries, reset_where
+
+
+def _flag(info: Mapping[str, Any], name: str, num_envs: int) -> np.ndarray:
+    value = info.get(name)
+    return np.zeros(num_envs, bool) if value is None else np.asarray(value, bool).reshape(num_envs)
+
+
+def step_info_from_gym(
+    terminated: np.ndarray, truncated: np.ndarray, reward: np.ndarray, info: Mapping[str, Any]
+) -> StepInfo:
+    """The typed record of one vector-env step: success is ``info["success"]`` when the env reports it,
+    else termination with a positive reward (MiniGrid's convention); the gymnasium wrappers' "rollback",
+    "fallback_active" and "safety_blocked" flags become the intervention fields."""
+    terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
+    num_envs = terminated.shape[0]
+    success = _flag(info, "success", num_envs) if "success" in info else terminated & (np.asarray(reward) > 0)
+    fallback, blocked = _flag(info, "fallback_active", num_envs), _flag(info, "safety_blocked", num_envs)
+    unknown = np.full(num_envs, np.nan, np.float32)
+    fields = dict(
+        terminated=terminated,
+        truncated=truncated,
+        success=success,
+        invalid_move=_flag(info, "invalid_move", num_envs),
+        world_rollback=_flag(info, "rollback", num_envs),
+        fallback_step=fallback,
+        action_blocked=blocked,
+        agent_acted=~(fallback | blocked),
+        elapsed_ticks=np.ones(num_envs, np.int32),
+        agent_pos=np.full((num_envs, 2), np.nan, np.float32),
+        distance_to_goal=unknown,
+        path_length=unknown,
+        optimal_path_length=unknown,
+        contact=np.zeros(num_envs, np.float32),
+        subgoal_index=np.zeros(num_envs, np.int32),
+    )
+    return StepInfo(**{name: jnp.asarray(value) for name, value in fields.items()})
+
+
+class HostRollout:
+    """PPO rollouts on a gymnasium vector env with a host loop, feeding the same `ppo_update`.
+
+    `to_env_action` maps the agent's factored actions (E, A) to what the env expects; `to_obs` maps env
+    observations to the agent's observation dict. A resume restarts the env (parameters, optimiser and
+    keys still resume exactly).
+    """
+
+    def __init__(
+        self,
+        agent: AbstractAgent,
+        vector_env: Any,
+        num_steps: int,
+        *,
+        to_env_action: Callable[[np.ndarray], Any] = lambda a: a,
+        to_obs: Callable[[Any], PyTree] = lambda o: o,
+        seed: int = 0,
+    ):
+        self.env = vector_env
+        self.num_steps = num_steps
+        self.to_env_action = to_env_action
+        self.to_obs = to_obs
+        self.num_envs = vector_env.num_envs
+        obs, _ = vector_env.reset(seed=seed)
+        self.obs = to_obs(obs)
+        self.carry = initial_carries(agent, self.num_envs)
+        self.first = np.ones(self.num_envs, bool)
+        self.episode_return = np.zeros(self.num_envs, np.float32)
+        self.episode_length = np.zeros(self.num_envs, np.int32)
+
+        @eqx.filter_jit
+        def act(model: AbstractAgent, key: PRNGKeyArray, obs: PyTree, carry: PyTree, first: Array) -> tuple:
+            carry = reset_where(first, initial_carries(model, first.shape[0]), carry)
+            return jax.vmap(model.act)(jax.random.split(key, first.shape[0]), obs, carry)
+
+        self._act = act
+
+    def collect(self, model: AbstractAgent, key: PRNGKeyArray) -> tuple[Transition, PyTree, Array]:
+        """Run `num_steps` env steps with `model`; returns (transitions, start carries, bootstrap values)."""
+        start_carry = self.carry
+        steps: list[Transition] = []
+        keys = jax.random.split(key, self.num_steps + 1)
+        for step_key in keys[:-1]:
+            action, carry, out = self._act(model, step_key, self.obs, self.carry, jnp.asarray(self.first))
+            host_action = np.asarray(action)
+            next_obs, reward, terminated, truncated, info = self.env.step(self.to_env_action(host_action))
+            done = np.logical_or(terminated, truncated)
+            reward = np.asarray(reward, np.float32)
+            self.episode_return += reward
+            self.episode_length += 1
+            steps.append(
+                Transition(
+                    obs=jax.tree.map(jnp.asarray, self.obs),
+                    action=jnp.asarray(host_action, jnp.int32),
+                    reward=jnp.asarray(reward),
+                    done=jnp.asarray(done),
+                    first=jnp.asarray(self.first),
+                    info=step_info_from_gym(terminated, truncated, reward, info),
+                    agent=out,
+                    episode_return=jnp.asarray(self.episode_return),
+                    episode_length=jnp.asarray(self.episode_length),
+                )
+            )
+            self.episode_return[done] = 0.0
+            self.episode_length[done] = 0
+            self.obs, self.carry, self.first = self.to_obs(next_obs), carry, done
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
+        _, _, out = self._act(model, keys[-1], self.obs, self.carry, jnp.asarray(self.first))
+        return stacked, start_carry, out.value
+
+
+def make_host_ppo(
+    agent: AbstractAgent,
+    rollout: HostRollout,
+    config: TrainConfig,
+    *,
+    filter_spec: PyTree | None = None,
+) -> tuple[Callable[[PRNGKeyArray], TrainState], Callable[[TrainState, Any], tuple[TrainState, dict]]]:
+    """`(init_fn, step_fn)` for PPO on a host-stepped env; the update is the jitted `ppo_update`."""
+    optimizer = make_optimizer(config.optim)
+    spec = trainable_spec(agent, filter_spec)
+
+    def init_fn(key: PRNGKeyArray) -> TrainState:
+        return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key)
+
+    def update(state: TrainState, trajectory: Transition, start_carry: PyTree, last_value: Array) -> tuple:
+        return ppo_update(state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=config.ppo)
+
+    guarded_update = eqx.filter_jit(guard_step(lambda state, batch: update(state, *batch), config.guard))
+
+    def step_fn(state: TrainState, batch: Any = None) -> tuple[TrainState, dict]:
+        del batch
+        key, rollout_key = jax.random.split(state.key)
+        trajectory, start_carry, last_value = rollout.collect(state.model, rollout_key)
+        return guarded_update(eqx.tree_at(lambda s: s.key, state, key), (trajectory, start_carry, last_value))
+
+    return init_fn, step_fn
+
+
+__all__ = ["HostRollout", "make_host_ppo", "step_info_from_gym"]

@@ -1,0 +1,213 @@
+"""The one rollout: an actor in vmapped functional worlds for a number of steps, one `lax.scan` inside `jit`.
+
+    state = init_rollout(actor, env, params, key, num_envs)
+    state, steps, kept = rollout(actor, env, params, state, key, num_steps)   # steps: Transition (T, E)
+
+PPO's collection, evaluation, the report's episodes and demonstration recording all run through it, so
+the key splitting, the memory reset at episode starts and the episode bookkeeping are written once:
+
+- every per-world key of the rollout comes from one split before the scan (no splits inside a step);
+- one `jax.vmap` per step for the actor and one for the env;
+- the actor's arrays are arguments of the compiled program, so evaluation splits and checkpoints of one
+  agent share a program;
+- with `auto_reset` (the default) finished worlds start a new episode (`Env.step`); without it each world
+  stops at the end of its first episode: its state stays the one the episode ended in and later steps
+  report `done` False (the report records whole episodes this way, last frame included).
+
+`expert_labels` also records the env expert's action in every step's state (`Transition.expert_action`),
+for imitation losses and demonstrations. `keep(transition, state)` chooses what is stacked over time
+(default: the transition); `state` is the world state the action was taken in.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+
+from sima2.contract import AbstractAgent, ActOutput, Env, Observation, Transition
+from sima2.training.recurrent import initial_carries, reset_where
+
+
+class Actor(eqx.Module):
+    """Chooses actions in a rollout; may read the world state (a scripted expert does, an agent does not)."""
+
+    @abc.abstractmethod
+    def initial_carry(self) -> PyTree:
+        """The actor's memory at an episode start."""
+
+    @abc.abstractmethod
+    def __call__(
+        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree
+    ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
+        """(action, new carry, ActOutput) for one world."""
+
+
+class AgentActor(Actor):
+    """An agent acting from its observation alone: sampled actions, or its most likely ones."""
+
+    agent: AbstractAgent
+    deterministic: bool = eqx.field(static=True, default=False)
+
+    def initial_carry(self) -> PyTree:
+        return self.agent.initial_carry()
+
+    def __call__(
+        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree
+    ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
+        del state, params  # no privileged world state
+        return self.agent.act(key, obs, carry, deterministic=self.deterministic)
+
+
+class ExpertActor(Actor):
+    """The env's scripted expert; with `noise`, each step executes a uniformly random action instead with
+    that probability (DART, Laskey et al. 2017: demonstrations then show recoveries from slips)."""
+
+    env: Env
+    noise: float = eqx.field(static=True, default=0.0)
+
+    def __check_init__(self) -> None:
+        if not 0.0 <= self.noise < 1.0:
+            raise ValueError(f"noise must be a probability in [0, 1), got {self.noise}")
+
+    def initial_carry(self) -> PyTree:
+        return jnp.zeros((0,), jnp.float32)
+
+    def __call__(
+        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree
+    ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
+        del obs
+        action = jnp.asarray(self.env.expert_action(state, params), jnp.int32)
+        if self.noise > 0:
+            slip_key, random_key = jax.random.split(key)
+            nvec = jnp.asarray(self.env.spec.action.nvec, jnp.int32)
+            random_action = jax.random.randint(random_key, action.shape, 0, nvec)
+            action = jnp.where(jax.random.bernoulli(slip_key, self.noise), random_action, action)
+        zero = jnp.zeros((), jnp.float32)
+        return action, carry, ActOutput(log_prob=zero, value=zero, entropy=zero)
+
+
+class RolloutState(eqx.Module):
+    """Per-world state carried between rollouts (every leaf has a leading world axis)."""
+
+    env_state: PyTree
+    obs: Observation
+    carry: PyTree
+    first: Bool[Array, " E"]
+    episode_return: Float[Array, " E"]
+    episode_length: Int[Array, " E"]
+    # False once a world's episode has ended in a rollout without auto-reset.
+    active: Bool[Array, " E"]
+
+
+def init_rollout(actor: Actor, env: Env, env_params: PyTree, key: PRNGKeyArray, num_envs: int) -> RolloutState:
+    """Reset `num_envs` worlds and their actor memories."""
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_envs), env_params)
+    return state_from_reset(actor, obs, env_state)
+
+
+def state_from_reset(actor: Actor, obs: Observation, env_state: PyTree) -> RolloutState:
+    """A rollout state for worlds already reset (leading world axis), e.g. chosen tasks."""
+    num_envs = jax.tree.leaves(obs)[0].shape[0]
+    return RolloutState(
+        env_state=env_state,
+        obs=obs,
+        carry=initial_carries(actor, num_envs),
+        first=jnp.ones((num_envs,), bool),
+        episode_return=jnp.zeros((num_envs,), jnp.float32),
+        episode_length=jnp.zeros((num_envs,), jnp.int32),
+        active=jnp.ones((num_envs,), bool),
+    )
+
+
+def _freeze(active: Bool[Array, " E"], new: PyTree, old: PyTree) -> PyTree:
+    def pick(n: Array, o: Array) -> Array:
+        return jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
+
+    return jax.tree.map(pick, new, old)
+
+
+def rollout(
+    actor: Actor,
+    env: Env,
+    env_params: PyTree,
+    state: RolloutState,
+    key: PRNGKeyArray,
+    num_steps: int,
+    *,
+    auto_reset: bool = True,
+    expert_labels: bool = False,
+    keep: Callable[[Transition, PyTree], PyTree] | None = None,
+) -> tuple[RolloutState, PyTree]:
+    """`num_steps` steps in every world of `state`; returns the new rollout state and `keep(transition,
+    world state)` of every step stacked time-major `(T, E, ...)` (default: the `Transition`s)."""
+    num_envs = state.first.shape[0]
+    initial = initial_carries(actor, num_envs)
+    act = jax.vmap(actor, in_axes=(0, 0, 0, None, 0))
+    step_env = jax.vmap(env.step if auto_reset else env.step_no_reset, in_axes=(0, 0, 0, None))
+    expert_action = jax.vmap(env.expert_action, in_axes=(0, None))
+    keep = (lambda transition, _: transition) if keep is None else keep
+
+    def one_step(carry: RolloutState, keys: tuple[Array, Array]) -> tuple[RolloutState, PyTree]:
+        act_keys, env_keys = keys
+        memory = reset_where(carry.first, initial, carry.carry)
+        action, memory, out = act(act_keys, carry.obs, carry.env_state, env_params, memory)
+        obs, env_state, reward, done, info = step_env(env_keys, carry.env_state, action, env_params)
+        reward = jnp.where(carry.active, reward.astype(jnp.float32), 0.0)
+        done = done.astype(bool) & carry.active
+        episode_return = carry.episode_return + reward
+        episode_length = carry.episode_length + carry.active.astype(jnp.int32)
+        transition = Transition(
+            obs=carry.obs,
+            action=action.astype(jnp.int32),
+            reward=reward,
+            done=done,
+            first=carry.first,
+            info=info,
+            agent=out,
+            episode_return=episode_return,
+            episode_length=episode_length,
+            expert_action=expert_action(carry.env_state, env_params) if expert_labels else None,
+        )
+        active = carry.active if auto_reset else carry.active & ~done
+        if not auto_reset:  # a finished world keeps the state its episode ended in
+            obs, env_state = _freeze(carry.active, (obs, env_state), (carry.obs, carry.env_state))
+        new = RolloutState(
+            env_state=env_state,
+            obs=obs,
+            carry=memory,
+            first=done,
+            episode_return=jnp.where(done, 0.0, episode_return),
+            episode_length=jnp.where(done, 0, episode_length).astype(jnp.int32),
+            active=active,
+        )
+        return new, keep(transition, carry.env_state)
+
+    # Every per-world key of the rollout from one split, rather than splits inside each step.
+    act_keys, env_keys = jax.random.split(key, (2, num_steps, num_envs))
+    return jax.lax.scan(one_step, state, (act_keys, env_keys))
+
+
+def bootstrap_values(agent: AbstractAgent, state: RolloutState, key: PRNGKeyArray) -> Float[Array, " E"]:
+    """The agent's value estimates of the rollout state's observations (PPO's bootstrap)."""
+    num_envs = state.first.shape[0]
+    carry = reset_where(state.first, initial_carries(agent, num_envs), state.carry)
+    _, _, out = jax.vmap(agent.act)(jax.random.split(key, num_envs), state.obs, carry)
+    return out.value
+
+
+__all__ = [
+    "Actor",
+    "AgentActor",
+    "ExpertActor",
+    "RolloutState",
+    "bootstrap_values",
+    "init_rollout",
+    "rollout",
+    "state_from_reset",
+]
