@@ -9,13 +9,24 @@ import jaxtyping
 import numpy as np
 import pytest
 
-import sima2.policy.agent as agent_module
 from sima2.perception import ViTEncoder
 from sima2.policy import Agent
+from sima2.presets import preset
 
 NVEC = (7, 5, 3)
 PROPRIO = 6
 LENGTH = 10
+# A small BERT text encoder (planner backbone without generation).
+_BERT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 64,
+    "max_position_embeddings": 64,
+    "pad_token_id": 0,
+}
 
 
 def _agent(seed=0, **kwargs):
@@ -140,7 +151,7 @@ def test_freeze_defaults_come_from_the_config():
     frozen = Agent(vision=agent.vision, planner=agent.planner, policy=agent.policy, config=frozen_config)
     assert not any(jax.tree.leaves(frozen.trainable_filter().vision))
     assert any(jax.tree.leaves(frozen.trainable_filter(freeze_vision=False).vision))
-    assert agent_module._preset("base", 64)[3]["freeze_vision"]  # base: frozen pretrained ViT by default
+    assert preset("base").agent["freeze_vision"]  # base: frozen pretrained ViT by default
 
 
 def test_carry_reset_at_episode_start():
@@ -299,7 +310,7 @@ def test_bad_observations_raise_clear_errors():
 def test_lora_planner_trains_only_its_adapters():
     from sima2.planning import LanguagePlanner
 
-    bert = agent_module._bert_config(32, 1, 2, 64, 64)
+    bert = _BERT
     planner = LanguagePlanner.from_config(bert, key=jax.random.key(8), lora_rank=2)
     agent = _agent(planner=planner)
     n = 2
@@ -317,7 +328,7 @@ def test_lora_planner_trains_only_its_adapters():
 def test_lora_agent_round_trips(tmp_path):
     from sima2.planning import LanguagePlanner
 
-    bert = agent_module._bert_config(32, 1, 2, 64, 64)
+    bert = _BERT
     planner = LanguagePlanner.from_config(bert, key=jax.random.key(9), lora_rank=2, lora_alpha=4.0)
     planner = eqx.tree_at(lambda p: p.lora[0]["qkv"].b, planner, jnp.ones_like(planner.lora[0]["qkv"].b))
     agent = _agent(planner=planner)

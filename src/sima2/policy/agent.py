@@ -54,6 +54,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
 from safetensors.numpy import save_file
 
+from sima2 import presets
 from sima2.envs.vocabulary import MAX_INSTRUCTION_LENGTH
 from sima2.envs.world import ACTION_NVEC, PROPRIO_SIZE
 from sima2.interop.checkpoint import CheckpointError, TensorSource, resolve_checkpoint
@@ -115,98 +116,7 @@ class AgentConfig:
         return cls(**raw)
 
 
-# --- presets ----------------------------------------------------------------------------------------------
-def _vit_config(hidden: int, layers: int, heads: int, intermediate: int, image: int, patch: int) -> dict[str, Any]:
-    return {
-        "model_type": "vit",
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": intermediate,
-        "image_size": image,
-        "patch_size": patch,
-        "add_pooling_layer": False,
-    }
-
-
-def _bert_config(hidden: int, layers: int, heads: int, intermediate: int, vocab: int) -> dict[str, Any]:
-    return {
-        "model_type": "bert",
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": intermediate,
-        "vocab_size": vocab,
-        "max_position_embeddings": 64,
-        "pad_token_id": 0,
-    }
-
-
-def _llama_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int) -> dict[str, Any]:
-    return {
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": True,
-        "hidden_act": "silu",
-        "pad_token_id": 0,
-    }
-
-
-def _preset(name: str, vocab_size: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(vision HF config, `planner_from_config` dict, ActorCriticConfig sizes, AgentConfig fields)."""
-    if name == "tiny":  # for tests: every part as small as it can be while still exercising all paths
-        return (
-            _vit_config(32, 1, 2, 64, image=64, patch=16),
-            {"backbone": _llama_config(32, 1, 2, 1, 64, vocab_size), "lora_rank": 0},
-            dict(hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, memory_size=32, head_hidden=32),
-            dict(image_pool=1),
-        )
-    if name == "cpu-small":  # trains by BC + PPO on a 2-core CPU at 64x64 pixels
-        return (
-            # Patch 16 (a 4x4 grid): on a 2-core CPU the ViT's backward pass at patch 8 (64 tokens) costs
-            # several times the rest of a training step; a wider embedding keeps the detail per patch.
-            _vit_config(96, 1, 4, 192, image=64, patch=16),
-            # A small causal LM over the world's words: embeds instructions for the policy and learns to
-            # write the expert's subgoal plans (plan loss in the same behaviour-cloning step).
-            {"backbone": _llama_config(64, 2, 4, 2, 128, vocab_size), "lora_rank": 0},
-            dict(hidden_size=64, num_layers=1, num_heads=4, mlp_ratio=2, memory_size=128, head_hidden=128),
-            dict(image_pool=1),
-        )
-    if name == "base":
-        # GPU: ViT-B/16 (google/vit-base-patch16-224 shapes) + a ~135M-parameter Llama-style LM (SmolLM2-135M
-        # shapes). Its instruction ids must come from the LM's own tokenizer.
-        lm = {
-            "model_type": "llama",
-            "hidden_size": 576,
-            "intermediate_size": 1536,
-            "num_hidden_layers": 30,
-            "num_attention_heads": 9,
-            "num_key_value_heads": 3,
-            "vocab_size": 49152,
-            "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            "tie_word_embeddings": True,
-            "hidden_act": "silu",
-        }
-        return (
-            _vit_config(768, 12, 12, 3072, image=224, patch=16),
-            {"backbone": lm, "lora_rank": 8, "lora_alpha": 16.0},  # LoRA-only finetuning by default
-            dict(hidden_size=256, num_layers=2, num_heads=8, mlp_ratio=4, memory_size=512, head_hidden=256),
-            dict(image_pool=2, freeze_vision=True),
-        )
-    raise ValueError(f"unknown agent preset {name!r}; choose one of {PRESETS}")
-
-
-PRESETS = ("tiny", "cpu-small", "base")
+PRESETS = presets.PRESETS
 
 
 def planner_config(planner: LanguagePlanner) -> dict[str, Any]:
@@ -255,7 +165,7 @@ def _pretrained_language(
 ) -> LanguagePlanner:
     """A pretrained causal LM (`planner=`) or BERT encoder (`text_encoder=`), finetuned through LoRA adapters
     with the `base` preset's rank and alpha (its weights stay as loaded)."""
-    lora = _preset("base", DEFAULT_VOCAB_SIZE)[1]
+    lora = presets.preset("base").planner
     try:
         planner = LanguagePlanner.from_pretrained(
             source, lora_rank=lora["lora_rank"], lora_alpha=lora["lora_alpha"], key=key
@@ -359,13 +269,14 @@ class Agent(eqx.Module):
         """
         if planner is not None and text_encoder is not None:
             raise ValueError("pass planner= (a causal LM) or text_encoder= (BERT), not both: the agent has one")
-        vision_config, planner_config, policy_sizes, agent_fields = _preset(name, vocab_size)
+        table = presets.preset(name)
+        agent_fields = table.agent_fields()
         k_vision, k_planner, k_policy = jax.random.split(key, 3)
         if isinstance(vision, str | os.PathLike):
             vision, vision_fields = _pretrained_vision(vision)
             agent_fields = {**agent_fields, **vision_fields}
         elif vision is None:
-            vision = ViTEncoder.from_config(vision_config, key=k_vision)
+            vision = ViTEncoder.from_config(table.vision_config(), key=k_vision)
         language_source = planner if isinstance(planner, str | os.PathLike) else text_encoder
         if isinstance(planner, str | os.PathLike):
             planner = _pretrained_language(planner, CausalLM, "planner", key=k_planner)
@@ -374,7 +285,7 @@ class Agent(eqx.Module):
         elif planner is None:
             if tokenizer is not None:
                 raise ValueError("tokenizer= bridges to a pretrained language model: pass planner= or text_encoder=")
-            planner = planner_from_config(planner_config, key=k_planner)
+            planner = planner_from_config(table.planner_config(vocab_size), key=k_planner)
         tokenizer = tokenizer if tokenizer is not None else language_source
         if tokenizer is not None:
             agent_fields = {**agent_fields, "text_bridge": token_bridge(tokenizer, planner)}
@@ -387,7 +298,7 @@ class Agent(eqx.Module):
             preset=name,
             action_nvec=action_nvec,
             proprio_dim=proprio_dim,
-            policy_sizes=policy_sizes,
+            policy_sizes=table.policy_sizes(),
             **agent_fields,
         )
 
