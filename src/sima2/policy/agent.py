@@ -31,17 +31,13 @@ never falls back to random weights behind your back):
 Instructions stay in the world's word ids; with a pretrained language model the agent maps them on device to
 that model's tokenizer ids (`sima2.planning.TokenBridge`, stored in `config.text_bridge`).
 
-Saving: `agent.save_pretrained(dir)` writes `agent_config.json` (the agent's sizes, its token bridge and each
-component's Hugging Face config) and `model.safetensors` (every array under its dotted path).
-`Agent.from_pretrained(dir)` rebuilds the skeleton from the config without initialising it and loads the weights
-strictly.
+Saving: `agent.save_pretrained(dir)` / `Agent.from_pretrained(dir)` (the files: `sima2.policy.persistence`).
 `agent.vision.save_pretrained(d)` (and the planner's) still export each part alone for `transformers`.
+Presets live in `sima2.presets`, pretrained parts by name in `sima2.policy.pretrained_parts`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,26 +46,23 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
-from safetensors.numpy import save_file
 
 from sima2 import presets
-from sima2.envs.vocabulary import MAX_INSTRUCTION_LENGTH
 from sima2.envs.world import ACTION_NVEC, PROPRIO_SIZE
-from sima2.interop.checkpoint import CheckpointError, TensorSource, resolve_checkpoint
-from sima2.interop.mapping import load_state_dict, named_arrays, same
-from sima2.perception.preprocess import ImageProcessorConfig
 from sima2.perception.vit import ViTEncoder
 from sima2.planning import CausalLM, LanguagePlanner, TextEncoder
-from sima2.planning.bridge import TokenBridge
-from sima2.planning.tokenizer import load_tokenizer
 from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
 from sima2.policy.distributions import FactorisedCategorical
-
-AGENT_CONFIG_NAME = "agent_config.json"
-AGENT_WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 3  # 2: `agent.text_bridge`; 3: `agent.instruction_length`, `policy.conditional_actions`
+from sima2.policy.persistence import (
+    AGENT_CONFIG_NAME,
+    AGENT_WEIGHTS_NAME,
+    AgentConfig,
+    load_agent,
+    planner_from_config,
+    save_agent,
+)
+from sima2.policy.pretrained_parts import pretrained_language, pretrained_vision, token_bridge
 
 # Defaults follow the built-in world: key x look yaw bins x duration bins, and its proprio vector.
 DEFAULT_ACTION_NVEC = tuple(ACTION_NVEC)
@@ -78,127 +71,7 @@ DEFAULT_PROPRIO_DIM = PROPRIO_SIZE
 # text embedding table must cover every id the world can emit).
 DEFAULT_VOCAB_SIZE = 256
 
-
-@dataclasses.dataclass(frozen=True)
-class AgentConfig:
-    """Static description of an agent besides its components' own configs."""
-
-    preset: str
-    policy: ActorCriticConfig
-    image_pool: int = 1  # average-pool the patch grid by this factor before fusion (fewer fusion tokens)
-    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    freeze_vision: bool = False  # defaults of `trainable_filter`
-    freeze_planner: bool = False
-    # World word ids -> the planner's tokenizer ids; None when the planner reads world ids directly.
-    text_bridge: TokenBridge | None = None
-    # Read only this many leading instruction ids (None: all). Instructions are left-aligned, so a bound
-    # such as the world's `env.max_instruction_words` drops nothing but padding, and the language model
-    # and the fusion run on a third of the tokens for short task languages.
-    instruction_length: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.instruction_length is not None and self.instruction_length < 1:
-            raise ValueError(f"instruction_length must be a positive number of ids, got {self.instruction_length}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> AgentConfig:
-        raw = dict(raw)
-        policy = {"conditional_actions": False, **raw["policy"]}  # saved before conditional heads: independent
-        raw["policy"] = ActorCriticConfig(**{**policy, "action_nvec": tuple(policy["action_nvec"])})
-        for name in ("image_mean", "image_std"):
-            raw[name] = tuple(raw[name])
-        if raw.get("text_bridge") is not None:
-            raw["text_bridge"] = TokenBridge.from_dict(raw["text_bridge"])
-        return cls(**raw)
-
-
 PRESETS = presets.PRESETS
-
-
-def planner_config(planner: LanguagePlanner) -> dict[str, Any]:
-    """What rebuilds `planner` with `planner_from_config`: its backbone's HF config and its LoRA set-up."""
-    rank, alpha = 0, None
-    if planner.lora:
-        first = next(iter(planner.lora[0].values()))
-        rank = int(first.a.shape[0])
-        alpha = float(first.scale * rank)
-    return {
-        "backbone": planner.backbone.hf_config(),
-        "lora_rank": rank,
-        "lora_alpha": alpha,
-        "separator": planner.separator,
-    }
-
-
-def planner_from_config(config: Mapping[str, Any], *, key: PRNGKeyArray) -> LanguagePlanner:
-    return LanguagePlanner.from_config(
-        config["backbone"],
-        key=key,
-        lora_rank=int(config.get("lora_rank", 0)),
-        lora_alpha=config.get("lora_alpha"),
-        **({"separator": config["separator"]} if "separator" in config else {}),
-    )
-
-
-# --- pretrained components by name or path ----------------------------------------------------------------
-def _pretrained_vision(source: str | os.PathLike) -> tuple[ViTEncoder, dict[str, Any]]:
-    """A ViT / CLIP / SigLIP encoder from HF weights, frozen by default, with its checkpoint's image
-    normalisation when it ships a `preprocessor_config.json`; returns (encoder, AgentConfig fields)."""
-    try:
-        encoder = ViTEncoder.from_pretrained(source)
-        folder = resolve_checkpoint(source).folder
-    except (CheckpointError, OSError) as err:
-        raise ValueError(f"cannot load the pretrained vision encoder {os.fspath(source)!r}: {err}") from None
-    fields: dict[str, Any] = {"freeze_vision": True}  # a pretrained encoder keeps its features unless asked
-    if (folder / "preprocessor_config.json").is_file():
-        processor = ImageProcessorConfig.from_pretrained(folder)
-        fields.update(image_mean=tuple(processor.image_mean), image_std=tuple(processor.image_std))
-    return encoder, fields
-
-
-def _pretrained_language(
-    source: str | os.PathLike, backbone: type[CausalLM] | type[TextEncoder], flag: str, *, key: PRNGKeyArray
-) -> LanguagePlanner:
-    """A pretrained causal LM (`planner=`) or BERT encoder (`text_encoder=`), finetuned through LoRA adapters
-    with the `base` preset's rank and alpha (its weights stay as loaded)."""
-    lora = presets.preset("base").planner
-    try:
-        planner = LanguagePlanner.from_pretrained(
-            source, lora_rank=lora["lora_rank"], lora_alpha=lora["lora_alpha"], key=key
-        )
-    except (CheckpointError, OSError) as err:
-        raise ValueError(f"cannot load the pretrained {flag} {os.fspath(source)!r}: {err}") from None
-    if not isinstance(planner.backbone, backbone):
-        other = "text_encoder" if backbone is CausalLM else "planner"
-        raise ValueError(
-            f"{flag}={os.fspath(source)!r} is a {type(planner.backbone).__name__}, not a {backbone.__name__}; "
-            f"pass it as {other}= instead"
-        )
-    return planner
-
-
-def token_bridge(tokenizer: Any, planner: LanguagePlanner) -> TokenBridge:
-    """The bridge from the world's word ids to `tokenizer` (an HF tokenizer, or its name or path), checked
-    against `planner`: every id must be in its vocabulary, and the output must fit its positions."""
-    if isinstance(tokenizer, str | os.PathLike):
-        try:
-            tokenizer = load_tokenizer(tokenizer)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot load a tokenizer from {os.fspath(tokenizer)!r}: {err}") from None
-    bridge = TokenBridge.from_tokenizer(tokenizer)
-    config = planner.backbone.config
-    if bridge.max_token_id >= config.vocab_size:
-        raise ValueError(
-            f"tokenizer {bridge.tokenizer_name!r} emits id {bridge.max_token_id}, beyond the language model's "
-            f"vocabulary of {config.vocab_size}; is it this model's tokenizer?"
-        )
-    if bridge.output_length(MAX_INSTRUCTION_LENGTH) > config.max_position_embeddings:
-        bridge = dataclasses.replace(bridge, max_length=int(config.max_position_embeddings))  # truncate like HF
-    return bridge
 
 
 # --- the agent --------------------------------------------------------------------------------------------
@@ -273,15 +146,15 @@ class Agent(eqx.Module):
         agent_fields = table.agent_fields()
         k_vision, k_planner, k_policy = jax.random.split(key, 3)
         if isinstance(vision, str | os.PathLike):
-            vision, vision_fields = _pretrained_vision(vision)
+            vision, vision_fields = pretrained_vision(vision)
             agent_fields = {**agent_fields, **vision_fields}
         elif vision is None:
             vision = ViTEncoder.from_config(table.vision_config(), key=k_vision)
         language_source = planner if isinstance(planner, str | os.PathLike) else text_encoder
         if isinstance(planner, str | os.PathLike):
-            planner = _pretrained_language(planner, CausalLM, "planner", key=k_planner)
+            planner = pretrained_language(planner, CausalLM, "planner", key=k_planner)
         elif text_encoder is not None:
-            planner = _pretrained_language(text_encoder, TextEncoder, "text_encoder", key=k_planner)
+            planner = pretrained_language(text_encoder, TextEncoder, "text_encoder", key=k_planner)
         elif planner is None:
             if tokenizer is not None:
                 raise ValueError("tokenizer= bridges to a pretrained language model: pass planner= or text_encoder=")
@@ -483,54 +356,12 @@ class Agent(eqx.Module):
     # --- persistence ------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `agent_config.json` + `model.safetensors` (all arrays under their dotted paths)."""
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = {
-            "format": "sima2-agent",
-            "format_version": FORMAT_VERSION,
-            "agent": self.config.to_dict(),
-            "vision": self.vision.hf_config(),
-            "planner": planner_config(self.planner),
-        }
-        tensors = {name: np.ascontiguousarray(np.asarray(a)) for name, a in named_arrays(self).items()}
-        tmp = folder / f".{AGENT_WEIGHTS_NAME}.tmp-{os.getpid()}"
-        save_file(tensors, str(tmp), metadata={"format": "sima2-agent"})
-        os.replace(tmp, folder / AGENT_WEIGHTS_NAME)
-        (folder / AGENT_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
-        return folder
+        return save_agent(self, save_directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Agent:
         """Rebuild an agent saved by `save_pretrained` (strict: every array must match by name and shape)."""
-        folder = Path(directory)
-        config_path = folder / AGENT_CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{folder} has no {AGENT_CONFIG_NAME}; was it written by Agent.save_pretrained?")
-        raw = json.loads(config_path.read_text())
-        if raw.get("format") != "sima2-agent":
-            raise ValueError(f"{config_path} is not a sima2 agent config (format={raw.get('format')!r})")
-        if raw.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{config_path} has format_version {raw['format_version']}; this sima2 reads up to {FORMAT_VERSION}"
-            )
-        agent_config = AgentConfig.from_dict(raw["agent"])
-
-        def build(key: PRNGKeyArray) -> Agent:
-            k_vision, k_planner, k_policy = jax.random.split(key, 3)
-            vision = ViTEncoder.from_config(raw["vision"], key=k_vision)
-            planner = planner_from_config(raw["planner"], key=k_planner)
-            return cls(
-                vision=vision,
-                planner=planner,
-                policy=ActorCritic(agent_config.policy, key=k_policy),
-                config=agent_config,
-            )
-
-        skeleton = eqx.filter_eval_shape(build, jax.random.key(0))
-        identity = {name: same(name) for name in named_arrays(skeleton)}
-        source = TensorSource.from_safetensors([folder / AGENT_WEIGHTS_NAME])
-        agent, _ = load_state_dict(skeleton, identity, source, what=f"Agent ({folder})")
-        return agent
+        return load_agent(cls, directory)
 
 
 __all__ = ["AGENT_CONFIG_NAME", "AGENT_WEIGHTS_NAME", "PRESETS", "Agent", "AgentConfig", "token_bridge"]
