@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _specs import world_spec
 from _training_standins import GRUAgent, LineParams, LineWorld, MLPAgent
 
 from sima2.training import (
@@ -169,9 +170,7 @@ def test_replay_of_the_agent_in_the_built_in_world_reproduces_its_rollout():
     from sima2.policy import Agent
 
     env, params = envs.make("sima2/GoTo-v0")
-    agent = Agent.from_preset(
-        "tiny", key=jax.random.key(0), instruction_length=env.max_instruction_words
-    )
+    agent = Agent.from_preset("tiny", world_spec(), key=jax.random.key(0))
     collect = eqx.filter_jit(collect_rollout)
     rollout = eqx.filter_jit(init_rollout)(agent, env, params, jax.random.key(1), 3)
     rollout, _, _, _ = collect(agent, env, params, rollout, jax.random.key(2), 8)

@@ -2,9 +2,9 @@
 
 Every call works on ONE raw world observation; callers `jax.vmap` over worlds and `lax.scan` over time:
 
-    agent = Agent.from_preset("cpu-small", key=jax.random.key(0))
+    agent = Agent.from_preset("cpu-small", env.spec, key=jax.random.key(0))   # sized from the env's spec
     carry = agent.initial_carry()
-    action, carry, extras = agent.act(key, obs, carry)          # extras: log_prob, value, entropy
+    action, carry, out = agent.act(key, obs, carry)             # out: ActOutput(log_prob, value, entropy)
     log_prob, entropy, value, carry = agent.evaluate(obs, carry, action)
 
 `obs` is the world's dict: "image" uint8 `(H, W, 3)`, "instruction" int32 `(L,)` (pad id 0),
@@ -25,7 +25,7 @@ Training only parts of the agent (e.g. a frozen pretrained ViT, LoRA-only langua
 Pretrained parts plug in by Hugging Face name or local path (a name that cannot be loaded raises; the agent
 never falls back to random weights behind your back):
 
-    agent = Agent.from_preset("cpu-small", key=key, vision="google/vit-base-patch16-224",
+    agent = Agent.from_preset("cpu-small", env.spec, key=key, vision="google/vit-base-patch16-224",
                               planner="HuggingFaceTB/SmolLM2-135M")   # or text_encoder=<BERT path>
 
 Instructions stay in the world's word ids; with a pretrained language model the agent maps them on device to
@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
 
 from sima2 import presets
-from sima2.envs.world import ACTION_NVEC, PROPRIO_SIZE
+from sima2.contract import AbstractAgent, ActOutput, EnvSpec
 from sima2.perception.vit import ViTEncoder
 from sima2.planning import CausalLM, LanguagePlanner, TextEncoder
 from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
@@ -64,18 +64,11 @@ from sima2.policy.persistence import (
 )
 from sima2.policy.pretrained_parts import pretrained_language, pretrained_vision, token_bridge
 
-# Defaults follow the built-in world: key x look yaw bins x duration bins, and its proprio vector.
-DEFAULT_ACTION_NVEC = tuple(ACTION_NVEC)
-DEFAULT_PROPRIO_DIM = PROPRIO_SIZE
-# Larger than the built-in world's word vocabulary (JAX gathers clamp out-of-range ids silently, so the
-# text embedding table must cover every id the world can emit).
-DEFAULT_VOCAB_SIZE = 256
-
 PRESETS = presets.PRESETS
 
 
 # --- the agent --------------------------------------------------------------------------------------------
-class Agent(eqx.Module):
+class Agent(AbstractAgent):
     """Vision encoder + language planner + fusion actor-critic; one raw observation per call."""
 
     vision: ViTEncoder
@@ -92,12 +85,13 @@ class Agent(eqx.Module):
         *,
         key: PRNGKeyArray,
         preset: str = "custom",
-        action_nvec: tuple[int, ...] = DEFAULT_ACTION_NVEC,
-        proprio_dim: int = DEFAULT_PROPRIO_DIM,
+        action_nvec: tuple[int, ...],
+        proprio_dim: int,
         policy_sizes: Mapping[str, Any] | None = None,
         **agent_fields: Any,
     ) -> Agent:
-        """Assemble an agent around given components; the fusion's input projections adapt to their widths."""
+        """Assemble an agent around given components for `action_nvec` actions and `proprio_dim` proprio; the
+        fusion's input projections adapt to the components' widths."""
         policy_config = ActorCriticConfig(
             image_dim=vision.config.hidden_size,
             text_dim=int(planner.hidden_size),
@@ -112,18 +106,17 @@ class Agent(eqx.Module):
     def from_preset(
         cls,
         name: str,
+        spec: EnvSpec,
         *,
         key: PRNGKeyArray,
         vision: ViTEncoder | str | os.PathLike | None = None,
         planner: LanguagePlanner | str | os.PathLike | None = None,
         text_encoder: str | os.PathLike | None = None,
         tokenizer: Any = None,
-        action_nvec: tuple[int, ...] = DEFAULT_ACTION_NVEC,
-        proprio_dim: int = DEFAULT_PROPRIO_DIM,
-        vocab_size: int = DEFAULT_VOCAB_SIZE,
         instruction_length: int | None = None,
     ) -> Agent:
-        """A preset agent: `tiny` (tests), `cpu-small` (CPU training at 64x64), `base` (GPU, ViT-B/16 + LM).
+        """A preset agent (`sima2.presets`: `tiny` for tests, `cpu-small` for CPU training at 64x64, `base` for a
+        GPU: ViT-B/16 + LM) sized for the env's `spec`: its action factors, proprio size and word vocabulary.
 
         Replace a randomly initialised component with a module (`ViTEncoder.from_pretrained(...)`,
         `LanguagePlanner.from_pretrained(...)`) or with a Hugging Face name or local path:
@@ -137,8 +130,8 @@ class Agent(eqx.Module):
           module.
 
         A name or path that cannot be loaded (offline and not cached, no tokenizer, wrong architecture)
-        raises a ValueError naming it. `instruction_length`: read only that many leading instruction ids
-        (e.g. the world's `env.max_instruction_words`); None reads them all.
+        raises a ValueError naming it. `instruction_length`: read only that many leading instruction ids;
+        default `spec.max_instruction_words`, the longest instruction the env emits (the rest is padding).
         """
         if planner is not None and text_encoder is not None:
             raise ValueError("pass planner= (a causal LM) or text_encoder= (BERT), not both: the agent has one")
@@ -158,19 +151,21 @@ class Agent(eqx.Module):
         elif planner is None:
             if tokenizer is not None:
                 raise ValueError("tokenizer= bridges to a pretrained language model: pass planner= or text_encoder=")
-            planner = planner_from_config(table.planner_config(vocab_size), key=k_planner)
+            planner = planner_from_config(table.planner_config(spec.observation.vocab_size), key=k_planner)
         tokenizer = tokenizer if tokenizer is not None else language_source
         if tokenizer is not None:
-            agent_fields = {**agent_fields, "text_bridge": token_bridge(tokenizer, planner)}
-        if instruction_length is not None:
-            agent_fields = {**agent_fields, "instruction_length": int(instruction_length)}
+            bridge = token_bridge(tokenizer, planner, spec.observation.instruction.shape[0])
+            agent_fields = {**agent_fields, "text_bridge": bridge}
+        if instruction_length is None:
+            instruction_length = spec.max_instruction_words
+        agent_fields = {**agent_fields, "instruction_length": int(instruction_length)}
         return cls.from_components(
             vision,
             planner,
             key=k_policy,
             preset=name,
-            action_nvec=action_nvec,
-            proprio_dim=proprio_dim,
+            action_nvec=tuple(spec.action.nvec),
+            proprio_dim=spec.observation.proprio.shape[0],
             policy_sizes=table.policy_sizes(),
             **agent_fields,
         )
@@ -293,28 +288,21 @@ class Agent(eqx.Module):
         carry: Float[Array, " M"],
         *,
         deterministic: bool = False,
-    ) -> tuple[Int[Array, " F"], Float[Array, " M"], dict[str, Float[Array, ""]]]:
+    ) -> tuple[Int[Array, " F"], Float[Array, " M"], ActOutput]:
         """Sample (or, with `deterministic`, take the most likely) action for one observation.
 
-        Returns `(action, new_carry, {"log_prob", "value", "entropy"})`.
+        Returns `(action, new_carry, ActOutput(log_prob, value, entropy))`.
         """
         dist, value, new_carry = self._forward(obs, carry)
         action = dist.mode() if deterministic else dist.sample(key)
-        extras = {"log_prob": dist.log_prob(action), "value": value, "entropy": dist.entropy()}
-        return action, new_carry, extras
-
-    def evaluate(
-        self, obs: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, "*K F"]
-    ) -> tuple[Float[Array, "*K"], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
-        """`(log_prob(action), entropy, value, new_carry)` for one observation (PPO / behaviour cloning).
-
-        `action` may be a stack of candidate actions `(K, F)`: all are scored in one forward pass."""
-        return self.evaluate_features(self.observation_features(obs), carry, action)
+        return action, new_carry, ActOutput(log_prob=dist.log_prob(action), value=value, entropy=dist.entropy())
 
     def evaluate_features(
         self, features: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, "*K F"]
     ) -> tuple[Float[Array, "*K"], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
-        """`evaluate` on `observation_features(obs)` computed beforehand."""
+        """`(log_prob(action), entropy, value, new_carry)` from `observation_features(obs)` (PPO / behaviour
+        cloning; `evaluate(obs, carry, action)` is both in one). `action` may be a stack of candidate actions
+        `(K, F)`: all are scored in one forward pass."""
         dist, value, new_carry = self._decide(features, carry)
         return dist.log_prob(action), dist.entropy(), value, new_carry
 

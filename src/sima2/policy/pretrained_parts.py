@@ -14,7 +14,6 @@ from typing import Any
 from jaxtyping import PRNGKeyArray
 
 from sima2 import presets
-from sima2.envs.vocabulary import MAX_INSTRUCTION_LENGTH
 from sima2.interop.checkpoint import CheckpointError, resolve_checkpoint
 from sima2.perception.preprocess import ImageProcessorConfig
 from sima2.perception.vit import ViTEncoder
@@ -59,9 +58,10 @@ def pretrained_language(
     return planner
 
 
-def token_bridge(tokenizer: Any, planner: LanguagePlanner) -> TokenBridge:
+def token_bridge(tokenizer: Any, planner: LanguagePlanner, instruction_length: int) -> TokenBridge:
     """The bridge from the world's word ids to `tokenizer` (an HF tokenizer, or its name or path), checked
-    against `planner`: every id must be in its vocabulary, and the output must fit its positions."""
+    against `planner`: every id must be in its vocabulary, and the output for an instruction of
+    `instruction_length` ids (the env's `spec.observation.instruction.shape[0]`) must fit its positions."""
     if isinstance(tokenizer, str | os.PathLike):
         try:
             tokenizer = load_tokenizer(tokenizer)
@@ -74,7 +74,7 @@ def token_bridge(tokenizer: Any, planner: LanguagePlanner) -> TokenBridge:
             f"tokenizer {bridge.tokenizer_name!r} emits id {bridge.max_token_id}, beyond the language model's "
             f"vocabulary of {config.vocab_size}; is it this model's tokenizer?"
         )
-    if bridge.output_length(MAX_INSTRUCTION_LENGTH) > config.max_position_embeddings:
+    if bridge.output_length(instruction_length) > config.max_position_embeddings:
         bridge = dataclasses.replace(bridge, max_length=int(config.max_position_embeddings))  # truncate like HF
     return bridge
 

@@ -217,11 +217,8 @@ def train(
     env, params = envs.make(config.level, split="train", image_size=config.image_size)
     agent = Agent.from_preset(
         config.preset,
+        env.spec,  # sizes, and the level's longest instruction: no padding to embed
         key=k_agent,
-        action_nvec=env.action_nvec,
-        proprio_dim=env.proprio_size,
-        vocab_size=env.vocab_size,
-        instruction_length=env.max_instruction_words,  # the level's longest instruction: no padding to embed
         vision=config.vision,
         planner=config.planner,
         text_encoder=config.text_encoder,
