@@ -6,11 +6,24 @@ protocol (initial_carry/act/evaluate), so the training utilities are exercised w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from sima2.interop.mapping import named_arrays
+from sima2.interop.pretrained import write_safetensors
+
 NVEC = (4, 3, 2)
+
+
+def save_pretrained(agent, directory):
+    """What a stage writes to `out/final`: every array under its dotted path, through sima2's one writer."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(named_arrays(agent), folder / "model.safetensors", {"format": "sima2-test-agent"})
+    return folder
 
 
 class LineParams(eqx.Module):
@@ -130,6 +143,9 @@ class MLPAgent(eqx.Module):
         _, log_prob, entropy = _factored(logits, obs, action=action)
         return log_prob, entropy, value, carry
 
+    def save_pretrained(self, directory):
+        return save_pretrained(self, directory)
+
 
 class GRUAgent(eqx.Module):
     encoder: eqx.nn.Linear
@@ -162,3 +178,6 @@ class GRUAgent(eqx.Module):
         logits, value, carry = self._core(obs, carry)
         _, log_prob, entropy = _factored(logits, obs, action=action)
         return log_prob, entropy, value, carry
+
+    def save_pretrained(self, directory):
+        return save_pretrained(self, directory)

@@ -524,3 +524,24 @@ def test_agents_saved_before_conditional_heads_load_with_independent_factors(tmp
     a2, _, e2 = eqx.filter_jit(Agent.act)(loaded, jax.random.key(3), _obs(1), carry)
     np.testing.assert_array_equal(a1, a2)
     np.testing.assert_array_equal(e1.log_prob, e2.log_prob)
+
+
+def test_a_bc_stage_final_folder_loads_with_from_pretrained(tmp_path):
+    """A stage writes `out/final` with the model's own `save_pretrained`: an Agent's loads back whole."""
+    import sima2.envs as envs
+    from sima2.training import TrainConfig, apply_overrides, record_demonstrations, train_bc
+
+    env, params = envs.make("sima2/GoTo-v0")
+    demos = record_demonstrations(env, params, jax.random.key(1), num_envs=2, num_steps=24)
+    agent = Agent.from_preset("tiny", world_spec(), key=jax.random.key(0))
+    config = apply_overrides(TrainConfig(stage="bc"), [
+        f"out={tmp_path / 'bc'}", "num_steps=2", "bc.batch_size=2", "bc.sequence_length=2",
+        "checkpoint.every=100", "checkpoint.async_save=False", "monitor.progress=False", "monitor.tensorboard=False",
+    ])
+    state = train_bc(config, agent, demos, image_shape=(64, 64, 3), action_nvec=env.action_nvec)
+    loaded = Agent.from_pretrained(tmp_path / "bc" / "final")
+    assert loaded.config == agent.config
+    trained = eqx.filter(state.model, eqx.is_array)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(agent), strict=True))
+    for mine, theirs in zip(jax.tree.leaves(loaded), jax.tree.leaves(trained), strict=True):
+        np.testing.assert_array_equal(mine, theirs)

@@ -19,12 +19,11 @@ from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
-import numpy as np
 from jaxtyping import PRNGKeyArray
-from safetensors.numpy import save_file
 
 from sima2.interop.checkpoint import TensorSource
 from sima2.interop.mapping import load_state_dict, named_arrays, same
+from sima2.interop.pretrained import atomic_write, write_safetensors
 from sima2.perception.vit import ViTEncoder
 from sima2.planning import LanguagePlanner
 from sima2.planning.bridge import TokenBridge
@@ -111,11 +110,9 @@ def save_agent(agent: Any, save_directory: str | os.PathLike) -> Path:
         "vision": agent.vision.hf_config(),
         "planner": planner_config(agent.planner),
     }
-    tensors = {name: np.ascontiguousarray(np.asarray(a)) for name, a in named_arrays(agent).items()}
-    tmp = folder / f".{AGENT_WEIGHTS_NAME}.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"format": AGENT_FORMAT})
-    os.replace(tmp, folder / AGENT_WEIGHTS_NAME)
-    (folder / AGENT_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
+    write_safetensors(named_arrays(agent), folder / AGENT_WEIGHTS_NAME, {"format": AGENT_FORMAT})
+    text = json.dumps(config, indent=2, sort_keys=True)
+    atomic_write(folder / AGENT_CONFIG_NAME, lambda p: Path(p).write_text(text))
     return folder
 
 
