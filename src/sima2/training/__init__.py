@@ -5,6 +5,7 @@ One loop (`run_loop`) drives every stage; a stage is an `init_fn(key) -> TrainSt
 resume, logging, checkpoints and the final model's `save_pretrained`.
 """
 
+from sima2.perception.preprocess import augment_images
 from sima2.training.bc import bc_loss, make_bc
 from sima2.training.checkpoint import Checkpointer
 from sima2.training.config import (
@@ -21,7 +22,6 @@ from sima2.training.config import (
 )
 from sima2.training.data import (
     DemonstrationBatches,
-    augment_images,
     check_dataset,
     load_demonstrations,
     record_demonstrations,
