@@ -22,10 +22,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sima2.contract import ActionSpec, ArraySpec, EnvSpec, ObservationSpec
+from sima2.envs.world import ACTION_NVEC, PROPRIO_SIZE
 from sima2.policy import Agent
 
 FRAME_BUDGET_MS = 1000.0 / 60.0
 INSTRUCTION_LENGTH = 24
+
+
+def _spec() -> EnvSpec:
+    """The built-in world's actions and proprio, instructions of INSTRUCTION_LENGTH ids (all read) from a
+    vocabulary of 256 (the timed ids are drawn below --vocab)."""
+    observation = ObservationSpec(
+        image=ArraySpec((64, 64, 3), "uint8"),  # not read: each preset keeps its own ViT image size
+        instruction=ArraySpec((INSTRUCTION_LENGTH,), "int32"),
+        proprio=ArraySpec((PROPRIO_SIZE,), "float32"),
+        vocab_size=256,
+    )
+    return EnvSpec(observation, ActionSpec(tuple(ACTION_NVEC)), INSTRUCTION_LENGTH)
 
 
 def _host_obs(rng: np.random.Generator, size: int, proprio_dim: int, vocab: int) -> dict[str, np.ndarray]:
@@ -123,7 +137,7 @@ def main() -> None:
             for size in sizes:
                 print(f"{preset + f' @ {size}x{size}':<28} not measured: no GPU visible to JAX")
             continue
-        agent = Agent.from_preset(preset, key=jax.random.key(0))
+        agent = Agent.from_preset(preset, _spec(), key=jax.random.key(0))
         for size in sizes:
             _report(f"{preset} act @ {size}x{size}", act_latency(agent, size, args.iters, args.warmup, args.vocab))
         if args.train_step:

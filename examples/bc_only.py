@@ -38,9 +38,7 @@ def main() -> None:
 
     key_demo, key_agent, key_eval = jax.random.split(jax.random.key(0), 3)
     env, params = envs.make(args.level, image_size=64)
-    agent = Agent.from_preset(args.preset, key=key_agent, action_nvec=env.action_nvec,
-                              proprio_dim=env.proprio_size, vocab_size=env.vocab_size,
-                              instruction_length=env.max_instruction_words)
+    agent = Agent.from_preset(args.preset, env.spec, key=key_agent)  # sized from the env's spec
 
     demos = record_demonstrations(
         env, params, key_demo, num_envs=args.demo_envs, num_steps=args.demo_steps,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import transformers
 
-from sima2.envs import encode_words, get_tokenizer
+from sima2.envs import encode_words, get_tokenizer, make
 from sima2.planning import CausalLM
 from sima2.policy import Agent
 
@@ -43,7 +43,10 @@ def main() -> None:
     parser.add_argument("--instruction", default="pick up the red ball , then go to the blue door")
     args = parser.parse_args()
 
-    agent = Agent.from_pretrained(args.agent) if args.agent else Agent.from_preset("tiny", key=jax.random.key(0))
+    if args.agent:
+        agent = Agent.from_pretrained(args.agent)
+    else:  # a fresh agent sized for the built-in world
+        agent = Agent.from_preset("tiny", make("sima2/GoTo-v0")[0].spec, key=jax.random.key(0))
     out = Path(args.out)
 
     # 1. Export: each part alone, as transformers expects it.

@@ -43,9 +43,7 @@ from sima2.training import (  # noqa: E402
 
 def main() -> None:
     env, params = envs.make("sima2/GoTo-v0", image_size=64)
-    agent = Agent.from_preset("tiny", key=jax.random.key(1), action_nvec=env.action_nvec,
-                              proprio_dim=env.proprio_size, vocab_size=env.vocab_size,
-                              instruction_length=env.max_instruction_words)
+    agent = Agent.from_preset("tiny", env.spec, key=jax.random.key(1))
     demos = record_demonstrations(env, params, jax.random.key(2), num_envs=4, num_steps=32,
                                   describe=lambda obs: (envs.decode_ids(obs["instruction"]), []))
     config = apply_overrides(TrainConfig(), [f"bc.batch_size={args.batch}", "optim.lr=1e-3", "optim.warmup_steps=1"])

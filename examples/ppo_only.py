@@ -33,9 +33,7 @@ def main() -> None:
 
     key_agent, key_eval = jax.random.split(jax.random.key(0))
     env, params = envs.make(args.level, image_size=64)
-    agent = Agent.from_preset(args.preset, key=key_agent, action_nvec=env.action_nvec,
-                              proprio_dim=env.proprio_size, vocab_size=env.vocab_size,
-                              instruction_length=env.max_instruction_words)
+    agent = Agent.from_preset(args.preset, env.spec, key=key_agent)  # sized from the env's spec
     shaped = RewardShaper(env, success=1.0, invalid_move=-0.05, new_region=0.1, potential=0.1)
 
     config = apply_overrides(TrainConfig(), [

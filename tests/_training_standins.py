@@ -6,6 +6,8 @@ exercised without the real world.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -20,8 +22,18 @@ from sima2.contract import (
     ObservationSpec,
     StepInfo,
 )
+from sima2.interop.mapping import named_arrays
+from sima2.interop.pretrained import write_safetensors
 
 NVEC = (4, 3, 2)
+
+
+def save_pretrained(agent, directory):
+    """What a stage writes to `out/final`: every array under its dotted path, through sima2's one writer."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(named_arrays(agent), folder / "model.safetensors", {"format": "sima2-test-agent"})
+    return folder
 
 
 class LineParams(eqx.Module):
@@ -129,7 +141,7 @@ class _StandInAgent(AbstractAgent):
         return jax.tree.map(eqx.is_inexact_array, self)
 
     def save_pretrained(self, save_directory):
-        raise NotImplementedError("test stand-ins are not saved")
+        return save_pretrained(self, save_directory)
 
 
 class MLPAgent(_StandInAgent):
@@ -200,3 +212,6 @@ class GRUAgent(_StandInAgent):
         logits, value, carry = self._core(obs, carry)
         _, log_prob, entropy = _factored(logits, obs, action=action)
         return log_prob, entropy, value, carry
+
+    def save_pretrained(self, directory):
+        return save_pretrained(self, directory)

@@ -8,20 +8,32 @@ import jax.numpy as jnp
 import jaxtyping
 import numpy as np
 import pytest
+from _specs import make_spec, world_spec
 
-import sima2.policy.agent as agent_module
+from sima2.contract import AbstractAgent, ActOutput
 from sima2.perception import ViTEncoder
 from sima2.policy import Agent
+from sima2.presets import preset
 
 NVEC = (7, 5, 3)
 PROPRIO = 6
 LENGTH = 10
+SPEC = make_spec(nvec=NVEC, proprio=PROPRIO, vocab_size=64, instruction_length=LENGTH)
+# A small BERT text encoder (planner backbone without generation).
+_BERT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 64,
+    "max_position_embeddings": 64,
+    "pad_token_id": 0,
+}
 
 
 def _agent(seed=0, **kwargs):
-    return Agent.from_preset(
-        "tiny", key=jax.random.key(seed), action_nvec=NVEC, proprio_dim=PROPRIO, vocab_size=64, **kwargs
-    )
+    return Agent.from_preset("tiny", SPEC, key=jax.random.key(seed), **kwargs)
 
 
 def _obs(seed=0, size=64):
@@ -41,12 +53,12 @@ def _batch(n):
 def test_act_shapes_dtypes_jit_and_vmap():
     agent = _agent()
     carry = agent.initial_carry()
-    action, new_carry, extras = eqx.filter_jit(agent.act)(jax.random.key(1), _obs(), carry)
+    action, new_carry, out = eqx.filter_jit(agent.act)(jax.random.key(1), _obs(), carry)
     assert action.shape == (3,) and action.dtype == jnp.int32
     assert all(0 <= int(a) < n for a, n in zip(action, NVEC, strict=True))
     assert new_carry.shape == carry.shape and new_carry.dtype == jnp.float32
-    assert set(extras) == {"log_prob", "value", "entropy"}
-    assert all(v.shape == () and v.dtype == jnp.float32 for v in extras.values())
+    assert isinstance(out, ActOutput) and isinstance(agent, AbstractAgent)
+    assert all(v.shape == () and v.dtype == jnp.float32 for v in (out.log_prob, out.value, out.entropy))
     # Batched over worlds with vmap; each row equals the unbatched call.
     n = 3
     obs = _batch(n)
@@ -56,12 +68,12 @@ def test_act_shapes_dtypes_jit_and_vmap():
     assert actions.shape == (n, 3) and carries2.shape == (n, carry.shape[0])
     one = eqx.filter_jit(agent.act)(keys[1], jax.tree.map(lambda x: x[1], obs), carry)
     np.testing.assert_array_equal(actions[1], one[0])
-    np.testing.assert_allclose(extras2["value"][1], one[2]["value"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(extras2.value[1], one[2].value, rtol=1e-4, atol=1e-6)
     # evaluate() scores the same step consistently with act().
     log_prob, entropy, value, carry3 = eqx.filter_jit(eqx.filter_vmap(agent.evaluate))(obs, carries, actions)
-    np.testing.assert_allclose(log_prob, extras2["log_prob"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(entropy, extras2["entropy"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(value, extras2["value"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(log_prob, extras2.log_prob, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(entropy, extras2.entropy, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(value, extras2.value, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(carry3, carries2, rtol=1e-4, atol=1e-6)
     log_probs, value4, _ = eqx.filter_jit(agent.action_logits)(_obs(), carry)
     assert [lp.shape for lp in log_probs] == [(n,) for n in NVEC]
@@ -140,7 +152,7 @@ def test_freeze_defaults_come_from_the_config():
     frozen = Agent(vision=agent.vision, planner=agent.planner, policy=agent.policy, config=frozen_config)
     assert not any(jax.tree.leaves(frozen.trainable_filter().vision))
     assert any(jax.tree.leaves(frozen.trainable_filter(freeze_vision=False).vision))
-    assert agent_module._preset("base", 64)[3]["freeze_vision"]  # base: frozen pretrained ViT by default
+    assert preset("base").agent["freeze_vision"]  # base: frozen pretrained ViT by default
 
 
 def test_carry_reset_at_episode_start():
@@ -151,7 +163,7 @@ def test_carry_reset_at_episode_start():
         key, first = inputs
         carry = agent.reset_carry(carry, first)
         action, carry, extras = agent.act(key, obs, carry)
-        return carry, (carry, extras["value"])
+        return carry, (carry, extras.value)
 
     keys = jax.random.split(jax.random.key(3), 4)
     first = jnp.array([True, False, False, True])
@@ -179,7 +191,7 @@ def test_sampling_never_picks_a_masked_action():
     assert set(np.unique(actions[:, 0])) <= {5, 6}
     assert 2 not in set(actions[:, 1])
     assert (actions[:, 2] == 2).all()
-    assert np.isfinite(np.asarray(extras["log_prob"])).all() and np.isfinite(np.asarray(extras["entropy"])).all()
+    assert np.isfinite(np.asarray(extras.log_prob)).all() and np.isfinite(np.asarray(extras.entropy)).all()
     greedy, _, _ = eqx.filter_jit(lambda k, o, c: agent.act(k, o, c, deterministic=True))(
         keys[0], obs, agent.initial_carry()
     )
@@ -198,7 +210,7 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path):
         a2, c2, e2 = eqx.filter_jit(Agent.act)(loaded, key, _obs(i), carry)
         np.testing.assert_array_equal(a1, a2)
         np.testing.assert_array_equal(c1, c2)
-        np.testing.assert_array_equal(e1["log_prob"], e2["log_prob"])
+        np.testing.assert_array_equal(e1.log_prob, e2.log_prob)
         carry = c1
     # A saved folder with a tampered weight name fails loudly.
     (tmp_path / "agent" / "agent_config.json").write_text(
@@ -222,10 +234,10 @@ def test_instruction_length_reads_only_leading_ids_without_changing_decisions(tm
         a2, c2, e2 = eqx.filter_jit(Agent.act)(short, jax.random.key(i), obs, carry)
         np.testing.assert_array_equal(a1, a2)
         np.testing.assert_allclose(c1, c2, atol=1e-5)
-        np.testing.assert_allclose(e1["log_prob"], e2["log_prob"], atol=1e-5)
+        np.testing.assert_allclose(e1.log_prob, e2.log_prob, atol=1e-5)
     short.save_pretrained(tmp_path / "short")
     assert Agent.from_pretrained(tmp_path / "short").config.instruction_length == 6
-    assert Agent.from_preset("tiny", key=jax.random.key(0), instruction_length=6).config.instruction_length == 6
+    assert Agent.from_preset("tiny", SPEC, key=jax.random.key(0), instruction_length=6).config.instruction_length == 6
     short.check_instruction_fits(6)
     with pytest.raises(ValueError, match="has 7 words, but this agent reads only the first 6"):
         short.check_instruction_fits(7)
@@ -264,11 +276,11 @@ def test_components_are_replaceable_and_projections_adapt():
     agent = _agent(vision=clip)
     assert agent.vision is clip and agent.policy.config.image_dim == 48
     action, _, extras = eqx.filter_jit(agent.act)(jax.random.key(0), _obs(size=64), agent.initial_carry())
-    assert action.shape == (3,) and np.isfinite(float(extras["value"]))
+    assert action.shape == (3,) and np.isfinite(float(extras.value))
 
 
 def test_cpu_small_preset_and_image_pooling():
-    agent = Agent.from_preset("cpu-small", key=jax.random.key(0), vocab_size=64)
+    agent = Agent.from_preset("cpu-small", SPEC, key=jax.random.key(0))
     tokens = agent.encode_image(_obs()["image"])
     assert tokens.shape == (1 + 4 * 4, agent.vision.config.hidden_size)  # class token + 4x4 patch grid
     obs = dict(_obs(), proprio=jnp.zeros(agent.policy.config.proprio_dim))
@@ -293,13 +305,13 @@ def test_bad_observations_raise_clear_errors():
     with pytest.raises(ValueError, match="proprio"):
         agent.act(jax.random.key(0), dict(obs, proprio=jnp.zeros(PROPRIO + 1)), agent.initial_carry())
     with pytest.raises(ValueError, match="preset"):
-        Agent.from_preset("huge", key=jax.random.key(0))
+        Agent.from_preset("huge", SPEC, key=jax.random.key(0))
 
 
 def test_lora_planner_trains_only_its_adapters():
     from sima2.planning import LanguagePlanner
 
-    bert = agent_module._bert_config(32, 1, 2, 64, 64)
+    bert = _BERT
     planner = LanguagePlanner.from_config(bert, key=jax.random.key(8), lora_rank=2)
     agent = _agent(planner=planner)
     n = 2
@@ -317,7 +329,7 @@ def test_lora_planner_trains_only_its_adapters():
 def test_lora_agent_round_trips(tmp_path):
     from sima2.planning import LanguagePlanner
 
-    bert = agent_module._bert_config(32, 1, 2, 64, 64)
+    bert = _BERT
     planner = LanguagePlanner.from_config(bert, key=jax.random.key(9), lora_rank=2, lora_alpha=4.0)
     planner = eqx.tree_at(lambda p: p.lora[0]["qkv"].b, planner, jnp.ones_like(planner.lora[0]["qkv"].b))
     agent = _agent(planner=planner)
@@ -329,7 +341,7 @@ def test_lora_agent_round_trips(tmp_path):
 
 def test_base_preset_builds_abstractly():
     # Shapes only: nothing is allocated, so the GPU preset is checked on any machine.
-    agent = eqx.filter_eval_shape(Agent.from_preset, "base", key=jax.random.key(0))
+    agent = eqx.filter_eval_shape(Agent.from_preset, "base", world_spec(224), key=jax.random.key(0))
     assert agent.vision.config.hidden_size == 768 and agent.vision.config.patch_size == 16
     assert agent.policy.config.image_dim == 768 and agent.policy.config.text_dim == agent.planner.hidden_size
     assert agent.planner.lora is not None and agent.config.freeze_vision
@@ -340,7 +352,7 @@ def test_drives_the_built_in_world():
     from sima2.envs.vocabulary import vocabulary
 
     env, params = make("sima2/GoTo-v0")
-    agent = Agent.from_preset("tiny", key=jax.random.key(0))  # defaults match the built-in world
+    agent = Agent.from_preset("tiny", world_spec(), key=jax.random.key(0))  # sized from the world's spec
     assert agent.action_nvec == tuple(env.action_nvec)
     assert agent.planner.backbone.config.vocab_size >= len(vocabulary())
     worlds = 2
@@ -359,7 +371,7 @@ def test_drives_the_built_in_world():
             obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(env_key, worlds), state, action, params
             )
-            return (obs, state, memory, done), (action, extras["log_prob"], reward)
+            return (obs, state, memory, done), (action, extras.log_prob, reward)
 
         memory = jnp.stack([agent.initial_carry()] * worlds)
         first = jnp.ones(worlds, bool)
@@ -404,8 +416,9 @@ def test_pretrained_parts_by_path_read_world_instructions_through_their_tokenize
     from sima2.envs.vocabulary import decode_ids
     from sima2.planning import TokenBridge
 
-    agent = Agent.from_preset("tiny", key=jax.random.key(0), action_nvec=NVEC, proprio_dim=PROPRIO,
-                              vision=pretrained["vision"], **{flag: pretrained[flag]})
+    spec = make_spec(nvec=NVEC, proprio=PROPRIO, vocab_size=256, instruction_length=24)  # the world's id length
+    agent = Agent.from_preset("tiny", spec, key=jax.random.key(0), vision=pretrained["vision"],
+                              **{flag: pretrained[flag]})
     tokenizer = AutoTokenizer.from_pretrained(pretrained[flag])
     # Vision: the checkpoint's weights, frozen, normalised as its preprocessor says.
     reference = ViTEncoder.from_pretrained(pretrained["vision"])
@@ -434,7 +447,7 @@ def test_pretrained_parts_by_path_read_world_instructions_through_their_tokenize
     # weights and the same config (token bridge included) make the same decisions.
     action, _, extras = eqx.filter_jit(agent.act)(jax.random.key(1), dict(_obs(), instruction=ids[0]),
                                                   agent.initial_carry())
-    assert action.shape == (len(NVEC),) and np.isfinite(float(extras["log_prob"]))
+    assert action.shape == (len(NVEC),) and np.isfinite(float(extras.log_prob))
     agent.save_pretrained(tmp_path / "agent")
     loaded = Agent.from_pretrained(tmp_path / "agent")
     assert loaded.config == agent.config
@@ -449,7 +462,7 @@ def test_pretrained_names_that_cannot_be_used_raise_naming_them(pretrained, tmp_
     from sima2.cli import main
 
     def build(**kwargs):
-        return Agent.from_preset("tiny", key=jax.random.key(0), **kwargs)
+        return Agent.from_preset("tiny", world_spec(), key=jax.random.key(0), **kwargs)
 
     with pytest.raises(ValueError, match="no-such-org/no-such-vit"):  # offline and not cached: no fallback
         build(vision="no-such-org/no-such-vit")
@@ -510,4 +523,25 @@ def test_agents_saved_before_conditional_heads_load_with_independent_factors(tmp
     a1, _, e1 = eqx.filter_jit(Agent.act)(old, jax.random.key(3), _obs(1), carry)
     a2, _, e2 = eqx.filter_jit(Agent.act)(loaded, jax.random.key(3), _obs(1), carry)
     np.testing.assert_array_equal(a1, a2)
-    np.testing.assert_array_equal(e1["log_prob"], e2["log_prob"])
+    np.testing.assert_array_equal(e1.log_prob, e2.log_prob)
+
+
+def test_a_bc_stage_final_folder_loads_with_from_pretrained(tmp_path):
+    """A stage writes `out/final` with the model's own `save_pretrained`: an Agent's loads back whole."""
+    import sima2.envs as envs
+    from sima2.training import TrainConfig, apply_overrides, record_demonstrations, train_bc
+
+    env, params = envs.make("sima2/GoTo-v0")
+    demos = record_demonstrations(env, params, jax.random.key(1), num_envs=2, num_steps=24)
+    agent = Agent.from_preset("tiny", world_spec(), key=jax.random.key(0))
+    config = apply_overrides(TrainConfig(stage="bc"), [
+        f"out={tmp_path / 'bc'}", "num_steps=2", "bc.batch_size=2", "bc.sequence_length=2",
+        "checkpoint.every=100", "checkpoint.async_save=False", "monitor.progress=False", "monitor.tensorboard=False",
+    ])
+    state = train_bc(config, agent, demos, image_shape=(64, 64, 3), action_nvec=env.action_nvec)
+    loaded = Agent.from_pretrained(tmp_path / "bc" / "final")
+    assert loaded.config == agent.config
+    trained = eqx.filter(state.model, eqx.is_array)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(agent), strict=True))
+    for mine, theirs in zip(jax.tree.leaves(loaded), jax.tree.leaves(trained), strict=True):
+        np.testing.assert_array_equal(mine, theirs)

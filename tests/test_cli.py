@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _specs import world_spec
 from PIL import Image
 
 import sima2.envs as envs
@@ -30,9 +31,7 @@ LEVEL = "sima2/GoTo-v0"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    env, _ = envs.make(LEVEL)
-    agent = Agent.from_preset("tiny", key=jax.random.key(0), action_nvec=env.action_nvec,
-                              proprio_dim=env.proprio_size, vocab_size=env.vocab_size)
+    agent = Agent.from_preset("tiny", world_spec(level=LEVEL), key=jax.random.key(0))
     agent.save_pretrained(run / "final")
     config = pipeline_config("tiny", [f"level={LEVEL}", "eval.num_envs=2", "eval.num_episodes=2",
                                       "eval.max_steps=8"])

@@ -86,11 +86,12 @@ def test_export_to_pytorch(tmp_path, which):
         import jax
         import jax.numpy as jnp
         from _pretrained_fixtures import llama_tokenizer, save_tiny_llama
+        from _specs import world_spec
 
         from sima2.policy import Agent
 
         llama = save_tiny_llama(tmp_path / "llama", llama_tokenizer(tmp_path / "tokenizer"))
-        agent = Agent.from_preset("tiny", key=jax.random.key(0), planner=llama)
+        agent = Agent.from_preset("tiny", world_spec(), key=jax.random.key(0), planner=llama)
         lora = agent.planner.lora[0]
         name = next(iter(lora))
         agent = eqx.tree_at(lambda a: a.planner.lora[0][name].b, agent, jnp.full_like(lora[name].b, 0.05))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _specs import world_spec
 from PIL import Image
 
 import sima2.envs as envs
@@ -103,8 +104,7 @@ def test_success_chart_summary_and_timings(tmp_path):
 
 def test_recorded_episodes_gifs_and_full_report(tmp_path):
     env, _ = envs.make("sima2/GoTo-v0")
-    agent = Agent.from_preset("tiny", key=jax.random.key(0), action_nvec=env.action_nvec,
-                              proprio_dim=env.proprio_size, vocab_size=env.vocab_size)
+    agent = Agent.from_preset("tiny", world_spec(), key=jax.random.key(0))
     # One world per split, as `write_report` records them (same shapes: one compile for both calls).
     params = jax.tree.map(lambda *x: jnp.stack(x), *(env.default_params(s) for s in envs.SPLITS))
     max_steps = 6

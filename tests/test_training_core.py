@@ -29,7 +29,6 @@ from sima2.training import (
     TrainingHalted,
     TrainState,
     apply_overrides,
-    export_safetensors,
     guard_step,
     make_bc,
     make_ppo,
@@ -257,8 +256,8 @@ def test_checkpoint_restores_exactly_keeps_last_k_and_exports_safetensors(tmp_pa
     a, _ = step(state, None)
     b, _ = step(restored, None)
     assert np.array_equal(a.model.policy.weight, b.model.policy.weight)
-    path = export_safetensors(state.model, tmp_path / "final")
-    tensors = load_file(str(path))
+    folder = state.model.save_pretrained(tmp_path / "final")  # what a stage writes to out/final
+    tensors = load_file(str(folder / "model.safetensors"))
     assert np.array_equal(tensors["policy.weight"], np.asarray(state.model.policy.weight))
     checkpointer.close()
 

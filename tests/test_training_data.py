@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from _training_standins import NVEC, GRUAgent, LineParams, LineWorld, MLPAgent
 
+from sima2.perception import augment_images
 from sima2.training import (
     DemonstrationBatches,
     TrainConfig,
     apply_overrides,
-    augment_images,
     check_dataset,
     load_demonstrations,
     make_bc,

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _specs import world_spec
 from _training_standins import GRUAgent, LineParams, LineWorld, MLPAgent
 
 from sima2.training import (

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import sima2
+from sima2.presets import PRESETS
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -176,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="demonstrations -> behaviour cloning -> PPO -> evaluation on the built-in world, offline",
     )
-    train.add_argument("--preset", choices=["tiny", "cpu-small", "base"], default="cpu-small")
+    train.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
     train.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     train.add_argument("--resume", action="store_true", help="continue each stage from its last checkpoint")
     train.add_argument("--vision", default=None, help="pretrained vision encoder: HF name or local path")

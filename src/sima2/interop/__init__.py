@@ -24,7 +24,7 @@ from sima2.interop.mapping import (
     state_dict,
     transposed,
 )
-from sima2.interop.pretrained import PretrainedModel, hf_config_to_dict, with_hf_defaults
+from sima2.interop.pretrained import PretrainedModel, hf_config_to_dict, with_hf_defaults, write_safetensors
 
 __all__ = [
     "CheckpointError",
@@ -45,4 +45,5 @@ __all__ = [
     "state_dict",
     "transposed",
     "with_hf_defaults",
+    "write_safetensors",
 ]

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from safetensors.numpy import save_file
 
 from sima2.interop.checkpoint import (
@@ -173,7 +174,7 @@ class PretrainedModel(eqx.Module):
         else:
             names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         for name, shard in zip(names, shards, strict=True):
-            atomic_write(folder / name, lambda p, shard=shard: save_file(shard, p, metadata={"format": "pt"}))
+            write_safetensors(shard, folder / name, {"format": "pt"})
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))},
@@ -199,6 +200,19 @@ class PretrainedModel(eqx.Module):
                 repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision
             )
         return str(info)
+
+
+def write_safetensors(
+    tensors: Mapping[str, Any], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """The one safetensors writer of sima2: `tensors` (name -> array, numpy or JAX) to `path`, atomically
+    (`atomic_write`), with `metadata` in the header. Names are the caller's: Hugging Face's for ported parts,
+    dotted PyTree paths (`sima2.interop.mapping.named_arrays`) for whole agents."""
+    path = Path(path)
+    arrays = {name: np.ascontiguousarray(np.asarray(jax.device_get(a))) for name, a in tensors.items()}
+    header = {str(k): str(v) for k, v in (metadata or {}).items()} or None
+    atomic_write(path, lambda p: save_file(arrays, p, metadata=header))
+    return path
 
 
 def atomic_write(path: Path, write: Any) -> None:

@@ -2,10 +2,8 @@
 
 from sima2.perception.preprocess import (
     ImageProcessorConfig,
-    augment,
-    gaussian_noise,
+    augment_images,
     preprocess,
-    random_crop_resize,
 )
 from sima2.perception.vit import VisionConfig, ViTEncoder, num_tokens
 
@@ -13,9 +11,7 @@ __all__ = [
     "ImageProcessorConfig",
     "ViTEncoder",
     "VisionConfig",
-    "augment",
-    "gaussian_noise",
+    "augment_images",
     "num_tokens",
     "preprocess",
-    "random_crop_resize",
 ]

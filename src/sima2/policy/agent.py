@@ -2,9 +2,9 @@
 
 Every call works on ONE raw world observation; callers `jax.vmap` over worlds and `lax.scan` over time:
 
-    agent = Agent.from_preset("cpu-small", key=jax.random.key(0))
+    agent = Agent.from_preset("cpu-small", env.spec, key=jax.random.key(0))   # sized from the env's spec
     carry = agent.initial_carry()
-    action, carry, extras = agent.act(key, obs, carry)          # extras: log_prob, value, entropy
+    action, carry, out = agent.act(key, obs, carry)             # out: ActOutput(log_prob, value, entropy)
     log_prob, entropy, value, carry = agent.evaluate(obs, carry, action)
 
 `obs` is the world's dict: "image" uint8 `(H, W, 3)`, "instruction" int32 `(L,)` (pad id 0),
@@ -25,23 +25,19 @@ Training only parts of the agent (e.g. a frozen pretrained ViT, LoRA-only langua
 Pretrained parts plug in by Hugging Face name or local path (a name that cannot be loaded raises; the agent
 never falls back to random weights behind your back):
 
-    agent = Agent.from_preset("cpu-small", key=key, vision="google/vit-base-patch16-224",
+    agent = Agent.from_preset("cpu-small", env.spec, key=key, vision="google/vit-base-patch16-224",
                               planner="HuggingFaceTB/SmolLM2-135M")   # or text_encoder=<BERT path>
 
 Instructions stay in the world's word ids; with a pretrained language model the agent maps them on device to
 that model's tokenizer ids (`sima2.planning.TokenBridge`, stored in `config.text_bridge`).
 
-Saving: `agent.save_pretrained(dir)` writes `agent_config.json` (the agent's sizes, its token bridge and each
-component's Hugging Face config) and `model.safetensors` (every array under its dotted path).
-`Agent.from_pretrained(dir)` rebuilds the skeleton from the config without initialising it and loads the weights
-strictly.
+Saving: `agent.save_pretrained(dir)` / `Agent.from_pretrained(dir)` (the files: `sima2.policy.persistence`).
 `agent.vision.save_pretrained(d)` (and the planner's) still export each part alone for `transformers`.
+Presets live in `sima2.presets`, pretrained parts by name in `sima2.policy.pretrained_parts`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,249 +46,29 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
-from safetensors.numpy import save_file
 
-from sima2.envs.vocabulary import MAX_INSTRUCTION_LENGTH
-from sima2.envs.world import ACTION_NVEC, PROPRIO_SIZE
-from sima2.interop.checkpoint import CheckpointError, TensorSource, resolve_checkpoint
-from sima2.interop.mapping import load_state_dict, named_arrays, same
-from sima2.perception.preprocess import ImageProcessorConfig
+from sima2 import presets
+from sima2.contract import AbstractAgent, ActOutput, EnvSpec
 from sima2.perception.vit import ViTEncoder
 from sima2.planning import CausalLM, LanguagePlanner, TextEncoder
-from sima2.planning.bridge import TokenBridge
-from sima2.planning.tokenizer import load_tokenizer
 from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
 from sima2.policy.distributions import FactorisedCategorical
+from sima2.policy.persistence import (
+    AGENT_CONFIG_NAME,
+    AGENT_WEIGHTS_NAME,
+    AgentConfig,
+    load_agent,
+    planner_from_config,
+    save_agent,
+)
+from sima2.policy.pretrained_parts import pretrained_language, pretrained_vision, token_bridge
 
-AGENT_CONFIG_NAME = "agent_config.json"
-AGENT_WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 3  # 2: `agent.text_bridge`; 3: `agent.instruction_length`, `policy.conditional_actions`
-
-# Defaults follow the built-in world: key x look yaw bins x duration bins, and its proprio vector.
-DEFAULT_ACTION_NVEC = tuple(ACTION_NVEC)
-DEFAULT_PROPRIO_DIM = PROPRIO_SIZE
-# Larger than the built-in world's word vocabulary (JAX gathers clamp out-of-range ids silently, so the
-# text embedding table must cover every id the world can emit).
-DEFAULT_VOCAB_SIZE = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class AgentConfig:
-    """Static description of an agent besides its components' own configs."""
-
-    preset: str
-    policy: ActorCriticConfig
-    image_pool: int = 1  # average-pool the patch grid by this factor before fusion (fewer fusion tokens)
-    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    freeze_vision: bool = False  # defaults of `trainable_filter`
-    freeze_planner: bool = False
-    # World word ids -> the planner's tokenizer ids; None when the planner reads world ids directly.
-    text_bridge: TokenBridge | None = None
-    # Read only this many leading instruction ids (None: all). Instructions are left-aligned, so a bound
-    # such as the world's `env.max_instruction_words` drops nothing but padding, and the language model
-    # and the fusion run on a third of the tokens for short task languages.
-    instruction_length: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.instruction_length is not None and self.instruction_length < 1:
-            raise ValueError(f"instruction_length must be a positive number of ids, got {self.instruction_length}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> AgentConfig:
-        raw = dict(raw)
-        policy = {"conditional_actions": False, **raw["policy"]}  # saved before conditional heads: independent
-        raw["policy"] = ActorCriticConfig(**{**policy, "action_nvec": tuple(policy["action_nvec"])})
-        for name in ("image_mean", "image_std"):
-            raw[name] = tuple(raw[name])
-        if raw.get("text_bridge") is not None:
-            raw["text_bridge"] = TokenBridge.from_dict(raw["text_bridge"])
-        return cls(**raw)
-
-
-# --- presets ----------------------------------------------------------------------------------------------
-def _vit_config(hidden: int, layers: int, heads: int, intermediate: int, image: int, patch: int) -> dict[str, Any]:
-    return {
-        "model_type": "vit",
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": intermediate,
-        "image_size": image,
-        "patch_size": patch,
-        "add_pooling_layer": False,
-    }
-
-
-def _bert_config(hidden: int, layers: int, heads: int, intermediate: int, vocab: int) -> dict[str, Any]:
-    return {
-        "model_type": "bert",
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": intermediate,
-        "vocab_size": vocab,
-        "max_position_embeddings": 64,
-        "pad_token_id": 0,
-    }
-
-
-def _llama_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int) -> dict[str, Any]:
-    return {
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": True,
-        "hidden_act": "silu",
-        "pad_token_id": 0,
-    }
-
-
-def _preset(name: str, vocab_size: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(vision HF config, `planner_from_config` dict, ActorCriticConfig sizes, AgentConfig fields)."""
-    if name == "tiny":  # for tests: every part as small as it can be while still exercising all paths
-        return (
-            _vit_config(32, 1, 2, 64, image=64, patch=16),
-            {"backbone": _llama_config(32, 1, 2, 1, 64, vocab_size), "lora_rank": 0},
-            dict(hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, memory_size=32, head_hidden=32),
-            dict(image_pool=1),
-        )
-    if name == "cpu-small":  # trains by BC + PPO on a 2-core CPU at 64x64 pixels
-        return (
-            # Patch 16 (a 4x4 grid): on a 2-core CPU the ViT's backward pass at patch 8 (64 tokens) costs
-            # several times the rest of a training step; a wider embedding keeps the detail per patch.
-            _vit_config(96, 1, 4, 192, image=64, patch=16),
-            # A small causal LM over the world's words: embeds instructions for the policy and learns to
-            # write the expert's subgoal plans (plan loss in the same behaviour-cloning step).
-            {"backbone": _llama_config(64, 2, 4, 2, 128, vocab_size), "lora_rank": 0},
-            dict(hidden_size=64, num_layers=1, num_heads=4, mlp_ratio=2, memory_size=128, head_hidden=128),
-            dict(image_pool=1),
-        )
-    if name == "base":
-        # GPU: ViT-B/16 (google/vit-base-patch16-224 shapes) + a ~135M-parameter Llama-style LM (SmolLM2-135M
-        # shapes). Its instruction ids must come from the LM's own tokenizer.
-        lm = {
-            "model_type": "llama",
-            "hidden_size": 576,
-            "intermediate_size": 1536,
-            "num_hidden_layers": 30,
-            "num_attention_heads": 9,
-            "num_key_value_heads": 3,
-            "vocab_size": 49152,
-            "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            "tie_word_embeddings": True,
-            "hidden_act": "silu",
-        }
-        return (
-            _vit_config(768, 12, 12, 3072, image=224, patch=16),
-            {"backbone": lm, "lora_rank": 8, "lora_alpha": 16.0},  # LoRA-only finetuning by default
-            dict(hidden_size=256, num_layers=2, num_heads=8, mlp_ratio=4, memory_size=512, head_hidden=256),
-            dict(image_pool=2, freeze_vision=True),
-        )
-    raise ValueError(f"unknown agent preset {name!r}; choose one of {PRESETS}")
-
-
-PRESETS = ("tiny", "cpu-small", "base")
-
-
-def planner_config(planner: LanguagePlanner) -> dict[str, Any]:
-    """What rebuilds `planner` with `planner_from_config`: its backbone's HF config and its LoRA set-up."""
-    rank, alpha = 0, None
-    if planner.lora:
-        first = next(iter(planner.lora[0].values()))
-        rank = int(first.a.shape[0])
-        alpha = float(first.scale * rank)
-    return {
-        "backbone": planner.backbone.hf_config(),
-        "lora_rank": rank,
-        "lora_alpha": alpha,
-        "separator": planner.separator,
-    }
-
-
-def planner_from_config(config: Mapping[str, Any], *, key: PRNGKeyArray) -> LanguagePlanner:
-    return LanguagePlanner.from_config(
-        config["backbone"],
-        key=key,
-        lora_rank=int(config.get("lora_rank", 0)),
-        lora_alpha=config.get("lora_alpha"),
-        **({"separator": config["separator"]} if "separator" in config else {}),
-    )
-
-
-# --- pretrained components by name or path ----------------------------------------------------------------
-def _pretrained_vision(source: str | os.PathLike) -> tuple[ViTEncoder, dict[str, Any]]:
-    """A ViT / CLIP / SigLIP encoder from HF weights, frozen by default, with its checkpoint's image
-    normalisation when it ships a `preprocessor_config.json`; returns (encoder, AgentConfig fields)."""
-    try:
-        encoder = ViTEncoder.from_pretrained(source)
-        folder = resolve_checkpoint(source).folder
-    except (CheckpointError, OSError) as err:
-        raise ValueError(f"cannot load the pretrained vision encoder {os.fspath(source)!r}: {err}") from None
-    fields: dict[str, Any] = {"freeze_vision": True}  # a pretrained encoder keeps its features unless asked
-    if (folder / "preprocessor_config.json").is_file():
-        processor = ImageProcessorConfig.from_pretrained(folder)
-        fields.update(image_mean=tuple(processor.image_mean), image_std=tuple(processor.image_std))
-    return encoder, fields
-
-
-def _pretrained_language(
-    source: str | os.PathLike, backbone: type[CausalLM] | type[TextEncoder], flag: str, *, key: PRNGKeyArray
-) -> LanguagePlanner:
-    """A pretrained causal LM (`planner=`) or BERT encoder (`text_encoder=`), finetuned through LoRA adapters
-    with the `base` preset's rank and alpha (its weights stay as loaded)."""
-    lora = _preset("base", DEFAULT_VOCAB_SIZE)[1]
-    try:
-        planner = LanguagePlanner.from_pretrained(
-            source, lora_rank=lora["lora_rank"], lora_alpha=lora["lora_alpha"], key=key
-        )
-    except (CheckpointError, OSError) as err:
-        raise ValueError(f"cannot load the pretrained {flag} {os.fspath(source)!r}: {err}") from None
-    if not isinstance(planner.backbone, backbone):
-        other = "text_encoder" if backbone is CausalLM else "planner"
-        raise ValueError(
-            f"{flag}={os.fspath(source)!r} is a {type(planner.backbone).__name__}, not a {backbone.__name__}; "
-            f"pass it as {other}= instead"
-        )
-    return planner
-
-
-def token_bridge(tokenizer: Any, planner: LanguagePlanner) -> TokenBridge:
-    """The bridge from the world's word ids to `tokenizer` (an HF tokenizer, or its name or path), checked
-    against `planner`: every id must be in its vocabulary, and the output must fit its positions."""
-    if isinstance(tokenizer, str | os.PathLike):
-        try:
-            tokenizer = load_tokenizer(tokenizer)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot load a tokenizer from {os.fspath(tokenizer)!r}: {err}") from None
-    bridge = TokenBridge.from_tokenizer(tokenizer)
-    config = planner.backbone.config
-    if bridge.max_token_id >= config.vocab_size:
-        raise ValueError(
-            f"tokenizer {bridge.tokenizer_name!r} emits id {bridge.max_token_id}, beyond the language model's "
-            f"vocabulary of {config.vocab_size}; is it this model's tokenizer?"
-        )
-    if bridge.output_length(MAX_INSTRUCTION_LENGTH) > config.max_position_embeddings:
-        bridge = dataclasses.replace(bridge, max_length=int(config.max_position_embeddings))  # truncate like HF
-    return bridge
+PRESETS = presets.PRESETS
 
 
 # --- the agent --------------------------------------------------------------------------------------------
-class Agent(eqx.Module):
+class Agent(AbstractAgent):
     """Vision encoder + language planner + fusion actor-critic; one raw observation per call."""
 
     vision: ViTEncoder
@@ -309,12 +85,13 @@ class Agent(eqx.Module):
         *,
         key: PRNGKeyArray,
         preset: str = "custom",
-        action_nvec: tuple[int, ...] = DEFAULT_ACTION_NVEC,
-        proprio_dim: int = DEFAULT_PROPRIO_DIM,
+        action_nvec: tuple[int, ...],
+        proprio_dim: int,
         policy_sizes: Mapping[str, Any] | None = None,
         **agent_fields: Any,
     ) -> Agent:
-        """Assemble an agent around given components; the fusion's input projections adapt to their widths."""
+        """Assemble an agent around given components for `action_nvec` actions and `proprio_dim` proprio; the
+        fusion's input projections adapt to the components' widths."""
         policy_config = ActorCriticConfig(
             image_dim=vision.config.hidden_size,
             text_dim=int(planner.hidden_size),
@@ -329,18 +106,17 @@ class Agent(eqx.Module):
     def from_preset(
         cls,
         name: str,
+        spec: EnvSpec,
         *,
         key: PRNGKeyArray,
         vision: ViTEncoder | str | os.PathLike | None = None,
         planner: LanguagePlanner | str | os.PathLike | None = None,
         text_encoder: str | os.PathLike | None = None,
         tokenizer: Any = None,
-        action_nvec: tuple[int, ...] = DEFAULT_ACTION_NVEC,
-        proprio_dim: int = DEFAULT_PROPRIO_DIM,
-        vocab_size: int = DEFAULT_VOCAB_SIZE,
         instruction_length: int | None = None,
     ) -> Agent:
-        """A preset agent: `tiny` (tests), `cpu-small` (CPU training at 64x64), `base` (GPU, ViT-B/16 + LM).
+        """A preset agent (`sima2.presets`: `tiny` for tests, `cpu-small` for CPU training at 64x64, `base` for a
+        GPU: ViT-B/16 + LM) sized for the env's `spec`: its action factors, proprio size and word vocabulary.
 
         Replace a randomly initialised component with a module (`ViTEncoder.from_pretrained(...)`,
         `LanguagePlanner.from_pretrained(...)`) or with a Hugging Face name or local path:
@@ -354,40 +130,43 @@ class Agent(eqx.Module):
           module.
 
         A name or path that cannot be loaded (offline and not cached, no tokenizer, wrong architecture)
-        raises a ValueError naming it. `instruction_length`: read only that many leading instruction ids
-        (e.g. the world's `env.max_instruction_words`); None reads them all.
+        raises a ValueError naming it. `instruction_length`: read only that many leading instruction ids;
+        default `spec.max_instruction_words`, the longest instruction the env emits (the rest is padding).
         """
         if planner is not None and text_encoder is not None:
             raise ValueError("pass planner= (a causal LM) or text_encoder= (BERT), not both: the agent has one")
-        vision_config, planner_config, policy_sizes, agent_fields = _preset(name, vocab_size)
+        table = presets.preset(name)
+        agent_fields = table.agent_fields()
         k_vision, k_planner, k_policy = jax.random.split(key, 3)
         if isinstance(vision, str | os.PathLike):
-            vision, vision_fields = _pretrained_vision(vision)
+            vision, vision_fields = pretrained_vision(vision)
             agent_fields = {**agent_fields, **vision_fields}
         elif vision is None:
-            vision = ViTEncoder.from_config(vision_config, key=k_vision)
+            vision = ViTEncoder.from_config(table.vision_config(), key=k_vision)
         language_source = planner if isinstance(planner, str | os.PathLike) else text_encoder
         if isinstance(planner, str | os.PathLike):
-            planner = _pretrained_language(planner, CausalLM, "planner", key=k_planner)
+            planner = pretrained_language(planner, CausalLM, "planner", key=k_planner)
         elif text_encoder is not None:
-            planner = _pretrained_language(text_encoder, TextEncoder, "text_encoder", key=k_planner)
+            planner = pretrained_language(text_encoder, TextEncoder, "text_encoder", key=k_planner)
         elif planner is None:
             if tokenizer is not None:
                 raise ValueError("tokenizer= bridges to a pretrained language model: pass planner= or text_encoder=")
-            planner = planner_from_config(planner_config, key=k_planner)
+            planner = planner_from_config(table.planner_config(spec.observation.vocab_size), key=k_planner)
         tokenizer = tokenizer if tokenizer is not None else language_source
         if tokenizer is not None:
-            agent_fields = {**agent_fields, "text_bridge": token_bridge(tokenizer, planner)}
-        if instruction_length is not None:
-            agent_fields = {**agent_fields, "instruction_length": int(instruction_length)}
+            bridge = token_bridge(tokenizer, planner, spec.observation.instruction.shape[0])
+            agent_fields = {**agent_fields, "text_bridge": bridge}
+        if instruction_length is None:
+            instruction_length = spec.max_instruction_words
+        agent_fields = {**agent_fields, "instruction_length": int(instruction_length)}
         return cls.from_components(
             vision,
             planner,
             key=k_policy,
             preset=name,
-            action_nvec=action_nvec,
-            proprio_dim=proprio_dim,
-            policy_sizes=policy_sizes,
+            action_nvec=tuple(spec.action.nvec),
+            proprio_dim=spec.observation.proprio.shape[0],
+            policy_sizes=table.policy_sizes(),
             **agent_fields,
         )
 
@@ -509,28 +288,21 @@ class Agent(eqx.Module):
         carry: Float[Array, " M"],
         *,
         deterministic: bool = False,
-    ) -> tuple[Int[Array, " F"], Float[Array, " M"], dict[str, Float[Array, ""]]]:
+    ) -> tuple[Int[Array, " F"], Float[Array, " M"], ActOutput]:
         """Sample (or, with `deterministic`, take the most likely) action for one observation.
 
-        Returns `(action, new_carry, {"log_prob", "value", "entropy"})`.
+        Returns `(action, new_carry, ActOutput(log_prob, value, entropy))`.
         """
         dist, value, new_carry = self._forward(obs, carry)
         action = dist.mode() if deterministic else dist.sample(key)
-        extras = {"log_prob": dist.log_prob(action), "value": value, "entropy": dist.entropy()}
-        return action, new_carry, extras
-
-    def evaluate(
-        self, obs: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, "*K F"]
-    ) -> tuple[Float[Array, "*K"], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
-        """`(log_prob(action), entropy, value, new_carry)` for one observation (PPO / behaviour cloning).
-
-        `action` may be a stack of candidate actions `(K, F)`: all are scored in one forward pass."""
-        return self.evaluate_features(self.observation_features(obs), carry, action)
+        return action, new_carry, ActOutput(log_prob=dist.log_prob(action), value=value, entropy=dist.entropy())
 
     def evaluate_features(
         self, features: Mapping[str, Array], carry: Float[Array, " M"], action: Int[Array, "*K F"]
     ) -> tuple[Float[Array, "*K"], Float[Array, ""], Float[Array, ""], Float[Array, " M"]]:
-        """`evaluate` on `observation_features(obs)` computed beforehand."""
+        """`(log_prob(action), entropy, value, new_carry)` from `observation_features(obs)` (PPO / behaviour
+        cloning; `evaluate(obs, carry, action)` is both in one). `action` may be a stack of candidate actions
+        `(K, F)`: all are scored in one forward pass."""
         dist, value, new_carry = self._decide(features, carry)
         return dist.log_prob(action), dist.entropy(), value, new_carry
 
@@ -572,54 +344,12 @@ class Agent(eqx.Module):
     # --- persistence ------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `agent_config.json` + `model.safetensors` (all arrays under their dotted paths)."""
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = {
-            "format": "sima2-agent",
-            "format_version": FORMAT_VERSION,
-            "agent": self.config.to_dict(),
-            "vision": self.vision.hf_config(),
-            "planner": planner_config(self.planner),
-        }
-        tensors = {name: np.ascontiguousarray(np.asarray(a)) for name, a in named_arrays(self).items()}
-        tmp = folder / f".{AGENT_WEIGHTS_NAME}.tmp-{os.getpid()}"
-        save_file(tensors, str(tmp), metadata={"format": "sima2-agent"})
-        os.replace(tmp, folder / AGENT_WEIGHTS_NAME)
-        (folder / AGENT_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
-        return folder
+        return save_agent(self, save_directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Agent:
         """Rebuild an agent saved by `save_pretrained` (strict: every array must match by name and shape)."""
-        folder = Path(directory)
-        config_path = folder / AGENT_CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{folder} has no {AGENT_CONFIG_NAME}; was it written by Agent.save_pretrained?")
-        raw = json.loads(config_path.read_text())
-        if raw.get("format") != "sima2-agent":
-            raise ValueError(f"{config_path} is not a sima2 agent config (format={raw.get('format')!r})")
-        if raw.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{config_path} has format_version {raw['format_version']}; this sima2 reads up to {FORMAT_VERSION}"
-            )
-        agent_config = AgentConfig.from_dict(raw["agent"])
-
-        def build(key: PRNGKeyArray) -> Agent:
-            k_vision, k_planner, k_policy = jax.random.split(key, 3)
-            vision = ViTEncoder.from_config(raw["vision"], key=k_vision)
-            planner = planner_from_config(raw["planner"], key=k_planner)
-            return cls(
-                vision=vision,
-                planner=planner,
-                policy=ActorCritic(agent_config.policy, key=k_policy),
-                config=agent_config,
-            )
-
-        skeleton = eqx.filter_eval_shape(build, jax.random.key(0))
-        identity = {name: same(name) for name in named_arrays(skeleton)}
-        source = TensorSource.from_safetensors([folder / AGENT_WEIGHTS_NAME])
-        agent, _ = load_state_dict(skeleton, identity, source, what=f"Agent ({folder})")
-        return agent
+        return load_agent(cls, directory)
 
 
 __all__ = ["AGENT_CONFIG_NAME", "AGENT_WEIGHTS_NAME", "PRESETS", "Agent", "AgentConfig", "token_bridge"]

@@ -2,11 +2,12 @@
 
 One loop (`run_loop`) drives every stage; a stage is an `init_fn(key) -> TrainState` and a pure
 `step_fn(state, batch) -> (state, metrics)` (`make_bc`, `make_ppo`), and `train_bc` / `train_ppo` add
-resume, logging, checkpoints and the safetensors export.
+resume, logging, checkpoints and the final model's `save_pretrained`.
 """
 
+from sima2.perception.preprocess import augment_images
 from sima2.training.bc import bc_loss, make_bc
-from sima2.training.checkpoint import Checkpointer, export_safetensors
+from sima2.training.checkpoint import Checkpointer
 from sima2.training.config import (
     BCConfig,
     CheckpointConfig,
@@ -21,7 +22,6 @@ from sima2.training.config import (
 )
 from sima2.training.data import (
     DemonstrationBatches,
-    augment_images,
     check_dataset,
     load_demonstrations,
     record_demonstrations,
@@ -63,7 +63,6 @@ __all__ = [
     "decision_latency",
     "evaluate",
     "evaluate_splits",
-    "export_safetensors",
     "guard_step",
     "initialize_distributed",
     "load_demonstrations",

@@ -22,9 +22,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from sima2.perception.preprocess import augment_images
 from sima2.planning.tokenizer import DEFAULT_SEPARATOR
 from sima2.training.config import TrainConfig
-from sima2.training.data import augment_images
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
 from sima2.training.recurrent import evaluate_sequences, initial_carries

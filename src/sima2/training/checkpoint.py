@@ -1,4 +1,4 @@
-"""Checkpoints of the full training state with orbax, and safetensors export of final weights.
+"""Checkpoints of the full training state with orbax (final weights: the model's own `save_pretrained`).
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete (atomic), keeps the last
 K, and handles sharded and multi-host arrays. The state is saved as a flat `{path: array}` dict of every
@@ -16,10 +16,8 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from jaxtyping import PyTree
-from safetensors.numpy import save_file
 
 log = logging.getLogger("sima2.training")
 
@@ -148,20 +146,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
-
-
-def export_safetensors(
-    model: PyTree, directory: str | os.PathLike, filename: str = "model.safetensors"
-) -> Path:
-    """Write every array of `model` to `directory/filename`, named by PyTree path (`layers[0].weight`)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        name.lstrip("."): np.ascontiguousarray(np.asarray(jax.device_get(value)))
-        for name, value in _flatten(model).items()
-    }
-    path = directory / filename
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)  # atomic: readers never see a half-written file
-    return path

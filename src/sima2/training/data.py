@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import statistics
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -424,37 +423,3 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-# Standard-normal quantiles of 256 equal-probability bins (rescaled to unit variance): one random byte per
-# value gives Gaussian noise at 256 levels, clipped at +-2.9 sigma, plenty for pixel noise.
-_NORMAL_LEVELS = np.asarray([statistics.NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)], np.float32)
-_NORMAL_LEVELS /= _NORMAL_LEVELS.std()
-
-
-def _pixel_noise(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
-    """Standard-normal noise of `shape` (..., C <= 4) from one random 32-bit word per pixel, a byte per
-    channel: a third of the random bits of `jax.random.normal`, whose draws cost more than the rest of an
-    augmented training step's image work on CPU."""
-    if shape[-1] > 4:
-        return jax.random.normal(key, shape)
-    levels = jax.lax.bitcast_convert_type(jax.random.bits(key, shape[:-1], jnp.uint32), jnp.uint8)  # (..., 4)
-    return jnp.asarray(_NORMAL_LEVELS)[levels[..., : shape[-1]]]
-
-
-def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, noise_std: float) -> jax.Array:
-    """Random crop (edge-pad by `crop_padding`, crop back) and pixel noise, per image; stays uint8."""
-    batch, height, width, _ = images.shape
-    crop_key, noise_key = jax.random.split(key)
-    out = images.astype(jnp.float32)
-    if crop_padding > 0:
-        padded = jnp.pad(out, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)), mode="edge")
-        offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * crop_padding + 1)
-
-        def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
-            return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
-
-        out = jax.vmap(crop)(padded, offsets)
-    if noise_std > 0:
-        out = out + noise_std * 255.0 * _pixel_noise(noise_key, out.shape)
-    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)

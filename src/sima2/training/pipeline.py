@@ -26,6 +26,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
+from sima2 import presets
 from sima2.interop.pretrained import atomic_write
 from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, check_fields, config_to_dict
 from sima2.training.report import evaluation_report, write_report
@@ -89,72 +90,6 @@ class PipelineConfig:
         )
 
 
-_QUICK_MONITOR = dict(log_every=5)
-PRESETS: dict[str, dict[str, Any]] = {
-    # A minute or two on a laptop CPU: proves every stage runs; not meant to learn much.
-    "tiny": dict(
-        demo_envs=8,
-        demo_steps=48,
-        bc=dict(
-            num_steps=30,
-            bc=dict(batch_size=8, sequence_length=4),
-            optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=5, decay_steps=30),
-            checkpoint=dict(every=10, keep=2),
-            monitor=_QUICK_MONITOR,
-        ),
-        ppo=dict(
-            num_steps=2,
-            ppo=dict(num_envs=8, num_steps=16, num_minibatches=2),
-            optim=dict(lr=3e-4, final_lr=3e-4, warmup_steps=1, decay_steps=2),
-            checkpoint=dict(every=1, keep=2),
-            monitor=dict(log_every=1),
-        ),
-        eval=dict(num_envs=8, num_episodes=8, max_steps=64),
-    ),
-    # The default: learns the built-in world's training level on a 2-core CPU in under 20 minutes.
-    "cpu-small": dict(
-        demo_envs=256,
-        demo_steps=96,
-        bc=dict(
-            num_steps=3500,
-            bc=dict(batch_size=16, sequence_length=8),
-            optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=100, decay_steps=3500),
-            checkpoint=dict(every=500, keep=2),
-            monitor=dict(log_every=50),
-        ),
-        ppo=dict(
-            num_steps=110,
-            # The cloned policy's critic starts untrained: fit it alone first, then fine-tune gently.
-            ppo=dict(num_envs=64, num_steps=32, num_epochs=4, num_minibatches=4, critic_warmup_updates=10),
-            optim=dict(lr=1e-4, final_lr=1e-4, warmup_steps=1, decay_steps=110),
-            checkpoint=dict(every=10, keep=2),
-            monitor=dict(log_every=1),
-        ),
-        # 1024 episodes per split: the success rate's standard error is then about 0.01 (0.02 with 256).
-        eval=dict(num_envs=256, num_episodes=1024, max_steps=96),
-    ),
-    # GPU scale: ViT-B/16 at 224 pixels, a SmolLM2-135M-shaped planner with LoRA.
-    "base": dict(
-        image_size=224,
-        demo_envs=256,
-        demo_steps=256,
-        bc=dict(
-            num_steps=20000,
-            bc=dict(batch_size=16, sequence_length=8),
-            optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=500, decay_steps=20000),
-            checkpoint=dict(every=1000, keep=3),
-        ),
-        ppo=dict(
-            num_steps=200,
-            ppo=dict(num_envs=256, num_steps=64, critic_warmup_updates=10),
-            optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=10, decay_steps=200),
-            checkpoint=dict(every=20, keep=3),
-        ),
-        eval=dict(num_envs=128, num_episodes=512, max_steps=256),
-    ),
-}
-
-
 def _merge(config: Any, values: dict[str, Any]) -> Any:
     updates = {}
     for name, value in values.items():
@@ -165,9 +100,7 @@ def _merge(config: Any, values: dict[str, Any]) -> Any:
 
 def pipeline_config(preset: str, overrides: Sequence[str] = ()) -> PipelineConfig:
     """The preset's configuration with `key=value` overrides (e.g. `bc.num_steps=500`, `demo_envs=32`)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config = _merge(PipelineConfig(preset=preset), PRESETS[preset])
+    config = _merge(PipelineConfig(preset=preset), presets.preset(preset).pipeline_overrides())
     return apply_overrides(config, list(overrides))
 
 
@@ -284,11 +217,8 @@ def train(
     env, params = envs.make(config.level, split="train", image_size=config.image_size)
     agent = Agent.from_preset(
         config.preset,
+        env.spec,  # sizes, and the level's longest instruction: no padding to embed
         key=k_agent,
-        action_nvec=env.action_nvec,
-        proprio_dim=env.proprio_size,
-        vocab_size=env.vocab_size,
-        instruction_length=env.max_instruction_words,  # the level's longest instruction: no padding to embed
         vision=config.vision,
         planner=config.planner,
         text_encoder=config.text_encoder,

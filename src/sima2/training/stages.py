@@ -1,5 +1,6 @@
 """Entry points per training stage: `train_bc` and `train_ppo` build the state, resume if asked, run the
-shared loop with logging and checkpoints, and export the final weights as safetensors under `out/final`.
+shared loop with logging and checkpoints, and save the final model with its own `save_pretrained` under
+`out/final` (for an `Agent`: loadable with `Agent.from_pretrained`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from jax.sharding import Mesh
 from jaxtyping import PyTree
 
 from sima2.training.bc import PlanLoss, make_bc
-from sima2.training.checkpoint import Checkpointer, export_safetensors
+from sima2.training.checkpoint import Checkpointer
 from sima2.training.config import TrainConfig, config_to_dict
 from sima2.training.data import DemonstrationBatches, check_dataset
 from sima2.training.loop import Hook, TrainState, run_loop
@@ -37,7 +38,8 @@ def run_stage(
     samples_per_step: int = 1,
     num_seeds: int = 1,
 ) -> TrainState:
-    """The common driver: init (or resume), jit, `run_loop`, export `out/final/model.safetensors`."""
+    """The common driver: init (or resume), jit, `run_loop`, then `model.save_pretrained(out / "final")` (the
+    model is an `AbstractAgent`; with several seeds, seed 0's)."""
     out = Path(config.out)
     is_main = jax.process_index() == 0
     if is_main:
@@ -81,11 +83,12 @@ def run_stage(
             batches.close()
         checkpointer.close()
         logger.close()
-    model = to_host(eqx.filter(state.model, eqx.is_array))
+    arrays, static = eqx.partition(state.model, eqx.is_array)
+    arrays = to_host(arrays)
     if num_seeds > 1:
-        model = jax.tree.map(lambda x: x[0], model)  # seed 0's weights; all seeds stay in the checkpoint
+        arrays = jax.tree.map(lambda x: x[0], arrays)  # seed 0's weights; all seeds stay in the checkpoint
     if is_main:
-        export_safetensors(model, out / "final")
+        eqx.combine(arrays, static).save_pretrained(out / "final")
     return state
 
 

@@ -1,0 +1,82 @@
+"""Pretrained parts of an `Agent` by Hugging Face name or local path: a vision encoder, a language model (causal
+LM planner or BERT text encoder), and the token bridge from the world's word ids to that model's tokenizer.
+
+A name or path that cannot be loaded raises a ValueError naming it; the agent never falls back to random
+weights behind your back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from jaxtyping import PRNGKeyArray
+
+from sima2 import presets
+from sima2.interop.checkpoint import CheckpointError, resolve_checkpoint
+from sima2.perception.preprocess import ImageProcessorConfig
+from sima2.perception.vit import ViTEncoder
+from sima2.planning import CausalLM, LanguagePlanner, TextEncoder
+from sima2.planning.bridge import TokenBridge
+from sima2.planning.tokenizer import load_tokenizer
+
+
+def pretrained_vision(source: str | os.PathLike) -> tuple[ViTEncoder, dict[str, Any]]:
+    """A ViT / CLIP / SigLIP encoder from HF weights, frozen by default, with its checkpoint's image
+    normalisation when it ships a `preprocessor_config.json`; returns (encoder, AgentConfig fields)."""
+    try:
+        encoder = ViTEncoder.from_pretrained(source)
+        folder = resolve_checkpoint(source).folder
+    except (CheckpointError, OSError) as err:
+        raise ValueError(f"cannot load the pretrained vision encoder {os.fspath(source)!r}: {err}") from None
+    fields: dict[str, Any] = {"freeze_vision": True}  # a pretrained encoder keeps its features unless asked
+    if (folder / "preprocessor_config.json").is_file():
+        processor = ImageProcessorConfig.from_pretrained(folder)
+        fields.update(image_mean=tuple(processor.image_mean), image_std=tuple(processor.image_std))
+    return encoder, fields
+
+
+def pretrained_language(
+    source: str | os.PathLike, backbone: type[CausalLM] | type[TextEncoder], flag: str, *, key: PRNGKeyArray
+) -> LanguagePlanner:
+    """A pretrained causal LM (`planner=`) or BERT encoder (`text_encoder=`), finetuned through LoRA adapters
+    with the `base` preset's rank and alpha (its weights stay as loaded)."""
+    lora = presets.preset("base").planner
+    try:
+        planner = LanguagePlanner.from_pretrained(
+            source, lora_rank=lora["lora_rank"], lora_alpha=lora["lora_alpha"], key=key
+        )
+    except (CheckpointError, OSError) as err:
+        raise ValueError(f"cannot load the pretrained {flag} {os.fspath(source)!r}: {err}") from None
+    if not isinstance(planner.backbone, backbone):
+        other = "text_encoder" if backbone is CausalLM else "planner"
+        raise ValueError(
+            f"{flag}={os.fspath(source)!r} is a {type(planner.backbone).__name__}, not a {backbone.__name__}; "
+            f"pass it as {other}= instead"
+        )
+    return planner
+
+
+def token_bridge(tokenizer: Any, planner: LanguagePlanner, instruction_length: int) -> TokenBridge:
+    """The bridge from the world's word ids to `tokenizer` (an HF tokenizer, or its name or path), checked
+    against `planner`: every id must be in its vocabulary, and the output for an instruction of
+    `instruction_length` ids (the env's `spec.observation.instruction.shape[0]`) must fit its positions."""
+    if isinstance(tokenizer, str | os.PathLike):
+        try:
+            tokenizer = load_tokenizer(tokenizer)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot load a tokenizer from {os.fspath(tokenizer)!r}: {err}") from None
+    bridge = TokenBridge.from_tokenizer(tokenizer)
+    config = planner.backbone.config
+    if bridge.max_token_id >= config.vocab_size:
+        raise ValueError(
+            f"tokenizer {bridge.tokenizer_name!r} emits id {bridge.max_token_id}, beyond the language model's "
+            f"vocabulary of {config.vocab_size}; is it this model's tokenizer?"
+        )
+    if bridge.output_length(instruction_length) > config.max_position_embeddings:
+        bridge = dataclasses.replace(bridge, max_length=int(config.max_position_embeddings))  # truncate like HF
+    return bridge
+
+
+__all__ = ["pretrained_language", "pretrained_vision", "token_bridge"]

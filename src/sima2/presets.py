@@ -1,0 +1,211 @@
+"""The preset table: for each preset name, the agent's model sizes and the training job's stage settings.
+
+    from sima2.presets import PRESETS, preset
+    p = preset("cpu-small")     # a frozen `Preset`; an unknown name raises a ValueError listing the names
+    p.vision                    # the ViT's Hugging Face config
+    p.planner_config(vocab)     # what `planner_from_config` builds (the world's vocabulary where it has none)
+    p.policy, p.agent           # `ActorCriticConfig` sizes, `AgentConfig` fields
+    p.pipeline                  # overrides of `PipelineConfig` (nested dicts for the stages' configs)
+
+`Agent.from_preset` reads the model part, `sima2.training.pipeline.pipeline_config` the pipeline part and the
+command line its names. This module imports nothing else from sima2.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+
+def _vit_config(hidden: int, layers: int, heads: int, intermediate: int, image: int, patch: int) -> dict[str, Any]:
+    return {
+        "model_type": "vit",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": intermediate,
+        "image_size": image,
+        "patch_size": patch,
+        "add_pooling_layer": False,
+    }
+
+
+def _llama_config(
+    hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int | None
+) -> dict[str, Any]:
+    """A small Llama-style LM; `vocab=None`: the world's vocabulary, filled in by `Preset.planner_config`."""
+    return {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "pad_token_id": 0,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One named preset. Accessors return copies, so callers may change what they get."""
+
+    name: str
+    description: str
+    vision: Mapping[str, Any]  # the ViT's Hugging Face config
+    # `planner_from_config` dict; a backbone `vocab_size` of None means the world's vocabulary.
+    planner: Mapping[str, Any]
+    policy: Mapping[str, Any]  # `ActorCriticConfig` sizes
+    agent: Mapping[str, Any]  # `AgentConfig` fields
+    pipeline: Mapping[str, Any]  # `PipelineConfig` overrides (nested dicts for the stages' `TrainConfig`s)
+
+    def vision_config(self) -> dict[str, Any]:
+        return copy.deepcopy(dict(self.vision))
+
+    def planner_config(self, vocab_size: int) -> dict[str, Any]:
+        """The planner's config, its backbone sized to `vocab_size` word ids unless the preset fixes its own."""
+        config = copy.deepcopy(dict(self.planner))
+        if config["backbone"].get("vocab_size") is None:
+            config["backbone"]["vocab_size"] = int(vocab_size)
+        return config
+
+    def policy_sizes(self) -> dict[str, Any]:
+        return dict(self.policy)
+
+    def agent_fields(self) -> dict[str, Any]:
+        return dict(self.agent)
+
+    def pipeline_overrides(self) -> dict[str, Any]:
+        return copy.deepcopy(dict(self.pipeline))
+
+
+_QUICK_MONITOR = dict(log_every=5)
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        description="for tests: every part as small as it can be while still exercising all paths",
+        vision=_vit_config(32, 1, 2, 64, image=64, patch=16),
+        planner={"backbone": _llama_config(32, 1, 2, 1, 64, None), "lora_rank": 0},
+        policy=dict(hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, memory_size=32, head_hidden=32),
+        agent=dict(image_pool=1),
+        # A minute or two on a laptop CPU: proves every stage runs; not meant to learn much.
+        pipeline=dict(
+            demo_envs=8,
+            demo_steps=48,
+            bc=dict(
+                num_steps=30,
+                bc=dict(batch_size=8, sequence_length=4),
+                optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=5, decay_steps=30),
+                checkpoint=dict(every=10, keep=2),
+                monitor=_QUICK_MONITOR,
+            ),
+            ppo=dict(
+                num_steps=2,
+                ppo=dict(num_envs=8, num_steps=16, num_minibatches=2),
+                optim=dict(lr=3e-4, final_lr=3e-4, warmup_steps=1, decay_steps=2),
+                checkpoint=dict(every=1, keep=2),
+                monitor=dict(log_every=1),
+            ),
+            eval=dict(num_envs=8, num_episodes=8, max_steps=64),
+        ),
+    ),
+    "cpu-small": Preset(
+        name="cpu-small",
+        description="trains by BC + PPO on a 2-core CPU at 64x64 pixels",
+        # Patch 16 (a 4x4 grid): on a 2-core CPU the ViT's backward pass at patch 8 (64 tokens) costs
+        # several times the rest of a training step; a wider embedding keeps the detail per patch.
+        vision=_vit_config(96, 1, 4, 192, image=64, patch=16),
+        # A small causal LM over the world's words: embeds instructions for the policy and learns to
+        # write the expert's subgoal plans (plan loss in the same behaviour-cloning step).
+        planner={"backbone": _llama_config(64, 2, 4, 2, 128, None), "lora_rank": 0},
+        policy=dict(hidden_size=64, num_layers=1, num_heads=4, mlp_ratio=2, memory_size=128, head_hidden=128),
+        agent=dict(image_pool=1),
+        # The default: learns the built-in world's training level on a 2-core CPU in under 20 minutes.
+        pipeline=dict(
+            demo_envs=256,
+            demo_steps=96,
+            bc=dict(
+                num_steps=3500,
+                bc=dict(batch_size=16, sequence_length=8),
+                optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=100, decay_steps=3500),
+                checkpoint=dict(every=500, keep=2),
+                monitor=dict(log_every=50),
+            ),
+            ppo=dict(
+                num_steps=110,
+                # The cloned policy's critic starts untrained: fit it alone first, then fine-tune gently.
+                ppo=dict(num_envs=64, num_steps=32, num_epochs=4, num_minibatches=4, critic_warmup_updates=10),
+                optim=dict(lr=1e-4, final_lr=1e-4, warmup_steps=1, decay_steps=110),
+                checkpoint=dict(every=10, keep=2),
+                monitor=dict(log_every=1),
+            ),
+            # 1024 episodes per split: the success rate's standard error is then about 0.01 (0.02 with 256).
+            eval=dict(num_envs=256, num_episodes=1024, max_steps=96),
+        ),
+    ),
+    "base": Preset(
+        name="base",
+        description="GPU: ViT-B/16 at 224 pixels, a SmolLM2-135M-shaped planner with LoRA",
+        # GPU: ViT-B/16 (google/vit-base-patch16-224 shapes) + a ~135M-parameter Llama-style LM (SmolLM2-135M
+        # shapes). Its instruction ids must come from the LM's own tokenizer.
+        vision=_vit_config(768, 12, 12, 3072, image=224, patch=16),
+        planner={
+            "backbone": {
+                "model_type": "llama",
+                "hidden_size": 576,
+                "intermediate_size": 1536,
+                "num_hidden_layers": 30,
+                "num_attention_heads": 9,
+                "num_key_value_heads": 3,
+                "vocab_size": 49152,
+                "max_position_embeddings": 2048,
+                "rms_norm_eps": 1e-5,
+                "rope_theta": 10000.0,
+                "tie_word_embeddings": True,
+                "hidden_act": "silu",
+            },
+            "lora_rank": 8,
+            "lora_alpha": 16.0,  # LoRA-only finetuning by default
+        },
+        policy=dict(hidden_size=256, num_layers=2, num_heads=8, mlp_ratio=4, memory_size=512, head_hidden=256),
+        agent=dict(image_pool=2, freeze_vision=True),
+        # GPU scale: ViT-B/16 at 224 pixels, a SmolLM2-135M-shaped planner with LoRA.
+        pipeline=dict(
+            image_size=224,
+            demo_envs=256,
+            demo_steps=256,
+            bc=dict(
+                num_steps=20000,
+                bc=dict(batch_size=16, sequence_length=8),
+                optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=500, decay_steps=20000),
+                checkpoint=dict(every=1000, keep=3),
+            ),
+            ppo=dict(
+                num_steps=200,
+                ppo=dict(num_envs=256, num_steps=64, critic_warmup_updates=10),
+                optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=10, decay_steps=200),
+                checkpoint=dict(every=20, keep=3),
+            ),
+            eval=dict(num_envs=128, num_episodes=512, max_steps=256),
+        ),
+    ),
+}
+
+
+def preset(name: str) -> Preset:
+    """The preset called `name`; a ValueError listing the names for an unknown one."""
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}") from None
+
+
+__all__ = ["PRESETS", "Preset", "preset"]
