@@ -80,8 +80,8 @@ def sima2_runner(num_envs, num_steps, num_epochs, num_minibatches, updates):
         TrainConfig(),
         [
             f"ppo.num_envs={num_envs}",
-            f"ppo.num_steps={num_steps}",
-            f"ppo.num_epochs={num_epochs}",
+            f"ppo.rollout_length={num_steps}",
+            f"ppo.update_epochs={num_epochs}",
             f"ppo.num_minibatches={num_minibatches}",
             "optim.lr=3e-4",
             "optim.final_lr=3e-4",
@@ -117,7 +117,7 @@ def update_only_runner(agent, env, env_params, config, init_fn, updates):
     optimizer, spec = make_optimizer(config.optim), trainable_spec(agent, None)
     state = init_fn(jax.random.key(0))
     _, trajectory, start_carry, last_value = collect_rollout(
-        state.model, env, env_params, state.env, jax.random.key(1), config.ppo.num_steps
+        state.model, env, env_params, state.env, jax.random.key(1), config.ppo.num_updates
     )
 
     def one_update(state, batch=None):

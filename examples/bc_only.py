@@ -48,7 +48,7 @@ def main() -> None:
           f"e.g. {demos[0]['instruction']!r}")
 
     config = apply_overrides(TrainConfig(), [
-        f"out={args.out}", f"num_steps={args.steps}", "bc.batch_size=32", "optim.lr=1e-3",
+        f"out={args.out}", f"num_updates={args.steps}", "bc.batch_size=32", "optim.lr=1e-3",
         f"optim.warmup_steps={max(1, args.steps // 10)}", f"optim.decay_steps={max(2, args.steps)}",
         f"checkpoint.every={args.steps}", f"monitor.log_every={max(1, args.steps // 6)}", "monitor.progress=False",
         "monitor.tensorboard=False",

@@ -58,8 +58,8 @@ def main() -> None:
               f"{tuple(first['image'].shape[1:])}, mission ids {first['instruction'][0].tolist()[:8]}...")
 
         config = apply_overrides(TrainConfig(), [
-            f"out={args.out}", f"num_steps={args.updates}", f"ppo.num_envs={args.envs}",
-            f"ppo.num_steps={args.rollout}", "ppo.num_minibatches=2", "ppo.num_epochs=2", "optim.lr=3e-4",
+            f"out={args.out}", f"num_updates={args.updates}", f"ppo.num_envs={args.envs}",
+            f"ppo.rollout_length={args.rollout}", "ppo.num_minibatches=2", "ppo.update_epochs=2", "optim.lr=3e-4",
             "optim.warmup_steps=1", "monitor.log_every=1", "monitor.progress=False", "monitor.tensorboard=False",
         ])
         init_fn, step_fn = make_host_ppo(agent, rollout, config)

@@ -20,7 +20,7 @@ from sima2.policy import Agent
 from sima2.training.pipeline import train
 
 # Just enough of every stage to see it run (on top of the preset).
-QUICK = ["demo_envs=4", "demo_steps=32", "bc.num_steps=8", "ppo.num_steps=2", "ppo.ppo.num_envs=8",
+QUICK = ["demo_envs=4", "demo_steps=32", "bc.num_updates=8", "ppo.num_updates=2", "ppo.ppo.num_envs=8",
          "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32",
          "bc.monitor.progress=False", "bc.monitor.tensorboard=False",
          "ppo.monitor.progress=False", "ppo.monitor.tensorboard=False"]

@@ -37,8 +37,8 @@ def main() -> None:
     shaped = RewardShaper(env, success=1.0, invalid_move=-0.05, new_region=0.1, potential=0.1)
 
     config = apply_overrides(TrainConfig(), [
-        f"out={args.out}", f"num_steps={args.updates}", f"ppo.num_envs={args.envs}",
-        f"ppo.num_steps={args.rollout}", "ppo.num_minibatches=2", "ppo.num_epochs=2", "optim.lr=3e-4",
+        f"out={args.out}", f"num_updates={args.updates}", f"ppo.num_envs={args.envs}",
+        f"ppo.rollout_length={args.rollout}", "ppo.num_minibatches=2", "ppo.update_epochs=2", "optim.lr=3e-4",
         "optim.warmup_steps=1", f"optim.decay_steps={max(2, args.updates)}", f"checkpoint.every={args.updates}",
         "monitor.log_every=1", "monitor.progress=False", "monitor.tensorboard=False",
     ])

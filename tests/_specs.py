@@ -1,4 +1,4 @@
-"""`EnvSpec`s for tests: the built-in world's (until every env provides `env.spec`) and small custom ones."""
+"""`EnvSpec`s for tests: the built-in world's and small custom ones."""
 
 from __future__ import annotations
 
@@ -26,16 +26,7 @@ def make_spec(
 
 
 def world_spec(image_size: int = 64, level: str = "sima2/GoTo-v0") -> EnvSpec:
-    """The spec of the built-in world `level` at `image_size` pixels (what its `env.spec` will return)."""
-    from sima2.envs.levels import level_from_id
-    from sima2.envs.vocabulary import MAX_INSTRUCTION_LENGTH, vocabulary
-    from sima2.envs.world import ACTION_NVEC, PROPRIO_SIZE, max_instruction_words
+    """The spec of the built-in world `level` at `image_size` pixels."""
+    from sima2.envs import make
 
-    return make_spec(
-        nvec=tuple(ACTION_NVEC),
-        proprio=PROPRIO_SIZE,
-        vocab_size=len(vocabulary()),
-        instruction_length=MAX_INSTRUCTION_LENGTH,
-        image_size=image_size,
-        max_instruction_words=max_instruction_words(level_from_id(level)),
-    )
+    return make(level, image_size=image_size)[0].spec

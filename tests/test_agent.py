@@ -535,7 +535,7 @@ def test_a_bc_stage_final_folder_loads_with_from_pretrained(tmp_path):
     demos = record_demonstrations(env, params, jax.random.key(1), num_envs=2, num_steps=24)
     agent = Agent.from_preset("tiny", world_spec(), key=jax.random.key(0))
     config = apply_overrides(TrainConfig(stage="bc"), [
-        f"out={tmp_path / 'bc'}", "num_steps=2", "bc.batch_size=2", "bc.sequence_length=2",
+        f"out={tmp_path / 'bc'}", "num_updates=2", "bc.batch_size=2", "bc.sequence_length=2",
         "checkpoint.every=100", "checkpoint.async_save=False", "monitor.progress=False", "monitor.tensorboard=False",
     ])
     state = train_bc(config, agent, demos, image_shape=(64, 64, 3), action_nvec=env.action_nvec)

@@ -9,7 +9,7 @@ from sima2.training.pipeline import pipeline_config, train
 
 
 def test_tiny_pipeline_writes_run_folder(tmp_path):
-    overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_steps=1", "bc.num_steps=4", "bc.bc.batch_size=2",
+    overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_updates=1", "bc.num_updates=4", "bc.bc.batch_size=2",
                  "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32"]
     report = train("tiny", tmp_path, overrides=overrides)
     assert set(report["success_rate"]) == {"train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases"}
@@ -74,7 +74,7 @@ def test_pipeline_splits_over_several_devices(tmp_path):
 
     with pytest.raises(ValueError, match=r"bc.bc.batch_size=3, ppo.ppo.num_envs=9 must divide by the 2 devices"):
         _check_divisible(pipeline_config("tiny", ["bc.bc.batch_size=3", "ppo.ppo.num_envs=9"]), 2)
-    overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_steps=1", "bc.num_steps=2", "bc.bc.batch_size=2",
+    overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_updates=1", "bc.num_updates=2", "bc.bc.batch_size=2",
                  "ppo.ppo.num_minibatches=1", "eval.num_envs=2", "eval.num_episodes=2", "eval.max_steps=16"]
     code = (
         "import jax, sys; from sima2.training.pipeline import train; assert jax.device_count() == 2; "

@@ -223,7 +223,7 @@ def test_injected_nan_batch_is_survived_and_frozen_parts_stay_put():
 
 def _three_ppo_checkpoints(folder, keep, position_per_step):
     """Three PPO updates on the line world, each checkpointed (data_position = step * position_per_step)."""
-    config = apply_overrides(TrainConfig(), ["ppo.num_envs=4", "ppo.num_steps=4", "ppo.num_minibatches=2"])
+    config = apply_overrides(TrainConfig(), ["ppo.num_envs=4", "ppo.rollout_length=4", "ppo.num_minibatches=2"])
     init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), config)
     step = eqx.filter_jit(step)
     state = init(jax.random.key(1))

@@ -141,7 +141,7 @@ def test_behaviour_cloning_learns_the_expert_and_writes_outputs(demos, tmp_path)
         TrainConfig(),
         [
             f"out={tmp_path}",
-            "num_steps=60",
+            "num_updates=60",
             "bc.batch_size=16",
             "optim.lr=1e-2",
             "optim.warmup_steps=5",

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _specs import world_spec
 from _training_standins import GRUAgent, LineParams, LineWorld, MLPAgent
 
 from sima2.training import (
@@ -30,9 +29,9 @@ from sima2.training.rollout import AgentActor, init_rollout
 
 SMALL = [
     "ppo.num_envs=16",
-    "ppo.num_steps=16",
+    "ppo.rollout_length=16",
     "ppo.num_minibatches=2",
-    "ppo.num_epochs=2",
+    "ppo.update_epochs=2",
     "optim.lr=3e-3",
     "optim.warmup_steps=1",
     "optim.decay_steps=100",
@@ -182,7 +181,7 @@ def test_replay_of_the_agent_in_the_built_in_world_reproduces_its_rollout():
 
 
 def test_vmapped_seeds_match_separate_runs():
-    config = apply_overrides(TrainConfig(), [*SMALL, "ppo.num_envs=4", "ppo.num_steps=4"])
+    config = apply_overrides(TrainConfig(), [*SMALL, "ppo.num_envs=4", "ppo.rollout_length=4"])
     init, step = make_ppo(MLPAgent(jax.random.key(0)), LineWorld(), LineParams(), config)
     key = jax.random.key(5)
     states, multi_step = vmap_seeds(init, step, key, 3)
@@ -205,7 +204,7 @@ def test_host_loop_trains_on_gymnasium_cartpole():
 
     agent = MLPAgent(jax.random.key(0), in_size=4 * 4 * 3 + 2 + 4)
     rollout = HostRollout(agent, vector_env, 16, to_env_action=lambda a: a[:, 0] % 2, to_obs=to_obs, seed=0)
-    config = apply_overrides(TrainConfig(), ["ppo.num_envs=4", "ppo.num_minibatches=2", "ppo.num_epochs=1"])
+    config = apply_overrides(TrainConfig(), ["ppo.num_envs=4", "ppo.num_minibatches=2", "ppo.update_epochs=1"])
     init, step = make_host_ppo(agent, rollout, config)
     state = init(jax.random.key(1))
     for _ in range(3):

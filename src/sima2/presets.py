@@ -87,6 +87,12 @@ class Preset:
 
 
 _QUICK_MONITOR = dict(log_every=5)
+# The PPO stage fine-tunes a cloned policy, so it shapes differently from the seed's defaults (+1 success,
+# -0.1 invalid move, +0.5 new region; `sima2.envs.shaping`): a dense potential term toward the current
+# subgoal (0.1 per cell), a small penalty for refused moves, and no exploration bonus, whose +0.5 per new
+# region would outweigh the +1 of success over an episode and pull a policy that already reaches its goal
+# into wandering. pipeline.json records the coefficients of every run.
+_FINE_TUNING_SHAPER = dict(invalid_move=-0.02, new_region=0.0, potential=0.1)
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -98,18 +104,19 @@ PRESETS: dict[str, Preset] = {
         agent=dict(image_pool=1),
         # A minute or two on a laptop CPU: proves every stage runs; not meant to learn much.
         pipeline=dict(
+            shaper=_FINE_TUNING_SHAPER,
             demo_envs=8,
             demo_steps=48,
             bc=dict(
-                num_steps=30,
+                num_updates=30,
                 bc=dict(batch_size=8, sequence_length=4),
                 optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=5, decay_steps=30),
                 checkpoint=dict(every=10, keep=2),
                 monitor=_QUICK_MONITOR,
             ),
             ppo=dict(
-                num_steps=2,
-                ppo=dict(num_envs=8, num_steps=16, num_minibatches=2),
+                num_updates=2,
+                ppo=dict(num_envs=8, rollout_length=16, num_minibatches=2),
                 optim=dict(lr=3e-4, final_lr=3e-4, warmup_steps=1, decay_steps=2),
                 checkpoint=dict(every=1, keep=2),
                 monitor=dict(log_every=1),
@@ -130,19 +137,20 @@ PRESETS: dict[str, Preset] = {
         agent=dict(image_pool=1),
         # The default: learns the built-in world's training level on a 2-core CPU in under 20 minutes.
         pipeline=dict(
+            shaper=_FINE_TUNING_SHAPER,
             demo_envs=256,
             demo_steps=96,
             bc=dict(
-                num_steps=3500,
+                num_updates=3500,
                 bc=dict(batch_size=16, sequence_length=8),
                 optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=100, decay_steps=3500),
                 checkpoint=dict(every=500, keep=2),
                 monitor=dict(log_every=50),
             ),
             ppo=dict(
-                num_steps=110,
+                num_updates=110,
                 # The cloned policy's critic starts untrained: fit it alone first, then fine-tune gently.
-                ppo=dict(num_envs=64, num_steps=32, num_epochs=4, num_minibatches=4, critic_warmup_updates=10),
+                ppo=dict(num_envs=64, rollout_length=32, update_epochs=4, num_minibatches=4, critic_warmup_updates=10),
                 optim=dict(lr=1e-4, final_lr=1e-4, warmup_steps=1, decay_steps=110),
                 checkpoint=dict(every=10, keep=2),
                 monitor=dict(log_every=1),
@@ -179,18 +187,19 @@ PRESETS: dict[str, Preset] = {
         agent=dict(image_pool=2, freeze_vision=True),
         # GPU scale: ViT-B/16 at 224 pixels, a SmolLM2-135M-shaped planner with LoRA.
         pipeline=dict(
+            shaper=_FINE_TUNING_SHAPER,
             image_size=224,
             demo_envs=256,
             demo_steps=256,
             bc=dict(
-                num_steps=20000,
+                num_updates=20000,
                 bc=dict(batch_size=16, sequence_length=8),
                 optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=500, decay_steps=20000),
                 checkpoint=dict(every=1000, keep=3),
             ),
             ppo=dict(
-                num_steps=200,
-                ppo=dict(num_envs=256, num_steps=64, critic_warmup_updates=10),
+                num_updates=200,
+                ppo=dict(num_envs=256, rollout_length=64, critic_warmup_updates=10),
                 optim=dict(lr=1e-4, final_lr=1e-5, warmup_steps=10, decay_steps=200),
                 checkpoint=dict(every=20, keep=3),
             ),

@@ -82,11 +82,12 @@ class BCConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-    """PPO with GAE on vmapped functional worlds; one update = one rollout of `num_steps` per env."""
+    """PPO with GAE on vmapped functional worlds; one update = one rollout of `rollout_length` steps in each
+    of `num_envs` worlds, then `update_epochs` passes over it in `num_minibatches` minibatches."""
 
     num_envs: int = 64
-    num_steps: int = 128
-    num_epochs: int = 4
+    rollout_length: int = 128
+    update_epochs: int = 4
     num_minibatches: int = 4
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -111,8 +112,8 @@ class PPOConfig:
         check_fields(
             self,
             num_envs=(self.num_envs >= 1, "must be >= 1"),
-            num_steps=(self.num_steps >= 1, "must be >= 1"),
-            num_epochs=(self.num_epochs >= 1, "must be >= 1"),
+            rollout_length=(self.rollout_length >= 1, "must be >= 1"),
+            update_epochs=(self.update_epochs >= 1, "must be >= 1"),
             num_minibatches=(self.num_minibatches >= 1, "must be >= 1"),
             gamma=(0 <= self.gamma <= 1, "must be in [0, 1]"),
             gae_lambda=(0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
@@ -224,7 +225,7 @@ class TrainConfig:
 
     stage: str = "bc"  # "bc" or "ppo"
     seed: int = 0
-    num_steps: int = 1000
+    num_updates: int = 1000  # optimiser updates of the stage (BC batches; PPO rollout + update rounds)
     out: str = "runs/default"
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     bc: BCConfig = dataclasses.field(default_factory=BCConfig)
@@ -239,7 +240,7 @@ class TrainConfig:
         check_fields(
             self,
             stage=(self.stage in ("bc", "ppo"), "must be 'bc' or 'ppo'"),
-            num_steps=(self.num_steps >= 0, "must be >= 0"),
+            num_updates=(self.num_updates >= 0, "must be >= 0"),
         )
 
 
@@ -317,6 +318,10 @@ def _replace_path(node: Any, path: list[str], value: Any, dotted: str) -> Any:
     hints = typing.get_type_hints(type(node))
     fields = {f.name for f in dataclasses.fields(node)}
     head = path[0]
+    renamed = RENAMED_KEYS.get(type(node), {}).get(head)
+    if renamed is not None:
+        new = ".".join([*dotted.strip().split(".")[: -len(path)], renamed, *path[1:]])
+        raise ValueError(f"override {dotted!r}: {head!r} was renamed; use {new!r}")
     if head not in fields:
         raise ValueError(f"override {dotted!r}: unknown key {head!r} (choose from {sorted(fields)})")
     if len(path) == 1:
@@ -329,6 +334,13 @@ def _replace_path(node: Any, path: list[str], value: Any, dotted: str) -> Any:
                 raise
             raise ValueError(f"override {dotted!r}: {err}") from None
     return dataclasses.replace(node, **{head: _replace_path(getattr(node, head), path[1:], value, dotted)})
+
+
+# Keys renamed so that each says what it counts: an override with the old name is refused, naming the new one.
+RENAMED_KEYS: dict[type, dict[str, str]] = {
+    TrainConfig: {"num_steps": "num_updates"},
+    PPOConfig: {"num_steps": "rollout_length", "num_epochs": "update_epochs"},
+}
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

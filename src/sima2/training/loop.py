@@ -57,7 +57,7 @@ class GuardState(eqx.Module):
 class TrainState(eqx.Module):
     """Everything that changes during training; checkpointing this PyTree makes a resume exact.
 
-    `model` is the agent (an `eqx.Module`); `opt_state` covers its trainable part; `env` is the rollout
+    `model` is the agent (an `eqx.Module`); `opt_state` covers its trainable part; `rollout` is the rollout
     state for PPO (world states, observations, recurrent carries) and None for behaviour cloning.
     """
 
@@ -66,12 +66,12 @@ class TrainState(eqx.Module):
     key: PRNGKeyArray
     step: Int[Array, ""]
     guard: GuardState
-    env: PyTree = None
+    rollout: PyTree = None
 
     @classmethod
-    def create(cls, model: PyTree, opt_state: PyTree, key: PRNGKeyArray, env: PyTree = None) -> TrainState:
+    def create(cls, model: PyTree, opt_state: PyTree, key: PRNGKeyArray, rollout: PyTree = None) -> TrainState:
         """The state at step 0, with a fresh anomaly guard."""
-        return cls(model, opt_state, key, jnp.zeros((), jnp.int32), GuardState.init(), env)
+        return cls(model, opt_state, key, jnp.zeros((), jnp.int32), GuardState.init(), rollout)
 
 
 StepFn = Callable[[TrainState, Any], tuple[TrainState, dict[str, Array]]]

@@ -100,12 +100,12 @@ def shard_tree(tree: PyTree, mesh: Mesh, axis: int | None = None) -> PyTree:
 
 
 def shard_train_state(state: Any, mesh: Mesh, env_axis: int = 0) -> Any:
-    """Replicate the model, optimiser and counters; split the rollout state (`state.env`) over worlds."""
-    if state.env is None:
+    """Replicate the model, optimiser and counters; split the rollout state (`state.rollout`) over worlds."""
+    if state.rollout is None:
         return shard_tree(state, mesh)
-    replicated_part = shard_tree(eqx.tree_at(lambda s: s.env, state, None), mesh)
+    replicated_part = shard_tree(eqx.tree_at(lambda s: s.rollout, state, None), mesh)
     return eqx.tree_at(
-        lambda s: s.env, replicated_part, shard_tree(state.env, mesh, env_axis), is_leaf=lambda x: x is None
+        lambda s: s.rollout, replicated_part, shard_tree(state.rollout, mesh, env_axis), is_leaf=lambda x: x is None
     )
 
 

@@ -27,21 +27,12 @@ import equinox as eqx
 import jax
 
 from sima2 import presets
+from sima2.envs.shaping import ShapingCoefficients
 from sima2.interop.pretrained import atomic_write
 from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, check_fields, config_to_dict
-from sima2.training.report import evaluation_report, write_report
+from sima2.training.report import INTERVENTIONS, evaluation_report, read_metrics, write_report
 
 log = logging.getLogger("sima2.training")
-
-
-@dataclasses.dataclass(frozen=True)
-class ShaperConfig:
-    """`RewardShaper` coefficients used during PPO (see `sima2.envs.wrappers.RewardShaper`)."""
-
-    success: float = 1.0
-    invalid_move: float = -0.02
-    new_region: float = 0.0
-    potential: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +49,7 @@ class PipelineConfig:
     """What `sima2 train` runs: the world, the agent preset, and each stage's settings.
 
     `bc` and `ppo` are full `TrainConfig`s (optimiser, loop length, checkpoints, monitoring) of the two
-    training stages; override them as e.g. `bc.num_steps=3000`, `bc.bc.batch_size=32`,
+    training stages; override them as e.g. `bc.num_updates=3000`, `bc.bc.batch_size=32`,
     `ppo.ppo.num_envs=128`, `ppo.optim.lr=1e-4`.
     """
 
@@ -74,8 +65,9 @@ class PipelineConfig:
     planner: str | None = None
     text_encoder: str | None = None
     bc: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="bc"))
-    ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_steps=0))
-    shaper: ShaperConfig = dataclasses.field(default_factory=ShaperConfig)
+    ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_updates=0))
+    # `RewardShaper` coefficients during PPO (defaults: the seed's; the presets say what they change and why).
+    shaper: ShapingCoefficients = dataclasses.field(default_factory=ShapingCoefficients)
     rollback: RollbackConfig = dataclasses.field(default_factory=RollbackConfig)
     # The agent as deployed: its most likely action at each step.
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(deterministic=True))
@@ -99,9 +91,23 @@ def _merge(config: Any, values: dict[str, Any]) -> Any:
 
 
 def pipeline_config(preset: str, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """The preset's configuration with `key=value` overrides (e.g. `bc.num_steps=500`, `demo_envs=32`)."""
+    """The preset's configuration with `key=value` overrides (e.g. `bc.num_updates=500`, `demo_envs=32`)."""
     config = _merge(PipelineConfig(preset=preset), presets.preset(preset).pipeline_overrides())
     return apply_overrides(config, list(overrides))
+
+
+def intervention_summary(metrics_file: Path) -> dict[str, float] | None:
+    """What the wrappers did during PPO, from its metrics log: the mean per-step rate of world rollbacks,
+    fallback steps and blocked actions over the logged updates (None without a PPO stage)."""
+    if not metrics_file.exists():
+        return None
+    records, _ = read_metrics(metrics_file)
+    summary = {}
+    for name in INTERVENTIONS:
+        values = [float(r[name]) for r in records if r.get(name) is not None]
+        if values:
+            summary[name] = sum(values) / len(values)
+    return summary or None
 
 
 def is_destructive(state: Any, action: Any, params: Any) -> Any:
@@ -126,7 +132,7 @@ def wrapped_world(env: Any, config: PipelineConfig) -> Any:
 def _check_divisible(config: PipelineConfig, devices: int) -> None:
     """Data parallelism splits BC batches and PPO worlds over the devices: name what does not divide."""
     sizes = {"bc.bc.batch_size": config.bc.bc.batch_size}
-    if config.ppo.num_steps > 0:
+    if config.ppo.num_updates > 0:
         sizes["ppo.ppo.num_envs"] = config.ppo.ppo.num_envs
     bad = {name: size for name, size in sizes.items() if size % devices}
     if bad:
@@ -138,7 +144,7 @@ def _check_stages(config: PipelineConfig) -> None:
     """Cross-field rules of the stages, checked before any stage starts (single fields check themselves
     when the config is built; overrides apply one at a time, so a pair can only be checked at the end)."""
     ppo = config.ppo.ppo
-    if config.ppo.num_steps > 0 and ppo.num_envs % ppo.num_minibatches:
+    if config.ppo.num_updates > 0 and ppo.num_envs % ppo.num_minibatches:
         raise ValueError(
             f"ppo.ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.ppo.num_minibatches ({ppo.num_minibatches})"
         )
@@ -248,7 +254,7 @@ def train(
 
     # 2. Behaviour cloning of perception + planner + policy together (the planner also learns the plans).
     stage_start = time.perf_counter()
-    announce(f"[2/4] behaviour cloning of perception + planner + policy: {config.bc.num_steps} steps of "
+    announce(f"[2/4] behaviour cloning of perception + planner + policy: {config.bc.num_updates} steps of "
              f"{config.bc.bc.batch_size} x {config.bc.bc.sequence_length} steps -> {out / 'bc'}")
     transform, plan_loss = _plan_supervision(agent, dataset, config.planner)
     bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
@@ -269,11 +275,11 @@ def train(
     timings["bc"] = time.perf_counter() - stage_start
 
     # 3. PPO on vmapped worlds with the reward shaper, the rollback wrapper and the safety filter.
-    if config.ppo.num_steps > 0:
+    if config.ppo.num_updates > 0:
         stage_start = time.perf_counter()
         ppo = config.ppo.ppo
-        announce(f"[3/4] PPO in shaped, rollback and safety-filtered worlds: {config.ppo.num_steps} updates of "
-                 f"{ppo.num_envs} worlds x {ppo.num_steps} steps -> {out / 'ppo'}")
+        announce(f"[3/4] PPO in shaped, rollback and safety-filtered worlds: {config.ppo.num_updates} updates of "
+                 f"{ppo.num_envs} worlds x {ppo.rollout_length} steps -> {out / 'ppo'}")
         ppo_config = dataclasses.replace(config.ppo, stage="ppo", seed=config.seed, out=str(out / "ppo"))
         state = train_ppo(ppo_config, agent, wrapped_world(env, config), params, resume=resume, mesh=mesh)
         agent = state.model
@@ -292,7 +298,8 @@ def train(
     timings["eval"] = time.perf_counter() - stage_start
     timings["total"] = time.perf_counter() - start
     eval_report = evaluation_report(
-        results, preset=config.preset, level=config.level, timings_s={k: round(v, 1) for k, v in timings.items()}
+        results, preset=config.preset, level=config.level, timings_s={k: round(v, 1) for k, v in timings.items()},
+        ppo_interventions=intervention_summary(out / "ppo" / "metrics.jsonl"),
     )
     if not is_main:
         return eval_report

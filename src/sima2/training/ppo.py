@@ -1,7 +1,7 @@
 """PPO (actor-critic with GAE and the clipped objective) on vmapped functional worlds, PureJaxRL style.
 
-One training step = one rollout of `num_steps` in each of `num_envs` worlds (`jax.vmap` over worlds,
-`jax.lax.scan` over time, all inside `jit`) followed by `num_epochs` passes of `num_minibatches`
+One update = one rollout of `rollout_length` steps in each of `num_envs` worlds (`jax.vmap` over worlds,
+`jax.lax.scan` over time, all inside `jit`) followed by `update_epochs` passes of `num_minibatches`
 minibatches. For recurrent agents minibatches split the worlds, not the time steps, so they are trained on
 whole sequences: the update re-scans `agent.evaluate` over time from the carry saved at rollout start,
 resetting it wherever a step is the first of an episode, exactly as the rollout did. A memoryless agent
@@ -223,7 +223,7 @@ def ppo_update(
         return jax.lax.scan(minibatch_step, carry, order)
 
     (trainable, opt_state), terms = jax.lax.scan(
-        epoch, (trainable, state.opt_state), jax.random.split(update_key, config.num_epochs)
+        epoch, (trainable, state.opt_state), jax.random.split(update_key, config.update_epochs)
     )
     metrics = jax.tree.map(jnp.mean, terms)
     # A single non-finite minibatch must trip the guard even if later ones average it away.
@@ -235,7 +235,7 @@ def ppo_update(
         key=key,
         step=state.step + 1,
         guard=state.guard,
-        env=state.env,
+        rollout=state.rollout,
     )
     return state, metrics
 
@@ -285,14 +285,14 @@ def make_ppo(
     def init_fn(key: PRNGKeyArray) -> TrainState:
         env_key, key = jax.random.split(key)
         rollout = init_rollout(AgentActor(agent), env, env_params, env_key, ppo.num_envs)
-        return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key, env=rollout)
+        return TrainState.create(agent, init_opt_state(optimizer, agent, spec), key, rollout=rollout)
 
     def step_fn(state: TrainState, batch: Any = None) -> tuple[TrainState, dict]:
         del batch
         model = state.model
         key, rollout_key = jax.random.split(state.key)
         rollout, trajectory, start_carry, last_value = collect_rollout(
-            model, env, env_params, state.env, rollout_key, ppo.num_steps, expert=ppo.expert_coef > 0
+            model, env, env_params, state.rollout, rollout_key, ppo.rollout_length, expert=ppo.expert_coef > 0
         )
         state = TrainState(model, state.opt_state, key, state.step, state.guard, rollout)
         return ppo_update(state, trajectory, start_carry, last_value, optimizer=optimizer, spec=spec, config=ppo)

@@ -217,12 +217,12 @@ def _record(
     actor = AgentActor(agent, deterministic=deterministic)
 
     def keep(step: Transition, world: PyTree) -> tuple[Array, ...]:
-        return step.obs["image"], env.render_topdown(world), step.done & step.info.success, \
+        return step.obs["image"], jax.vmap(env.render_topdown)(world), step.done & step.info.success, \
             step.done & step.info.truncated, step.done
 
     start = state_from_reset(actor, obs, state)
     _, (images, maps, success, timeout, done) = rollout(
-        actor, env, params, start, key, max_steps + 1, auto_reset=False, keep=keep
+        actor, env, params, start, key, max_steps + 1, auto_reset=False, keep=keep, params_per_world=True
     )
     return images, maps, success[:max_steps], timeout[:max_steps], done[:max_steps]
 

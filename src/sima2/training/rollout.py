@@ -16,7 +16,8 @@ the key splitting, the memory reset at episode starts and the episode bookkeepin
 
 `expert_labels` also records the env expert's action in every step's state (`Transition.expert_action`),
 for imitation losses and demonstrations. `keep(transition, state)` chooses what is stacked over time
-(default: the transition); `state` is the world state the action was taken in.
+(default: the transition); `state` is the world state the action was taken in. Both have the leading
+world axis (`keep` runs on the whole batch of one step).
 """
 
 from __future__ import annotations
@@ -143,14 +144,17 @@ def rollout(
     auto_reset: bool = True,
     expert_labels: bool = False,
     keep: Callable[[Transition, PyTree], PyTree] | None = None,
+    params_per_world: bool = False,
 ) -> tuple[RolloutState, PyTree]:
     """`num_steps` steps in every world of `state`; returns the new rollout state and `keep(transition,
-    world state)` of every step stacked time-major `(T, E, ...)` (default: the `Transition`s)."""
+    world state)` of every step stacked time-major `(T, E, ...)` (default: the `Transition`s).
+    `params_per_world`: `env_params` has a leading world axis (e.g. one split per world)."""
+    params_axis = 0 if params_per_world else None
     num_envs = state.first.shape[0]
     initial = initial_carries(actor, num_envs)
-    act = jax.vmap(actor, in_axes=(0, 0, 0, None, 0))
-    step_env = jax.vmap(env.step if auto_reset else env.step_no_reset, in_axes=(0, 0, 0, None))
-    expert_action = jax.vmap(env.expert_action, in_axes=(0, None))
+    act = jax.vmap(actor, in_axes=(0, 0, 0, params_axis, 0))
+    step_env = jax.vmap(env.step if auto_reset else env.step_no_reset, in_axes=(0, 0, 0, params_axis))
+    expert_action = jax.vmap(env.expert_action, in_axes=(0, params_axis))
     keep = (lambda transition, _: transition) if keep is None else keep
 
     def one_step(carry: RolloutState, keys: tuple[Array, Array]) -> tuple[RolloutState, PyTree]:

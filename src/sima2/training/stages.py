@@ -70,7 +70,7 @@ def run_stage(
         state = run_loop(
             state,
             eqx.filter_jit(step_fn),
-            config.num_steps,
+            config.num_updates,
             batches=batches,
             data_position=None if batches is None else (lambda: batches.position),
             checkpointer=checkpointer,
@@ -171,6 +171,6 @@ def train_ppo(
         resume=resume,
         mesh=mesh,
         hooks=hooks,
-        samples_per_step=ppo.num_envs * ppo.num_steps * ppo.num_seeds,
+        samples_per_step=ppo.num_envs * ppo.rollout_length * ppo.num_seeds,
         num_seeds=ppo.num_seeds,
     )
