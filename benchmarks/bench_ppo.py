@@ -23,6 +23,7 @@ import gymnax
 import jax
 import jax.numpy as jnp
 
+from sima2.contract import AbstractAgent, ActionSpec, ActOutput, ArraySpec, Env, EnvSpec, ObservationSpec, StepInfo
 from sima2.training import (
     TrainConfig,
     apply_overrides,
@@ -35,20 +36,46 @@ from sima2.training import (
 from sima2.training.ppo import collect_rollout
 
 
-class CartPoleEnv(eqx.Module):
-    """gymnax CartPole has the functional reset/step signatures; it reports terminated and truncated apart."""
+class CartPoleEnv(Env):
+    """gymnax CartPole through sima2's env contract: its state, observation and non-resetting step; the
+    contract's `step` adds the auto-reset. Observations are CartPole's 4 floats (no pixels, no text)."""
 
     env: object = eqx.field(static=True)
 
-    def reset(self, key, params):
-        return self.env.reset(key, params)
+    @property
+    def spec(self):
+        return EnvSpec(
+            observation=ObservationSpec(
+                image=ArraySpec((1, 1, 3), "uint8"),
+                instruction=ArraySpec((1,), "int32"),
+                proprio=ArraySpec((4,), "float32"),
+                vocab_size=1,
+            ),
+            action=ActionSpec((2,)),
+            max_instruction_words=1,
+        )
 
-    def step(self, key, state, action, params):
-        obs, state, reward, terminated, truncated, _ = self.env.step(key, state, action, params)
-        return obs, state, reward, terminated | truncated, {}
+    def default_params(self):
+        return self.env.default_params
+
+    def init(self, key, params):
+        return self.env.reset_env(key, params)[1]
+
+    def observe(self, state, params):
+        return self.env.get_obs(state)
+
+    def transition(self, key, state, action, params):
+        out = self.env.step_env(key, state, action, params)
+        _, state, reward, done = out[:4]
+        if len(out) == 6:  # gymnax versions that report truncation apart
+            done = out[3] | out[4]
+        return state, reward.astype(jnp.float32), StepInfo(terminated=done, truncated=False)
+
+    def expert_action(self, state, params):
+        raise NotImplementedError("CartPole has no scripted expert")
 
 
-class MLPActorCritic(eqx.Module):
+class MLPActorCritic(AbstractAgent):
     """Separate actor and critic MLPs (64, 64), as rejax and SB3 use by default."""
 
     actor: eqx.nn.MLP
@@ -62,16 +89,29 @@ class MLPActorCritic(eqx.Module):
     def initial_carry(self):
         return jnp.zeros((0,), jnp.float32)
 
-    def act(self, key, obs, carry):
+    def act(self, key, obs, carry, *, deterministic=False):
         logits = jax.nn.log_softmax(self.actor(obs))
-        action = jax.random.categorical(key, logits)
+        action = jnp.argmax(logits) if deterministic else jax.random.categorical(key, logits)
         entropy = -(jnp.exp(logits) * logits).sum()
-        return action, carry, {"log_prob": logits[action], "value": self.critic(obs), "entropy": entropy}
+        return action, carry, ActOutput(log_prob=logits[action], value=self.critic(obs), entropy=entropy)
 
-    def evaluate(self, obs, carry, action):
+    def observation_features(self, obs):
+        return obs
+
+    def evaluate_features(self, obs, carry, action):
         logits = jax.nn.log_softmax(self.actor(obs))
         entropy = -(jnp.exp(logits) * logits).sum()
         return logits[action], entropy, self.critic(obs), carry
+
+    def critic_filter(self):
+        critic = jax.tree.map(lambda _: False, self)
+        return eqx.tree_at(lambda m: m.critic, critic, jax.tree.map(eqx.is_inexact_array, self.critic))
+
+    def trainable_filter(self):
+        return jax.tree.map(eqx.is_inexact_array, self)
+
+    def save_pretrained(self, save_directory):
+        raise NotImplementedError("the benchmark's agent is not saved")
 
 
 def sima2_runner(num_envs, num_steps, num_epochs, num_minibatches, updates):
@@ -117,7 +157,7 @@ def update_only_runner(agent, env, env_params, config, init_fn, updates):
     optimizer, spec = make_optimizer(config.optim), trainable_spec(agent, None)
     state = init_fn(jax.random.key(0))
     _, trajectory, start_carry, last_value = collect_rollout(
-        state.model, env, env_params, state.env, jax.random.key(1), config.ppo.num_updates
+        state.model, env, env_params, state.rollout, jax.random.key(1), config.ppo.rollout_length
     )
 
     def one_update(state, batch=None):

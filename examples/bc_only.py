@@ -54,7 +54,7 @@ def main() -> None:
         "monitor.tensorboard=False",
     ])
     report = lambda step, state, metrics: print(f"step {step:4d}  action loss {metrics['action_loss']:.3f}")  # noqa: E731
-    state = train_bc(config, agent, demos, image_shape=(64, 64, 3), action_nvec=env.action_nvec, hooks=[report])
+    state = train_bc(config, agent, demos, image_shape=(64, 64, 3), action_nvec=env.spec.action.nvec, hooks=[report])
 
     eval_config = EvalConfig(num_envs=min(args.eval_episodes, 16), num_episodes=args.eval_episodes,
                              max_steps=int(params.max_steps) * 2)

@@ -33,8 +33,9 @@ def main() -> None:
         subgoal = plan[int(env.subgoal_index(state))]
         frames.append(envs.side_by_side(np.asarray(obs["image"]), np.asarray(topdown(state, 12))))
         captions.append(f"{instruction}  |  now: {subgoal}")
-        obs, state, reward, terminated, truncated, _ = step(state, expert(state, params), params)
-        if bool(terminated) or bool(truncated):
+        obs, state, reward, done, info = step(jax.random.key(0), state, expert(state, params), params)
+        terminated = info.terminated
+        if bool(done):
             frames.append(envs.side_by_side(np.asarray(obs["image"]), np.asarray(topdown(state, 12))))
             captions.append(f"{instruction}  |  {'success!' if bool(terminated) else 'time out'}")
             break

@@ -17,7 +17,7 @@ from sima2.envs.wrappers import RewardShaper, RollbackWrapper, SafetyFilter
 NUM_WORLDS, NUM_STEPS = 8, 200
 
 world, params = sima2.envs.make("sima2/GoTo-v0")
-nvec = world.action_nvec
+nvec = world.spec.action.nvec
 
 
 DROP = sima2.envs.KEY_NAMES.index("drop")
@@ -33,7 +33,7 @@ env = SafetyFilter(
         RewardShaper(world, success=1.0, invalid_move=-0.1, new_region=0.5, potential=0.1),
         timeout_s=10.0,
         penalty=1.0,
-        # Simulated time comes from the world's info["elapsed_ticks"] (each action is held 6-30 ticks at 60 Hz).
+        # Simulated time comes from the world's info.elapsed_ticks (each action is held 6-30 ticks at 60 Hz).
         fallback_steps=20,  # the world's expert navigates for 20 steps after a rollback
     ),
     is_destructive=is_destructive,
@@ -68,6 +68,6 @@ def run(key):
 rewards, infos = run(jax.random.key(0))
 print(f"mean shaped reward per step: {float(rewards.mean()):+.4f}")
 for term in ("reward_success", "reward_invalid_move", "reward_exploration", "reward_potential"):
-    print(f"  {term:22s} {float(infos[term].sum()):+9.2f} (total over {NUM_WORLDS} worlds)")
-print(f"rollbacks: {int(infos['rollback'].sum())}, fallback steps: {int(infos['fallback_active'].sum())}")
-print(f"blocked actions: {int(infos['safety_blocked'].sum())} (the mask keeps the policy from choosing them)")
+    print(f"  {term:22s} {float(infos.extras[term].sum()):+9.2f} (total over {NUM_WORLDS} worlds)")
+print(f"rollbacks: {int(infos.world_rollback.sum())}, fallback steps: {int(infos.fallback_step.sum())}")
+print(f"blocked actions: {int(infos.action_blocked.sum())} (the mask keeps the policy from choosing them)")

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sima2.envs as envs
+from sima2.contract import StepInfo, reset_where_done
 from sima2.envs import vocabulary as voc
-from sima2.envs.env import reset_where_done
 from sima2.envs.render import FIELD_OF_VIEW, _cast_rays
 from sima2.envs.world import AGENT_RADIUS, HELDOUT_PAIR_MASK, door_state_grid, generate, heading_vectors
 
@@ -86,7 +86,7 @@ def test_agent_never_passes_through_walls(seed, actions):
     _, state = _jitted_reset(env)(jax.random.key(seed), params)
     offsets = AGENT_RADIUS * 0.999 * np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]])
     for action in actions:
-        _, state, *_ = step(state, np.array(action, np.int32), params)
+        _, state, *_ = step(jax.random.key(0), state, np.array(action, np.int32), params)
         # Walls and closed doors (objects may be dropped next to the agent, so they are left out).
         door_id = np.asarray(state.door_id)
         door_closed = np.where(door_id >= 0, np.asarray(state.door_state)[np.maximum(door_id, 0)] > 0, False)
@@ -137,7 +137,7 @@ def test_turning_moves_the_image_the_right_way(look_bin, direction):
         obs, state = reset(jax.random.key(seed), params)
         if _column_profile(np.asarray(obs["image"])).std() < 8.0:
             continue  # a featureless view (facing a plain wall) carries no horizontal motion
-        obs2, *_ = step(state, jnp.array([0, look_bin, 0], jnp.int32), params)
+        obs2, *_ = step(jax.random.key(0), state, jnp.array([0, look_bin, 0], jnp.int32), params)
         moved.append(_best_shift(np.asarray(obs["image"]), np.asarray(obs2["image"])))
     # Turning right by 15 degrees moves the view's content left by ~13 pixels (66 degree field of view).
     assert len(moved) >= 4
@@ -150,13 +150,13 @@ def test_bumping_a_wall_is_an_invalid_move_with_contact(goto):
     _, state = jax.jit(env.reset)(jax.random.key(3), params)
     info = None
     for _ in range(8):  # walking forward for 4 s reaches a wall in a 5x5 room
-        obs, state, _, _, _, info = step(state, jnp.array([1, 3, 2], jnp.int32), params)
-    assert bool(info["invalid_move"])
+        obs, state, _, _, info = step(jax.random.key(0), state, jnp.array([1, 3, 2], jnp.int32), params)
+    assert bool(info.invalid_move) and float(info.contact) > 0
     assert float(state.contact) > 0 and float(obs["proprio"][-1]) > 0
     assert np.allclose(obs["proprio"][:2], 0.0, atol=1e-5)  # pushing against the wall: no velocity
 
 
-def test_info_keys_and_auto_reset(goto):
+def test_step_info_fields_and_auto_reset(goto):
     env, params = goto
     params = envs.EnvParams(max_steps=jnp.int32(2), split=params.split)
     obs, state = jax.jit(env.reset)(jax.random.key(0), params)
@@ -165,10 +165,15 @@ def test_info_keys_and_auto_reset(goto):
         obs, state, reward, done, info = step(jax.random.key(t), state, jnp.array([0, 3, 0]), params)
         if bool(done):
             break
-    for key in ("success", "invalid_move", "agent_pos", "distance_to_goal", "timeout", "episode_return"):
-        assert key in info
-    assert info["agent_pos"].shape == (2,) and info["distance_to_goal"].dtype == jnp.float32
-    assert bool(done) and bool(info["timeout"]) != bool(info["success"])
+    assert isinstance(info, StepInfo)
+    for name in ("terminated", "truncated", "success", "invalid_move"):
+        assert getattr(info, name).shape == () and getattr(info, name).dtype == jnp.bool_
+    assert info.agent_pos.shape == (2,) and info.distance_to_goal.dtype == jnp.float32
+    assert np.isfinite(np.asarray(info.agent_pos)).all() and np.isfinite(float(info.distance_to_goal))
+    assert info.elapsed_ticks.dtype == jnp.int32 and int(info.elapsed_ticks) == envs.DURATION_TICKS[0]
+    assert info.path_length.dtype == jnp.float32 and info.optimal_path_length.dtype == jnp.float32
+    assert bool(done) and bool(info.truncated) != bool(info.success)
+    assert bool(info.done) == bool(done) and bool(info.terminated) == bool(info.success)
     assert int(state.time) == 0  # auto-reset
 
 
@@ -291,24 +296,24 @@ def test_topdown_render_and_gif(tmp_path, goto):
         envs.write_episode(frames, tmp_path / "episode.avi")
 
 
-@pytest.mark.parametrize(("num_done", "split_batched"), [(0, False), (5, True), (40, False)])
-def test_batched_auto_reset_regenerates_exactly_the_done_worlds(goto, num_done, split_batched):
+@pytest.mark.parametrize(("num_done", "params_batched"), [(0, False), (5, True), (40, False)])
+def test_batched_auto_reset_regenerates_exactly_the_done_worlds(goto, num_done, params_batched):
     env, params = goto
     n = 40  # the batched reset works in chunks of ceil(n / 16) = 3 worlds: many done worlds take several
     _, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(jax.random.split(jax.random.key(0), n), params)
     keys = jax.random.split(jax.random.key(1), n)
     done = jnp.zeros((n,), bool).at[jax.random.permutation(jax.random.key(2), n)[:num_done]].set(True)
-    split = jnp.broadcast_to(params.split, (n,)) if split_batched else params.split
-    in_axes = (None, 0, 0, 0 if split_batched else None, 0)
-    out = jax.jit(jax.vmap(reset_where_done, in_axes=in_axes), static_argnums=0)(env.level, done, keys, split, state)
+    batch_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (n,)), params) if params_batched else params
+    in_axes = (None, 0, 0, 0 if params_batched else None, 0)
+    out = eqx.filter_jit(jax.vmap(reset_where_done, in_axes=in_axes))(env, done, keys, batch_params, state)
     fresh = jax.jit(jax.vmap(generate, in_axes=(0, None, None)), static_argnums=1)(keys, env.level, params.split)
-    single = jax.jit(reset_where_done, static_argnums=0)
+    single = eqx.filter_jit(reset_where_done)
     for i in range(n):
         pick = lambda tree, i=i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
         expected = pick(fresh) if done[i] else pick(state)
         assert _trees_equal(pick(out), expected), f"world {i} (done={bool(done[i])}) differs"
         if i % 8 == 0:  # the unbatched path (a lax.cond) agrees too
-            assert _trees_equal(single(env.level, done[i], keys[i], params.split, pick(state)), expected)
+            assert _trees_equal(single(env, done[i], keys[i], params, pick(state)), expected)
 
 
 @pytest.mark.parametrize("level", ["sima2/Sequence-v0", "sima2/GoToMultiRoom-v0"])
@@ -377,9 +382,7 @@ def test_auto_reset_under_nested_vmap(goto):
     done = jax.random.bernoulli(jax.random.key(5), 0.4, (seeds, n))
     fresh_keys = jax.random.split(jax.random.key(6), seeds * n).reshape(seeds, n)
     inner = jax.vmap(reset_where_done, in_axes=(None, 0, 0, None, 0))
-    out = jax.jit(jax.vmap(inner, in_axes=(None, 0, 0, None, 0)), static_argnums=0)(
-        env.level, done, fresh_keys, params.split, state
-    )
+    out = eqx.filter_jit(jax.vmap(inner, in_axes=(None, 0, 0, None, 0)))(env, done, fresh_keys, params, state)
     fresh = jax.jit(jax.vmap(jax.vmap(generate, in_axes=(0, None, None)), in_axes=(0, None, None)), static_argnums=1)(
         fresh_keys, env.level, params.split
     )

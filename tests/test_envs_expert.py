@@ -27,9 +27,9 @@ def expert_episodes(level: str, num_worlds: int, seed: int = 0, split: str = "tr
         def body(carry, _):
             state, finished, kept = carry
             action = jax.vmap(env.expert_action, in_axes=(0, None))(state, params)
-            stepped, _, info = jax.vmap(env.transition, in_axes=(0, 0, None))(state, action, params)
-            ends = ~finished & (info["success"] | info["timeout"])
-            kept = {k: jnp.where(ends, info[k], kept[k]) for k in keys}
+            stepped, _, info = jax.vmap(env.transition, in_axes=(None, 0, 0, None))(key, state, action, params)
+            ends = ~finished & info.done
+            kept = {k: jnp.where(ends, getattr(info, k), kept[k]) for k in keys}
             return (stepped, finished | ends, kept), None
 
         kept = {k: jnp.zeros(num_worlds, jnp.bool_ if k == "success" else jnp.float32) for k in keys}

@@ -56,7 +56,7 @@ def test_out_of_range_action_values_are_clipped_for_everything(goto):
     for bad, clipped in [([-1, -1, -1], [0, 0, 0]), ([100, 100, 100], [6, 6, 2])]:
         out = step(key, state, jnp.array(bad, jnp.int32), params)
         want = step(key, state, jnp.array(clipped, jnp.int32), params)
-        assert int(out[4]["elapsed_ticks"]) == envs.DURATION_TICKS[clipped[2]]
+        assert int(out[4].elapsed_ticks) == envs.DURATION_TICKS[clipped[2]]
         for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(want), strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -73,14 +73,17 @@ def test_gym_reward_terms_add_up_and_regions_pay_once_per_episode(actions, seed,
     for action in actions:
         _, reward, terminated, truncated, info = env.step(action)
         terms = [info[k] for k in ("reward_success", "reward_invalid_move", "reward_exploration")]
+        # The shared shaping formula (sima2.envs.shaping) computes in float32: the default coefficients
+        # +1 / -0.1 / +0.5 are their float32 values, exactly.
         assert terms == [
-            1.0 * info["success"],
-            -0.1 * info["invalid_move"],
-            0.5 * (info["agent_pos"][0] // 2 not in seen),
+            float(np.float32(1.0) * info["success"]),
+            float(np.float32(-0.1) * info["invalid_move"]),
+            float(np.float32(0.5) * (info["agent_pos"][0] // 2 not in seen)),
         ]
         phi_next = 0.0 if terminated else -potential * info["distance_to_goal"]
-        assert info["reward_potential"] == pytest.approx(0.9 * phi_next + potential * previous_distance)
-        assert reward == pytest.approx(sum(terms) + info["reward_potential"] + info["reward_env"])
+        expected_potential = 0.9 * phi_next + potential * previous_distance
+        assert info["reward_potential"] == pytest.approx(expected_potential, rel=1e-5, abs=1e-5)
+        assert reward == pytest.approx(sum(terms) + info["reward_potential"] + info["reward_env"], rel=1e-6)
         seen.add(int(info["agent_pos"][0] // 2))
         previous_distance = info["distance_to_goal"]
         if terminated or truncated:

@@ -1,8 +1,9 @@
 """Tests for the functional wrappers (RewardShaper, RollbackWrapper, SafetyFilter) on a toy grid world.
 
-The toy world follows the functional environment contract exactly: reset(key, params) /
-step(key, state, action, params) with auto-reset, (key, look, duration) actions, the contract's info keys
-plus "elapsed_ticks", and an expert_action.
+The toy world implements the contract (`sima2.contract.Env`): init / observe / transition (reset and step
+with auto-reset come from the base), (key, look, duration) actions, a typed `StepInfo` with
+`elapsed_ticks`, and an expert_action. It reports the action it executed in ``info.extras`` ("action_key",
+"action_look", "action_duration"), so tests see what actually reached the world through the wrappers.
 """
 
 import itertools
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jaxtyping import Array, Bool, Int, PRNGKeyArray
 
+from sima2.contract import ActionSpec, ArraySpec, Env, EnvSpec, ObservationSpec, StepInfo
 from sima2.envs.wrappers import (
     RewardShaper,
     RollbackWrapper,
@@ -39,48 +41,61 @@ class ToyState(eqx.Module):
     t: Int[Array, ""]
 
 
-class ToyWorld(eqx.Module):
-    """SIZE x SIZE room: walk to the goal; bumping the border or interacting is an invalid move."""
+class ToyWorld(Env):
+    """SIZE x SIZE room: walk to the goal; bumping the border or interacting is an invalid move.
+
+    With `report_ticks` False the world does not report `elapsed_ticks` (the StepInfo default, 1 tick)."""
 
     action_nvec: tuple[int, int, int] = eqx.field(static=True, default=(6, 2, 2))
+    report_ticks: bool = eqx.field(static=True, default=True)
 
-    def _spawn(self, key: PRNGKeyArray) -> ToyState:
+    @property
+    def spec(self) -> EnvSpec:
+        return EnvSpec(
+            observation=ObservationSpec(
+                image=ArraySpec((SIZE, SIZE, 3), "uint8"),
+                instruction=ArraySpec((3,), "int32"),
+                proprio=ArraySpec((2,), "float32"),
+                vocab_size=SIZE + 2,
+            ),
+            action=ActionSpec(self.action_nvec),
+            max_instruction_words=3,
+        )
+
+    def default_params(self) -> ToyParams:
+        return PARAMS
+
+    def init(self, key: PRNGKeyArray, params: ToyParams) -> ToyState:
         pos_key, goal_key = jax.random.split(key)
         pos = jax.random.randint(pos_key, (2,), 0, SIZE)
         offset = jax.random.randint(goal_key, (2,), 1, SIZE)
         return ToyState(pos=pos, goal=(pos + offset) % SIZE, t=jnp.zeros((), jnp.int32))
 
-    def _obs(self, state: ToyState) -> dict:
+    def observe(self, state: ToyState, params: ToyParams) -> dict:
         image = jnp.zeros((SIZE, SIZE, 3), jnp.uint8)
         image = image.at[state.goal[1], state.goal[0], 1].set(255).at[state.pos[1], state.pos[0], 0].set(255)
         instruction = jnp.concatenate([jnp.array([1], jnp.int32), state.goal.astype(jnp.int32) + 2])
         return {"image": image, "instruction": instruction, "proprio": state.pos.astype(jnp.float32) / SIZE}
 
-    def reset(self, key: PRNGKeyArray, params: ToyParams) -> tuple[dict, ToyState]:
-        state = self._spawn(key)
-        return self._obs(state), state
-
-    def step(self, key: PRNGKeyArray, state: ToyState, action: Int[Array, "3"], params: ToyParams):
+    def transition(self, key: PRNGKeyArray, state: ToyState, action: Int[Array, "3"], params: ToyParams):
         target = state.pos + MOVES[action[0]]
         bumped = jnp.any((target < 0) | (target >= SIZE))
         pos = jnp.where(bumped, state.pos, target)
         success = jnp.all(pos == state.goal)
         t = state.t + 1
         timeout = (t >= params.max_steps) & ~success
-        done = success | timeout
-        info = {
-            "success": success,
-            "invalid_move": bumped | (action[0] == INTERACT),
-            "agent_pos": pos.astype(jnp.float32) + 0.5,
-            "distance_to_goal": jnp.sum(jnp.abs(pos - state.goal)).astype(jnp.float32),
-            "timeout": timeout,
-            "elapsed_ticks": (action[2] + 1) * TICKS_PER_DURATION,
-        }
-        stepped = ToyState(pos=pos, goal=state.goal, t=t)
-        reset_state = self._spawn(key)
-        new_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, stepped)
-        reward = success.astype(jnp.float32)
-        return self._obs(new_state), new_state, reward, done, info
+        ticks = {"elapsed_ticks": (action[2] + 1) * TICKS_PER_DURATION} if self.report_ticks else {}
+        info = StepInfo(
+            terminated=success,
+            truncated=timeout,
+            success=success,
+            invalid_move=bumped | (action[0] == INTERACT),
+            agent_pos=pos.astype(jnp.float32) + 0.5,
+            distance_to_goal=jnp.sum(jnp.abs(pos - state.goal)).astype(jnp.float32),
+            extras={"action_key": action[0], "action_look": action[1], "action_duration": action[2]},
+            **ticks,
+        )
+        return ToyState(pos=pos, goal=state.goal, t=t), success.astype(jnp.float32), info
 
     def expert_action(self, state: ToyState, params: ToyParams) -> Int[Array, "3"]:
         delta = state.goal - state.pos
@@ -88,11 +103,15 @@ class ToyWorld(eqx.Module):
         return jnp.array([key, 0, 0], jnp.int32)
 
 
-def toy_probe(state: ToyState, params: ToyParams) -> dict[str, Array]:
-    return {
-        "agent_pos": state.pos.astype(jnp.float32) + 0.5,
-        "distance_to_goal": jnp.sum(jnp.abs(state.pos - state.goal)).astype(jnp.float32),
-    }
+def toy_probe(state: ToyState, params: ToyParams) -> tuple[Array, Array]:
+    """(agent_pos, distance_to_goal) of a world state, as the RewardShaper's probe returns them."""
+    return state.pos.astype(jnp.float32) + 0.5, jnp.sum(jnp.abs(state.pos - state.goal)).astype(jnp.float32)
+
+
+def executed_action(info: StepInfo) -> np.ndarray:
+    """The action the toy world executed, as it reports it in `info.extras` (last axis: factors)."""
+    names = ("action_key", "action_look", "action_duration")
+    return np.stack([np.asarray(info.extras[n]) for n in names], -1).astype(np.int32)
 
 
 PARAMS = ToyParams(max_steps=jnp.asarray(12, jnp.int32))
@@ -144,39 +163,40 @@ def test_reward_terms_add_up_to_the_coefficients(coeffs, seed, with_probe):
     actions = random_actions(jax.random.key(seed), 40)
     _, (_, _, reward, done, info) = rollout(shaper, jax.random.key(seed + 1), actions)
     terms = ["reward_success", "reward_invalid_move", "reward_exploration", "reward_potential", "reward_env"]
-    np.testing.assert_allclose(reward, sum(info[t] for t in terms), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(info["reward_success"], success * info["success"], rtol=1e-6)
-    np.testing.assert_allclose(info["reward_invalid_move"], invalid * info["invalid_move"], rtol=1e-6)
-    assert set(np.unique(info["reward_exploration"])) <= {0.0, np.float32(new_region)}
-    np.testing.assert_array_equal(info["reward_env"], 0.0)
+    extras = info.extras
+    np.testing.assert_allclose(reward, sum(extras[t] for t in terms), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(extras["reward_success"], success * info.success, rtol=1e-6)
+    np.testing.assert_allclose(extras["reward_invalid_move"], invalid * info.invalid_move, rtol=1e-6)
+    assert set(np.unique(extras["reward_exploration"])) <= {0.0, np.float32(new_region)}
+    np.testing.assert_array_equal(extras["reward_env"], 0.0)
 
     # Potential term: gamma * phi(s') - phi(s), phi = -potential * distance, phi = 0 at terminal states.
-    distance = np.asarray(info["distance_to_goal"])
-    phi_next = np.where(info["success"], 0.0, -potential * distance)
+    distance = np.asarray(info.distance_to_goal)
+    phi_next = np.where(info.success, 0.0, -potential * distance)
     for t in range(1, len(distance)):
         if done[t - 1]:
             continue  # first step of an episode: needs the start state's distance, checked below
         expected = 0.9 * phi_next[t] + potential * distance[t - 1]
-        np.testing.assert_allclose(info["reward_potential"][t], expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(extras["reward_potential"][t], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_potential_term_on_first_step_uses_probe():
     shaper = RewardShaper(ToyWorld(), potential=1.0, gamma=1.0, probe=toy_probe)
     obs, state = shaper.reset(jax.random.key(0), PARAMS)
-    start_distance = toy_probe(shaper.base_state(state), PARAMS)["distance_to_goal"]
+    _, start_distance = toy_probe(shaper.base_state(state), PARAMS)
     action = ToyWorld().expert_action(shaper.base_state(state), PARAMS)
     _, _, _, done, info = shaper.step(jax.random.key(1), state, action, PARAMS)
-    expected = 0.0 if bool(info["success"]) else start_distance - info["distance_to_goal"]
-    np.testing.assert_allclose(info["reward_potential"], expected, atol=1e-6)
-    assert bool(info["success"]) or float(info["reward_potential"]) == pytest.approx(1.0)
+    expected = 0.0 if bool(info.success) else start_distance - info.distance_to_goal
+    np.testing.assert_allclose(info.extras["reward_potential"], expected, atol=1e-6)
+    assert bool(info.success) or float(info.extras["reward_potential"]) == pytest.approx(1.0)
 
 
 def _episode_region_bonuses(info, done, start_regions, region_size):
     """Per episode, list of regions for which the exploration bonus was paid, recomputed in Python."""
     episodes, paid, seen = [], [], {start_regions[0]}
     for t in range(len(done)):
-        region = tuple(int(c) for c in np.floor(np.asarray(info["agent_pos"][t]) / region_size))
-        if info["reward_exploration"][t] > 0:
+        region = tuple(int(c) for c in np.floor(np.asarray(info.agent_pos[t]) / region_size))
+        if info.extras["reward_exploration"][t] > 0:
             paid.append(region)
             assert region not in seen, f"bonus paid for an already visited region {region} at step {t}"
         else:
@@ -207,7 +227,7 @@ def test_without_probe_first_step_only_seeds_visit_grid():
     _, state = shaper.reset(jax.random.key(3), PARAMS)
     assert not bool(state.seeded)
     _, state, _, _, info = shaper.step(jax.random.key(4), state, jnp.array([RIGHT, 0, 0]), PARAMS)
-    assert float(info["reward_exploration"]) == 0.0 and float(info["reward_potential"]) == 0.0
+    assert float(info.extras["reward_exploration"]) == 0.0 and float(info.extras["reward_potential"]) == 0.0
     assert bool(state.seeded) and int(state.visited.sum()) == 1
 
 
@@ -221,7 +241,7 @@ def test_env_reward_scale_keeps_world_reward():
         total += float(reward)
         if bool(done):
             break
-    assert bool(info["success"]) and total == pytest.approx(2.0)
+    assert bool(info.success) and total == pytest.approx(2.0)
 
 
 def test_bad_region_config_is_rejected():
@@ -258,7 +278,7 @@ def test_rollback_restores_exact_snapshot_and_applies_penalty():
     obs, state = env.reset(jax.random.key(11), params)
     # One expert step makes progress: that state becomes the snapshot.
     obs, state, _, done, info = env.step(jax.random.key(0), state, env.expert_action(state, params), params)
-    assert not bool(done) and not bool(info["rollback"])
+    assert not bool(done) and not bool(info.world_rollback)
     good_obs, good_inner = obs, state.inner
     assert _tree_equal(state.snapshot, good_inner)
     # Stand still (and bump around): no progress for 4 * 0.25 s = timeout -> rollback on the 4th step.
@@ -266,10 +286,10 @@ def test_rollback_restores_exact_snapshot_and_applies_penalty():
         obs, state, reward, done, info = env.step(
             jax.random.key(i + 1), state, jnp.array([key, 0, 0]), params
         )
-        assert bool(info["rollback"]) == (i == 3)
+        assert bool(info.world_rollback) == (i == 3)
     assert _tree_equal(state.inner, good_inner) and _tree_equal(obs, good_obs)
     assert float(reward) == pytest.approx(-0.7)  # the world's reward was 0, minus the penalty
-    assert int(info["rollback_count"]) == 1 and float(state.stalled_seconds) == 0.0
+    assert int(state.rollback_count) == 1 and float(state.stalled_seconds) == 0.0
 
 
 def test_rollback_hands_control_to_expert_for_fallback_steps():
@@ -280,19 +300,19 @@ def test_rollback_hands_control_to_expert_for_fallback_steps():
     _, state, _, _, info = env.step(jax.random.key(0), state, noop, params)  # first step: progress (inf -> d)
     _, state, _, _, info = env.step(jax.random.key(1), state, noop, params)
     _, state, _, _, info = env.step(jax.random.key(2), state, noop, params)
-    assert bool(info["rollback"])
+    assert bool(info.world_rollback)
     distances = []
     for i in range(2):
         _, state, _, done, info = env.step(jax.random.key(3 + i), state, noop, params)
-        assert bool(info["fallback_active"])
-        distances.append(float(info["distance_to_goal"]))
+        assert bool(info.fallback_step) and not bool(info.agent_acted)
+        distances.append(float(info.distance_to_goal))
         if bool(done):
             break
     if not bool(done):
         assert distances[1] < distances[0]  # the expert moves toward the goal despite the no-op actions
         _, state, _, _, info = env.step(jax.random.key(9), state, noop, params)
-        assert not bool(info["fallback_active"])
-        assert int(info["fallback_step_count"]) == 2
+        assert not bool(info.fallback_step) and bool(info.agent_acted)
+        assert int(state.fallback_step_count) == 2
 
 
 def test_rollback_reads_elapsed_ticks_when_no_seconds_per_step():
@@ -303,19 +323,22 @@ def test_rollback_reads_elapsed_ticks_when_no_seconds_per_step():
         jax.random.key(1), state, jnp.array([NOOP, 0, 1]), params
     )  # progress (first step)
     _, state, _, _, info = env.step(jax.random.key(2), state, jnp.array([NOOP, 0, 1]), params)
-    assert float(info["stalled_seconds"]) == pytest.approx(2 * TICKS_PER_DURATION / 60.0)
+    assert int(info.elapsed_ticks) == 2 * TICKS_PER_DURATION
+    assert float(state.stalled_seconds) == pytest.approx(2 * TICKS_PER_DURATION / 60.0)
 
 
-def test_rollback_without_time_source_raises():
-    class NoTicks(ToyWorld):
-        def step(self, key, state, action, params):
-            obs, state, reward, done, info = super().step(key, state, action, params)
-            return obs, state, reward, done, {k: v for k, v in info.items() if k != "elapsed_ticks"}
-
-    env = RollbackWrapper(NoTicks(), fallback_steps=0)
-    _, state = env.reset(jax.random.key(0), PARAMS)
-    with pytest.raises(ValueError, match="seconds_per_step"):
-        env.step(jax.random.key(1), state, jnp.array([NOOP, 0, 0]), PARAMS)
+def test_rollback_times_a_world_without_ticks_by_one_tick_per_step():
+    """A world that does not report elapsed_ticks has the StepInfo default of 1 tick: the no-progress timer
+    advances by 1 / tick_rate_hz per step, and the rollback fires when that reaches timeout_s."""
+    env = RollbackWrapper(ToyWorld(report_ticks=False), timeout_s=1.0, tick_rate_hz=4.0, fallback_steps=0)
+    params = ToyParams(max_steps=jnp.asarray(100, jnp.int32))
+    _, state = env.reset(jax.random.key(0), params)
+    _, state, _, _, info = env.step(jax.random.key(1), state, jnp.array([NOOP, 0, 2]), params)  # progress
+    assert int(info.elapsed_ticks) == 1 and float(state.stalled_seconds) == 0.0
+    for i in range(4):
+        _, state, _, _, info = env.step(jax.random.key(2 + i), state, jnp.array([NOOP, 0, 2]), params)
+        assert bool(info.world_rollback) == (i == 3)
+        assert float(state.stalled_seconds) == pytest.approx(0.0 if i == 3 else (i + 1) * 0.25)
 
 
 def test_rollback_on_invalid_state_and_reset_mode():
@@ -329,9 +352,9 @@ def test_rollback_on_invalid_state_and_reset_mode():
     _, state = env.reset(jax.random.key(0), params)
     for i in range(SIZE):
         _, state, reward, done, info = env.step(jax.random.key(i), state, jnp.array([RIGHT, 0, 0]), params)
-        if bool(info["rollback"]):
+        if bool(info.world_rollback):
             break
-    assert bool(info["rollback"]) and bool(done) and bool(info["timeout"])
+    assert bool(info.world_rollback) and bool(done) and bool(info.truncated) and not bool(info.terminated)
     assert float(reward) == pytest.approx(-1.0)
     assert int(state.rollback_count) == 0  # a new episode starts after a reset-mode rollback
 
@@ -369,13 +392,19 @@ def test_filter_never_lets_a_blocked_action_through(seed, density):
     )
     before = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b[:-1]]), first_state, states)
     masks = jnp.concatenate([first_obs["action_mask"][None], obs["action_mask"][:-1]])
+    # What filter_action says for the state before each step (vs. what reached the world, below).
+    filter_all = eqx.filter_jit(jax.vmap(lambda s, a, p: env.filter_action(s, a, p), in_axes=(0, 0, None)))
+    filtered, blocked, none_safe = map(np.asarray, filter_all(before, actions, params))
     for t in range(actions.shape[0]):
         parity = int(before.inner.pos[t, 0]) % 2
-        proposed, executed = tuple(np.asarray(actions[t])), tuple(np.asarray(info["executed_action"][t]))
-        assert bool(info["safety_blocked"][t]) == bool(table[(parity, *proposed)])
+        proposed, executed = tuple(np.asarray(actions[t])), tuple(executed_action(info)[t])
+        assert bool(info.action_blocked[t]) == bool(table[(parity, *proposed)])
+        assert bool(info.agent_acted[t]) == (not bool(info.action_blocked[t]))
+        assert tuple(filtered[t]) == executed and bool(blocked[t]) == bool(info.action_blocked[t])
+        assert float(info.extras["safety_no_safe_action"][t]) == float(none_safe[t]) == float(table[parity].all())
         if not table[parity].all():
             assert not table[(parity, *executed)], f"blocked action {executed} executed at step {t}"
-        if not bool(info["safety_blocked"][t]):
+        if not bool(info.action_blocked[t]):
             assert executed == proposed
         # Mask: a factor value is allowed iff some unblocked joint action uses it.
         allowed = ~table[parity]
@@ -397,8 +426,8 @@ def test_filter_uses_safe_action_and_combines_inner_mask():
     assert not key_mask[INTERACT] and not key_mask[LEFT] and key_mask[[NOOP, RIGHT, UP, DOWN]].all()
     for blocked_key in (INTERACT, LEFT):
         _, _, _, _, info = env.step(jax.random.key(1), state, jnp.array([blocked_key, 0, 1]), PARAMS)
-        assert bool(info["safety_blocked"])
-        np.testing.assert_array_equal(info["executed_action"], safe)
+        assert bool(info.action_blocked) and not bool(info.agent_acted)
+        np.testing.assert_array_equal(executed_action(info), safe)
 
 
 def test_filter_rejects_bad_input():
@@ -442,13 +471,21 @@ def test_wrappers_compose_in_any_order_under_vmap(order):
 
     _, (obs, _, reward, _, info) = batched
     assert obs["action_mask"].shape == (num_worlds, num_steps, sum(ToyWorld().action_nvec))
-    assert not bool(jnp.any(info["executed_action"][..., 0] == INTERACT))
-    for key in ("reward_exploration", "rollback_count", "safety_blocked"):
-        assert key in info
-    # Attribute forwarding and state peeling reach the world through every layer.
-    assert env.action_nvec == ToyWorld().action_nvec
+    assert not (executed_action(info)[..., 0] == INTERACT).any()
+    # Every layer's report survives the others: the shaper's terms, the rollback's and the filter's flags.
+    assert "reward_exploration" in info.extras and "safety_no_safe_action" in info.extras
+    for flag in (info.world_rollback, info.fallback_step, info.action_blocked, info.agent_acted):
+        assert flag.shape == (num_worlds, num_steps) and flag.dtype == jnp.bool_
+    assert bool(jnp.any(info.action_blocked))  # random actions include INTERACT, which the filter blocks
+    # The spec and state peeling reach the world through every layer.
+    assert env.spec.action.nvec == ToyWorld().spec.action.nvec
+    assert env.spec.observation.action_mask.shape == (sum(ToyWorld().action_nvec),)
     _, state = env.reset(jax.random.key(2), PARAMS)
     assert isinstance(unwrap_state(env, state), ToyState)
+    rollback_state = state
+    while not hasattr(rollback_state, "rollback_count"):
+        rollback_state = rollback_state.inner
+    assert int(rollback_state.rollback_count) == 0
 
 
 def test_expert_action_delegates_through_wrappers():

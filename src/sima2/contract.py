@@ -136,8 +136,8 @@ def _extras(x: Mapping[str, Any]) -> dict[str, Array]:
 
 
 class StepInfo(eqx.Module):
-    """What one step reports (one world, or leading `*batch` axes from a rollout or a host loop). Fields an env cannot know keep
-    their defaults: no distance to a goal (NaN), no position (NaN), every action its own.
+    """What one step reports (one world, or leading `*batch` axes from a rollout or a host loop). Fields an
+    env cannot know keep their defaults: no distance to a goal (NaN), no position (NaN), every action its own.
 
     `terminated` / `truncated` end the episode (done = either); `success` is the task's own success
     signal. On a done step every field describes the step that ended the episode, before the reset.
@@ -228,7 +228,8 @@ def reset_where_done(
     @reset.def_vmap
     def reset_batched(axis_size, in_batched, dynamic, done, key, params, state):
         dynamic_batched, done_batched, _, params_batched, state_batched = in_batched
-        broadcast = lambda x, batched: x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))  # noqa: E731
+        # Unbatched leaves may come as Python scalars (jaxpr literals, e.g. a constant flag in the state).
+        broadcast = lambda x, batched: x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))  # noqa: E731
         done = broadcast(done, done_batched)
         state = jax.tree.map(broadcast, state, state_batched)
         key = broadcast(key, in_batched[2])

@@ -18,6 +18,9 @@ Same names and meaning as the functional wrappers in `sima2.envs.wrappers`, for 
 
 In vector envs: `SyncVectorEnv` works as is; `AsyncVectorEnv` needs ``daemon=False`` around a
 `RollbackWrapper`, because daemonic processes may not start its worker.
+
+Over 400 lines on purpose: the three gymnasium wrappers mirror `sima2.envs.wrappers` one to one and are
+read side by side with it (the rollback worker process is most of the length).
 """
 
 from __future__ import annotations

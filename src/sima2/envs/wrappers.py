@@ -14,6 +14,9 @@ What the wrappers read is the typed `StepInfo` of the wrapped env's transition: 
 `info.extras` (logged, never read). User callables (``is_destructive``, ``is_invalid``, ``controller``,
 ``probe``) receive the *innermost* world state (all wrapper states peeled off), so they are written once
 against the world.
+
+Over 400 lines on purpose: the three wrappers share the `Wrapper` base and the state-peeling helpers and
+are composed together; each is one short class.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ One Equinox module serves the three families; the config records what differs: l
 or a SwiGLU one, which projections carry biases, grouped-query attention, tied or separate output
 embeddings. Projections are fused (q/k/v in one GEMM, gate/up in one GEMM) so a decode step is few, large
 matmuls. The same forward serves plain calls and cached decoding (`sima2.planning.generate`).
+
+Over 400 lines on purpose: the three families share one module, one attention with its KV cache and
+one weight map; a file per family would repeat them.
 """
 
 from __future__ import annotations

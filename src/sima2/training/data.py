@@ -11,6 +11,9 @@ it serves windows of T consecutive rows that start at an episode start (rows of 
 contiguous and in step order, as `record_demonstrations` writes them), for recurrent behaviour cloning.
 Augmentations are random, so they run inside the jitted step from the training key (see
 `sima2.training.bc`).
+
+Over 400 lines on purpose: recording, validation, storage and batching all read or write the same row
+features (`FEATURES`), so a change of the row format is made in one file.
 """
 
 from __future__ import annotations

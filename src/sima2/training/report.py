@@ -7,6 +7,9 @@ Plots are read back from the stages' `metrics.jsonl` files (see `sima2.training.
 redrawn for any run folder. Episodes are recorded by the one rollout (`sima2.training.rollout`, without
 auto-reset, so each world stops at the end of its first episode); `write_episode_gifs`
 draws the instruction and the outcome on every frame, with the top-down map beside the agent's view.
+
+Over 400 lines on purpose: plots, episode GIFs and the summary share the run folder's layout
+(`STAGE_MARKS`, `PLOTS_DIR`, `GIFS_DIR`) and are written together by `write_report`.
 """
 
 from __future__ import annotations
