@@ -50,7 +50,8 @@ def test_learning_curves_from_the_stages_metrics(tmp_path):
                                           "grad_norm": 1.0, "skipped_updates": 0.0}) for s in (5, 10, 15)],
                    [(10, "resume", "resumed")])
     _write_metrics(tmp_path / "ppo", [(s, {"return": 0.1 * s, "success_rate": 0.05 * s, "episode_length": 30.0 - s,
-                                           "reward_success": 0.01 * s, "reward_potential": 0.02, "world_rollback_rate": 0.0})
+                                           "reward_success": 0.01 * s, "reward_potential": 0.02,
+                                           "world_rollback_rate": 0.0})
                                       for s in (1, 2, 3)])
     records, events = read_metrics(tmp_path / "bc" / "metrics.jsonl")
     assert [r["step"] for r in records] == [5, 10, 15] and [e["event"] for e in events] == ["resume"]

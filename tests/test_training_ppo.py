@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _training_standins import GRUAgent, LineParams, LineWorld, MLPAgent
 
+from sima2.contract import ActOutput
 from sima2.training import (
     EvalConfig,
     HostRollout,
@@ -22,7 +23,6 @@ from sima2.training import (
     make_replay_buffer,
     vmap_seeds,
 )
-from sima2.contract import ActOutput
 from sima2.training.ppo import collect_rollout, random_permutation
 from sima2.training.recurrent import evaluate_sequences
 from sima2.training.rollout import AgentActor, init_rollout

@@ -11,7 +11,6 @@ A decision step holds the action for its duration at the 60 Hz simulation tick, 
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float32, Int32, PRNGKeyArray, UInt8
@@ -36,6 +35,7 @@ from sima2.envs.world import (
     proprio,
     stage_complete,
 )
+
 
 class Sima2Env(Env[EnvState, EnvParams]):
     """One level of the built-in world. Static configuration only; dynamic settings live in EnvParams."""

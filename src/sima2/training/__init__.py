@@ -29,11 +29,11 @@ from sima2.training.data import (
     validate_rows,
 )
 from sima2.training.evaluate import decision_latency, evaluate, evaluate_splits
+from sima2.training.host_rollout import HostRollout, make_host_ppo
 from sima2.training.loop import GuardState, TrainingHalted, TrainState, guard_step, run_loop, scan_steps
 from sima2.training.monitor import MetricsLogger, memory_stats
 from sima2.training.optim import make_optimizer, make_schedule, trainable_spec
 from sima2.training.parallel import initialize_distributed, make_mesh, shard_batch, shard_train_state
-from sima2.training.host_rollout import HostRollout, make_host_ppo
 from sima2.training.ppo import compute_gae, make_ppo, ppo_update, vmap_seeds
 from sima2.training.replay import make_replay_buffer
 from sima2.training.stages import run_stage, train_bc, train_ppo

@@ -27,7 +27,6 @@ from typing import Any
 
 import datasets
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 

@@ -17,13 +17,12 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PyTree
 
+from sima2.contract import AbstractAgent
 from sima2.training.config import OptimConfig
 
 # Up to this many trainable elements (of one dtype), the optimiser works on one concatenated vector: a few
 # fused operations per step instead of several per array. Larger models skip the extra copy.
 FLAT_OPTIMIZER_MAX_SIZE = 1 << 20
-
-from sima2.contract import AbstractAgent
 
 
 def make_schedule(config: OptimConfig) -> optax.Schedule:

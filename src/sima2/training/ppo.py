@@ -8,7 +8,8 @@ resetting it wherever a step is the first of an episode, exactly as the rollout 
 (empty carry) has its (time, world) steps shuffled into minibatches and evaluated as one flat batch.
 
 Rollouts come from the one rollout (`sima2.training.rollout`); the learner (`ppo_update`) also serves the
-host loop over gymnasium vector envs (`sima2.training.host_rollout`). Several seeds train at once by `jax.vmap`-ing the init and step functions.
+host loop over gymnasium vector envs (`sima2.training.host_rollout`). Several seeds train at once by
+`jax.vmap`-ing the init and step functions.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
@@ -180,7 +180,8 @@ def ppo_update(
     key, update_key = jax.random.split(state.key)
     trainable, rest = split_trainable(state.model, spec)
     # The minibatches need what the loss reads, not the logged extras.
-    samples = (dataclasses.replace(trajectory, info=dataclasses.replace(trajectory.info, extras={})), advantages, returns)
+    steps = dataclasses.replace(trajectory, info=dataclasses.replace(trajectory.info, extras={}))
+    samples = (steps, advantages, returns)
     memoryless = is_memoryless(state.model)
     if memoryless:
         # Every step stands alone: view the (T, E) steps as one time step of T * E worlds.
