@@ -59,7 +59,7 @@ def bench_sima2(level: str, num_worlds: int, size: int, steps: int, repeats: int
             obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 keys, state, actions, params
             )
-            return (state, obs), reward.sum() + info["distance_to_goal"].sum()
+            return (state, obs), reward.sum() + info.distance_to_goal.sum()
 
         # Random actions and step keys for the whole rollout drawn up front (inside the timed call), as a
         # rollout collector does: one batched draw instead of a few small ones per step.

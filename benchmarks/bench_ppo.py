@@ -10,7 +10,7 @@ others clip the global norm, and initialisations differ. rejax's periodic evalua
 only training is timed. The runs are interleaved `--repeats` times and the best of each is reported, since
 a shared CPU makes single timings noisy. Needs the benchmark extra (gymnax, six, rejax, stable-baselines3).
 
-    python benchmarks/bench_ppo.py [--num-envs 64] [--num-steps 64] [--updates 32] [--sb3-updates 2]
+    python benchmarks/bench_ppo.py [--num-envs 64] [--rollout-length 64] [--updates 32] [--sb3-updates 2]
 """
 
 from __future__ import annotations
@@ -114,19 +114,19 @@ class MLPActorCritic(AbstractAgent):
         raise NotImplementedError("the benchmark's agent is not saved")
 
 
-def sima2_runner(num_envs, num_steps, num_epochs, num_minibatches, updates):
+def sima2_runner(num_envs, rollout_length, update_epochs, num_minibatches, updates):
     gym_env, env_params = gymnax.make("CartPole-v1")
     config = apply_overrides(
         TrainConfig(),
         [
             f"ppo.num_envs={num_envs}",
-            f"ppo.rollout_length={num_steps}",
-            f"ppo.update_epochs={num_epochs}",
+            f"ppo.rollout_length={rollout_length}",
+            f"ppo.update_epochs={update_epochs}",
             f"ppo.num_minibatches={num_minibatches}",
             "optim.lr=3e-4",
             "optim.final_lr=3e-4",
             "optim.warmup_steps=0",
-            f"optim.decay_steps={updates * num_epochs * num_minibatches + 1}",
+            f"optim.decay_steps={updates * update_epochs * num_minibatches + 1}",
             "optim.weight_decay=0.0",
             "optim.max_grad_norm=0.5",
         ],
@@ -250,16 +250,16 @@ def sb3_runner(num_envs, num_steps, num_epochs, num_minibatches, updates):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-envs", type=int, default=64)
-    parser.add_argument("--num-steps", type=int, default=64)
-    parser.add_argument("--num-epochs", type=int, default=4)
+    parser.add_argument("--rollout-length", type=int, default=64, help="steps per world per update")
+    parser.add_argument("--update-epochs", type=int, default=4)
     parser.add_argument("--num-minibatches", type=int, default=4)
     parser.add_argument("--updates", type=int, default=32)
     parser.add_argument("--sb3-updates", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed runs; the best counts")
     args = parser.parse_args()
-    shape = (args.num_envs, args.num_steps, args.num_epochs, args.num_minibatches)
+    shape = (args.num_envs, args.rollout_length, args.update_epochs, args.num_minibatches)
     print(
-        f"PPO on CartPole-v1: {args.num_envs} envs x {args.num_steps} steps, {args.num_epochs} epochs x "
+        f"PPO on CartPole-v1: {args.num_envs} envs x {args.rollout_length} steps, {args.update_epochs} epochs x "
         f"{args.num_minibatches} minibatches, MLP (64, 64) SiLU actor/critic, {jax.devices()[0].platform}, "
         f"best of {args.repeats}"
     )
@@ -274,7 +274,7 @@ def main():
     for repeat in range(args.repeats):
         for name, (run, _) in runs.items():
             best[name] = min(best[name], run(repeat + 1))
-    rate = {name: updates * args.num_envs * args.num_steps / best[name] for name, (_, updates) in runs.items()}
+    rate = {name: updates * args.num_envs * args.rollout_length / best[name] for name, (_, updates) in runs.items()}
     print(
         f"sima2  : {rate['sima2']:12,.0f} env-steps/s  (mean episode return after {args.updates} updates: "
         f"{sum(final_returns) / len(final_returns):.1f}, averaged over the timed runs)"

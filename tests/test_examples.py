@@ -1,4 +1,4 @@
-"""Every example runs to its end with its smallest settings, in a subprocess, as a user would run it.
+"""Every example runs to its end with its smallest settings, in a subprocess, as a user would run it (in CI too).
 
 Each asserts on what the example prints (parity figures, success rates, device counts) and on the files it
 promises, so an example that silently stops doing its job fails here.
@@ -32,7 +32,6 @@ def differences(text: str) -> list[float]:
     return [float(x) for x in re.findall(r"max \|sima2 - transformers\|\s*=?\s*([0-9.e+-]+)", text)]
 
 
-@pytest.mark.slow
 def test_bc_only(tmp_path):
     out = run_example("bc_only.py", "--steps", 4, "--demo-envs", 4, "--demo-steps", 32, "--eval-episodes", 4,
                       "--out", tmp_path / "bc", cwd=tmp_path)
@@ -42,7 +41,6 @@ def test_bc_only(tmp_path):
     assert (tmp_path / "bc" / "final" / "model.safetensors").exists() and (tmp_path / "bc" / "metrics.jsonl").exists()
 
 
-@pytest.mark.slow
 def test_ppo_only(tmp_path):
     out = run_example("ppo_only.py", "--updates", 2, "--envs", 4, "--rollout", 8, "--eval-episodes", 4,
                       "--out", tmp_path / "ppo", cwd=tmp_path)
@@ -51,7 +49,6 @@ def test_ppo_only(tmp_path):
     assert (tmp_path / "ppo" / "final" / "model.safetensors").exists()
 
 
-@pytest.mark.slow
 def test_full_pipeline_with_pretrained_parts(tmp_path):
     """The whole job with a pretrained ViT and BERT given by path (the `sima2 train` flags' path)."""
     pytest.importorskip("torch")
@@ -70,14 +67,13 @@ def test_full_pipeline_with_pretrained_parts(tmp_path):
     assert "language TextEncoder reading instructions through" in out
 
 
-@pytest.mark.slow
 def test_multi_device(tmp_path):
     out = run_example("multi_device.py", "--devices", 4, "--steps", 2, "--batch", 8, cwd=tmp_path)
     assert "devices: 4 x cpu" in out and "[2, 2, 2, 2] examples per device" in out
     assert "parameters are replicated: True" in out and "results match" in out
 
 
-@pytest.mark.parametrize("which", ["fresh", pytest.param("lora_llama", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("which", ["fresh", "lora_llama"])
 def test_export_to_pytorch(tmp_path, which):
     pytest.importorskip("torch")
     args = ["--out", tmp_path / "exported"]
@@ -111,7 +107,6 @@ def test_export_to_pytorch(tmp_path, which):
     assert exported == source.get_vocab()
 
 
-@pytest.mark.slow
 def test_external_gym_env(tmp_path):
     pytest.importorskip("minigrid")
     out = run_example("external_gym_env.py", "--updates", 2, "--envs", 2, "--rollout", 8, "--out", tmp_path / "mg",
@@ -128,7 +123,6 @@ def test_load_hf_vit(tmp_path):
     assert "exported back to transformers as ViTModel" in out
 
 
-@pytest.mark.slow
 def test_plan_with_hf_lm(tmp_path):
     out = run_example("plan_with_hf_lm.py", "--steps", 20, cwd=tmp_path)
     losses = [float(x) for x in re.findall(r"plan loss ([0-9.]+)", out)]
@@ -136,14 +130,12 @@ def test_plan_with_hf_lm(tmp_path):
     assert len(re.findall(r"-> \[.*\] \(expert: ", out)) == 4 and "instruction embedding for the policy" in out
 
 
-@pytest.mark.slow
 def test_wrappers_demo(tmp_path):
     out = run_example("wrappers_demo.py", cwd=tmp_path)
     assert re.search(r"mean shaped reward per step: [+-]\d", out)
     assert re.search(r"rollbacks: \d+, fallback steps: \d+", out) and re.search(r"blocked actions: \d+", out)
 
 
-@pytest.mark.slow
 def test_record_expert_episode(tmp_path):
     out = run_example("record_expert_episode.py", "--level", "sima2/GoTo-v0", "--size", 32,
                       "--out", tmp_path / "episode.gif", cwd=tmp_path)

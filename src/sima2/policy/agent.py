@@ -327,10 +327,8 @@ class Agent(AbstractAgent):
             trainable = eqx.tree_at(lambda a: a.vision, trainable, jax.tree.map(lambda _: False, self.vision))
         if freeze_planner:
             planner_filter = jax.tree.map(lambda _: False, self.planner)
-        elif callable(getattr(self.planner, "trainable_filter", None)):
-            planner_filter = self.planner.trainable_filter()
         else:
-            planner_filter = jax.tree.map(eqx.is_inexact_array, self.planner)
+            planner_filter = self.planner.trainable_filter()
         return eqx.tree_at(lambda a: a.planner, trainable, planner_filter)
 
     def critic_filter(self) -> PyTree[bool]:
