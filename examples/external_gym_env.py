@@ -70,7 +70,7 @@ def main() -> None:
 
         logger = MetricsLogger(args.out, config.monitor)
         try:
-            run_loop(init_fn(jax.random.key(1)), step_fn, config.num_steps, logger=logger, hooks=[report],
+            run_loop(init_fn(jax.random.key(1)), step_fn, config.num_updates, logger=logger, hooks=[report],
                      samples_per_step=args.envs * args.rollout)
         finally:
             logger.close()
