@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sima2.contract import StepInfo
 from sima2.envs.adapter import MINIGRID_ACTIONS, DiscreteActionMap, GymnasiumAdapter, QuietStdout
 
 minigrid = pytest.importorskip("minigrid")
@@ -50,7 +51,8 @@ def test_minigrid_end_to_end_reaches_goal_with_same_step_reset():
         np.testing.assert_array_equal(obs["proprio"][:, 1], [1, 1])  # turned south
         obs, reward, done, info = adapter.step(np.array([[FORWARD, 0, 0], [LEFT, 0, 0]]))
         np.testing.assert_array_equal(done, [True, False])
-        np.testing.assert_array_equal(info["success"], [True, False])
+        np.testing.assert_array_equal(info.success, [True, False])
+        np.testing.assert_array_equal(info.terminated, [True, False])
         assert float(reward[0]) > 0 and float(reward[1]) == 0
         np.testing.assert_array_equal(obs["proprio"][0], [1, 0, 0, 0])  # env 0 already reset
     finally:
@@ -75,7 +77,8 @@ def test_adapter_drives_a_jitted_vmapped_policy():
             obs, reward, done, info = adapter.step(act(sub, obs))
             returns += np.asarray(reward)
             assert obs["image"].shape == (3, 8, 8, 3) and reward.shape == done.shape == (3,)
-            assert set(info) >= {"success", "invalid_move", "timeout"}
+            assert isinstance(info, StepInfo) and info.success.shape == info.truncated.shape == (3,)
+            assert not np.any(np.asarray(info.truncated & info.terminated))
         assert np.all(returns >= 0)
     finally:
         adapter.close()
@@ -88,6 +91,14 @@ def test_action_map_and_bad_input():
     np.testing.assert_array_equal(action_map(np.array([[0, 1, 0], [0, 2, 0]])), [LEFT, RIGHT])
     with pytest.raises(ValueError, match="out of range"):
         action_map(np.array([[0, 3, 0]]))
+    # The inverse turns an expert's native actions into sima2 factors that map back to them.
+    native = np.array([RIGHT, FORWARD, LEFT, RIGHT])
+    factors = action_map.inverse(native)
+    assert factors.shape == (4, 3) and factors.dtype == np.int32
+    np.testing.assert_array_equal(action_map(factors), native)
+    np.testing.assert_array_equal(DiscreteActionMap.for_discrete(7).inverse([5, 0]), [[5, 0, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match="native action 6 is not in the action table"):
+        action_map.inverse([6])
     with pytest.raises(ValueError, match="integer"):
         DiscreteActionMap(np.zeros((2, 2)))
     if not _world_tokenizer_available():
@@ -127,3 +138,13 @@ def test_quiet_silences_env_stdout_and_array_observations_work(capsys):
     np.testing.assert_array_equal(obs["instruction"], np.zeros((2, 16)))
     assert isinstance(adapter.envs.envs[0], QuietStdout)
     adapter.close()
+
+
+def test_a_mission_longer_than_the_instruction_length_is_refused_with_the_numbers():
+    adapter = GymnasiumAdapter(make_empty_room, num_envs=1, image_size=(8, 8), instruction_length=4,
+                               tokenizer=word_tokenizer())
+    try:
+        with pytest.raises(ValueError, match=r"6 tokens long, more than the adapter's instruction_length=4"):
+            adapter.reset(seed=0)  # "get to the green goal square"
+    finally:
+        adapter.close()

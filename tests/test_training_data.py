@@ -47,8 +47,9 @@ def test_recorded_demonstrations_round_trip_through_load_dataset(demos, tmp_path
     assert set(demos["step_id"]) == {0, 1}
     assert len(set(demos["episode_id"])) == len(demos) // 2
     save_demonstrations(demos, tmp_path)
-    loaded = load_demonstrations(str(tmp_path))
+    loaded = load_demonstrations(str(tmp_path), cache_dir=str(tmp_path / "cache"))
     assert loaded.features == demos.features and len(loaded) == len(demos)
+    assert any((tmp_path / "cache").rglob("*.arrow"))  # the Arrow copy went where it was asked to
     np.testing.assert_array_equal(np.asarray(loaded[3]["image"]), np.asarray(demos[3]["image"]))
     assert loaded[3]["plan"] == demos[3]["plan"]
     with pytest.raises(ValueError, match="lacks the columns"):

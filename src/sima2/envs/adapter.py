@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -37,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, UInt8
 
-__all__ = ["MINIGRID_ACTIONS", "DiscreteActionMap", "GymnasiumAdapter", "QuietStdout"]
+from sima2.contract import StepInfo
+
+__all__ = ["MINIGRID_ACTIONS", "DiscreteActionMap", "GymnasiumAdapter", "QuietStdout", "step_info_from_gym"]
 
 MINIGRID_ACTIONS = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
 
@@ -61,6 +63,22 @@ class DiscreteActionMap:
     @property
     def nvec(self) -> tuple[int, ...]:
         return tuple(int(n) for n in self.table.shape)
+
+    def inverse(self, native: Any) -> np.ndarray:
+        """sima2 factor indices `(N, factors)` for native actions `(N,)`: for each, the first index triple
+        (in lexicographic order) that the table maps to it. Raises ValueError naming an action no index
+        triple maps to."""
+        native = np.asarray(native).reshape(-1)
+        flat = self.table.reshape(-1)
+        out = np.empty((native.shape[0], self.table.ndim), np.int32)
+        for i, action in enumerate(native):
+            hits = np.flatnonzero(flat == action)
+            if hits.size == 0:
+                raise ValueError(
+                    f"native action {action.item()!r} is not in the action table (it maps to {sorted(set(flat.tolist()))})"
+                )
+            out[i] = np.unravel_index(hits[0], self.table.shape)
+        return out
 
     def __call__(self, actions: np.ndarray) -> np.ndarray:
         actions = np.asarray(actions)
@@ -100,6 +118,47 @@ def _resize_images(images: UInt8[Array, "N h w 3"], size: tuple[int, int]) -> UI
     shape = (images.shape[0], *size, images.shape[-1])
     resized = jax.image.resize(images.astype(jnp.float32), shape, method="linear", antialias=True)
     return jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8)
+
+
+def step_info_from_gym(
+    terminated: np.ndarray, truncated: np.ndarray, reward: np.ndarray, info: Mapping[str, Any]
+) -> StepInfo:
+    """The typed record of one gymnasium vector-env step (the one place a gymnasium `info` dict becomes a
+    `StepInfo`): success is ``info["success"]`` where the env reports it, else termination with a positive
+    reward (MiniGrid's convention); the gymnasium wrappers' "rollback", "fallback_active" and
+    "safety_blocked" flags become the intervention fields. Entries masked out by gymnasium's ``"_<name>"``
+    arrays take the default."""
+    terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
+    num_envs = terminated.shape[0]
+
+    def flag(name: str, default: np.ndarray) -> np.ndarray:
+        if name not in info:
+            return default
+        value = np.asarray(info[name], bool).reshape(num_envs)
+        mask = info.get(f"_{name}")
+        return value if mask is None else np.where(np.asarray(mask, bool), value, default)
+
+    no = np.zeros(num_envs, bool)
+    fallback, blocked = flag("fallback_active", no), flag("safety_blocked", no)
+    unknown = np.full(num_envs, np.nan, np.float32)
+    fields = dict(
+        terminated=terminated,
+        truncated=truncated & ~terminated,
+        success=flag("success", terminated & (np.asarray(reward) > 0)),
+        invalid_move=flag("invalid_move", no),
+        world_rollback=flag("rollback", no),
+        fallback_step=fallback,
+        action_blocked=blocked,
+        agent_acted=~(fallback | blocked),
+        elapsed_ticks=np.ones(num_envs, np.int32),
+        agent_pos=np.full((num_envs, 2), np.nan, np.float32),
+        distance_to_goal=unknown,
+        path_length=unknown,
+        optimal_path_length=unknown,
+        contact=np.zeros(num_envs, np.float32),
+        subgoal_index=np.zeros(num_envs, np.int32),
+    )
+    return StepInfo(**{name: jnp.asarray(value) for name, value in fields.items()})
 
 
 class GymnasiumAdapter:
@@ -160,6 +219,14 @@ class GymnasiumAdapter:
     def _tokenize(self, missions: Sequence[str]) -> np.ndarray:
         new = sorted({m for m in missions if m not in self._token_cache})
         if new:  # missions change only on reset: tokenise each distinct one once
+            lengths = [len(ids) for ids in self.tokenizer(new, truncation=False)["input_ids"]]
+            longest = int(np.argmax(lengths))
+            if lengths[longest] > self.instruction_length:
+                raise ValueError(
+                    f"mission {new[longest]!r} is {lengths[longest]} tokens long, more than the adapter's "
+                    f"instruction_length={self.instruction_length}: pass a larger instruction_length (the tail "
+                    "would be cut off)"
+                )
             ids = self.tokenizer(
                 new,
                 padding="max_length",
@@ -200,28 +267,16 @@ class GymnasiumAdapter:
 
     def step(
         self, actions: Int[Array, "N factors"] | np.ndarray
-    ) -> tuple[dict[str, Array], Float[Array, " N"], Bool[Array, " N"], dict[str, Array]]:
+    ) -> tuple[dict[str, Array], Float[Array, " N"], Bool[Array, " N"], StepInfo]:
         """One step of every env; done envs reset in the same step (their next observation is returned)."""
         env_actions = self.action_map(np.asarray(actions))
         raw, reward, terminated, truncated, info = self.envs.step(env_actions)
         reward, terminated, truncated = (np.asarray(x) for x in (reward, terminated, truncated))
-
-        def flag(key: str, default: np.ndarray) -> np.ndarray:
-            if key not in info:
-                return default
-            return np.where(info[f"_{key}"], np.asarray(info[key], bool), default)
-
-        out_info = {
-            "success": flag("success", terminated & (reward > 0)),
-            "invalid_move": flag("invalid_move", np.zeros(self.num_envs, bool)),
-            "timeout": truncated & ~terminated,
-            "terminated": terminated,
-        }
         return (
             self.observe(raw),
             jnp.asarray(reward, jnp.float32),
             jnp.asarray(terminated | truncated),
-            {k: jnp.asarray(v) for k, v in out_info.items()},
+            step_info_from_gym(terminated, truncated, reward, info),
         )
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from sima2.training.config import (
     apply_overrides,
 )
 from sima2.training.data import (
+    FEATURES,
     DemonstrationBatches,
     check_dataset,
     load_demonstrations,
@@ -39,6 +40,7 @@ from sima2.training.replay import make_replay_buffer
 from sima2.training.stages import run_stage, train_bc, train_ppo
 
 __all__ = [
+    "FEATURES",
     "BCConfig",
     "CheckpointConfig",
     "Checkpointer",

@@ -144,9 +144,12 @@ def save_demonstrations(dataset: datasets.Dataset, folder: str | Path, split: st
     return path
 
 
-def load_demonstrations(path_or_repo: str, split: str = "train", revision: str | None = None) -> datasets.Dataset:
-    """`datasets.load_dataset` on a local folder written by `save_demonstrations` or a Hub dataset repo."""
-    dataset = datasets.load_dataset(path_or_repo, split=split, revision=revision)
+def load_demonstrations(
+    path_or_repo: str, split: str = "train", revision: str | None = None, cache_dir: str | None = None
+) -> datasets.Dataset:
+    """`datasets.load_dataset` on a local folder written by `save_demonstrations` or a Hub dataset repo;
+    `cache_dir`: where HF datasets keeps its Arrow copy (default: its global cache)."""
+    dataset = datasets.load_dataset(path_or_repo, split=split, revision=revision, cache_dir=cache_dir)
     missing = [name for name in ("image", "instruction", "action") if name not in dataset.column_names]
     if missing:
         raise ValueError(f"dataset {path_or_repo!r} lacks the columns {missing}")

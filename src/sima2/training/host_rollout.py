@@ -3,12 +3,13 @@ in-`jit` rollout, and PPO on them (`make_host_ppo`, the same jitted `ppo_update`
 
 World states live outside JAX here, so each step is a jitted `agent.act` on the batch (memory reset at
 episode starts, as in `sima2.training.rollout`), then `vector_env.step` on the host. What the gymnasium
-env reports in its `info` dict is turned into the typed `StepInfo` once, by `step_info_from_gym`.
+env reports in its `info` dict is turned into the typed `StepInfo` by `sima2.envs.adapter.step_info_from_gym`,
+the one place that conversion is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -17,48 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from sima2.contract import AbstractAgent, StepInfo, Transition
+from sima2.contract import AbstractAgent, Transition
+from sima2.envs.adapter import step_info_from_gym
 from sima2.training.config import TrainConfig
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, trainable_spec
 from sima2.training.ppo import ppo_update
 from sima2.training.recurrent import initial_carries, reset_where
-
-
-def _flag(info: Mapping[str, Any], name: str, num_envs: int) -> np.ndarray:
-    value = info.get(name)
-    return np.zeros(num_envs, bool) if value is None else np.asarray(value, bool).reshape(num_envs)
-
-
-def step_info_from_gym(
-    terminated: np.ndarray, truncated: np.ndarray, reward: np.ndarray, info: Mapping[str, Any]
-) -> StepInfo:
-    """The typed record of one vector-env step: success is ``info["success"]`` when the env reports it,
-    else termination with a positive reward (MiniGrid's convention); the gymnasium wrappers' "rollback",
-    "fallback_active" and "safety_blocked" flags become the intervention fields."""
-    terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
-    num_envs = terminated.shape[0]
-    success = _flag(info, "success", num_envs) if "success" in info else terminated & (np.asarray(reward) > 0)
-    fallback, blocked = _flag(info, "fallback_active", num_envs), _flag(info, "safety_blocked", num_envs)
-    unknown = np.full(num_envs, np.nan, np.float32)
-    fields = dict(
-        terminated=terminated,
-        truncated=truncated,
-        success=success,
-        invalid_move=_flag(info, "invalid_move", num_envs),
-        world_rollback=_flag(info, "rollback", num_envs),
-        fallback_step=fallback,
-        action_blocked=blocked,
-        agent_acted=~(fallback | blocked),
-        elapsed_ticks=np.ones(num_envs, np.int32),
-        agent_pos=np.full((num_envs, 2), np.nan, np.float32),
-        distance_to_goal=unknown,
-        path_length=unknown,
-        optimal_path_length=unknown,
-        contact=np.zeros(num_envs, np.float32),
-        subgoal_index=np.zeros(num_envs, np.int32),
-    )
-    return StepInfo(**{name: jnp.asarray(value) for name, value in fields.items()})
 
 
 class HostRollout:
@@ -160,4 +126,4 @@ def make_host_ppo(
     return init_fn, step_fn
 
 
-__all__ = ["HostRollout", "make_host_ppo", "step_info_from_gym"]
+__all__ = ["HostRollout", "make_host_ppo"]
