@@ -75,7 +75,8 @@ class DiscreteActionMap:
             hits = np.flatnonzero(flat == action)
             if hits.size == 0:
                 raise ValueError(
-                    f"native action {action.item()!r} is not in the action table (it maps to {sorted(set(flat.tolist()))})"
+                    f"native action {action.item()!r} is not in the action table "
+                    f"(it maps to {sorted(set(flat.tolist()))})"
                 )
             out[i] = np.unravel_index(hits[0], self.table.shape)
         return out
