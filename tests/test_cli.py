@@ -34,7 +34,7 @@ def run_dir(tmp_path_factory):
     agent = Agent.from_preset("tiny", world_spec(level=LEVEL), key=jax.random.key(0))
     agent.save_pretrained(run / "final")
     config = pipeline_config("tiny", [f"level={LEVEL}", "eval.num_envs=2", "eval.num_episodes=2",
-                                      "eval.max_steps=8"])
+                                      "eval.max_steps=32"])
     (run / "pipeline.json").write_text(json.dumps(config_to_dict(config)))
     return run
 

@@ -400,6 +400,6 @@ def test_levels_larger_than_the_bit_masks_are_refused():
         LevelConfig("Huge", "goto", rooms=(1, 3), room_size=10)
     with pytest.raises(ValueError, match="at most 6 doors"):
         LevelConfig("Many", "goto", rooms=(3, 3), room_size=3)
-    env = envs.Sima2Env(level=LevelConfig("Wide", "goto", rooms=(1, 3), room_size=9), image_height=8, image_width=8)
+    env = envs.Sima2Env(levels=(LevelConfig("Wide", "goto", rooms=(1, 3), room_size=9),), image_height=8, image_width=8)
     obs, state = jax.jit(env.reset)(jax.random.key(0), env.default_params())  # 11 x 31 cells: fine
     assert obs["image"].shape == (8, 8, 3) and state.wall.shape == (11, 31)

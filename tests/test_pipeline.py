@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sima2.policy import Agent
 from sima2.training.pipeline import pipeline_config, train
 
 
 def test_tiny_pipeline_writes_run_folder(tmp_path):
     overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_updates=1", "bc.num_updates=4", "bc.bc.batch_size=2",
-                 "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32"]
+                 "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32", "level=sima2/GoTo-v0,sima2/Pickup-v0"]
     report = train("tiny", tmp_path, overrides=overrides)
     assert set(report["success_rate"]) == {"train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases"}
-    assert all(0.0 <= v <= 1.0 for v in report["success_rate"].values())
+    # One agent for both levels: every split is scored per level, and overall as the mean over levels.
+    for split, result in report["splits"].items():
+        assert result["episodes/GoTo"] >= 1 and result["episodes/Pickup"] >= 1, split
+        assert result["episodes"] == result["episodes/GoTo"] + result["episodes/Pickup"]
+        mean = (result["success_rate/GoTo"] + result["success_rate/Pickup"]) / 2
+        assert result["success_rate"] == pytest.approx(mean)
     assert json.loads((tmp_path / "eval.json").read_text())["success_rate"] == report["success_rate"]
     assert (tmp_path / "final" / "model.safetensors").exists()
     assert (tmp_path / "bc" / "metrics.jsonl").exists() and (tmp_path / "ppo" / "metrics.jsonl").exists()
@@ -26,7 +33,8 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
 
     assert {"ppo_training.png", "success.png"} <= {p.name for p in (tmp_path / "plots").glob("*.png")}
     gifs = sorted((tmp_path / "gifs").glob("*.gif"))
-    assert len(gifs) >= len(report["success_rate"])
+    assert len(gifs) >= len(report["success_rate"]) + 2
+    assert {"train_GoTo.gif", "train_Pickup.gif"} <= {gif.name for gif in gifs}  # an episode of each level
     for gif in gifs:
         with Image.open(gif) as image:
             assert image.format == "GIF" and image.n_frames > 1
@@ -36,8 +44,6 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
 
 
 def test_unknown_preset_and_bad_override_are_named():
-    import pytest
-
     with pytest.raises(ValueError, match="unknown preset"):
         pipeline_config("huge")
     with pytest.raises(ValueError, match="no_such_field"):
@@ -46,12 +52,12 @@ def test_unknown_preset_and_bad_override_are_named():
 
 def test_a_refused_run_leaves_the_run_folder_untouched(tmp_path):
     """Bad settings are refused before the folder is written: a finished run's pipeline.json survives."""
-    import pytest
-
     saved = '{"level": "sima2/GoTo-v0", "finished": true}'
     (tmp_path / "pipeline.json").write_text(saved)
     with pytest.raises(ValueError, match="unknown level"):
         train("tiny", tmp_path, overrides=["level=sima2/Nope-v0"], report=False, progress=False)
+    with pytest.raises(ValueError, match=r"eval.max_steps \(64\) is shorter than the longest episode"):
+        train("tiny", tmp_path, overrides=["level=sima2/AllFamilies-v0"], report=False, progress=False)
     with pytest.raises(ValueError, match=r"ppo.ppo.num_envs \(6\) must be divisible by ppo.ppo.num_minibatches \(4\)"):
         train("tiny", tmp_path, overrides=["ppo.ppo.num_envs=6", "ppo.ppo.num_minibatches=4"], report=False)
     assert (tmp_path / "pipeline.json").read_text() == saved and sorted(p.name for p in tmp_path.iterdir()) == [
@@ -75,7 +81,7 @@ def test_pipeline_splits_over_several_devices(tmp_path):
     with pytest.raises(ValueError, match=r"bc.bc.batch_size=3, ppo.ppo.num_envs=9 must divide by the 2 devices"):
         _check_divisible(pipeline_config("tiny", ["bc.bc.batch_size=3", "ppo.ppo.num_envs=9"]), 2)
     overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_updates=1", "bc.num_updates=2", "bc.bc.batch_size=2",
-                 "ppo.ppo.num_minibatches=1", "eval.num_envs=2", "eval.num_episodes=2", "eval.max_steps=16"]
+                 "ppo.ppo.num_minibatches=1", "eval.num_envs=2", "eval.num_episodes=2", "eval.max_steps=32"]
     code = (
         "import jax, sys; from sima2.training.pipeline import train; assert jax.device_count() == 2; "
         f"train('tiny', sys.argv[1], overrides={overrides!r}, report=False)"

@@ -68,7 +68,7 @@ def _eval(args: argparse.Namespace) -> int:
     import sima2.envs as envs
     from sima2.policy import Agent
     from sima2.training.config import EvalConfig
-    from sima2.training.evaluate import evaluate_splits
+    from sima2.training.pipeline import evaluate_world
     from sima2.training.report import evaluation_report, stage_timings, success_table, write_report
 
     folder, config = _run_folder(args.run)
@@ -84,11 +84,11 @@ def _eval(args: argparse.Namespace) -> int:
     key_eval, key_report = jax.random.split(jax.random.key(seed))
     env, _ = envs.make(config["level"], image_size=config["image_size"])
     timings = {k: v for k, v in stage_timings(folder).items() if k != "evaluation"}  # before eval.json changes
-    print(f"evaluating {folder / 'final'} on {config['level']}: {len(envs.SPLITS)} splits, "
+    levels = f" x {len(env.levels)} levels" if len(env.levels) > 1 else ""
+    print(f"evaluating {folder / 'final'} on {config['level']}: {len(envs.SPLITS)} splits{levels}, "
           f"up to {eval_config.num_episodes} episodes each", flush=True)
     start = time.perf_counter()
-    splits = {name: env.default_params(name) for name in envs.SPLITS}
-    results = evaluate_splits(agent, env, splits, key_eval, eval_config)
+    results = evaluate_world(agent, env, key_eval, eval_config)
     timings["evaluation (sima2 eval)"] = time.perf_counter() - start
     report = evaluation_report(results, preset=config["preset"], level=config["level"])
     (folder / "eval.json").write_text(json.dumps(report, indent=2, default=float))
@@ -114,7 +114,7 @@ def _demos(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         raise ValueError(
             f"no episode finished within --steps {args.steps} (episodes of {args.level} last up to "
-            f"{env.level.max_steps} steps); raise --steps"
+            f"{env.max_steps} steps); raise --steps"
         )
     path = save_demonstrations(dataset, args.out, split=args.split)
     episodes = len(dataset.unique("episode_id"))
@@ -128,7 +128,7 @@ def _play(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     import sima2.envs as envs
-    from sima2.envs.instruct import find_world, heldout_pairs, parse_instruction
+    from sima2.envs.instruct import find_world, heldout_pairs, levels_with_task, parse_instruction
     from sima2.policy import Agent
     from sima2.training.report import play_episode, write_episode_gif
 
@@ -136,12 +136,19 @@ def _play(args: argparse.Namespace) -> int:
     stages = parse_instruction(args.instruction)  # a bad instruction fails here, before any loading or compiling
     split = args.split or ("heldout_pairs" if heldout_pairs(stages) else "train")
     level = args.level or config["level"]
+    key_world, key_run = jax.random.split(jax.random.key(args.seed))
+    levels = envs.levels_from_id(level)
+    if len(levels) > 1:  # an agent of several levels plays the task in the easiest of them that poses it
+        posing = set(levels_with_task(stages, key_world))
+        candidates = [lv.gym_id for lv in levels if lv.gym_id in posing]
+        if not candidates:
+            raise ValueError(f"no level of {level} poses '{args.instruction}'; see `sima2 play --help` for the grammar")
+        level = candidates[0]
     env, params = envs.make(level, split=split, image_size=config["image_size"])
-    max_steps = env.level.max_steps if args.max_steps is None else args.max_steps
+    max_steps = env.max_steps if args.max_steps is None else args.max_steps
     if max_steps < 1:
         raise ValueError(f"--max-steps must be positive, got {max_steps}")
     params = dataclasses.replace(params, max_steps=jnp.int32(max_steps))
-    key_world, key_run = jax.random.split(jax.random.key(args.seed))
     obs, state = find_world(env, params, args.instruction, key_world)
     agent = Agent.from_pretrained(folder / "final")
     agent.check_instruction_fits(int((obs["instruction"] != 0).sum()), what=repr(args.instruction))

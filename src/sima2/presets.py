@@ -102,8 +102,10 @@ PRESETS: dict[str, Preset] = {
         planner={"backbone": _llama_config(32, 1, 2, 1, 64, None), "lora_rank": 0},
         policy=dict(hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, memory_size=32, head_hidden=32),
         agent=dict(image_pool=1),
-        # A minute or two on a laptop CPU: proves every stage runs; not meant to learn much.
+        # A minute or two on a laptop CPU: proves every stage runs; not meant to learn much. One level
+        # (tests that need the mixture of levels ask for it).
         pipeline=dict(
+            level="sima2/GoTo-v0",
             shaper=_FINE_TUNING_SHAPER,
             demo_envs=8,
             demo_steps=48,
@@ -139,7 +141,7 @@ PRESETS: dict[str, Preset] = {
         pipeline=dict(
             shaper=_FINE_TUNING_SHAPER,
             demo_envs=256,
-            demo_steps=96,
+            demo_steps=160,  # the multi-room levels' expert episodes take up to ~80 steps
             bc=dict(
                 num_updates=3500,
                 bc=dict(batch_size=16, sequence_length=8),
@@ -155,8 +157,9 @@ PRESETS: dict[str, Preset] = {
                 checkpoint=dict(every=10, keep=2),
                 monitor=dict(log_every=1),
             ),
-            # 1024 episodes per split: the success rate's standard error is then about 0.01 (0.02 with 256).
-            eval=dict(num_envs=256, num_episodes=1024, max_steps=96),
+            # 256 episodes per level and split (40 cells): the standard error of a success rate is then at most
+            # 0.03; max_steps covers the longest level's episode, so failures are counted too.
+            eval=dict(num_envs=128, num_episodes=256, max_steps=128),
         ),
     ),
     "base": Preset(

@@ -6,11 +6,16 @@
 
 All functions work on ONE world; `jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))` runs thousands.
 A decision step holds the action for its duration at the 60 Hz simulation tick, then renders once.
+
+An env may hold several levels (`make("sima2/AllFamilies-v0")`, or ids joined by commas): their worlds
+share one padded shape, `params.level` picks one (or -1, the default then: a uniformly drawn level at
+every reset), so worlds of every task family run in one vmapped batch.
 """
 
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float32, Int32, PRNGKeyArray, UInt8
@@ -18,7 +23,7 @@ from jaxtyping import Array, Float32, Int32, PRNGKeyArray, UInt8
 from sima2.contract import ActionSpec, ArraySpec, Env, EnvSpec, Observation, ObservationSpec, StepInfo
 from sima2.envs import vocabulary as voc
 from sima2.envs.expert import current_subgoal, distance_to_goal, expert_action, goal_distances
-from sima2.envs.levels import LEVELS, LevelConfig, level_from_id
+from sima2.envs.levels import LEVELS, LevelConfig, level_from_id, levels_from_id
 from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.world import (
     ACTION_NVEC,
@@ -31,6 +36,7 @@ from sima2.envs.world import (
     entity_types,
     generate,
     max_instruction_words,
+    pad_world,
     physics,
     proprio,
     stage_complete,
@@ -38,9 +44,10 @@ from sima2.envs.world import (
 
 
 class Sima2Env(Env[EnvState, EnvParams]):
-    """One level of the built-in world. Static configuration only; dynamic settings live in EnvParams."""
+    """One or several levels of the built-in world. Static configuration only; dynamic settings live in
+    EnvParams."""
 
-    level: LevelConfig = eqx.field(static=True)
+    levels: tuple[LevelConfig, ...] = eqx.field(static=True)
     image_height: int = eqx.field(static=True, default=64)
     image_width: int = eqx.field(static=True, default=64)
 
@@ -50,6 +57,45 @@ class Sima2Env(Env[EnvState, EnvParams]):
                 raise ValueError(
                     f"image size must be in [8, 512], got {self.image_height}x{self.image_width}"
                 )
+        if not isinstance(self.levels, tuple) or not self.levels:
+            raise ValueError(f"levels must be a non-empty tuple of LevelConfig, got {self.levels!r}")
+        for level in self.levels:
+            if not isinstance(level, LevelConfig):
+                raise TypeError(f"levels must be LevelConfig instances, got {level!r}")
+        names = [level.name for level in self.levels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each level may appear once in an env, got {names}")
+
+    # --- the levels
+    @property
+    def level(self) -> LevelConfig:
+        """The level of a single-level env (an env of several levels has `levels` instead)."""
+        if len(self.levels) != 1:
+            raise ValueError(
+                f"this env mixes {len(self.levels)} levels ({', '.join(self.level_names)}): read env.levels, "
+                "or pick one with env.default_params(level=name)"
+            )
+        return self.levels[0]
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return tuple(level.name for level in self.levels)
+
+    @property
+    def max_steps(self) -> int:
+        """The longest episode of any of the env's levels, in decision steps."""
+        return max(level.max_steps for level in self.levels)
+
+    def level_index(self, level: str | int) -> int:
+        """Index of a level of this env, by name (`GoTo`), gymnasium id (`sima2/GoTo-v0`) or index."""
+        if isinstance(level, int | np.integer) and not isinstance(level, bool):
+            if not 0 <= level < len(self.levels):
+                raise ValueError(f"level index {level} out of range for the env's {len(self.levels)} levels")
+            return int(level)
+        name = level_from_id(level).name
+        if name not in self.level_names:
+            raise ValueError(f"level {level!r} is not one of this env's levels: {', '.join(self.level_names)}")
+        return self.level_names.index(name)
 
     # --- static description
     @property
@@ -63,9 +109,9 @@ class Sima2Env(Env[EnvState, EnvParams]):
 
     @property
     def max_instruction_words(self) -> int:
-        """The longest instruction this level produces (ids beyond it are always padding): an agent can
+        """The longest instruction the env's levels produce (ids beyond it are always padding): an agent can
         read just that many (`Agent.from_preset(..., instruction_length=env.max_instruction_words)`)."""
-        return max_instruction_words(self.level)
+        return max(max_instruction_words(level) for level in self.levels)
 
     @property
     def proprio_size(self) -> int:
@@ -88,10 +134,19 @@ class Sima2Env(Env[EnvState, EnvParams]):
             max_instruction_words=self.max_instruction_words,
         )
 
-    def default_params(self, split: str = "train") -> EnvParams:
+    def default_params(self, split: str = "train", level: str | int | None = None) -> EnvParams:
+        """Parameters of `split`, for one `level` of the env (name, id or index) or, with None, every level:
+        a single-level env's own, a multi-level env's uniform mixture (a level drawn at every reset)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        return EnvParams(max_steps=jnp.int32(self.level.max_steps), split=jnp.int32(SPLITS.index(split)))
+        if level is None and len(self.levels) == 1:
+            level = 0
+        index = -1 if level is None else self.level_index(level)
+        # A single level keeps its limit in the params (callers shorten episodes there); 0 = each level's own.
+        max_steps = self.levels[0].max_steps if len(self.levels) == 1 else 0
+        return EnvParams(
+            max_steps=jnp.int32(max_steps), split=jnp.int32(SPLITS.index(split)), level=jnp.int32(index)
+        )
 
     # --- functional API (reset and step come from sima2.contract.Env)
     def observe(self, state: EnvState, params: EnvParams | None = None) -> Observation:
@@ -104,7 +159,24 @@ class Sima2Env(Env[EnvState, EnvParams]):
         }
 
     def init(self, key: PRNGKeyArray, params: EnvParams) -> EnvState:
-        return generate(key, self.level, params.split)
+        if len(self.levels) == 1:
+            return generate(key, self.levels[0], params.split)
+        level_key, key = jax.random.split(key)
+        drawn = jax.random.randint(level_key, (), 0, len(self.levels), jnp.int32)
+        index = jnp.clip(jnp.where(params.level >= 0, params.level, drawn), 0, len(self.levels) - 1)
+        grid = tuple(max(level.grid_shape[i] for level in self.levels) for i in range(2))
+        num_objects = max(level.num_objects for level in self.levels)
+        num_doors = max(max(level.num_doors, 1) for level in self.levels)
+
+        def level_world(level: LevelConfig, i: int):
+            def make_world(key: PRNGKeyArray, split: Int32[Array, ""]) -> EnvState:
+                state = pad_world(generate(key, level, split), grid, num_objects, num_doors)
+                return eqx.tree_at(lambda s: s.level, state, jnp.int32(i))
+
+            return make_world
+
+        branches = [level_world(level, i) for i, level in enumerate(self.levels)]
+        return jax.lax.switch(index, branches, key, params.split)
 
     def transition(
         self, key: PRNGKeyArray, state: EnvState, action: Int32[Array, "3"], params: EnvParams
@@ -123,7 +195,8 @@ class Sima2Env(Env[EnvState, EnvParams]):
         state = eqx.tree_at(lambda s: s.stage, state, state.stage + advance.astype(jnp.int32))
         success = advance & (state.stage >= state.num_stages)
         time = state.time + 1
-        timeout = (time >= params.max_steps) & ~success
+        level_limit = jnp.asarray([level.max_steps for level in self.levels], jnp.int32)[state.level]
+        timeout = (time >= jnp.where(params.max_steps > 0, params.max_steps, level_limit)) & ~success
         reward = success.astype(jnp.float32)
         subgoal_index, *_ = current_subgoal(state)
         # One BFS per step serves both the info's distance and the optimal-path bookkeeping: a subgoal's
@@ -230,10 +303,12 @@ def image_shape(image_size: ImageSize) -> tuple[int, int]:
 def make(
     env_id: str = "sima2/GoTo-v0", split: str = "train", image_size: ImageSize = 64
 ) -> tuple[Sima2Env, EnvParams]:
-    """Build a functional environment and its default parameters from a gymnasium-style id."""
-    level = level_from_id(env_id)  # also refuses an id that is not a string
+    """Build a functional environment and its default parameters from a gymnasium-style id: one level
+    (`sima2/GoTo-v0`), a registered mixture (`sima2/AllFamilies-v0`: every task family) or level ids
+    joined by commas (`sima2/GoTo-v0,sima2/Pickup-v0`), whose mixture the default params draw from."""
+    levels = levels_from_id(env_id)  # also refuses an id that is not a string
     height, width = image_shape(image_size)
-    env = Sima2Env(level=level, image_height=height, image_width=width)
+    env = Sima2Env(levels=levels, image_height=height, image_width=width)
     return env, env.default_params(split)
 
 

@@ -140,16 +140,46 @@ LEVELS: dict[str, LevelConfig] = {
 }
 
 
-def level_from_id(env_id: str) -> LevelConfig:
-    """Look up a level by gymnasium id (`sima2/GoTo-v0`) or bare name (`GoTo`)."""
-    if not isinstance(env_id, str):
-        raise TypeError(f"env_id must be a level id string like 'sima2/GoTo-v0', got {env_id!r}")
-    name = env_id
+# Registered mixtures of levels: one env whose worlds each draw one of these levels at reset.
+MIXTURES: dict[str, tuple[str, ...]] = {
+    # Every task family, with the location-phrase and multi-room forms: the generalist's curriculum.
+    "AllFamilies": tuple(LEVELS),
+}
+
+
+def _bare_name(env_id: str) -> str:
+    name = env_id.strip()
     if name.startswith("sima2/"):
         name = name[len("sima2/") :]
     if name.endswith("-v0"):
         name = name[: -len("-v0")]
+    return name
+
+
+def levels_from_id(env_id: str) -> tuple[LevelConfig, ...]:
+    """The levels of an env id: one level (`sima2/GoTo-v0`), a registered mixture (`sima2/AllFamilies-v0`)
+    or level ids joined by commas (`sima2/GoTo-v0,sima2/Pickup-v0`)."""
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a level id string like 'sima2/GoTo-v0', got {env_id!r}")
+    if _bare_name(env_id) in MIXTURES:
+        return tuple(LEVELS[name] for name in MIXTURES[_bare_name(env_id)])
+    parts = [part for part in env_id.split(",")]
+    levels = tuple(level_from_id(part) for part in parts)
+    names = [level.name for level in levels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{env_id!r} names a level more than once")
+    return levels
+
+
+def level_from_id(env_id: str) -> LevelConfig:
+    """Look up a level by gymnasium id (`sima2/GoTo-v0`) or bare name (`GoTo`)."""
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a level id string like 'sima2/GoTo-v0', got {env_id!r}")
+    name = _bare_name(env_id)
+    if name in MIXTURES:
+        raise ValueError(f"{env_id!r} is a mixture of {len(MIXTURES[name])} levels, not one level: "
+                         "sima2.envs.make builds its env (levels_from_id lists them)")
     if name not in LEVELS:
-        known = ", ".join(level.gym_id for level in LEVELS.values())
-        raise ValueError(f"unknown level {env_id!r}; known levels: {known}")
+        known = ", ".join([level.gym_id for level in LEVELS.values()] + [f"sima2/{m}-v0" for m in MIXTURES])
+        raise ValueError(f"unknown level {env_id!r}; known levels: {known} (or level ids joined by commas)")
     return LEVELS[name]

@@ -162,7 +162,7 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
     rel = centres - pos[None, :]
     depth = precise_dot(rel, forward)
     lateral = precise_dot(rel, right)
-    lying = jnp.arange(n_obj) != state.carrying
+    lying = (jnp.arange(n_obj) != state.carrying) & state.obj_valid
     depth = jnp.where(lying, depth, -1.0)
     # Back-to-front order by ranking (a few objects: comparisons are cheaper than a sort call on CPU); equal
     # depths keep the lower index first, as a stable argsort would.

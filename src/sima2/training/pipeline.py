@@ -25,6 +25,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import numpy as np
 
 from sima2 import presets
 from sima2.envs.shaping import ShapingCoefficients
@@ -54,7 +55,9 @@ class PipelineConfig:
     """
 
     preset: str = "cpu-small"
-    level: str = "sima2/GoTo-v0"
+    # Every task family in one agent (`sima2.envs.MIXTURES`); one level (`sima2/GoTo-v0`) or ids joined by
+    # commas also work.
+    level: str = "sima2/AllFamilies-v0"
     image_size: int = 64
     seed: int = 0
     demo_envs: int = 64
@@ -150,6 +153,48 @@ def _check_stages(config: PipelineConfig) -> None:
         )
 
 
+def _check_eval_length(config: EvalConfig, env: Any) -> None:
+    """An evaluation shorter than the longest episode would never see a failing episode end (only
+    successes finish early) and so overstate success: refuse it, naming the override."""
+    if config.max_steps < env.max_steps:
+        names = ",".join(env.level_names)
+        raise ValueError(
+            f"eval.max_steps ({config.max_steps}) is shorter than the longest episode of {names} "
+            f"({env.max_steps} steps): failing episodes would never finish and success would be overstated; "
+            f"set eval.max_steps={env.max_steps} or more"
+        )
+
+
+def evaluate_world(
+    agent: Any, env: Any, key: Any, config: EvalConfig, *, progress: bool = False
+) -> dict[str, dict[str, float]]:
+    """The main job's evaluation of `agent` in a `Sima2Env`: every split; in an env of several levels, every
+    level of every split (its own `config.num_episodes` episodes), with each split's overall figures the
+    mean over its levels (each task family weighs the same) and the per-level ones as `<metric>/<level>`."""
+    from sima2.envs import SPLITS
+    from sima2.training.evaluate import evaluate_splits
+
+    _check_eval_length(config, env)
+    if len(env.levels) == 1:
+        return evaluate_splits(agent, env, {s: env.default_params(s) for s in SPLITS}, key, config, progress=progress)
+    cells = {f"{s}/{level}": env.default_params(s, level=level) for s in SPLITS for level in env.level_names}
+    by_cell = evaluate_splits(agent, env, cells, key, config, progress=progress)
+    results = {}
+    for split in SPLITS:
+        per_level = {level: by_cell[f"{split}/{level}"] for level in env.level_names}
+        merged: dict[str, float] = {"episodes": float(sum(r["episodes"] for r in per_level.values()))}
+        for metric in ("success_rate", "episode_length", "return", "navigation_efficiency"):
+            values = [r[metric] for r in per_level.values() if metric in r]
+            if values:
+                merged[metric] = float(np.mean(values))
+        merged["eval_seconds"] = float(sum(r["eval_seconds"] for r in per_level.values()))
+        for level, r in per_level.items():
+            merged[f"success_rate/{level}"] = r["success_rate"]
+            merged[f"episodes/{level}"] = r["episodes"]
+        results[split] = merged
+    return results
+
+
 def _plan_supervision(agent: Any, dataset: Any, planner: str | None) -> tuple[Any, Any]:
     """(transform, plan_loss) teaching the planner the expert's plans, or (None, None) when its backbone
     cannot generate text (a text encoder) or the demonstrations carry no plans. A pretrained planner
@@ -189,7 +234,6 @@ def train(
     import sima2.envs as envs
     from sima2.policy import Agent
     from sima2.training.data import load_demonstrations, record_demonstrations, save_demonstrations
-    from sima2.training.evaluate import evaluate_splits
     from sima2.training.parallel import make_mesh, to_host
     from sima2.training.stages import train_bc, train_ppo
 
@@ -221,6 +265,7 @@ def train(
     # pipeline.json of a finished run in the same folder.
     _check_stages(config)
     env, params = envs.make(config.level, split="train", image_size=config.image_size)
+    _check_eval_length(config.eval, env)
     agent = Agent.from_preset(
         config.preset,
         env.spec,  # sizes, and the level's longest instruction: no padding to embed
@@ -290,11 +335,12 @@ def train(
     if is_main:
         agent.save_pretrained(out / "final")
 
-    # 4. Evaluation on the training level and every held-out split, in the plain world.
+    # 4. Evaluation on the training level(s) and every held-out split, in the plain world.
     stage_start = time.perf_counter()
-    splits = {name: env.default_params(name) for name in envs.SPLITS}
-    announce(f"[4/4] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(splits)}")
-    results = evaluate_splits(agent, env, splits, k_eval, config.eval, progress=show)
+    per_level = f" and each of the {len(env.levels)} levels" if len(env.levels) > 1 else ""
+    announce(f"[4/4] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(envs.SPLITS)}"
+             f"{per_level}")
+    results = evaluate_world(agent, env, k_eval, config.eval, progress=show)
     timings["eval"] = time.perf_counter() - stage_start
     timings["total"] = time.perf_counter() - start
     eval_report = evaluation_report(

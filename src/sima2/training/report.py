@@ -413,7 +413,8 @@ def write_report(
     timings: Mapping[str, float] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Plots, episode GIFs (greedy agent, every split in `eval_report`) and `summary.md` in `run_dir`.
+    """Plots, episode GIFs (greedy agent, every split in `eval_report`, and every level of an env of several)
+    and `summary.md` in `run_dir`; `env` is a `sima2.envs.Sima2Env`.
 
     `timings` (stage -> seconds) defaults to `stage_timings(run_dir)`. Returns the written paths.
     """
@@ -431,12 +432,17 @@ def write_report(
         plots.append(plot_success(eval_report, run_dir / PLOTS_DIR / "success.png"))
         bar.update()
         bar.set_postfix_str("episodes")
-        names = [s for s in splits for _ in range(episodes_per_split)]
-        params = jax.tree.map(lambda *x: jnp.stack(x), *(env.default_params(s) for s in names))
-        recorded = record_episodes(agent, env, params, key, len(names), min(max_steps, env.level.max_steps))
+        # Episodes of every split; in an env of several levels, also one of each level on the train split.
+        levels = env.level_names
+        cells = [(s, None) for s in splits for _ in range(episodes_per_split)]
+        if len(levels) > 1:
+            cells += [("train", level) for level in levels]
+        params = jax.tree.map(lambda *x: jnp.stack(x), *(env.default_params(s, level=lv) for s, lv in cells))
+        recorded = record_episodes(agent, env, params, key, len(cells), min(max_steps, env.max_steps))
+        names = [s if lv is None else f"{s} ({lv})" for s, lv in cells]
         bar.update()
         bar.set_postfix_str("GIFs")
-        gif_names = [f"{split}_{i % episodes_per_split}" for i, split in enumerate(names)]
+        gif_names = [f"{s}_{i % episodes_per_split}" if lv is None else f"{s}_{lv}" for i, (s, lv) in enumerate(cells)]
         gifs = write_episode_gifs(recorded, run_dir / GIFS_DIR, gif_names)
         episodes = list(zip(gifs, recorded, names, strict=True))
         bar.update()

@@ -13,14 +13,14 @@ The package, one concern per module (imports point down this list, never up):
 - `streams`: the counter-based random streams of generation;
 - `language`: the instruction language (templates to token ids);
 - `plans`: the expert's subgoal plan per clause and clause completion;
-- `generation`: `generate`, a fresh world and task;
+- `generation`: `generate`, a fresh world and task; `pad_world`, one shape for worlds of several levels;
 - `dynamics`: `physics` (one held action) and `proprio`.
 
 This module re-exports the public names of all of them.
 """
 
 from sima2.envs.world.dynamics import physics, proprio
-from sima2.envs.world.generation import generate
+from sima2.envs.world.generation import generate, pad_world
 from sima2.envs.world.geometry import (
     door_state_grid,
     entity_colours,
@@ -123,6 +123,7 @@ __all__ = [
     "location_phrases_holding",
     "max_instruction_words",
     "object_grid",
+    "pad_world",
     "physics",
     "precise_dot",
     "proprio",

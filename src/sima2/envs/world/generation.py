@@ -216,6 +216,7 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
         obj_pos=obj_pos,
         obj_type=obj_type,
         obj_colour=obj_colour,
+        obj_valid=jnp.ones((n_obj,), bool),
         carrying=jnp.int32(-1),
         agent_pos=agent_pos,
         agent_dir=agent_dir,
@@ -239,6 +240,7 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
         instruction=jnp.zeros((voc.MAX_INSTRUCTION_LENGTH,), jnp.int32),
         time=jnp.int32(0),
         layout_seed=layout_seed.astype(jnp.int32),
+        level=jnp.int32(0),
         episode_return=jnp.float32(0.0),
         path_length=jnp.float32(0.0),
         optimal_path_length=jnp.float32(0.0),
@@ -246,3 +248,57 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
     state = _with_plan(state)
     instruction = _instruction(state, split, episode)
     return eqx.tree_at(lambda s: s.instruction, state, instruction)
+
+
+def pad_world(state: EnvState, grid_shape: tuple[int, int], num_objects: int, num_doors: int) -> EnvState:
+    """`state` grown to a larger grid and more object and door slots, so that worlds of different levels
+    share one shape (and so one vmapped batch). The added cells are walls; the added objects and doors are
+    invalid and sit off the grid; entity indices (object slots first, then doors) move with the doors."""
+    rows, cols = state.wall.shape
+    n_obj, n_door = state.obj_type.shape[0], state.door_pos.shape[0]
+    if (grid_shape[0] < rows or grid_shape[1] < cols or num_objects < n_obj or num_doors < n_door):
+        raise ValueError(
+            f"cannot pad a world of grid {(rows, cols)}, {n_obj} objects and {n_door} doors to grid "
+            f"{grid_shape}, {num_objects} objects and {num_doors} doors"
+        )
+    extra_obj, extra_door = num_objects - n_obj, num_doors - n_door
+    grow = ((0, grid_shape[0] - rows), (0, grid_shape[1] - cols))
+    off_grid = jnp.array(grid_shape, jnp.int32)
+
+    def entity(index: Int32[Array, "*s"]) -> Int32[Array, "*s"]:
+        return jnp.where(index >= n_obj, index + extra_obj, index)
+
+    def split_entities(values: Int32[Array, " E"]) -> Int32[Array, " E2"]:
+        objects, doors = values[:n_obj], values[n_obj:]
+        return jnp.concatenate([objects, jnp.zeros((extra_obj,), values.dtype), doors,
+                                jnp.zeros((extra_door,), values.dtype)])
+
+    def more(values: Array, count: int, fill) -> Array:
+        return jnp.concatenate([values, jnp.full((count, *values.shape[1:]), fill, values.dtype)])
+
+    return eqx.tree_at(
+        lambda s: (s.wall, s.door_id, s.door_pos, s.door_colour, s.door_state, s.door_valid, s.obj_pos,
+                   s.obj_type, s.obj_colour, s.obj_valid, s.stage_a, s.stage_b, s.plan_a, s.plan_b,
+                   s.entity_synonym, s.entity_location),
+        state,
+        (
+            jnp.pad(state.wall, grow, constant_values=True),
+            jnp.pad(state.door_id, grow, constant_values=-1),
+            jnp.where(
+                more(state.door_valid, extra_door, False)[:, None], more(state.door_pos, extra_door, 0), off_grid
+            ),
+            more(state.door_colour, extra_door, 0),
+            more(state.door_state, extra_door, DOOR_OPEN),
+            more(state.door_valid, extra_door, False),
+            more(state.obj_pos, extra_obj, 0).at[n_obj:].set(off_grid),
+            more(state.obj_type, extra_obj, 0),
+            more(state.obj_colour, extra_obj, 0),
+            more(state.obj_valid, extra_obj, False),
+            entity(state.stage_a),
+            entity(state.stage_b),
+            entity(state.plan_a),
+            entity(state.plan_b),
+            split_entities(state.entity_synonym),
+            split_entities(state.entity_location),
+        ),
+    )

@@ -76,7 +76,7 @@ def object_grid(state: EnvState) -> Bool[Array, "GH GW"]:
     """Cells occupied by objects lying in the world (not the carried one)."""
     grid = jnp.zeros(state.wall.shape, bool)
     for i in range(state.obj_type.shape[0]):
-        grid = grid | (_cells_at(state.wall.shape, state.obj_pos[i]) & (state.carrying != i))
+        grid = grid | (_cells_at(state.wall.shape, state.obj_pos[i]) & (state.carrying != i) & state.obj_valid[i])
     return grid
 
 
@@ -103,6 +103,6 @@ def entity_in_reach(state: EnvState) -> tuple[Bool[Array, " E"], Float32[Array, 
     # Within REACH_ANGLE of the heading, tested as a cosine (no per-entity arctangent, slow on CPU).
     in_front = precise_dot(offset, forward) >= distance * math.cos(REACH_ANGLE)
     n_obj = state.obj_type.shape[0]
-    present = jnp.concatenate([jnp.arange(n_obj) != state.carrying, state.door_valid])
+    present = jnp.concatenate([(jnp.arange(n_obj) != state.carrying) & state.obj_valid, state.door_valid])
     reach = present & (distance <= REACH_DISTANCE) & in_front
     return reach, distance

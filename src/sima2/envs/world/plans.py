@@ -22,7 +22,7 @@ SUBGOAL_GOTO, SUBGOAL_PICKUP, SUBGOAL_OPEN, SUBGOAL_PUT = range(4)
 def key_for_door(state: EnvState, door_entity: Int32[Array, ""]) -> Int32[Array, ""]:
     """Index of the key object matching a door's colour (0 if none; only used when the door is locked)."""
     colour = entity_colours(state)[door_entity]
-    match = (state.obj_type == voc.KEY) & (state.obj_colour == colour)
+    match = (state.obj_type == voc.KEY) & (state.obj_colour == colour) & state.obj_valid
     return jnp.argmax(match).astype(jnp.int32)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float32, Int32
 
@@ -52,10 +53,16 @@ DOOR_OPEN, DOOR_CLOSED, DOOR_LOCKED = 0, 1, 2
 
 
 class EnvParams(eqx.Module):
-    """Dynamic environment parameters (can change without recompiling)."""
+    """Dynamic environment parameters (can change without recompiling).
+
+    `max_steps`: decision steps before an episode is truncated; 0 keeps each level's own limit.
+    `split`: index into SPLITS. `level`: index into the env's levels, or -1 to draw one uniformly at
+    every reset (a world of several levels trains on their mixture).
+    """
 
     max_steps: Int32[Array, ""]
     split: Int32[Array, ""]
+    level: Int32[Array, ""] = eqx.field(default_factory=lambda: jnp.int32(0))
 
 
 class EnvState(eqx.Module):
@@ -68,6 +75,7 @@ class EnvState(eqx.Module):
     door_state: Int32[Array, " D"]
     door_valid: Bool[Array, " D"]
     obj_pos: Int32[Array, "N 2"]  # (row, col)
+    obj_valid: Bool[Array, " N"]  # False for the padding of a level with fewer objects than its env's others
     obj_type: Int32[Array, " N"]
     obj_colour: Int32[Array, " N"]
     carrying: Int32[Array, ""]  # index of the carried object, -1 when empty-handed
@@ -93,6 +101,7 @@ class EnvState(eqx.Module):
     instruction: Int32[Array, " L"]
     time: Int32[Array, ""]
     layout_seed: Int32[Array, ""]  # seeds divisible by 5 are the held-out layouts
+    level: Int32[Array, ""]  # index of this world's level in its env's levels
     episode_return: Float32[Array, ""]
     # Navigation efficiency: cells travelled since reset, and the sum of each subgoal's shortest path (BFS
     # cells) from where the agent stood when that subgoal became current.
