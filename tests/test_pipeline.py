@@ -67,6 +67,19 @@ def test_a_refused_run_leaves_the_run_folder_untouched(tmp_path):
         train("tiny", tmp_path / "pipeline.json", report=False)
 
 
+def test_the_gpu_preset_needs_its_pretrained_parts(tmp_path, monkeypatch):
+    """`--preset base` starts from pretrained parts by Hub id; offline and uncached it is refused with the
+    flags that fix it, and without vision weights at all (its encoder is frozen) it is refused outright."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = pipeline_config("base")
+    assert config.vision == "google/vit-base-patch16-224" and config.planner == "HuggingFaceTB/SmolLM2-135M"
+    with pytest.raises(ValueError, match=r"google/vit-base-patch16-224.*--vision.*--planner.*--text-encoder"):
+        train("base", tmp_path / "run", report=False, progress=False)
+    with pytest.raises(ValueError, match="freezes its vision encoder.*--vision"):
+        train("base", tmp_path / "run", overrides=["vision=None"], report=False, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_pipeline_splits_over_several_devices(tmp_path):
     """With two (simulated) devices the same command trains data-parallel and writes the same run folder;
     sizes that do not divide over the devices are named before anything runs."""

