@@ -16,7 +16,14 @@ import sima2.envs as envs
 from sima2.contract import StepInfo, reset_where_done
 from sima2.envs import vocabulary as voc
 from sima2.envs.render import FIELD_OF_VIEW, _cast_rays
-from sima2.envs.world import AGENT_RADIUS, HELDOUT_PAIR_MASK, door_state_grid, generate, heading_vectors
+from sima2.envs.world import (
+    AGENT_RADIUS,
+    GAME_NAMES,
+    HELDOUT_GAME,
+    HELDOUT_PAIR_MASK,
+    door_state_grid,
+    heading_vectors,
+)
 
 SIZE = 16  # tiny images keep the tests fast
 
@@ -129,7 +136,8 @@ def _best_shift(before: np.ndarray, after: np.ndarray, max_shift: int = 20) -> i
 
 @pytest.mark.parametrize("look_bin, direction", [(4, -1), (2, 1)])  # +15 deg = right, -15 deg = left
 def test_turning_moves_the_image_the_right_way(look_bin, direction):
-    env, params = envs.make("sima2/GoToLoc-v0", image_size=64)
+    env, _ = envs.make("sima2/GoToLoc-v0", image_size=64)
+    params = env.default_params(game="classic")  # its 66 degree field of view
     step = _jitted_step_no_reset(env)
     reset = jax.jit(env.reset)
     moved = []
@@ -246,8 +254,36 @@ def test_splits_are_disjoint_by_construction():
     para_texts = [voc.decode_ids(row) for row in np.asarray(para.instruction)]
     assert not any(text.split()[0] in heldout_words for text in train_texts)
     assert all(text.split()[0] in heldout_words for text in para_texts)
+    # The held-out game: no other split draws it; its worlds are otherwise drawn as training worlds are.
+    assert not (np.asarray(train.game) == HELDOUT_GAME).any() and len(set(np.asarray(train.game))) >= 3
+    game = _batch_reset(env, env.default_params("heldout_game"))
+    assert (np.asarray(game.game) == HELDOUT_GAME).all()
+    assert (np.asarray(game.layout_seed) % 5 != 0).all() and not HELDOUT_PAIR_MASK[pair(game)].any()
     with pytest.raises(ValueError, match="unknown split"):
         env.default_params("test")
+
+
+@pytest.mark.parametrize("game", GAME_NAMES)
+def test_every_game_looks_different_and_the_expert_plays_it(game):
+    """A game changes the look (palette, camera, sprites) and the speed, never the task: the same key gives
+    the same layout and instruction in every game, a different image, and the expert still succeeds."""
+    env, _ = envs.make("sima2/Pickup-v0", image_size=SIZE)
+    params, classic = env.default_params(game=game), env.default_params(game="classic")
+    obs, state = env.reset(jax.random.key(4), params)
+    obs0, state0 = env.reset(jax.random.key(4), classic)
+    assert env.instruction_text(state) == env.instruction_text(state0)
+    np.testing.assert_array_equal(state.obj_pos, state0.obj_pos)
+    assert (game == "classic") == bool(np.array_equal(obs["image"], obs0["image"]))
+
+    def expert_step(state, _):
+        action = env.expert_action(state, params)
+        _, state, _, _, info = env.step_no_reset(jax.random.key(0), state, action, params)
+        return state, info.success
+
+    _, success = jax.lax.scan(expert_step, state, None, length=int(env.level.max_steps))
+    assert bool(success.any()), f"the expert fails in the {game} game"
+    with pytest.raises(ValueError, match="unknown game"):
+        env.default_params(game="nope")
 
 
 def test_registry_and_bad_ids():
@@ -306,7 +342,7 @@ def test_batched_auto_reset_regenerates_exactly_the_done_worlds(goto, num_done, 
     batch_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (n,)), params) if params_batched else params
     in_axes = (None, 0, 0, 0 if params_batched else None, 0)
     out = eqx.filter_jit(jax.vmap(reset_where_done, in_axes=in_axes))(env, done, keys, batch_params, state)
-    fresh = jax.jit(jax.vmap(generate, in_axes=(0, None, None)), static_argnums=1)(keys, env.level, params.split)
+    fresh = jax.jit(jax.vmap(env.init, in_axes=(0, None)))(keys, params)
     single = eqx.filter_jit(reset_where_done)
     for i in range(n):
         pick = lambda tree, i=i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
@@ -383,9 +419,7 @@ def test_auto_reset_under_nested_vmap(goto):
     fresh_keys = jax.random.split(jax.random.key(6), seeds * n).reshape(seeds, n)
     inner = jax.vmap(reset_where_done, in_axes=(None, 0, 0, None, 0))
     out = eqx.filter_jit(jax.vmap(inner, in_axes=(None, 0, 0, None, 0)))(env, done, fresh_keys, params, state)
-    fresh = jax.jit(jax.vmap(jax.vmap(generate, in_axes=(0, None, None)), in_axes=(0, None, None)), static_argnums=1)(
-        fresh_keys, env.level, params.split
-    )
+    fresh = jax.jit(jax.vmap(jax.vmap(env.init, in_axes=(0, None)), in_axes=(0, None)))(fresh_keys, params)
     for s in range(seeds):
         for i in range(n):
             pick = lambda tree, s=s, i=i: jax.tree.map(lambda x: x[s, i], tree)  # noqa: E731

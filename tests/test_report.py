@@ -76,8 +76,8 @@ def _results(splits, groups=("level_0", "level_1")):
 def test_success_chart_summary_and_timings(tmp_path):
     report = evaluation_report(_results(envs.SPLITS), preset="tiny", level="sima2/GoTo-v0")
     assert report["success_rate"]["heldout_pairs"] == 0.375
-    assert set(report["navigation_efficiency_by_split"]) == {"train", "heldout_pairs"}
-    assert report["navigation_efficiency"] == pytest.approx((0.5 * 1 + 0.7 * 3) / 4)  # weighted by successes
+    assert set(report["navigation_efficiency_by_split"]) == {"train", "heldout_pairs", "heldout_game"}
+    assert report["navigation_efficiency"] == pytest.approx((0.5 * 1 + 0.7 * 3 + 0.9 * 5) / 9)  # by successes
     chart = plot_success(report, tmp_path / "plots" / "success.png")
     with _open(chart, "PNG"):
         pass

@@ -28,8 +28,12 @@ from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.world import (
     ACTION_NVEC,
     DURATION_TICKS,
+    GAMES,
+    HELDOUT_GAME,
+    HELDOUT_GAME_SPLIT,
     PROPRIO_SIZE,
     SPLITS,
+    TRAIN_GAMES,
     EnvParams,
     EnvState,
     entity_colours,
@@ -41,6 +45,8 @@ from sima2.envs.world import (
     proprio,
     stage_complete,
 )
+
+_GAME_STREAM = 0x6A4E  # salt of the game draw
 
 
 class Sima2Env(Env[EnvState, EnvParams]):
@@ -134,18 +140,26 @@ class Sima2Env(Env[EnvState, EnvParams]):
             max_instruction_words=self.max_instruction_words,
         )
 
-    def default_params(self, split: str = "train", level: str | int | None = None) -> EnvParams:
+    def default_params(
+        self, split: str = "train", level: str | int | None = None, game: str | int | None = None
+    ) -> EnvParams:
         """Parameters of `split`, for one `level` of the env (name, id or index) or, with None, every level:
-        a single-level env's own, a multi-level env's uniform mixture (a level drawn at every reset)."""
+        a single-level env's own, a multi-level env's uniform mixture (a level drawn at every reset); and
+        for one `game` (name or index in `GAMES`) or, with None, the split's games (drawn at every reset:
+        the training games, or the held-out one in heldout_game)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        game_index = -1 if game is None else _game_index(game)
         if level is None and len(self.levels) == 1:
             level = 0
         index = -1 if level is None else self.level_index(level)
         # A single level keeps its limit in the params (callers shorten episodes there); 0 = each level's own.
         max_steps = self.levels[0].max_steps if len(self.levels) == 1 else 0
         return EnvParams(
-            max_steps=jnp.int32(max_steps), split=jnp.int32(SPLITS.index(split)), level=jnp.int32(index)
+            max_steps=jnp.int32(max_steps),
+            split=jnp.int32(SPLITS.index(split)),
+            level=jnp.int32(index),
+            game=jnp.int32(game_index),
         )
 
     # --- functional API (reset and step come from sima2.contract.Env)
@@ -159,6 +173,13 @@ class Sima2Env(Env[EnvState, EnvParams]):
         }
 
     def init(self, key: PRNGKeyArray, params: EnvParams) -> EnvState:
+        # The game comes from its own stream, so a key gives the same layout and task in every game.
+        game_draw = jax.random.randint(jax.random.fold_in(key, _GAME_STREAM), (), 0, len(TRAIN_GAMES), jnp.int32)
+        drawn_game = jnp.where(params.split == HELDOUT_GAME_SPLIT, HELDOUT_GAME, jnp.asarray(TRAIN_GAMES)[game_draw])
+        game = jnp.clip(jnp.where(params.game >= 0, params.game, drawn_game), 0, len(GAMES) - 1).astype(jnp.int32)
+        return eqx.tree_at(lambda s: s.game, self._world(key, params), game)
+
+    def _world(self, key: PRNGKeyArray, params: EnvParams) -> EnvState:
         if len(self.levels) == 1:
             return generate(key, self.levels[0], params.split)
         level_key, key = jax.random.split(key)
@@ -267,6 +288,17 @@ class Sima2Env(Env[EnvState, EnvParams]):
             text = template.replace("{A}", self._entity_phrase(state, int(plan_a[i])))
             steps.append(text.replace("{B}", self._entity_phrase(state, int(plan_b[i]))))
         return steps
+
+
+def _game_index(game: str | int) -> int:
+    names = tuple(g.name for g in GAMES)
+    if isinstance(game, str):
+        if game not in names:
+            raise ValueError(f"unknown game {game!r}; games: {', '.join(names)}")
+        return names.index(game)
+    if isinstance(game, int | np.integer) and not isinstance(game, bool) and 0 <= game < len(GAMES):
+        return int(game)
+    raise ValueError(f"game must be a name ({', '.join(names)}) or an index below {len(GAMES)}, got {game!r}")
 
 
 def clip_action(action: Int32[Array, "*shape"]) -> Int32[Array, "3"]:

@@ -24,7 +24,6 @@ from sima2.envs.world import (
     INTERACT,
     LOOK_CENTRE,
     LOOK_DEGREES,
-    MOVE_SPEED,
     NOOP,
     NUM_STAGES,
     SUBGOAL_GOTO,
@@ -39,6 +38,7 @@ from sima2.envs.world import (
     row_masks,
     wrap_angle,
 )
+from sima2.envs.world.games import GAME_MOVE_SPEED
 
 UNREACHABLE = 10_000
 ALIGN_TOLERANCE = math.radians(12.0)
@@ -226,7 +226,8 @@ def expert_action(state: EnvState) -> Int32[Array, "3"]:
         return jnp.arctan2(offset[1], offset[0])
 
     # Moving: pick the duration whose distance best matches the distance to the next cell centre.
-    move_distance = jnp.asarray(DURATION_TICKS, jnp.float32) * MOVE_SPEED / TICK_HZ
+    speed = jnp.asarray(GAME_MOVE_SPEED)[state.game]
+    move_distance = jnp.asarray(DURATION_TICKS, jnp.float32) * speed / TICK_HZ
     remaining = jnp.linalg.norm(next_centre - state.agent_pos)
     move_ticks = jnp.argmin(jnp.abs(move_distance - remaining)).astype(jnp.int32)
     travel = _turn_or(heading_to(next_centre), state, jnp.int32(FORWARD), move_ticks)

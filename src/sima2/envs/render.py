@@ -1,10 +1,12 @@
 """First-person and top-down rendering of the built-in world, in pure JAX (works under jit and vmap).
 
-First person: walls and closed doors are ray-cast, one ray per column (grid traversal in closed form: all
-grid crossings tested at once), floor and ceiling are shaded by distance, and objects are billboard sprites
-composited in a fixed back-to-front order (sorted by depth once) with a per-column depth test against the
-walls. The image is composited as packed 32-bit colours with selects (colours are looked up per column and
-per sprite, never per pixel) and reinterpreted as RGB bytes at the end, which keeps it cheap on CPU.
+Colours, wall pattern, sprite sizes and the camera (field of view, eye height) are those of the world's
+game (`sima2.envs.world.games`). First person: walls and closed doors are ray-cast, one ray per column (grid
+traversal in closed form: all grid crossings tested at once), floor and ceiling are shaded by distance, and
+objects are billboard sprites composited in a fixed back-to-front order (sorted by depth once) with a
+per-column depth test against the walls. The image is composited as packed 32-bit colours with selects
+(colours are looked up per column and per sprite, never per pixel) and reinterpreted as RGB bytes at the
+end, which keeps it cheap on CPU.
 """
 
 from __future__ import annotations
@@ -26,8 +28,17 @@ from sima2.envs.world import (
     precise_dot,
     row_masks,
 )
+from sima2.envs.world.games import (
+    GAME_BOX_EXPONENT,
+    GAME_EYE_HEIGHT,
+    GAME_FIELD_OF_VIEW,
+    GAME_SPRITE_SCALE,
+    GAME_WALL_PATTERN,
+    GAMES,
+    Game,
+)
 
-FIELD_OF_VIEW = math.radians(66.0)
+FIELD_OF_VIEW = math.radians(GAMES[0].field_of_view_degrees)  # the classic game's camera
 SHADE_LEVELS = 8
 # Base colours: the six object colours (BabyAI palette), then wall, floor, ceiling.
 BASE_COLOURS = np.array(
@@ -50,20 +61,30 @@ SPRITE_SIZE = (0.7, 0.6, 0.55)  # ball, box, key: height in cells
 SPRITE_EXPONENT = (2, 8, 1)
 
 
-def _palette() -> np.ndarray:
+def _palette(base: np.ndarray) -> np.ndarray:
     shade = 1.0 - 0.085 * np.arange(SHADE_LEVELS, dtype=np.float32)
-    colours = BASE_COLOURS[:, None, :] * shade[None, :, None]
+    colours = base[:, None, :] * shade[None, :, None]
     return np.clip(colours, 0, 255).astype(np.uint8).reshape(-1, 3)
 
 
-PALETTE = _palette()
-# The palette as little-endian 0x00BBGGRR words: the image is composited as one 32-bit plane (vectorises
+def _game_colours(game: Game) -> np.ndarray:
+    colours = BASE_COLOURS.copy()
+    colours[:WALL] *= game.object_brightness
+    colours[WALL], colours[FLOOR], colours[CEILING] = game.wall, game.floor, game.ceiling
+    return colours
+
+
+# One palette per game ([G, colours * SHADE_LEVELS, 3]); PALETTE is the classic game's.
+PALETTES = np.stack([_palette(_game_colours(game)) for game in GAMES])
+PALETTE = PALETTES[0]
+# The palettes as little-endian 0x00BBGGRR words: the image is composited as one 32-bit plane (vectorises
 # well) and reinterpreted as RGB bytes at the end.
-PACKED_PALETTE = (
-    PALETTE[:, 0].astype(np.uint32)
-    | (PALETTE[:, 1].astype(np.uint32) << 8)
-    | (PALETTE[:, 2].astype(np.uint32) << 16)
+PACKED_PALETTES = (
+    PALETTES[..., 0].astype(np.uint32)
+    | (PALETTES[..., 1].astype(np.uint32) << 8)
+    | (PALETTES[..., 2].astype(np.uint32) << 16)
 )
+PACKED_PALETTE = PACKED_PALETTES[0]
 
 
 def _shade_level(distance: Float32[Array, "*s"]) -> jax.Array:
@@ -116,14 +137,15 @@ def _cast_rays(
 
 
 def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array, "{height} {width} 3"]:
-    """The agent's view as RGB uint8 [height, width, 3]."""
-    tan_half = math.tan(FIELD_OF_VIEW / 2)
+    """The agent's view as RGB uint8 [height, width, 3], in the colours and camera of the world's game."""
+    tan_half = jnp.tan(jnp.asarray(GAME_FIELD_OF_VIEW)[state.game] / 2)
     focal = (width / 2) / tan_half
+    eye = jnp.asarray(GAME_EYE_HEIGHT)[state.game]  # camera height, in wall heights
     forward, right = heading_vectors(state.agent_dir)
     pos = state.agent_pos
 
     # --- walls and closed doors, one ray per column
-    cam_x = jnp.asarray((2.0 * (np.arange(width, dtype=np.float32) + 0.5) / width - 1.0) * tan_half)
+    cam_x = jnp.asarray(2.0 * (np.arange(width, dtype=np.float32) + 0.5) / width - 1.0) * tan_half
     # forward + cam_x * right as a (tiny) matrix product: XLA materialises a dot's result, where element-wise
     # ray directions would be fused into every per-crossing and per-pixel loop and the heading's sine and
     # cosine recomputed for each element.
@@ -140,21 +162,24 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
         at_door = closed[d] & (hit_row == state.door_pos[d, 0]) & (hit_col == state.door_pos[d, 1])
         hit_code = jnp.where(at_door, door_code[d], hit_code)
     hit_dist = jnp.maximum(hit_dist, 1e-3)
-    level = jnp.clip(_shade_level(hit_dist) + hit_side + hit_code % 4, 0, SHADE_LEVELS - 1)
+    bricks = jnp.asarray(GAME_WALL_PATTERN)[state.game] * ((hit_row + hit_col) % 2) * (hit_code // 4 == WALL)
+    level = jnp.clip(_shade_level(hit_dist) + hit_side + hit_code % 4 + bricks, 0, SHADE_LEVELS - 1)
     wall_index = (hit_code // 4) * SHADE_LEVELS + level  # [W]
-    wall_half = focal * 0.5 / hit_dist  # [W]
+    wall_below = focal * eye / hit_dist  # [W] rows of wall below the horizon
+    wall_above = focal * (1.0 - eye) / hit_dist
 
-    # --- floor and ceiling: per-row distance shading (static)
-    row_offset = np.arange(height, dtype=np.float32) + 0.5 - height / 2  # [H]
-    row_distance = focal * 0.5 / np.maximum(np.abs(row_offset), 1e-3)
-    row_level = np.clip(np.floor(row_distance * 0.7), 0, SHADE_LEVELS - 1).astype(np.int32)
-    row_index = np.where(row_offset > 0, FLOOR * SHADE_LEVELS, CEILING * SHADE_LEVELS) + row_level
-    is_wall = jnp.abs(jnp.asarray(row_offset))[:, None] < wall_half[None, :]
+    # --- floor and ceiling: per-row distance shading
+    row_offset = jnp.asarray(np.arange(height, dtype=np.float32) + 0.5 - height / 2)  # [H], > 0 below
+    below = row_offset > 0
+    row_distance = focal * jnp.where(below, eye, 1.0 - eye) / jnp.maximum(jnp.abs(row_offset), 1e-3)
+    row_level = _shade_level(row_distance)
+    row_index = jnp.where(below, FLOOR * SHADE_LEVELS, CEILING * SHADE_LEVELS) + row_level
+    is_wall = (row_offset[:, None] < wall_below[None, :]) & (-row_offset[:, None] < wall_above[None, :])
     # Colours are looked up per column / per sprite (small gathers) and composited with selects on RGB:
     # a per-pixel palette gather does not vectorise on CPU.
-    palette = jnp.asarray(PACKED_PALETTE)
+    palette = jnp.asarray(PACKED_PALETTES)[state.game]
     wall_rgb = palette[wall_index]  # [W]
-    image = jnp.where(is_wall, wall_rgb[None, :], jnp.asarray(PACKED_PALETTE[row_index])[:, None])  # [H, W]
+    image = jnp.where(is_wall, wall_rgb[None, :], palette[row_index][:, None])  # [H, W]
 
     # --- sprites, far to near, depth-tested per column against the walls
     n_obj = state.obj_type.shape[0]
@@ -179,10 +204,12 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
     visible = d > 0.2
     d_safe = jnp.maximum(d, 0.2)
     obj_type = state.obj_type[order]
-    half = focal * jnp.asarray(SPRITE_SIZE, jnp.float32)[obj_type] * 0.5 / d_safe
+    sprite_size = jnp.asarray(SPRITE_SIZE, jnp.float32)[obj_type] * jnp.asarray(GAME_SPRITE_SCALE)[state.game]
+    half = focal * sprite_size * 0.5 / d_safe
     centre_x = width / 2 + focal * lateral[order] / d_safe
-    centre_y = height / 2 + focal * 0.5 / d_safe - half  # standing on the floor
+    centre_y = height / 2 + focal * eye / d_safe - half  # standing on the floor
     exponent = jnp.asarray(SPRITE_EXPONENT, jnp.int32)[obj_type]
+    exponent = jnp.where(obj_type == 1, jnp.asarray(GAME_BOX_EXPONENT)[state.game], exponent)
 
     def sprite_terms(sprite: tuple[Array, ...]) -> tuple[Float32[Array, " W"], Float32[Array, " H"]]:
         # |u|^p per column (2 where the sprite is hidden) and |v|^p per row: inside where u + v < 1.
@@ -190,8 +217,9 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
         u = jnp.abs(columns - centre_x) / half
         v = jnp.abs(rows - centre_y) / half
         u2, v2 = u * u, v * v
-        u_term = jnp.where(exponent == 1, u, jnp.where(exponent == 2, u2, (u2 * u2) ** 2))
-        v_term = jnp.where(exponent == 1, v, jnp.where(exponent == 2, v2, (v2 * v2) ** 2))
+        u4, v4 = u2 * u2, v2 * v2
+        u_term = jnp.where(exponent == 1, u, jnp.where(exponent == 2, u2, jnp.where(exponent == 4, u4, u4 * u4)))
+        v_term = jnp.where(exponent == 1, v, jnp.where(exponent == 2, v2, jnp.where(exponent == 4, v4, v4 * v4)))
         return jnp.where(visible & (depth < hit_dist) & (u < 1.0), u_term, 2.0), v_term
 
     # lax.map (a loop) materialises these small per-sprite tables: XLA would otherwise fuse their
@@ -245,7 +273,7 @@ def render_topdown(state: EnvState, cell_px: int = 8) -> UInt8[Array, "h w 3"]:
         jnp.where(obj_type == 1, (local_u < 0.7) & (local_v < 0.7), local_u + local_v < 0.8),
     )
     colour_index = jnp.where(occupied & shape, state.obj_colour[obj_at], colour_index)
-    image = jnp.take(jnp.asarray(PALETTE), colour_index * SHADE_LEVELS + level, axis=0)
+    image = jnp.take(jnp.asarray(PALETTES)[state.game], colour_index * SHADE_LEVELS + level, axis=0)
 
     forward, _ = heading_vectors(state.agent_dir)
     px, py = jnp.asarray(xx), jnp.asarray(yy)

@@ -9,6 +9,7 @@ Everything works on ONE world; callers `jax.vmap`. There is no Python control fl
 The package, one concern per module (imports point down this list, never up):
 
 - `state`: constants (time, actions, splits, door states), `EnvParams`, `EnvState`;
+- `games`: the games (visual themes, cameras, speeds) worlds are played in, and the held-out one;
 - `geometry`: headings, entity tables, per-cell grids, reach;
 - `streams`: the counter-based random streams of generation;
 - `language`: the instruction language (templates to token ids);
@@ -20,6 +21,7 @@ This module re-exports the public names of all of them.
 """
 
 from sima2.envs.world.dynamics import physics, proprio
+from sima2.envs.world.games import GAME_NAMES, GAMES, HELDOUT_GAME, TRAIN_GAMES, Game
 from sima2.envs.world.generation import generate, pad_world
 from sima2.envs.world.geometry import (
     door_state_grid,
@@ -47,6 +49,7 @@ from sima2.envs.world.state import (
     DROP,
     DURATION_TICKS,
     FORWARD,
+    HELDOUT_GAME_SPLIT,
     HELDOUT_LAYOUTS,
     HELDOUT_PAIR_MASK,
     HELDOUT_PAIRS,
@@ -74,6 +77,12 @@ from sima2.envs.world.state import (
 )
 
 __all__ = [
+    "GAMES",
+    "GAME_NAMES",
+    "Game",
+    "HELDOUT_GAME",
+    "HELDOUT_GAME_SPLIT",
+    "TRAIN_GAMES",
     "ACTION_NVEC",
     "AGENT_RADIUS",
     "BACK",

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float32, Int32
 
 from sima2.envs import vocabulary as voc
+from sima2.envs.world.games import GAME_MOVE_SPEED
 from sima2.envs.world.geometry import (
     entity_in_reach,
     heading_vectors,
@@ -129,8 +130,9 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
     active = tick_index < ticks
     angles = state.agent_dir + yaw_step * (jnp.minimum(tick_index, ticks - 1) + 1).astype(jnp.float32)
     cos, sin = jnp.cos(angles), jnp.sin(angles)  # forward = (cos, sin), right = (-sin, cos)
-    steps_x = jnp.where(active, (body[0] * cos + body[1] * -sin) * (MOVE_SPEED * dt), 0.0)
-    steps_y = jnp.where(active, (body[0] * sin + body[1] * cos) * (MOVE_SPEED * dt), 0.0)
+    speed = jnp.asarray(GAME_MOVE_SPEED)[state.game]  # each game moves at its own speed
+    steps_x = jnp.where(active, (body[0] * cos + body[1] * -sin) * (speed * dt), 0.0)
+    steps_y = jnp.where(active, (body[0] * sin + body[1] * cos) * (speed * dt), 0.0)
     counts = active & ((steps_x != 0.0) | (steps_y != 0.0))  # ticks whose bumps count as contact
 
     def tick(t, carry):

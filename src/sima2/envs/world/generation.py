@@ -241,6 +241,7 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
         time=jnp.int32(0),
         layout_seed=layout_seed.astype(jnp.int32),
         level=jnp.int32(0),
+        game=jnp.int32(0),
         episode_return=jnp.float32(0.0),
         path_length=jnp.float32(0.0),
         optimal_path_length=jnp.float32(0.0),

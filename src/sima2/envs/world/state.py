@@ -35,8 +35,9 @@ MAX_PLAN = 8  # subgoals in the expert plan
 NUM_STAGES = 2  # clauses of an instruction ("X, then Y")
 
 # Splits: layout seeds, colour-object pairs and paraphrase templates are partitioned by construction.
-SPLITS = ("train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases")
-TRAIN, HELDOUT_LAYOUTS, HELDOUT_PAIRS, HELDOUT_PARAPHRASES = range(len(SPLITS))
+# heldout_game: worlds of the game no training world is drawn in (`games.HELDOUT_GAME`).
+SPLITS = ("train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases", "heldout_game")
+TRAIN, HELDOUT_LAYOUTS, HELDOUT_PAIRS, HELDOUT_PARAPHRASES, HELDOUT_GAME_SPLIT = range(len(SPLITS))
 NUM_PAIRS = 3 * len(voc.COLOURS)  # (ball | box | key) x colour
 # Held-out colour-object pairs: green ball, purple box, grey key.
 HELDOUT_PAIR_MASK = np.array(
@@ -57,12 +58,14 @@ class EnvParams(eqx.Module):
 
     `max_steps`: decision steps before an episode is truncated; 0 keeps each level's own limit.
     `split`: index into SPLITS. `level`: index into the env's levels, or -1 to draw one uniformly at
-    every reset (a world of several levels trains on their mixture).
+    every reset (a world of several levels trains on their mixture). `game`: index into `games.GAMES`, or -1
+    to draw one at every reset (a training game; the held-out one in the heldout_game split).
     """
 
     max_steps: Int32[Array, ""]
     split: Int32[Array, ""]
     level: Int32[Array, ""] = eqx.field(default_factory=lambda: jnp.int32(0))
+    game: Int32[Array, ""] = eqx.field(default_factory=lambda: jnp.int32(-1))
 
 
 class EnvState(eqx.Module):
@@ -102,6 +105,7 @@ class EnvState(eqx.Module):
     time: Int32[Array, ""]
     layout_seed: Int32[Array, ""]  # seeds divisible by 5 are the held-out layouts
     level: Int32[Array, ""]  # index of this world's level in its env's levels
+    game: Int32[Array, ""]  # index of this world's game in `games.GAMES` (look, camera, speed)
     episode_return: Float32[Array, ""]
     # Navigation efficiency: cells travelled since reset, and the sum of each subgoal's shortest path (BFS
     # cells) from where the agent stood when that subgoal became current.
