@@ -8,12 +8,14 @@ figure to beat is one 60 FPS frame (16.67 ms); the script prints p50 / p99 and t
     python benchmarks/bench_latency.py --preset base --sizes 224 512
     python benchmarks/bench_latency.py --train-step         # also: one BC forward+backward+Adam at batch 64
 
-`base` runs only where JAX sees a GPU (or with --force); elsewhere it is reported as not measured.
+`base` runs only where JAX sees a GPU (or with --force); elsewhere it is reported as not measured. Each
+preset's weight bytes and the process's peak RSS so far are printed after its timings.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import equinox as eqx
@@ -140,6 +142,10 @@ def main() -> None:
         agent = Agent.from_preset(preset, _spec(), key=jax.random.key(0))
         for size in sizes:
             _report(f"{preset} act @ {size}x{size}", act_latency(agent, size, args.iters, args.warmup, args.vocab))
+        weights = sum(x.nbytes for x in jax.tree.leaves(eqx.filter(agent, eqx.is_array)))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        print(f"{preset + ' memory':<28} weights {weights / 2**20:8.1f} MiB   process peak RSS so far "
+              f"{peak / 2**30:.2f} GiB")
         if args.train_step:
             times = bc_step_time(agent, sizes[0], 64, max(10, args.iters // 10), args.vocab)
             print(
