@@ -137,6 +137,25 @@ def test_augmentations_keep_shape_and_dtype_and_vary_images():
     assert out.shape == images.shape and out.dtype == jnp.uint8 and not np.array_equal(out, images)
 
 
+def test_brightness_and_contrast_keep_each_pixels_hue():
+    """The jitter scales every channel of a pixel alike (about the image's grey), so a red pixel stays red."""
+    rng = np.random.default_rng(1)
+    images = jnp.asarray(rng.integers(40, 200, (16, 8, 8, 3)), jnp.uint8)
+    out = augment_images(jax.random.key(2), images, crop_padding=0, noise_std=0.0, brightness=0.4, contrast=0.3)
+    src, got = np.asarray(images, np.float64), np.asarray(out, np.float64)
+    means = [(src[i].mean(), got[i].mean()) for i in range(16)]
+    assert len({round(b / a, 3) for a, b in means}) > 8  # a factor per image
+    # got = grey' + k * (src - grey): channel differences within a pixel scale by one factor per image.
+    src_diff, got_diff = src[..., 0] - src[..., 1], got[..., 0] - got[..., 1]
+    for i in range(16):
+        unclipped = (got[i] > 0).all(-1) & (got[i] < 255).all(-1)
+        a, b = src_diff[i][unclipped], got_diff[i][unclipped]
+        k = np.sum(a * b) / np.sum(a**2)
+        np.testing.assert_allclose(b, k * a, atol=1.5)
+    with pytest.raises(ValueError, match="brightness and contrast"):
+        augment_images(jax.random.key(0), images, crop_padding=0, noise_std=0.0, brightness=1.5)
+
+
 def test_behaviour_cloning_learns_the_expert_and_writes_outputs(demos, tmp_path):
     config = apply_overrides(
         TrainConfig(),

@@ -1,5 +1,6 @@
 """Image preprocessing (uint8 HWC -> normalised float CHW, as HF image processors do) and the training
-augmentation (`augment_images`: random crop and pixel noise on uint8 batches, used by behaviour cloning),
+augmentation (`augment_images`: random crop, brightness and contrast jitter and pixel noise on uint8 batches,
+used by behaviour cloning),
 pure JAX inside `jit` and `vmap`."""
 
 from __future__ import annotations
@@ -118,10 +119,27 @@ def _pixel_noise(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
     return jnp.asarray(_NORMAL_LEVELS)[levels[..., : shape[-1]]]
 
 
-def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, noise_std: float) -> jax.Array:
-    """Random crop (edge-pad by `crop_padding`, crop back) and pixel noise, per image; stays uint8."""
+def augment_images(
+    key: PRNGKeyArray,
+    images: UInt8[Array, "B H W C"],
+    *,
+    crop_padding: int,
+    noise_std: float,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+) -> UInt8[Array, "B H W C"]:
+    """Random crop (edge-pad by `crop_padding`, crop back), brightness and contrast jitter and pixel noise,
+    per image; stays uint8.
+
+    Brightness scales an image by a factor drawn from [1 - brightness, 1 + brightness]; contrast moves its
+    pixels away from or toward the image's mean grey by a factor from [1 - contrast, 1 + contrast]. Both act
+    on every channel alike, so colours keep the hue an instruction names ("the red ball") while the scene
+    gets lighter or darker, as it does between games.
+    """
+    if brightness < 0 or contrast < 0 or not brightness < 1 or not contrast < 1:
+        raise ValueError(f"brightness and contrast must be in [0, 1), got {brightness} and {contrast}")
     batch, height, width, _ = images.shape
-    crop_key, noise_key = jax.random.split(key)
+    crop_key, noise_key, brightness_key, contrast_key = jax.random.split(key, 4)
     out = images.astype(jnp.float32)
     if crop_padding > 0:
         padded = jnp.pad(out, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)), mode="edge")
@@ -131,6 +149,12 @@ def augment_images(key: PRNGKeyArray, images: jax.Array, *, crop_padding: int, n
             return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
 
         out = jax.vmap(crop)(padded, offsets)
+    if brightness > 0:
+        out = out * jax.random.uniform(brightness_key, (batch, 1, 1, 1), minval=1 - brightness, maxval=1 + brightness)
+    if contrast > 0:
+        grey = out.mean(axis=(1, 2, 3), keepdims=True)
+        factor = jax.random.uniform(contrast_key, (batch, 1, 1, 1), minval=1 - contrast, maxval=1 + contrast)
+        out = grey + (out - grey) * factor
     if noise_std > 0:
         out = out + noise_std * 255.0 * _pixel_noise(noise_key, out.shape)
     return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)

@@ -7,7 +7,7 @@ initial carry) or demonstration windows (leading axes `(B, T)` plus a `first` fl
 through time and reset at episode starts, exactly as it acts in the world, so a recurrent agent's memory
 is trained on the states it will see. An optional `plan_loss(model, batch)` (e.g. next-token loss of the
 planner on the subgoal plan) is added with weight `bc.plan_loss_weight` in the same jitted step. Images
-are augmented (random crop, pixel noise) inside the step from the state's key.
+are augmented (random crop, brightness and contrast jitter, pixel noise) inside the step from the state's key.
 """
 
 from __future__ import annotations
@@ -83,9 +83,10 @@ def make_bc(
         obs = dict(batch["obs"])
         images = obs["image"]
         flat = images.reshape(-1, *images.shape[-3:])  # rows or (window, time) pairs
-        obs["image"] = augment_images(augment_key, flat, crop_padding=bc.crop_padding, noise_std=bc.noise_std).reshape(
-            images.shape
-        )
+        obs["image"] = augment_images(
+            augment_key, flat, crop_padding=bc.crop_padding, noise_std=bc.noise_std, brightness=bc.brightness,
+            contrast=bc.contrast,
+        ).reshape(images.shape)
         batch = dict(batch, obs=obs)
         trainable, rest = split_trainable(state.model, spec)
 

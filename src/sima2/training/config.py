@@ -68,6 +68,8 @@ class BCConfig:
     plan_loss_weight: float = 1.0
     crop_padding: int = 4
     noise_std: float = 0.02
+    brightness: float = 0.0  # images scaled by a factor in [1 - brightness, 1 + brightness]
+    contrast: float = 0.0  # pixels moved from the image's mean grey by a factor in [1 - contrast, 1 + contrast]
 
     def __post_init__(self) -> None:
         check_fields(
@@ -77,6 +79,8 @@ class BCConfig:
             plan_loss_weight=(0 <= self.plan_loss_weight < math.inf, "must be a finite number >= 0"),
             crop_padding=(self.crop_padding >= 0, "must be >= 0"),
             noise_std=(0 <= self.noise_std < math.inf, "must be a finite number >= 0"),
+            brightness=(0 <= self.brightness < 1, "must be in [0, 1)"),
+            contrast=(0 <= self.contrast < 1, "must be in [0, 1)"),
         )
 
 
