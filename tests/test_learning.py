@@ -1,4 +1,4 @@
-"""Learning is tested: the main job's agent, trained for about two minutes, picks up the object it is told to
+"""Learning is tested: the main job's agent, trained for under two minutes, picks up the object it is told to
 far more often than a policy of uniformly random actions does in the same worlds.
 
 A change that stops the agent learning (a broken loss, a frozen backbone, misaligned instructions, a
@@ -23,8 +23,9 @@ from sima2.contract import ActOutput, Observation
 from sima2.training.rollout import Actor, init_rollout, rollout
 
 LEVEL = "sima2/Pickup-v0"  # random actions succeed in about 15 % of its episodes (32 steps), GoTo in 47 %
-EPISODE_LIMIT = 32
+EVAL_STEPS = 64  # two Pickup episodes (32 steps at most) per evaluation world
 EVAL_EPISODES = 256  # standard error of a success rate near 0.35: 0.03
+MARGIN = 0.12  # required over the random policy: four standard errors
 
 
 class UniformRandomActor(Actor):
@@ -53,23 +54,24 @@ def _random_policy_success(num_worlds: int = 128, num_steps: int = 160) -> tuple
 
 def test_the_agent_learns_to_pick_up_objects(tmp_path):
     """`sima2 train --preset cpu-small` on Pickup, as a user runs it (a subprocess with XLA's optimising
-    settings): expert demonstrations from 128 worlds, 1,500 behaviour-cloning updates, no PPO (about two
-    minutes on a 2-core CPU). Measured when the test was written: the cloned agent succeeds in 0.37 of its
-    greedy episodes (0.35-0.42 on every split), uniformly random actions in 0.15 (1,639 episodes)."""
+    settings): expert demonstrations from 128 worlds x 48 steps, 1,200 behaviour-cloning updates, no PPO
+    (under two minutes on a 2-core CPU). Measured when the test was written: the cloned agent succeeds in
+    0.38 of its greedy training-split episodes (0.29-0.40 on the splits of the training games), uniformly
+    random actions in 0.15 (about 1,600 episodes)."""
     random_success, random_episodes = _random_policy_success()
     assert random_episodes >= 500 and 0.05 < random_success < 0.25, (random_success, random_episodes)
     overrides = [
         f"level={LEVEL}",
         "demo_envs=128",
-        "demo_steps=64",
-        "bc.num_updates=1500",
-        "bc.optim.decay_steps=1500",
-        "bc.checkpoint.every=1500",
+        "demo_steps=48",
+        "bc.num_updates=1200",
+        "bc.optim.decay_steps=1200",
+        "bc.checkpoint.every=1200",
         "bc.monitor.progress=False",
         "ppo.num_updates=0",
         "eval.num_envs=128",
         f"eval.num_episodes={EVAL_EPISODES}",
-        f"eval.max_steps={EPISODE_LIMIT}",
+        f"eval.max_steps={EVAL_STEPS}",
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
     env.pop("XLA_FLAGS", None)  # the tests' cheap-compile settings would slow the training itself down
@@ -80,6 +82,6 @@ def test_the_agent_learns_to_pick_up_objects(tmp_path):
     report = json.loads((tmp_path / "eval.json").read_text())
     success = report["success_rate"]["train"]
     assert report["episodes"]["train"] >= EVAL_EPISODES // 2
-    assert success >= 2 * random_success, (
+    assert success >= random_success + MARGIN, (
         f"the trained agent succeeds in {success:.2f} of its episodes, a random policy in {random_success:.2f}"
     )
