@@ -85,3 +85,13 @@ def test_comma_joined_ids_and_bad_levels():
         envs.Sima2Env(levels=())
     single, _ = envs.make("sima2/GoTo-v0", image_size=SIZE)
     assert single.level.name == "GoTo" and int(single.default_params().level) == 0
+
+
+def test_the_mixture_is_a_gymnasium_env():
+    import gymnasium
+
+    env = gymnasium.make("sima2/AllFamilies-v0", image_size=SIZE)
+    obs, info = env.reset(seed=0)
+    assert obs["image"].shape == (SIZE, SIZE, 3) and isinstance(info["instruction_text"], str)
+    obs, reward, terminated, truncated, info = env.step(env.unwrapped.expert_action())
+    assert env.observation_space.contains(obs)

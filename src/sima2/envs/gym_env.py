@@ -22,7 +22,7 @@ from gymnasium.vector.utils import batch_space
 from sima2.contract import StepInfo, reset_where_done
 from sima2.envs import vocabulary as voc
 from sima2.envs.env import ImageSize, Sima2Env, make
-from sima2.envs.levels import LEVELS
+from sima2.envs.levels import LEVELS, MIXTURES
 
 RENDER_MODES = ("rgb_array", "rgb_array_topdown")
 
@@ -247,12 +247,14 @@ class Sima2VectorEnv(VectorEnv):
 
 
 def register_envs() -> None:
-    """Register every level as `sima2/<Level>-v0` (idempotent)."""
-    for name, level in LEVELS.items():
-        if level.gym_id in gymnasium.registry:
+    """Register every level as `sima2/<Level>-v0` and every mixture of levels as `sima2/<Mixture>-v0`
+    (idempotent)."""
+    for name in (*LEVELS, *MIXTURES):
+        gym_id = f"sima2/{name}-v0"
+        if gym_id in gymnasium.registry:
             continue
         gymnasium.register(
-            id=level.gym_id,
+            id=gym_id,
             entry_point="sima2.envs.gym_env:Sima2GymEnv",
             vector_entry_point="sima2.envs.gym_env:Sima2VectorEnv",
             max_episode_steps=None,
