@@ -28,6 +28,7 @@ from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.world import (
     ACTION_NVEC,
     DURATION_TICKS,
+    GAME_NAMES,
     GAMES,
     HELDOUT_GAME,
     HELDOUT_GAME_SPLIT,
@@ -291,14 +292,13 @@ class Sima2Env(Env[EnvState, EnvParams]):
 
 
 def _game_index(game: str | int) -> int:
-    names = tuple(g.name for g in GAMES)
     if isinstance(game, str):
-        if game not in names:
-            raise ValueError(f"unknown game {game!r}; games: {', '.join(names)}")
-        return names.index(game)
+        if game not in GAME_NAMES:
+            raise ValueError(f"unknown game {game!r}; games: {', '.join(GAME_NAMES)}")
+        return GAME_NAMES.index(game)
     if isinstance(game, int | np.integer) and not isinstance(game, bool) and 0 <= game < len(GAMES):
         return int(game)
-    raise ValueError(f"game must be a name ({', '.join(names)}) or an index below {len(GAMES)}, got {game!r}")
+    raise ValueError(f"game must be a name ({', '.join(GAME_NAMES)}) or an index below {len(GAMES)}, got {game!r}")
 
 
 def clip_action(action: Int32[Array, "*shape"]) -> Int32[Array, "3"]:

@@ -163,8 +163,7 @@ def levels_from_id(env_id: str) -> tuple[LevelConfig, ...]:
         raise TypeError(f"env_id must be a level id string like 'sima2/GoTo-v0', got {env_id!r}")
     if _bare_name(env_id) in MIXTURES:
         return tuple(LEVELS[name] for name in MIXTURES[_bare_name(env_id)])
-    parts = [part for part in env_id.split(",")]
-    levels = tuple(level_from_id(part) for part in parts)
+    levels = tuple(level_from_id(part) for part in env_id.split(","))
     names = [level.name for level in levels]
     if len(set(names)) != len(names):
         raise ValueError(f"{env_id!r} names a level more than once")

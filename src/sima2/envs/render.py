@@ -74,9 +74,8 @@ def _game_colours(game: Game) -> np.ndarray:
     return colours
 
 
-# One palette per game ([G, colours * SHADE_LEVELS, 3]); PALETTE is the classic game's.
+# One palette per game ([G, colours * SHADE_LEVELS, 3]).
 PALETTES = np.stack([_palette(_game_colours(game)) for game in GAMES])
-PALETTE = PALETTES[0]
 # The palettes as little-endian 0x00BBGGRR words: the image is composited as one 32-bit plane (vectorises
 # well) and reinterpreted as RGB bytes at the end.
 PACKED_PALETTES = (
@@ -84,7 +83,6 @@ PACKED_PALETTES = (
     | (PALETTES[..., 1].astype(np.uint32) << 8)
     | (PALETTES[..., 2].astype(np.uint32) << 16)
 )
-PACKED_PALETTE = PACKED_PALETTES[0]
 
 
 def _shade_level(distance: Float32[Array, "*s"]) -> jax.Array:
