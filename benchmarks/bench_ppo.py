@@ -89,14 +89,17 @@ class MLPActorCritic(AbstractAgent):
     def initial_carry(self):
         return jnp.zeros((0,), jnp.float32)
 
-    def act(self, key, obs, carry, *, deterministic=False):
+    def act(self, key, obs, carry, *, deterministic=False, instruction=None):
         logits = jax.nn.log_softmax(self.actor(obs))
         action = jnp.argmax(logits) if deterministic else jax.random.categorical(key, logits)
         entropy = -(jnp.exp(logits) * logits).sum()
         return action, carry, ActOutput(log_prob=logits[action], value=self.critic(obs), entropy=entropy)
 
-    def observation_features(self, obs):
+    def observation_features(self, obs, instruction=None):
         return obs
+
+    def instruction_features(self, instruction):
+        return None  # no instruction
 
     def evaluate_features(self, obs, carry, action):
         logits = jax.nn.log_softmax(self.actor(obs))

@@ -134,8 +134,11 @@ def _factored(logits, obs, action=None, key=None, deterministic=False):
 class _StandInAgent(AbstractAgent):
     """The parts of the agent contract every stand-in shares: features are the observation itself."""
 
-    def observation_features(self, obs):
+    def observation_features(self, obs, instruction=None):
         return obs
+
+    def instruction_features(self, instruction):
+        return None  # reads the instruction with the rest of the observation, at every step
 
     def trainable_filter(self):
         return jax.tree.map(eqx.is_inexact_array, self)
@@ -166,7 +169,7 @@ class MLPAgent(_StandInAgent):
         critic = jax.tree.map(lambda _: False, self)
         return eqx.tree_at(lambda m: m.value, critic, jax.tree.map(eqx.is_inexact_array, self.value))
 
-    def act(self, key, obs, carry, *, deterministic=False):
+    def act(self, key, obs, carry, *, deterministic=False, instruction=None):
         logits, value = self._heads(obs)
         action, log_prob, entropy = _factored(logits, obs, key=key, deterministic=deterministic)
         return action, carry, ActOutput(log_prob=log_prob, value=value, entropy=entropy)
@@ -203,7 +206,7 @@ class GRUAgent(_StandInAgent):
         critic = jax.tree.map(lambda _: False, self)
         return eqx.tree_at(lambda m: m.value, critic, jax.tree.map(eqx.is_inexact_array, self.value))
 
-    def act(self, key, obs, carry, *, deterministic=False):
+    def act(self, key, obs, carry, *, deterministic=False, instruction=None):
         logits, value, carry = self._core(obs, carry)
         action, log_prob, entropy = _factored(logits, obs, key=key, deterministic=deterministic)
         return action, carry, ActOutput(log_prob=log_prob, value=value, entropy=entropy)

@@ -34,8 +34,11 @@ class UniformRandomActor(Actor):
     def initial_carry(self) -> PyTree:
         return jnp.zeros((0,), jnp.float32)
 
+    def episode_features(self, obs: Observation) -> PyTree:
+        return None
+
     def __call__(
-        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree
+        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree, episode: PyTree
     ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
         action = jax.random.randint(key, (len(self.nvec),), 0, jnp.asarray(self.nvec, jnp.int32))
         zero = jnp.zeros((), jnp.float32)

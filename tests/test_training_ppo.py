@@ -230,7 +230,7 @@ def test_replay_buffer_adds_and_samples_transitions():
 class _ExpertAgent(MLPAgent):
     """Walks toward the instructed end: succeeds in the optimal number of steps."""
 
-    def act(self, key, obs, carry, *, deterministic=False):
+    def act(self, key, obs, carry, *, deterministic=False, instruction=None):
         action = jnp.stack([obs["instruction"][0], jnp.int32(0), jnp.int32(0)]).astype(jnp.int32)
         zero = jnp.float32(0.0)
         return action, carry, ActOutput(log_prob=zero, value=zero, entropy=zero)
@@ -255,7 +255,7 @@ def test_greedy_evaluation_takes_the_most_likely_action():
     calls = []
 
     class Recording(MLPAgent):
-        def act(self, key, obs, carry, *, deterministic=False):
+        def act(self, key, obs, carry, *, deterministic=False, instruction=None):
             calls.append(deterministic)  # traced once per program: records which mode was compiled
             return super().act(key, obs, carry, deterministic=deterministic)
 
@@ -272,7 +272,7 @@ def test_evaluate_splits_share_one_compiled_program():
     traces = []
 
     class CountingAgent(MLPAgent):
-        def act(self, key, obs, carry, *, deterministic=False):
+        def act(self, key, obs, carry, *, deterministic=False, instruction=None):
             traces.append(None)  # a Python side effect: runs while tracing, never in the compiled program
             return super().act(key, obs, carry, deterministic=deterministic)
 

@@ -82,7 +82,7 @@ def _eval(args: argparse.Namespace) -> int:
         )
     seed = config["seed"] if args.seed is None else args.seed
     key_eval, key_report = jax.random.split(jax.random.key(seed))
-    env, _ = envs.make(config["level"], image_size=config["image_size"])
+    env, _ = envs.make(config["level"], image_size=config["image_size"], tokenizer=agent.config.tokenizer)
     timings = {k: v for k, v in stage_timings(folder).items() if k != "evaluation"}  # before eval.json changes
     levels = f" x {len(env.levels)} levels" if len(env.levels) > 1 else ""
     print(f"evaluating {folder / 'final'} on {config['level']}: {len(envs.SPLITS)} splits{levels}, "

@@ -63,15 +63,18 @@ class ArraySpec(eqx.Module):
 
 
 class ObservationSpec(eqx.Module):
-    """The observation of one world: a first-person image, an instruction as token ids (pad id 0) from a
-    vocabulary of `vocab_size`, proprioception, and optionally an action mask (True = allowed, one entry
-    per value of every action factor)."""
+    """The observation of one world: a first-person image, an instruction as token ids (padded) from a
+    vocabulary of `vocab_size` (the env's own words, or the ids of `tokenizer`), proprioception, and
+    optionally an action mask (True = allowed, one entry per value of every action factor)."""
 
     image: ArraySpec
     instruction: ArraySpec
     proprio: ArraySpec
     vocab_size: int = eqx.field(static=True)
     action_mask: ArraySpec | None = None
+    # The Hugging Face tokenizer (name or path) whose ids `instruction` holds; None: the env's own words.
+    tokenizer: str | None = eqx.field(static=True, default=None)
+    instruction_pad_id: int = eqx.field(static=True, default=0)  # the id that fills `instruction`'s tail
 
     def fields(self) -> dict[str, ArraySpec]:
         named = {"image": self.image, "instruction": self.instruction, "proprio": self.proprio}
@@ -327,13 +330,25 @@ class AbstractAgent(eqx.Module):
 
     @abc.abstractmethod
     def act(
-        self, key: PRNGKeyArray, obs: Observation, carry: PyTree, *, deterministic: bool = False
+        self,
+        key: PRNGKeyArray,
+        obs: Observation,
+        carry: PyTree,
+        *,
+        deterministic: bool = False,
+        instruction: PyTree | None = None,
     ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
-        """Sample (or, with `deterministic`, take the most likely) action."""
+        """Sample (or, with `deterministic`, take the most likely) action. `instruction`: the episode's
+        `instruction_features` when the caller computed them once for the episode."""
 
     @abc.abstractmethod
-    def observation_features(self, obs: Observation) -> PyTree:
-        """The memory-independent encoding of one observation."""
+    def observation_features(self, obs: Observation, instruction: PyTree | None = None) -> PyTree:
+        """The memory-independent encoding of one observation (`instruction`: as in `act`)."""
+
+    @abc.abstractmethod
+    def instruction_features(self, instruction: Int[Array, " L"]) -> PyTree | None:
+        """The encoding of an instruction, constant over an episode, which rollouts compute once per episode
+        and pass to `act`; None: the agent encodes its instruction at every step itself."""
 
     @abc.abstractmethod
     def evaluate_features(

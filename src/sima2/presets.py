@@ -142,6 +142,10 @@ PRESETS: dict[str, Preset] = {
         # scored twice the success of 3,500 on the same mixture, so the budget goes to cloning, and PPO
         # only polishes.
         pipeline=dict(
+            # Instructions read by the pretrained sentence encoder MiniLM-L6 (frozen: its features are computed
+            # once per episode), so free text with words the world never used still means something.
+            text_encoder="sentence-transformers/all-MiniLM-L6-v2",
+            freeze_language=True,
             shaper=_FINE_TUNING_SHAPER,
             demo_envs=256,
             demo_steps=400,  # about 100,000 expert steps over the ten levels and five training games

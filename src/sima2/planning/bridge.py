@@ -66,6 +66,7 @@ class TokenBridge:
     pad_id: int = 0
     max_length: int | None = None
     tokenizer_name: str = ""
+    tokenizer_vocab_size: int | None = None  # ids it emits lie in [0, tokenizer_vocab_size)
 
     def __post_init__(self) -> None:
         vocab = len(self.lengths)
@@ -140,6 +141,7 @@ class TokenBridge:
             pad_id=int(pad_id) if pad_id is not None else 0,
             max_length=max_length,
             tokenizer_name=name,
+            tokenizer_vocab_size=len(tokenizer),
         )
         bridge._check(tokenizer, words, attached)
         return bridge
@@ -191,6 +193,12 @@ class TokenBridge:
         """The largest id the bridge can emit (must be below the pretrained model's vocabulary size)."""
         return max(max(map(max, self.table)), max(map(max, self.first_table)), *self.prefix, *self.suffix,
                    self.pad_id)
+
+    def longest_output(self, num_words: int) -> int:
+        """An upper bound on the output length, special tokens included, for texts of at most `num_words`
+        source words: the `num_words` longest words' tokens (a tight padded length for an env)."""
+        per_word = sorted((max(a, b) for a, b in zip(self.lengths, self.first_lengths, strict=True)), reverse=True)
+        return len(self.prefix) + sum(per_word[:num_words]) + len(self.suffix)
 
     def output_length(self, input_length: int) -> int:
         """Length of the bridged sequence for `input_length` source ids: `max_length`, or enough for all."""

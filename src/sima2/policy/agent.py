@@ -46,6 +46,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
 
 from sima2 import presets
@@ -54,6 +55,7 @@ from sima2.perception.vit import ViTEncoder
 from sima2.planning import CausalLM, LanguagePlanner, TextEncoder
 from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
 from sima2.policy.distributions import FactorisedCategorical
+from sima2.policy.instructions import InstructionFeatures, check_same_tokenizer, tokenize
 from sima2.policy.persistence import (
     AGENT_CONFIG_NAME,
     AGENT_WEIGHTS_NAME,
@@ -114,6 +116,7 @@ class Agent(AbstractAgent):
         text_encoder: str | os.PathLike | None = None,
         tokenizer: Any = None,
         instruction_length: int | None = None,
+        freeze_language: bool | None = None,
     ) -> Agent:
         """A preset agent (`sima2.presets`: `tiny` for tests, `cpu-small` for CPU training at 64x64, `base` for a
         GPU: ViT-B/16 + LM) sized for the env's `spec`: its action factors, proprio size and word vocabulary.
@@ -132,6 +135,12 @@ class Agent(AbstractAgent):
         A name or path that cannot be loaded (offline and not cached, no tokenizer, wrong architecture)
         raises a ValueError naming it. `instruction_length`: read only that many leading instruction ids;
         default `spec.max_instruction_words`, the longest instruction the env emits (the rest is padding).
+
+        An env made with a tokenizer (`sima2.envs.make(id, tokenizer=...)`, `spec.observation.tokenizer`)
+        already writes instructions in that tokenizer's ids: the language model must use the same one, and
+        the agent reads the ids as they are (`agent.tokenize(text)` writes any text the same way).
+        `freeze_language=True` keeps a pretrained language model as loaded (no LoRA adapters): its features
+        are then computed once per episode and never differentiated.
         """
         if planner is not None and text_encoder is not None:
             raise ValueError("pass planner= (a causal LM) or text_encoder= (BERT), not both: the agent has one")
@@ -144,18 +153,28 @@ class Agent(AbstractAgent):
         elif vision is None:
             vision = ViTEncoder.from_config(table.vision_config(), key=k_vision)
         language_source = planner if isinstance(planner, str | os.PathLike) else text_encoder
+        lora = not freeze_language  # a frozen language model needs no adapters
         if isinstance(planner, str | os.PathLike):
-            planner = pretrained_language(planner, CausalLM, "planner", key=k_planner)
+            planner = pretrained_language(planner, CausalLM, "planner", key=k_planner, lora=lora)
         elif text_encoder is not None:
-            planner = pretrained_language(text_encoder, TextEncoder, "text_encoder", key=k_planner)
+            planner = pretrained_language(text_encoder, TextEncoder, "text_encoder", key=k_planner, lora=lora)
         elif planner is None:
             if tokenizer is not None:
                 raise ValueError("tokenizer= bridges to a pretrained language model: pass planner= or text_encoder=")
             planner = planner_from_config(table.planner_config(spec.observation.vocab_size), key=k_planner)
         tokenizer = tokenizer if tokenizer is not None else language_source
-        if tokenizer is not None:
+        if spec.observation.tokenizer is not None:  # the env already writes instructions in a tokenizer's ids
+            check_same_tokenizer(spec, tokenizer, planner)
+            agent_fields = {
+                **agent_fields,
+                "tokenizer": spec.observation.tokenizer,
+                "instruction_pad_id": spec.observation.instruction_pad_id,
+            }
+        elif tokenizer is not None:
             bridge = token_bridge(tokenizer, planner, spec.observation.instruction.shape[0])
             agent_fields = {**agent_fields, "text_bridge": bridge}
+        if freeze_language is not None:
+            agent_fields = {**agent_fields, "freeze_planner": bool(freeze_language)}
         if instruction_length is None:
             instruction_length = spec.max_instruction_words
         agent_fields = {**agent_fields, "instruction_length": int(instruction_length)}
@@ -224,26 +243,47 @@ class Agent(AbstractAgent):
             )
 
     def _embed_text(self, ids: Int[Array, " L"]) -> tuple[Float[Array, "N D"], Bool[Array, " N"]]:
-        """World word ids (pad 0) -> the planner's token embeddings and their validity mask."""
+        """Instruction ids (the world's words, bridged, or the tokenizer's) -> the planner's token embeddings
+        and their validity mask."""
         bridge = self.config.text_bridge
         if bridge is None:
-            ids, valid = ids.astype(jnp.int32), ids != 0
+            ids, valid = ids.astype(jnp.int32), ids != self.config.instruction_pad_id
         else:
             ids, valid = bridge(ids)
         tokens, _ = self.planner.embed(ids, valid.astype(jnp.int32))
         return tokens, valid
 
-    def observation_features(self, obs: Mapping[str, Any]) -> dict[str, Array]:
+    def instruction_features(self, instruction: Int[Array, " L"]) -> InstructionFeatures:
+        """The instruction's token embeddings: the costly language part of a step, constant over an episode,
+        so rollouts compute it once per episode and pass it to `act(..., instruction=)`. A frozen language
+        model's features carry no gradient."""
+        tokens, valid = self._embed_text(instruction[: self.config.instruction_length])
+        if self.config.freeze_planner:
+            tokens = jax.lax.stop_gradient(tokens)
+        return InstructionFeatures(tokens=tokens, valid=valid)
+
+    def tokenize(self, text: str) -> Int[np.ndarray, " L"]:
+        """Free text -> the instruction ids this agent reads, padded to its instruction length: its
+        tokenizer's ids, or the world's word ids for an agent that reads the world's words (then every word
+        must be one of the world's). Put the result in `obs["instruction"]` to give the agent any instruction."""
+        config = self.config
+        return tokenize(text, config.tokenizer, config.instruction_length, config.instruction_pad_id)
+
+    def observation_features(
+        self, obs: Mapping[str, Any], instruction: InstructionFeatures | None = None
+    ) -> dict[str, Array]:
         """The part of a step that does not depend on the memory: image tokens, the instruction's (and
         subgoal's) token embeddings, proprio and the action mask. Replaying memory over a sequence
         (`sima2.training.recurrent.evaluate_sequences`) computes these for all steps in one batch and runs only
-        `evaluate_features` step by step."""
+        `evaluate_features` step by step. `instruction`: `instruction_features(obs["instruction"])` computed
+        before (once per episode), else computed here."""
         self._check_obs(obs)
-        text, text_valid = self._embed_text(obs["instruction"][: self.config.instruction_length])
+        if instruction is None:
+            instruction = self.instruction_features(obs["instruction"])
         features = {
             "image": self.encode_image(obs["image"]),
-            "text": text,
-            "text_valid": text_valid,
+            "text": instruction.tokens,
+            "text_valid": instruction.valid,
             "proprio": obs["proprio"].astype(jnp.float32),
         }
         if obs.get("subgoal") is not None:
@@ -268,9 +308,9 @@ class Agent(AbstractAgent):
         return dist, value, new_carry
 
     def _forward(
-        self, obs: Mapping[str, Any], carry: Float[Array, " M"]
+        self, obs: Mapping[str, Any], carry: Float[Array, " M"], instruction: InstructionFeatures | None = None
     ) -> tuple[FactorisedCategorical, Float[Array, ""], Float[Array, " M"]]:
-        return self._decide(self.observation_features(obs), carry)
+        return self._decide(self.observation_features(obs, instruction), carry)
 
     # --- the agent protocol -----------------------------------------------------------------------------
     def initial_carry(self) -> Float[Array, " M"]:
@@ -288,12 +328,14 @@ class Agent(AbstractAgent):
         carry: Float[Array, " M"],
         *,
         deterministic: bool = False,
+        instruction: InstructionFeatures | None = None,
     ) -> tuple[Int[Array, " F"], Float[Array, " M"], ActOutput]:
         """Sample (or, with `deterministic`, take the most likely) action for one observation.
 
-        Returns `(action, new_carry, ActOutput(log_prob, value, entropy))`.
+        Returns `(action, new_carry, ActOutput(log_prob, value, entropy))`. `instruction`: the episode's
+        `instruction_features`, when the caller computed them once for the episode.
         """
-        dist, value, new_carry = self._forward(obs, carry)
+        dist, value, new_carry = self._forward(obs, carry, instruction)
         action = dist.mode() if deterministic else dist.sample(key)
         return action, new_carry, ActOutput(log_prob=dist.log_prob(action), value=value, entropy=dist.entropy())
 
@@ -350,4 +392,6 @@ class Agent(AbstractAgent):
         return load_agent(cls, directory)
 
 
-__all__ = ["AGENT_CONFIG_NAME", "AGENT_WEIGHTS_NAME", "PRESETS", "Agent", "AgentConfig", "token_bridge"]
+__all__ = [
+    "AGENT_CONFIG_NAME", "AGENT_WEIGHTS_NAME", "PRESETS", "Agent", "AgentConfig", "InstructionFeatures", "token_bridge"
+]

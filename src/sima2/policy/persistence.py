@@ -32,7 +32,9 @@ from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
 AGENT_CONFIG_NAME = "agent_config.json"
 AGENT_WEIGHTS_NAME = "model.safetensors"
 AGENT_FORMAT = "sima2-agent"
-FORMAT_VERSION = 3  # 2: `agent.text_bridge`; 3: `agent.instruction_length`, `policy.conditional_actions`
+# 2: `agent.text_bridge`; 3: `agent.instruction_length`, `policy.conditional_actions`; 4: `agent.tokenizer`,
+# `agent.instruction_pad_id` and the tokenizer's files beside the weights.
+FORMAT_VERSION = 4
 
 AgentT = TypeVar("AgentT", bound=eqx.Module)
 
@@ -54,6 +56,10 @@ class AgentConfig:
     # such as the world's `env.max_instruction_words` drops nothing but padding, and the language model
     # and the fusion run on a third of the tokens for short task languages.
     instruction_length: int | None = None
+    # The Hugging Face tokenizer (Hub id or path) whose ids the agent reads; None: the world's own words.
+    # `save_pretrained` writes its files beside the weights, so a saved agent tokenizes offline.
+    tokenizer: str | None = None
+    instruction_pad_id: int = 0  # the id that pads instructions (never attended)
 
     def __post_init__(self) -> None:
         if self.instruction_length is not None and self.instruction_length < 1:
@@ -111,6 +117,10 @@ def save_agent(agent: Any, save_directory: str | os.PathLike) -> Path:
         "planner": planner_config(agent.planner),
     }
     write_safetensors(named_arrays(agent), folder / AGENT_WEIGHTS_NAME, {"format": AGENT_FORMAT})
+    if agent.config.tokenizer is not None and os.fspath(folder.resolve()) != agent.config.tokenizer:
+        from sima2.planning.tokenizer import load_tokenizer
+
+        load_tokenizer(agent.config.tokenizer).save_pretrained(folder)
     text = json.dumps(config, indent=2, sort_keys=True)
     atomic_write(folder / AGENT_CONFIG_NAME, lambda p: Path(p).write_text(text))
     return folder
@@ -130,6 +140,9 @@ def load_agent(cls: type[AgentT], directory: str | os.PathLike) -> AgentT:
             f"{config_path} has format_version {raw['format_version']}; this sima2 reads up to {FORMAT_VERSION}"
         )
     agent_config = AgentConfig.from_dict(raw["agent"])
+    if agent_config.tokenizer is not None and (folder / "tokenizer_config.json").is_file():
+        # The tokenizer saved with the weights: no download, and the same ids as in training.
+        agent_config = dataclasses.replace(agent_config, tokenizer=os.fspath(folder.resolve()))
 
     def build(key: PRNGKeyArray) -> AgentT:
         k_vision, k_planner, k_policy = jax.random.split(key, 3)

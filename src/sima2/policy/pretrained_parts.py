@@ -38,15 +38,19 @@ def pretrained_vision(source: str | os.PathLike) -> tuple[ViTEncoder, dict[str, 
 
 
 def pretrained_language(
-    source: str | os.PathLike, backbone: type[CausalLM] | type[TextEncoder], flag: str, *, key: PRNGKeyArray
+    source: str | os.PathLike,
+    backbone: type[CausalLM] | type[TextEncoder],
+    flag: str,
+    *,
+    key: PRNGKeyArray,
+    lora: bool = True,
 ) -> LanguagePlanner:
     """A pretrained causal LM (`planner=`) or BERT encoder (`text_encoder=`), finetuned through LoRA adapters
-    with the `base` preset's rank and alpha (its weights stay as loaded)."""
-    lora = presets.preset("base").planner
+    with the `base` preset's rank and alpha (its weights stay as loaded), or without adapters (`lora=False`)."""
+    base = presets.preset("base").planner
+    rank, alpha = (base["lora_rank"], base["lora_alpha"]) if lora else (0, None)
     try:
-        planner = LanguagePlanner.from_pretrained(
-            source, lora_rank=lora["lora_rank"], lora_alpha=lora["lora_alpha"], key=key
-        )
+        planner = LanguagePlanner.from_pretrained(source, lora_rank=rank, lora_alpha=alpha, key=key)
     except (CheckpointError, OSError) as err:
         raise ValueError(f"cannot load the pretrained {flag} {os.fspath(source)!r}: {err}") from None
     if not isinstance(planner.backbone, backbone):

@@ -27,7 +27,7 @@ from sima2.planning.tokenizer import DEFAULT_SEPARATOR
 from sima2.training.config import TrainConfig
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
-from sima2.training.recurrent import evaluate_sequences, initial_carries
+from sima2.training.recurrent import evaluate_sequences, initial_carries, instruction_features_of
 
 PlanLoss = Callable[[Any, dict[str, Any]], Float[Array, ""]]
 
@@ -36,6 +36,7 @@ def bc_loss(
     model: Any, batch: dict[str, Any], plan_loss: PlanLoss | None = None, plan_loss_weight: float = 1.0
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """Mean action cross-entropy over the batch (+ weighted plan loss); returns (loss, terms)."""
+    instruction = batch.get("instruction_features")  # precomputed for a frozen language model
     if "first" in batch:  # windows (B, T): run the memory through time, time-major
         time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         first = time_major(batch["first"])
@@ -45,15 +46,18 @@ def bc_loss(
             time_major(batch["action"]),
             first,
             initial_carries(model, first.shape[1]),
+            instruction=jax.tree.map(time_major, instruction),
         )
     else:
         carry = model.initial_carry()
+        if instruction is None:
+            instruction = instruction_features_of(model, batch["obs"]["instruction"])
 
-        def one(obs: PyTree, action: Array) -> tuple[Array, Array]:
-            log_prob, entropy, _, _ = model.evaluate(obs, carry, action)
+        def one(obs: PyTree, instruction: PyTree, action: Array) -> tuple[Array, Array]:
+            log_prob, entropy, _, _ = model.evaluate_features(model.observation_features(obs, instruction), carry, action)
             return log_prob, entropy
 
-        log_prob, entropy = jax.vmap(one)(batch["obs"], batch["action"])
+        log_prob, entropy = jax.vmap(one)(batch["obs"], instruction, batch["action"])
     action_loss = -log_prob.mean()
     terms = {"action_loss": action_loss, "entropy": entropy.mean()}
     loss = action_loss
@@ -149,3 +153,31 @@ def plan_supervision(
         return losses.mean()
 
     return transform, plan_loss
+
+
+def frozen_instruction_features(
+    agent: Any, dataset: Any, instruction_length: int, *, chunk: int = 256
+) -> Callable[[dict, dict], dict]:
+    """A `DemonstrationBatches` transform that adds each row's `agent.instruction_features` as
+    `batch["instruction_features"]`, computed once per distinct instruction of `dataset` before training.
+
+    Only for an agent whose language model is frozen: its features never change, so behaviour cloning then
+    spends nothing on the language model (a pretrained encoder would otherwise cost more than the rest of
+    a step). `instruction_length` must be the batches' (`DemonstrationBatches.instruction_length`).
+    """
+    distinct = sorted({tuple(ids[:instruction_length]) for ids in dataset["instruction_ids"]})
+    index = {ids: row for row, ids in enumerate(distinct)}
+    padded = -(-len(distinct) // chunk) * chunk
+    table_ids = np.zeros((padded, instruction_length), np.int32)
+    for row, ids in enumerate(distinct):
+        table_ids[row, : len(ids)] = ids
+    encode = eqx.filter_jit(lambda model, ids: jax.vmap(model.instruction_features)(ids))
+    parts = [jax.device_get(encode(agent, table_ids[i : i + chunk])) for i in range(0, padded, chunk)]
+    table = jax.tree.map(lambda *xs: np.concatenate(xs)[: len(distinct)], *parts)
+
+    def transform(rows: dict[str, list], batch: dict[str, Any]) -> dict[str, Any]:
+        rows_index = np.array([index[tuple(ids[:instruction_length])] for ids in rows["instruction_ids"]])
+        batch["instruction_features"] = jax.tree.map(lambda x: x[rows_index], table)
+        return batch
+
+    return transform

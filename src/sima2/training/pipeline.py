@@ -67,6 +67,9 @@ class PipelineConfig:
     vision: str | None = None
     planner: str | None = None
     text_encoder: str | None = None
+    # A pretrained planner or text encoder as loaded (True: no adapters, its instruction features computed
+    # once per episode and never differentiated) or LoRA-tuned (False); None: the preset's choice (LoRA).
+    freeze_language: bool | None = None
     bc: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="bc"))
     ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_updates=0))
     # `RewardShaper` coefficients during PPO (defaults: the seed's; the presets say what they change and why).
@@ -173,6 +176,7 @@ def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
             vision=config.vision,
             planner=config.planner,
             text_encoder=config.text_encoder,
+            freeze_language=config.freeze_language,
         )
     except ValueError as err:
         if not any((config.vision, config.planner, config.text_encoder)):
@@ -270,9 +274,14 @@ def train(
 
     config = pipeline_config(preset, overrides)
     pretrained = {"vision": vision, "planner": planner, "text_encoder": text_encoder}
-    config = dataclasses.replace(config, **{k: v for k, v in pretrained.items() if v is not None})
-    if text_encoder is not None and planner is None:  # the agent reads language with one model: the user's
+    # "none" asks for a randomly initialised part instead of the preset's pretrained one.
+    chosen = {k: None if v.lower() == "none" else v for k, v in pretrained.items() if v is not None}
+    config = dataclasses.replace(config, **chosen)
+    # The agent reads language with one model: the one the user named.
+    if text_encoder is not None and planner is None:
         config = dataclasses.replace(config, planner=None)
+    if planner is not None and text_encoder is None:
+        config = dataclasses.replace(config, text_encoder=None)
     # Data parallel over every device (of every process, after `initialize_distributed`): BC batches and
     # PPO worlds are split over them, so batch_size and num_envs must divide by the device count.
     mesh = make_mesh() if jax.device_count() > 1 else None
@@ -297,7 +306,10 @@ def train(
     # minibatch split) runs before the run folder is touched: a bad override must not overwrite the
     # pipeline.json of a finished run in the same folder.
     _check_stages(config)
-    env, params = envs.make(config.level, split="train", image_size=config.image_size)
+    # With a pretrained language model, the world writes its instructions in that model's tokenizer.
+    env, params = envs.make(
+        config.level, split="train", image_size=config.image_size, tokenizer=config.text_encoder or config.planner
+    )
     _check_eval_length(config.eval, env)
     agent = _build_agent(config, env.spec, k_agent)
     parts = {"vision": config.vision, "planner": config.planner, "text encoder": config.text_encoder}
@@ -344,6 +356,8 @@ def train(
         mesh=mesh,
         vocab_size=env.vocab_size,
         proprio_size=env.proprio_size,
+        # A frozen pretrained language model: its features once per distinct instruction, not per step.
+        precompute_instructions=agent.config.freeze_planner and (config.text_encoder or config.planner) is not None,
     )
     agent = state.model
     timings["bc"] = time.perf_counter() - stage_start

@@ -48,9 +48,10 @@ def collect_rollout(
     recurrent agents) and the bootstrap values of the final observations. With `expert`, the transitions
     also hold the env expert's action in every step's state (expert distillation)."""
     start_carry = state.carry
-    state, transitions = rollout(
-        AgentActor(agent), env, env_params, state, key, rollout_length, expert_labels=expert
-    )
+    actor = AgentActor(agent)
+    # The ongoing episodes' instruction features by the current weights (a trained language model moves).
+    state = dataclasses.replace(state, episode=jax.vmap(actor.episode_features)(state.obs))
+    state, transitions = rollout(actor, env, env_params, state, key, rollout_length, expert_labels=expert)
     last_value = bootstrap_values(agent, state, jax.random.fold_in(key, rollout_length))
     return state, transitions, start_carry, last_value
 

@@ -7,6 +7,7 @@ agent is trained exactly as it acts: its carry threads through time and goes bac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -43,35 +44,70 @@ def _over_time_and_worlds(fn: Any, *trees: PyTree) -> PyTree:
     return jax.tree.map(lambda x: x.reshape(*time_worlds, *x.shape[1:]), jax.vmap(fn)(*flat))
 
 
+def per_distinct_row(fn: Callable[[Array], PyTree], rows: Int[Array, "N L"], budget: int) -> PyTree:
+    """`jax.vmap(fn)(rows)`, computing `fn` once per distinct row when there are at most `budget` of them
+    (else for every row). Instructions repeat over the steps of an episode, so a batch of steps holds few
+    distinct ones; differentiable either way."""
+    num = rows.shape[0]
+    if budget >= num:
+        return jax.vmap(fn)(rows)
+    order = jnp.lexsort(rows.T[::-1])  # rows in lexicographic order: equal rows side by side
+    ordered = rows[order]
+    starts = jnp.concatenate([jnp.ones((1,), bool), jnp.any(ordered[1:] != ordered[:-1], axis=1)])
+    group_of_ordered = jnp.cumsum(starts) - 1
+    group = jnp.zeros((num,), jnp.int32).at[order].set(group_of_ordered.astype(jnp.int32))
+    first_row = jnp.zeros((budget,), jnp.int32).at[jnp.where(starts, group_of_ordered, budget)].set(
+        order.astype(jnp.int32), mode="drop"
+    )
+
+    def distinct() -> PyTree:
+        return jax.tree.map(lambda x: x[group], jax.vmap(fn)(rows[first_row]))
+
+    return jax.lax.cond(group_of_ordered[-1] < budget, distinct, lambda: jax.vmap(fn)(rows))
+
+
+def instruction_features_of(model: Any, instructions: Int[Array, "*B L"]) -> PyTree:
+    """`model.instruction_features` of a batch of instructions (any leading axes), once per distinct one."""
+    lead = instructions.shape[:-1]
+    flat = instructions.reshape(-1, instructions.shape[-1])
+    features = per_distinct_row(model.instruction_features, flat, max(1, flat.shape[0] // 4))
+    return jax.tree.map(lambda x: x.reshape(*lead, *x.shape[1:]), features)
+
+
 def evaluate_sequences(
     model: Any,
     obs: PyTree,
     action: Int[Array, "T E *A"],
     first: Bool[Array, "T E"],
     start_carry: PyTree,
+    instruction: PyTree | None = None,
 ) -> tuple[Float[Array, "T E *K"], Float[Array, "T E"], Float[Array, "T E"]]:
     """`(log_prob(action), entropy, value)` of every step, running `model.evaluate` over time per world.
 
     `action` may stack K candidate actions per step (`(T, E, *K, F)`); their log-probs come back as `*K`.
 
     `obs`, `action` and `first` are time-major (leading axes `(T, E)`); `start_carry` has a leading world
-    axis and is the carry before step 0 (it is reset where `first[0]`).
+    axis and is the carry before step 0 (it is reset where `first[0]`). `instruction`: the steps'
+    `model.instruction_features` when known (e.g. precomputed for a frozen encoder); by default they are
+    computed once per distinct instruction of the batch.
     """
     initial = model.initial_carry()
+    if instruction is None and jax.tree.leaves(jax.eval_shape(model.instruction_features, obs["instruction"][0, 0])):
+        instruction = instruction_features_of(model, obs["instruction"])
     if is_memoryless(model):
         # No carry to thread: evaluate all (time, world) pairs as one flat batch. A single vmap keeps the
         # agent's matmuls plain 2-D (nested vmaps make XLA CPU transpose around every layer).
-        def one_step(o: PyTree, a: Array) -> tuple[Array, Array, Array]:
-            log_prob, entropy, value, _ = model.evaluate(o, initial, a)
+        def one_step(o: PyTree, i: PyTree, a: Array) -> tuple[Array, Array, Array]:
+            log_prob, entropy, value, _ = model.evaluate_features(model.observation_features(o, i), initial, a)
             return log_prob, entropy, value
 
-        return _over_time_and_worlds(one_step, obs, action)
+        return _over_time_and_worlds(one_step, obs, instruction, action)
 
     # Perception does not depend on the memory (the contract splits `observation_features` from
     # `evaluate_features`): encode every (time, world) step in one flat batch and replay only the recurrent
     # core over time. One wide batch instead of T narrow ones is several times cheaper for the vision and
     # language encoders on CPU.
-    features = _over_time_and_worlds(model.observation_features, obs)
+    features = _over_time_and_worlds(model.observation_features, obs, instruction)
 
     def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, Array, Array]:
         def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:
@@ -87,4 +123,6 @@ def evaluate_sequences(
     return jax.vmap(one_world, in_axes=(1, 1, 1, 0), out_axes=1)(features, action, first, start_carry)
 
 
-__all__ = ["evaluate_sequences", "initial_carries", "is_memoryless", "reset_where"]
+__all__ = [
+    "evaluate_sequences", "initial_carries", "instruction_features_of", "is_memoryless", "per_distinct_row", "reset_where"
+]

@@ -42,14 +42,19 @@ class Actor(eqx.Module):
         """The actor's memory at an episode start."""
 
     @abc.abstractmethod
+    def episode_features(self, obs: Observation) -> PyTree:
+        """What the actor computes once per episode from its first observation (None: nothing)."""
+
+    @abc.abstractmethod
     def __call__(
-        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree
+        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree, episode: PyTree
     ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
-        """(action, new carry, ActOutput) for one world."""
+        """(action, new carry, ActOutput) for one world; `episode`: `episode_features` of its episode."""
 
 
 class AgentActor(Actor):
-    """An agent acting from its observation alone: sampled actions, or its most likely ones."""
+    """An agent acting from its observation alone: sampled actions, or its most likely ones. The agent's
+    instruction features are computed once per episode."""
 
     agent: AbstractAgent
     deterministic: bool = eqx.field(static=True, default=False)
@@ -57,11 +62,14 @@ class AgentActor(Actor):
     def initial_carry(self) -> PyTree:
         return self.agent.initial_carry()
 
+    def episode_features(self, obs: Observation) -> PyTree:
+        return self.agent.instruction_features(obs["instruction"])
+
     def __call__(
-        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree
+        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree, episode: PyTree
     ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
         del state, params  # no privileged world state
-        return self.agent.act(key, obs, carry, deterministic=self.deterministic)
+        return self.agent.act(key, obs, carry, deterministic=self.deterministic, instruction=episode)
 
 
 class ExpertActor(Actor):
@@ -78,10 +86,13 @@ class ExpertActor(Actor):
     def initial_carry(self) -> PyTree:
         return jnp.zeros((0,), jnp.float32)
 
+    def episode_features(self, obs: Observation) -> PyTree:
+        return None
+
     def __call__(
-        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree
+        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree, episode: PyTree
     ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
-        del obs
+        del obs, episode
         action = jnp.asarray(self.env.expert_action(state, params), jnp.int32)
         if self.noise > 0:
             slip_key, random_key = jax.random.split(key)
@@ -103,6 +114,8 @@ class RolloutState(eqx.Module):
     episode_length: Int[Array, " E"]
     # False once a world's episode has ended in a rollout without auto-reset.
     active: Bool[Array, " E"]
+    # The actor's `episode_features` of each world's current episode.
+    episode: PyTree = None
 
 
 def init_rollout(actor: Actor, env: Env, env_params: PyTree, key: PRNGKeyArray, num_envs: int) -> RolloutState:
@@ -122,7 +135,27 @@ def state_from_reset(actor: Actor, obs: Observation, env_state: PyTree) -> Rollo
         episode_return=jnp.zeros((num_envs,), jnp.float32),
         episode_length=jnp.zeros((num_envs,), jnp.int32),
         active=jnp.ones((num_envs,), bool),
+        episode=jax.vmap(actor.episode_features)(obs),
     )
+
+
+def compute_where(fn: Callable[[PyTree], PyTree], mask: Bool[Array, " E"], inputs: PyTree, current: PyTree) -> PyTree:
+    """`fn` (per world) of `inputs` where `mask`, else `current` (leading world axis), computing only the
+    masked worlds: in chunks of a sixteenth of the batch, as many chunks as needed (the episode features of
+    the few worlds that start an episode at a step, rather than of every world)."""
+    if not jax.tree.leaves(current):
+        return current
+    num = mask.shape[0]
+    chunk = max(1, -(-num // 16))
+    order = jnp.nonzero(mask, size=-(-num // chunk) * chunk, fill_value=num)[0]
+
+    def one_chunk(i: Int[Array, ""], current: PyTree) -> PyTree:
+        index = jax.lax.dynamic_slice(order, (i * chunk,), (chunk,))
+        fresh = jax.vmap(fn)(jax.tree.map(lambda x: x[jnp.minimum(index, num - 1)], inputs))
+        return jax.tree.map(lambda c, f: c.at[index].set(f, mode="drop"), current, fresh)
+
+    chunks = (jnp.sum(mask, dtype=jnp.int32) + chunk - 1) // chunk
+    return jax.lax.fori_loop(0, chunks, one_chunk, current)
 
 
 def _freeze(active: Bool[Array, " E"], new: PyTree, old: PyTree) -> PyTree:
@@ -151,7 +184,7 @@ def rollout(
     params_axis = 0 if params_per_world else None
     num_envs = state.first.shape[0]
     initial = initial_carries(actor, num_envs)
-    act = jax.vmap(actor, in_axes=(0, 0, 0, params_axis, 0))
+    act = jax.vmap(actor, in_axes=(0, 0, 0, params_axis, 0, 0))
     step_env = jax.vmap(env.step if auto_reset else env.step_no_reset, in_axes=(0, 0, 0, params_axis))
     expert_action = jax.vmap(env.expert_action, in_axes=(0, params_axis))
     keep = (lambda transition, _: transition) if keep is None else keep
@@ -159,8 +192,11 @@ def rollout(
     def one_step(carry: RolloutState, keys: tuple[Array, Array]) -> tuple[RolloutState, PyTree]:
         act_keys, env_keys = keys
         memory = reset_where(carry.first, initial, carry.carry)
-        action, memory, out = act(act_keys, carry.obs, carry.env_state, env_params, memory)
+        action, memory, out = act(act_keys, carry.obs, carry.env_state, env_params, memory, carry.episode)
         obs, env_state, reward, done, info = step_env(env_keys, carry.env_state, action, env_params)
+        # A new episode's features, from its first observation (a stopped world keeps its last episode's).
+        episode = compute_where(actor.episode_features, done & carry.active, obs, carry.episode) if auto_reset \
+            else carry.episode
         reward = jnp.where(carry.active, reward.astype(jnp.float32), 0.0)
         done = done.astype(bool) & carry.active
         episode_return = carry.episode_return + reward
@@ -188,6 +224,7 @@ def rollout(
             episode_return=jnp.where(done, 0.0, episode_return),
             episode_length=jnp.where(done, 0, episode_length).astype(jnp.int32),
             active=active,
+            episode=episode,
         )
         return new, keep(transition, carry.env_state)
 
@@ -200,7 +237,8 @@ def bootstrap_values(agent: AbstractAgent, state: RolloutState, key: PRNGKeyArra
     """The agent's value estimates of the rollout state's observations (PPO's bootstrap)."""
     num_envs = state.first.shape[0]
     carry = reset_where(state.first, initial_carries(agent, num_envs), state.carry)
-    _, _, out = jax.vmap(agent.act)(jax.random.split(key, num_envs), state.obs, carry)
+    act = lambda k, o, c, e: agent.act(k, o, c, instruction=e)  # noqa: E731
+    _, _, out = jax.vmap(act)(jax.random.split(key, num_envs), state.obs, carry, state.episode)
     return out.value
 
 

@@ -16,7 +16,7 @@ import jax
 from jax.sharding import Mesh
 from jaxtyping import PyTree
 
-from sima2.training.bc import PlanLoss, make_bc
+from sima2.training.bc import PlanLoss, frozen_instruction_features, make_bc
 from sima2.training.checkpoint import Checkpointer
 from sima2.training.config import TrainConfig, config_to_dict
 from sima2.training.data import DemonstrationBatches, check_dataset
@@ -92,6 +92,10 @@ def run_stage(
     return state
 
 
+def _chain(first: Callable[[dict, dict], dict], second: Callable[[dict, dict], dict]) -> Callable[[dict, dict], dict]:
+    return lambda rows, batch: second(rows, first(rows, batch))
+
+
 def train_bc(
     config: TrainConfig,
     agent: Any,
@@ -107,11 +111,14 @@ def train_bc(
     hooks: Sequence[Hook] = (),
     vocab_size: int | None = None,
     proprio_size: int | None = None,
+    precompute_instructions: bool = False,
 ) -> TrainState:
     """Behaviour cloning on demonstrations, validated first (bad rows raise, or are logged and dropped).
 
     `vocab_size` / `proprio_size`, when given, bound the rows' instruction ids and proprioception length.
     With several processes, each passes its own shard of the dataset and its local batch size.
+    `precompute_instructions`: the agent's language model is frozen, so its instruction features are
+    computed once per distinct instruction before training (`bc.frozen_instruction_features`).
     """
     dataset = check_dataset(
         dataset,
@@ -121,6 +128,10 @@ def train_bc(
         vocab_size=vocab_size,
         proprio_size=proprio_size,
     )
+    if precompute_instructions:
+        length = max(1, max(len(ids) for ids in dataset["instruction_ids"]))  # as DemonstrationBatches pads
+        features = frozen_instruction_features(agent, dataset, length)
+        transform = features if transform is None else _chain(transform, features)
     init_fn, step_fn = make_bc(agent, config, filter_spec=filter_spec, plan_loss=plan_loss)
     local_batch = config.bc.batch_size // jax.process_count()
     put = (lambda batch: shard_batch(batch, mesh)) if mesh is not None else jax.device_put
