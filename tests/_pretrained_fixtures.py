@@ -27,14 +27,14 @@ def world_instructions(count: int, seed: int = 0) -> list[str]:
 
     def clause() -> str:
         kind = rng.randrange(len(voc.STAGE_KINDS))
-        train, heldout = voc.CLAUSE_TEMPLATES[kind]
-        return rng.choice(train + heldout).replace("{A}", noun(kind == voc.OPEN)).replace("{B}", noun())
+        template = rng.choice(sum(voc.CLAUSE_TEMPLATES[kind], ()))
+        return template.replace("{A}", noun(kind == voc.OPEN)).replace("{B}", noun())
 
     texts: list[str] = []
     while len(texts) < count:
         text = clause()
         if rng.random() < 0.5:
-            template = rng.choice(voc.SEQUENCE_TEMPLATES[0] + voc.SEQUENCE_TEMPLATES[1])
+            template = rng.choice(sum(voc.SEQUENCE_TEMPLATES, ()))
             text = template.replace("{X}", text).replace("{Y}", clause())
         if len(text.split()) <= voc.MAX_INSTRUCTION_LENGTH:  # the world's bound
             texts.append(text)

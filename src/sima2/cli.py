@@ -126,14 +126,16 @@ def _demos(args: argparse.Namespace) -> int:
 def _play(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     import sima2.envs as envs
-    from sima2.envs.instruct import find_world, heldout_pairs, levels_with_task, parse_instruction
+    from sima2.envs.instruct import find_world, heldout_pairs, levels_with_task
     from sima2.policy import Agent
     from sima2.training.report import play_episode, write_episode_gif
 
     folder, config = _run_folder(args.run)
-    stages = parse_instruction(args.instruction)  # a bad instruction fails here, before any loading or compiling
+    stages = _play_task(args.instruction, args.task)  # fails here, before any loading or compiling
+    task = args.task or args.instruction
     split = args.split or ("heldout_pairs" if heldout_pairs(stages) else "train")
     level = args.level or config["level"]
     key_world, key_run = jax.random.split(jax.random.key(args.seed))
@@ -142,16 +144,22 @@ def _play(args: argparse.Namespace) -> int:
         posing = set(levels_with_task(stages, key_world))
         candidates = [lv.gym_id for lv in levels if lv.gym_id in posing]
         if not candidates:
-            raise ValueError(f"no level of {level} poses '{args.instruction}'; see `sima2 play --help` for the grammar")
+            raise ValueError(f"no level of {level} poses '{task}'; see `sima2 play --help` for the grammar")
         level = candidates[0]
     env, params = envs.make(level, split=split, image_size=config["image_size"])
     max_steps = env.max_steps if args.max_steps is None else args.max_steps
     if max_steps < 1:
         raise ValueError(f"--max-steps must be positive, got {max_steps}")
     params = dataclasses.replace(params, max_steps=jnp.int32(max_steps))
-    obs, state = find_world(env, params, args.instruction, key_world)
+    _, state = find_world(env, params, task, key_world)  # before loading the agent: a task no world has fails fast
     agent = Agent.from_pretrained(folder / "final")
-    agent.check_instruction_fits(int((obs["instruction"] != 0).sum()), what=repr(args.instruction))
+    ids = agent.tokenize(args.instruction)  # the user's own text, as the agent reads it
+    env, _ = envs.make(level, split=split, image_size=config["image_size"], tokenizer=agent.config.tokenizer)
+    obs = env.observe(state)
+    # The agent encodes the instruction once, from the episode's first observation: the user's text.
+    padded = np.full(env.spec.observation.instruction.shape, env.spec.observation.instruction_pad_id, np.int32)
+    padded[: ids.shape[0]] = ids
+    obs = dict(obs, instruction=jnp.asarray(padded))
     episode = play_episode(agent, env, params, obs, state, key_run, max_steps, deterministic=not args.sample)
     episode = dataclasses.replace(episode, instruction=args.instruction)
     out = Path(args.out) if args.out else folder / "play.gif"
@@ -160,6 +168,24 @@ def _play(args: argparse.Namespace) -> int:
     verdict = {"success": "success", "timeout": "failed (time limit)", "cut": "not finished"}[episode.outcome]
     print(f"{verdict} after {episode.length} steps on {level} ({split}); wrote {out}")
     return 0
+
+
+def _play_task(instruction: str, task: str | None) -> tuple:
+    """The world's task for `sima2 play`: `--task`, else the instruction itself when the grammar parses it."""
+    from sima2.envs.instruct import parse_instruction
+
+    if task is not None:
+        try:
+            return parse_instruction(task)
+        except ValueError as err:
+            raise ValueError(f"--task must be an instruction the world understands: {err}") from None
+    try:
+        return parse_instruction(instruction)
+    except ValueError as err:
+        raise ValueError(
+            f"the world cannot tell which task {instruction!r} asks for ({err}). Say it with --task in the "
+            f"world's words, e.g. --instruction {instruction!r} --task \"go to the red ball\""
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,14 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     demos.add_argument("--out", required=True, help="dataset folder (loadable with datasets.load_dataset)")
     demos.add_argument("--envs", type=int, default=64, help="worlds recorded in parallel")
     demos.add_argument("--steps", type=int, default=128, help="decision steps per world")
-    demos.add_argument("--split", default="train", help="train, heldout_layouts, heldout_pairs or heldout_paraphrases")
+    demos.add_argument("--split", default="train", help="train or a held-out split (sima2.envs.SPLITS)")
     demos.add_argument("--image-size", type=int, default=64)
     demos.add_argument("--seed", type=int, default=0)
     demos.set_defaults(func=_demos)
 
     play = sub.add_parser("play", help="write a GIF of a run's agent following your instruction")
     play.add_argument("run", help="run folder written by `sima2 train`")
-    play.add_argument("--instruction", required=True, help='e.g. "go to the red ball"')
+    play.add_argument("--instruction", required=True, help='any text the agent reads, e.g. "walk over to the '
+                      'crimson sphere"')
+    play.add_argument("--task", default=None, help="the task in the world's own words (e.g. \"go to the red "
+                      "ball\"); default: the instruction, when the world's grammar parses it")
     play.add_argument("--out", default=None, help="GIF path (default RUN/play.gif)")
     play.add_argument("--seed", type=int, default=0)
     play.add_argument("--level", default=None, help="default: the level the run trained on")

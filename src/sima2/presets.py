@@ -150,9 +150,9 @@ PRESETS: dict[str, Preset] = {
             demo_envs=256,
             demo_steps=400,  # about 100,000 expert steps over the ten levels and five training games
             bc=dict(
-                num_updates=12000,
+                num_updates=16000,
                 bc=dict(batch_size=16, sequence_length=8),
-                optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=100, decay_steps=12000),
+                optim=dict(lr=1e-3, final_lr=1e-4, warmup_steps=100, decay_steps=16000),
                 checkpoint=dict(every=1000, keep=2),
                 monitor=dict(log_every=50),
             ),

@@ -39,6 +39,7 @@ from sima2.envs.world import (
 )
 
 _DETERMINERS = ("the", "a")
+_POLITENESS = ("please", "kindly")
 _SLOTS = ("{A}", "{B}", "{X}", "{Y}")
 
 
@@ -96,20 +97,24 @@ def _match(pattern: list[str], words: list[str]) -> Iterator[dict[str, list[str]
 def _parse_noun_phrase(words: list[str]) -> Target | None:
     if words and words[0] in _DETERMINERS:
         words = words[1:]
-    if len(words) < 2 or words[0] not in voc.COLOURS:
+    colours = {word: i for words in (voc.COLOURS, voc.HELDOUT_COLOUR_WORDS) for i, word in enumerate(words)}
+    if len(words) < 2 or words[0] not in colours:
         return None
-    obj_type = next((t for t, names in enumerate(voc.NOUN_SYNONYMS) if words[1] in names), None)
+    obj_type = next(
+        (t for t, names in enumerate(voc.NOUN_SYNONYMS) if words[1] in names or words[1] == voc.HELDOUT_NOUN_WORDS[t]),
+        None,
+    )
     if obj_type is None:
         return None
     rest = " ".join(words[2:])
     if rest and rest not in voc.LOCATIONS:
         return None
-    return Target(obj_type, voc.COLOURS.index(words[0]), voc.LOCATIONS.index(rest))
+    return Target(obj_type, colours[words[0]], voc.LOCATIONS.index(rest))
 
 
 def _parse_clause(words: list[str]) -> Stage | None:
-    for kind, (train, heldout) in voc.CLAUSE_TEMPLATES.items():
-        for template in train + heldout:
+    for kind, templates in voc.CLAUSE_TEMPLATES.items():
+        for template in sum(templates, ()):
             for binding in _match(_pattern(template), words):
                 a = _parse_noun_phrase(binding["{A}"])
                 b = _parse_noun_phrase(binding["{B}"]) if "{B}" in binding else None
@@ -120,14 +125,15 @@ def _parse_clause(words: list[str]) -> Stage | None:
 
 def grammar_help() -> str:
     """A one-paragraph description of the phrasings `parse_instruction` accepts."""
-    clauses = sorted({t for train, heldout in voc.CLAUSE_TEMPLATES.values() for t in train + heldout})
-    connectors = voc.SEQUENCE_TEMPLATES[0] + voc.SEQUENCE_TEMPLATES[1]
-    nouns = sorted({n for names in voc.NOUN_SYNONYMS for n in names})
+    clauses = sorted({t for templates in voc.CLAUSE_TEMPLATES.values() for t in sum(templates, ())})
+    connectors = sum(voc.SEQUENCE_TEMPLATES, ())
+    nouns = sorted({n for names in voc.NOUN_SYNONYMS for n in names} | set(voc.HELDOUT_NOUN_WORDS))
     locations = [loc for loc in voc.LOCATIONS if loc]
     return (
         f"an instruction is one clause ({'; '.join(clauses)}) or two joined as "
         f"{'; '.join(c.replace(' ,', ',') for c in connectors)}, where {{A}}/{{B}} is "
-        f"'the <colour> <object>' with colour one of {', '.join(voc.COLOURS)}, object one of "
+        f"'the <colour> <object>' with colour one of {', '.join(voc.COLOURS + voc.HELDOUT_COLOUR_WORDS)}, object "
+        "one of "
         f"{', '.join(nouns)}, optionally followed by {', '.join(repr(loc) for loc in locations)}"
     )
 
@@ -143,14 +149,16 @@ def parse_instruction(text: str) -> tuple[Stage, ...]:
     words = [w for w in words if w in known and w != ","]  # words outside the language are skipped
     if not words:
         raise ValueError(f"the instruction {text!r} has no word of the task language; {grammar_help()}")
-    single = _parse_clause(words)
-    if single is not None:
-        return (single,)
-    for template in voc.SEQUENCE_TEMPLATES[0] + voc.SEQUENCE_TEMPLATES[1]:
-        for binding in _match(_pattern(template), words):
-            first, then = _parse_clause(binding["{X}"]), _parse_clause(binding["{Y}"])
-            if first is not None and then is not None:
-                return (first, then)
+    # Politeness words belong to some templates; anywhere else they are skipped like unknown words.
+    for candidate in (words, [w for w in words if w not in _POLITENESS]):
+        single = _parse_clause(candidate)
+        if single is not None:
+            return (single,)
+        for template in sum(voc.SEQUENCE_TEMPLATES, ()):
+            for binding in _match(_pattern(template), candidate):
+                first, then = _parse_clause(binding["{X}"]), _parse_clause(binding["{Y}"])
+                if first is not None and then is not None:
+                    return (first, then)
     hint = f" (unknown words: {', '.join(unknown)})" if unknown else ""
     raise ValueError(f"cannot parse instruction {text!r}{hint}; {grammar_help()}")
 

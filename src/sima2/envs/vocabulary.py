@@ -34,30 +34,41 @@ LOCATIONS: tuple[str, ...] = ("", "in front of you", "behind you", "on your left
 GOTO, PICKUP, OPEN, PUTNEXT = 0, 1, 2, 3
 STAGE_KINDS: tuple[str, ...] = ("goto", "pickup", "open", "putnext")
 
-# Clause templates per stage kind: (training templates, held-out templates). "{A}"/"{B}" are noun phrases.
-CLAUSE_TEMPLATES: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {
+# Clause templates per stage kind: (training templates, held-out paraphrases, held-out wording). "{A}"/"{B}"
+# are noun phrases. The held-out wording (the heldout_wording split only) uses words and word orders that no
+# training instruction has: politeness, particles moved ("pick {A} up"), the object first, new verbs.
+CLAUSE_TEMPLATES: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     GOTO: (
         ("go to {A}", "walk to {A}", "move to {A}", "head to {A}", "approach {A}", "find {A}"),
         ("navigate to {A}", "make your way to {A}"),
+        ("please walk over by {A}", "could you travel toward {A}", "{A} is where you should be"),
     ),
     PICKUP: (
         ("pick up {A}", "grab {A}", "take {A}", "get {A}", "collect {A}"),
         ("fetch {A}", "lift {A}"),
+        ("grab hold of {A}", "please pick {A} up", "{A} needs picking up"),
     ),
     OPEN: (
         ("open {A}", "pull open {A}", "go open {A}"),
         ("swing open {A}", "get {A} open"),
+        ("please unlatch {A}", "could you open up {A}", "{A} should be opened"),
     ),
     PUTNEXT: (
         ("put {A} next to {B}", "place {A} next to {B}", "put {A} beside {B}", "move {A} next to {B}"),
         ("set {A} down next to {B}", "drop {A} beside {B}"),
+        ("bring {A} over by {B}", "please leave {A} alongside {B}", "{A} goes near {B}"),
     ),
 }
-# Connectors joining two clauses: {X} is done first, then {Y} (BabyAI: ", then" and "after you").
-SEQUENCE_TEMPLATES: tuple[tuple[str, ...], tuple[str, ...]] = (
+# Connectors joining two clauses: {X} is done first, then {Y} (BabyAI: ", then" and "after you"); training,
+# held-out paraphrases, held-out wording.
+SEQUENCE_TEMPLATES: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = (
     ("{X} , then {Y}", "{Y} after you {X}", "first {X} , then {Y}", "{X} and then {Y}"),
     ("{X} , afterwards {Y}", "before you {Y} , {X}"),
+    ("{X} , next {Y}", "once you {X} , {Y}", "kindly {X} , and after that {Y}"),
 )
+# Held-out wording's words for the colours and object types (same order as COLOURS and OBJECT_TYPES).
+HELDOUT_COLOUR_WORDS: tuple[str, ...] = ("crimson", "emerald", "azure", "violet", "golden", "silver")
+HELDOUT_NOUN_WORDS: tuple[str, ...] = ("orb", "chest", "latchkey", "gate")
 # Subgoal phrases of the expert plan, per subgoal kind (see `expert.py`).
 SUBGOAL_TEMPLATES: tuple[str, ...] = ("go to {A}", "pick up {A}", "open {A}", "put {A} next to {B}")
 
@@ -77,15 +88,15 @@ def _template_words(template: str) -> list[str]:
 def vocabulary() -> tuple[str, ...]:
     """All words of the task language, special tokens first ([PAD] has id 0), then sorted words."""
     words: set[str] = {"the", "a"}
-    words.update(COLOURS)
+    words.update(COLOURS + HELDOUT_COLOUR_WORDS + HELDOUT_NOUN_WORDS)
     for synonyms in NOUN_SYNONYMS:
         words.update(synonyms)
     for loc in LOCATIONS:
         words.update(loc.split())
-    for train, heldout in CLAUSE_TEMPLATES.values():
-        for template in train + heldout:
+    for templates in CLAUSE_TEMPLATES.values():
+        for template in sum(templates, ()):
             words.update(_template_words(template))
-    for template in SEQUENCE_TEMPLATES[0] + SEQUENCE_TEMPLATES[1] + SUBGOAL_TEMPLATES:
+    for template in sum(SEQUENCE_TEMPLATES, ()) + SUBGOAL_TEMPLATES:
         words.update(_template_words(template))
     return SPECIAL_TOKENS + tuple(sorted(words))
 
@@ -113,8 +124,9 @@ def decode_ids(ids: np.ndarray | list[int]) -> str:
 class TokenTables:
     """Integer tables the JAX environment uses to assemble instructions.
 
-    Clause templates of all stage kinds are stacked; kind k owns rows
-    `clause_offset[k] : clause_offset[k] + clause_num_train[k] + clause_num_heldout[k]` (training rows first).
+    Clause templates of all stage kinds are stacked; kind k owns rows from `clause_offset[k]`: its
+    `clause_num_train[k]` training rows, then `clause_num_heldout[k]` held-out paraphrases, then
+    `clause_num_wording[k]` held-out wording rows (sequence templates likewise).
     A template is up to MAX_SEGMENTS segments; a segment is a literal word span (kind 0) or a slot
     (kind 1 = {A}/{X}, kind 2 = {B}/{Y}).
     """
@@ -125,13 +137,17 @@ class TokenTables:
     clause_offset: np.ndarray  # int32 [4]
     clause_num_train: np.ndarray  # int32 [4]
     clause_num_heldout: np.ndarray  # int32 [4]
+    clause_num_wording: np.ndarray  # int32 [4]
     sequence_segment_kind: np.ndarray  # int32 [S, MAX_SEGMENTS]
     sequence_segment_tokens: np.ndarray  # int32 [S, MAX_SEGMENTS, PIECE_WIDTH]
     sequence_segment_length: np.ndarray  # int32 [S, MAX_SEGMENTS]
     sequence_num_train: int
     sequence_num_heldout: int
+    sequence_num_wording: int
     colour_ids: np.ndarray  # int32 [6]
     noun_ids: np.ndarray  # int32 [4, 2] (synonym 1 repeats the canonical word where none exists)
+    heldout_colour_ids: np.ndarray  # int32 [6]
+    heldout_noun_ids: np.ndarray  # int32 [4]
     the_id: int
     location_tokens: np.ndarray  # int32 [5, 4]
     location_length: np.ndarray  # int32 [5]
@@ -175,15 +191,16 @@ def token_tables() -> TokenTables:
     """Build (once) the integer template tables from the static task language."""
     table = word_to_id()
     clause_templates: list[str] = []
-    offsets, num_train, num_heldout = [], [], []
+    offsets, num_train, num_heldout, num_wording = [], [], [], []
     for kind in range(len(STAGE_KINDS)):
-        train, heldout = CLAUSE_TEMPLATES[kind]
+        train, heldout, wording = CLAUSE_TEMPLATES[kind]
         offsets.append(len(clause_templates))
         num_train.append(len(train))
         num_heldout.append(len(heldout))
-        clause_templates.extend(train + heldout)
+        num_wording.append(len(wording))
+        clause_templates.extend(train + heldout + wording)
     c_kind, c_tok, c_len = _stack_templates(clause_templates)
-    s_kind, s_tok, s_len = _stack_templates(list(SEQUENCE_TEMPLATES[0] + SEQUENCE_TEMPLATES[1]))
+    s_kind, s_tok, s_len = _stack_templates(list(sum(SEQUENCE_TEMPLATES, ())))
     nouns = np.array([[table[s[0]], table[s[-1]]] for s in NOUN_SYNONYMS], np.int32)
     loc_tok = np.zeros((len(LOCATIONS), 4), np.int32)
     loc_len = np.zeros((len(LOCATIONS),), np.int32)
@@ -198,13 +215,17 @@ def token_tables() -> TokenTables:
         clause_offset=np.array(offsets, np.int32),
         clause_num_train=np.array(num_train, np.int32),
         clause_num_heldout=np.array(num_heldout, np.int32),
+        clause_num_wording=np.array(num_wording, np.int32),
         sequence_segment_kind=s_kind,
         sequence_segment_tokens=s_tok,
         sequence_segment_length=s_len,
         sequence_num_train=len(SEQUENCE_TEMPLATES[0]),
         sequence_num_heldout=len(SEQUENCE_TEMPLATES[1]),
+        sequence_num_wording=len(SEQUENCE_TEMPLATES[2]),
         colour_ids=np.array([table[c] for c in COLOURS], np.int32),
         noun_ids=nouns,
+        heldout_colour_ids=np.array([table[c] for c in HELDOUT_COLOUR_WORDS], np.int32),
+        heldout_noun_ids=np.array([table[n] for n in HELDOUT_NOUN_WORDS], np.int32),
         the_id=table["the"],
         location_tokens=loc_tok,
         location_length=loc_len,

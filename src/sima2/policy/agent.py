@@ -264,8 +264,8 @@ class Agent(AbstractAgent):
 
     def tokenize(self, text: str) -> Int[np.ndarray, " L"]:
         """Free text -> the instruction ids this agent reads, padded to its instruction length: its
-        tokenizer's ids, or the world's word ids for an agent that reads the world's words (then every word
-        must be one of the world's). Put the result in `obs["instruction"]` to give the agent any instruction."""
+        tokenizer's ids, or for an agent that reads the world's words their ids (other words as [UNK]). Put
+        the result in `obs["instruction"]` at an episode's start to give the agent any instruction."""
         config = self.config
         return tokenize(text, config.tokenizer, config.instruction_length, config.instruction_pad_id)
 

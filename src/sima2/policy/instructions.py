@@ -30,21 +30,15 @@ def load_cached_tokenizer(source: str) -> Any:
 
 
 def tokenize(text: str, tokenizer: str | None, length: int | None, pad_id: int = 0) -> Int[np.ndarray, " L"]:
-    """`text` as the ids of `tokenizer` (a Hub id or path; None: the world's own words), padded with `pad_id`
-    to `length`; a ValueError when the text is empty, longer than `length`, or (world words) not the world's."""
+    """`text` as the ids of `tokenizer` (a Hub id or path; None: the world's own words, others as [UNK]),
+    padded with `pad_id` to `length`; a ValueError when the text is empty or longer than `length`."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("the instruction is empty")
-    if tokenizer is None:
-        from sima2.envs.vocabulary import vocabulary, word_to_id
+    if tokenizer is None:  # the world's words, spelt as the world spells them; others become [UNK]
+        from sima2.envs.instruct import normalise_words
+        from sima2.envs.vocabulary import encode_words
 
-        words = text.replace(",", " , ").split()
-        unknown = [w for w in words if w not in word_to_id() or word_to_id()[w] < 4]
-        if unknown:
-            raise ValueError(
-                f"this agent reads the world's own words, and {unknown} are not among them; an agent with a "
-                f"pretrained text encoder reads free text (known words: {' '.join(vocabulary()[4:40])} ...)"
-            )
-        ids = [word_to_id()[w] for w in words]
+        ids = encode_words(" ".join(normalise_words(text)))
         pad = 0
     else:
         hf = load_cached_tokenizer(tokenizer)

@@ -54,7 +54,8 @@ def bc_loss(
             instruction = instruction_features_of(model, batch["obs"]["instruction"])
 
         def one(obs: PyTree, instruction: PyTree, action: Array) -> tuple[Array, Array]:
-            log_prob, entropy, _, _ = model.evaluate_features(model.observation_features(obs, instruction), carry, action)
+            features = model.observation_features(obs, instruction)
+            log_prob, entropy, _, _ = model.evaluate_features(features, carry, action)
             return log_prob, entropy
 
         log_prob, entropy = jax.vmap(one)(batch["obs"], instruction, batch["action"])

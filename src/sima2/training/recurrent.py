@@ -124,5 +124,10 @@ def evaluate_sequences(
 
 
 __all__ = [
-    "evaluate_sequences", "initial_carries", "instruction_features_of", "is_memoryless", "per_distinct_row", "reset_where"
+    "evaluate_sequences",
+    "initial_carries",
+    "instruction_features_of",
+    "is_memoryless",
+    "per_distinct_row",
+    "reset_where",
 ]

@@ -235,7 +235,8 @@ def _reset_and_record(agent, env, params, key, max_steps: int, deterministic: bo
     reset_key, run_key = jax.random.split(key)
     num = params.split.shape[0]
     obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, num), params)
-    return obs["instruction"], _record(agent, env, params, obs, state, run_key, max_steps, deterministic)
+    # The world's own word ids (captions), whatever tokenizer the observations use.
+    return state.instruction, _record(agent, env, params, obs, state, run_key, max_steps, deterministic)
 
 
 def _episodes(instructions: np.ndarray, outs: tuple) -> list[Episode]:
@@ -285,7 +286,7 @@ def play_episode(
     """One episode from a given world (e.g. `sima2.envs.instruct.find_world`'s), jitted like `record_episodes`."""
     add_axis = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)  # noqa: E731
     outs = _record(agent, env, add_axis(params), add_axis(obs), add_axis(state), key, max_steps, deterministic)
-    return _episodes(np.asarray(obs["instruction"])[None], outs)[0]
+    return _episodes(np.asarray(state.instruction)[None], outs)[0]
 
 
 def write_episode_gif(episode: Episode, path: str | Path, *, topdown: bool = True, fps: int = 4) -> Path:

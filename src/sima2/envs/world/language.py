@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Int32
+from jaxtyping import Array, Bool, Int32
 
 from sima2.envs import vocabulary as voc
 from sima2.envs.levels import LevelConfig
 from sima2.envs.world.geometry import entity_colours, entity_types
-from sima2.envs.world.state import HELDOUT_PARAPHRASES, NUM_STAGES, EnvState
-from sima2.envs.world.streams import _Draws
+from sima2.envs.world.state import HELDOUT_PARAPHRASES, HELDOUT_WORDING, NUM_STAGES, EnvState
+from sima2.envs.world.streams import _Draws, _mix32
+
+_WORDING_STREAM = 0x57D1  # salt of the held-out wording's word draws
 
 
 def _concat_pieces(
@@ -35,15 +37,17 @@ def _noun_phrase(
     colour: Int32[Array, ""],
     synonym: Int32[Array, ""],
     location: Int32[Array, ""],
+    heldout_colour: Bool[Array, ""],
+    heldout_noun: Bool[Array, ""],
 ) -> tuple[Int32[Array, " W"], Int32[Array, ""]]:
     tables = voc.token_tables()
-    head = jnp.stack(
-        [
-            jnp.int32(tables.the_id),
-            jnp.asarray(tables.colour_ids)[colour],
-            jnp.asarray(tables.noun_ids)[obj_type, synonym],
-        ]
+    colour_id = jnp.where(
+        heldout_colour, jnp.asarray(tables.heldout_colour_ids)[colour], jnp.asarray(tables.colour_ids)[colour]
     )
+    noun_id = jnp.where(
+        heldout_noun, jnp.asarray(tables.heldout_noun_ids)[obj_type], jnp.asarray(tables.noun_ids)[obj_type, synonym]
+    )
+    head = jnp.stack([jnp.int32(tables.the_id), colour_id, noun_id])
     pieces = jnp.zeros((2, voc.PIECE_WIDTH), jnp.int32)
     pieces = pieces.at[0, :3].set(head).at[1, :4].set(jnp.asarray(tables.location_tokens)[location])
     lengths = jnp.stack([jnp.int32(3), jnp.asarray(tables.location_length)[location]])
@@ -71,20 +75,33 @@ def _fill_template(
     return _concat_pieces(tokens, lengths, out_len)
 
 def _instruction(state: EnvState, split: Int32[Array, ""], draws: _Draws) -> Int32[Array, " L"]:
-    """Assemble the instruction token ids from templates (training or held-out paraphrases)."""
+    """Assemble the instruction token ids from templates (training, held-out paraphrases or held-out wording)."""
     tables = voc.token_tables()
     heldout = split == HELDOUT_PARAPHRASES
+    wording = split == HELDOUT_WORDING
     types, colours = entity_types(state), entity_colours(state)
+    # Held-out colour and object words, each for half of the entities, from a stream of their own (the
+    # other splits' instructions keep their draws).
+    words = _Draws(_mix32(draws.seed ^ jnp.uint32(_WORDING_STREAM)))
+    num_entities = types.shape[0]
+    heldout_colour = wording & (words.uniform((num_entities,)) < 0.5)
+    heldout_noun = wording & (words.uniform((num_entities,)) < 0.5)
+
+    def phrase(e: Int32[Array, ""]) -> tuple[Int32[Array, " W"], Int32[Array, ""]]:
+        return _noun_phrase(types[e], colours[e], state.entity_synonym[e], state.entity_location[e],
+                            heldout_colour[e], heldout_noun[e])
+
     clauses = []
     for t in range(NUM_STAGES):
         kind = state.stage_kind[t]
         n_train = jnp.asarray(tables.clause_num_train)[kind]
         n_held = jnp.asarray(tables.clause_num_heldout)[kind]
-        start = jnp.asarray(tables.clause_offset)[kind] + jnp.where(heldout, n_train, 0)
-        row = draws.integers(start, start + jnp.where(heldout, n_held, n_train))
+        n_wording = jnp.asarray(tables.clause_num_wording)[kind]
+        skip = jnp.where(heldout, n_train, jnp.where(wording, n_train + n_held, 0))
+        start = jnp.asarray(tables.clause_offset)[kind] + skip
+        row = draws.integers(start, start + jnp.where(heldout, n_held, jnp.where(wording, n_wording, n_train)))
         a, b = state.stage_a[t], state.stage_b[t]
-        np_a = _noun_phrase(types[a], colours[a], state.entity_synonym[a], state.entity_location[a])
-        np_b = _noun_phrase(types[b], colours[b], state.entity_synonym[b], state.entity_location[b])
+        np_a, np_b = phrase(a), phrase(b)
         clauses.append(
             _fill_template(
                 jnp.asarray(tables.clause_segment_kind)[row],
@@ -96,8 +113,9 @@ def _instruction(state: EnvState, split: Int32[Array, ""], draws: _Draws) -> Int
             )
         )
     single, _ = _concat_pieces(clauses[0][0][None], clauses[0][1][None], voc.MAX_INSTRUCTION_LENGTH)
-    start = jnp.where(heldout, tables.sequence_num_train, 0)
-    count = jnp.where(heldout, tables.sequence_num_heldout, tables.sequence_num_train)
+    n_train, n_held = tables.sequence_num_train, tables.sequence_num_heldout
+    start = jnp.where(heldout, n_train, jnp.where(wording, n_train + n_held, 0))
+    count = jnp.where(heldout, n_held, jnp.where(wording, tables.sequence_num_wording, n_train))
     row = draws.integers(jnp.int32(start), jnp.int32(start) + count)
     sequence, _ = _fill_template(
         jnp.asarray(tables.sequence_segment_kind)[row],
@@ -135,8 +153,8 @@ def max_instruction_words(level: LevelConfig) -> int:
         return int(words.max())
 
     def clause(kind: int) -> int:
-        rows = slice(int(tables.clause_offset[kind]),
-                     int(tables.clause_offset[kind] + tables.clause_num_train[kind] + tables.clause_num_heldout[kind]))
+        num = tables.clause_num_train[kind] + tables.clause_num_heldout[kind] + tables.clause_num_wording[kind]
+        rows = slice(int(tables.clause_offset[kind]), int(tables.clause_offset[kind] + num))
         return longest(tables.clause_segment_kind[rows], tables.clause_segment_length[rows], (noun, noun))
 
     clauses = [max(clause(kind) for kind in kinds) for kinds in TASK_CLAUSE_KINDS[level.task]]

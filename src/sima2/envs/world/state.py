@@ -35,9 +35,10 @@ MAX_PLAN = 8  # subgoals in the expert plan
 NUM_STAGES = 2  # clauses of an instruction ("X, then Y")
 
 # Splits: layout seeds, colour-object pairs and paraphrase templates are partitioned by construction.
-# heldout_game: worlds of the game no training world is drawn in (`games.HELDOUT_GAME`).
-SPLITS = ("train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases", "heldout_game")
-TRAIN, HELDOUT_LAYOUTS, HELDOUT_PAIRS, HELDOUT_PARAPHRASES, HELDOUT_GAME_SPLIT = range(len(SPLITS))
+# heldout_game: worlds of the game no training world is drawn in (`games.HELDOUT_GAME`). heldout_wording:
+# instructions in templates and colour and object words no training instruction uses (`vocabulary`).
+SPLITS = ("train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases", "heldout_game", "heldout_wording")
+TRAIN, HELDOUT_LAYOUTS, HELDOUT_PAIRS, HELDOUT_PARAPHRASES, HELDOUT_GAME_SPLIT, HELDOUT_WORDING = range(len(SPLITS))
 NUM_PAIRS = 3 * len(voc.COLOURS)  # (ball | box | key) x colour
 # Held-out colour-object pairs: green ball, purple box, grey key.
 HELDOUT_PAIR_MASK = np.array(
