@@ -77,6 +77,20 @@ def test_play_writes_gif_of_the_instruction(run_dir, tmp_path, capsys):
     assert _gif_frames(gif) > 1
 
 
+def test_play_reads_free_text_with_the_task_given_apart(run_dir, tmp_path, capsys):
+    gif = tmp_path / "free.gif"
+    text = "Could you wander over towards that crimson sphere?"
+    assert main(["play", str(run_dir), "--instruction", text, "--task", "go to the red ball", "--out", str(gif),
+                 "--max-steps", "3"]) == 0
+    assert str(gif) in capsys.readouterr().out and _gif_frames(gif) > 1
+    # Neither the instruction nor a --task names a task: the error says so and shows how.
+    assert main(["play", str(run_dir), "--instruction", "do the thing over there"]) == 2
+    err = capsys.readouterr().err
+    assert "--task" in err and "go to the red ball" in err and len(err.strip().splitlines()) == 1
+    assert main(["play", str(run_dir), "--instruction", "anything", "--task", "dance with the ball"]) == 2
+    assert "--task must be an instruction the world understands" in capsys.readouterr().err
+
+
 def test_demos_writes_a_loadable_dataset(tmp_path, capsys):
     import datasets
 

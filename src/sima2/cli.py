@@ -154,7 +154,9 @@ def _play(args: argparse.Namespace) -> int:
     _, state = find_world(env, params, task, key_world)  # before loading the agent: a task no world has fails fast
     agent = Agent.from_pretrained(folder / "final")
     ids = agent.tokenize(args.instruction)  # the user's own text, as the agent reads it
-    env, _ = envs.make(level, split=split, image_size=config["image_size"], tokenizer=agent.config.tokenizer)
+    tokenized = agent.config.tokenizer is not None  # then as many ids as the agent reads (built for all levels)
+    env, _ = envs.make(level, split=split, image_size=config["image_size"], tokenizer=agent.config.tokenizer,
+                       instruction_length=agent.config.instruction_length if tokenized else None)
     obs = env.observe(state)
     # The agent encodes the instruction once, from the episode's first observation: the user's text.
     padded = np.full(env.spec.observation.instruction.shape, env.spec.observation.instruction_pad_id, np.int32)

@@ -121,8 +121,8 @@ class Sima2Env(Env[EnvState, EnvParams]):
     @property
     def instruction_length(self) -> int:
         """Ids per instruction observation: the world's words, or with a tokenizer the longest tokenisation."""
-        if self.tokenizer is not None:
-            return self.tokenizer.longest_output(self._max_words)
+        if self.tokenizer is not None:  # `make` bounds it by the longest tokenisation of the levels
+            return self.tokenizer.output_length(voc.MAX_INSTRUCTION_LENGTH)
         return voc.MAX_INSTRUCTION_LENGTH
 
     @property
@@ -376,7 +376,11 @@ def instruction_tokenizer(tokenizer: Any) -> TokenBridge:
 
 
 def make(
-    env_id: str = "sima2/GoTo-v0", split: str = "train", image_size: ImageSize = 64, tokenizer: Any = None
+    env_id: str = "sima2/GoTo-v0",
+    split: str = "train",
+    image_size: ImageSize = 64,
+    tokenizer: Any = None,
+    instruction_length: int | None = None,
 ) -> tuple[Sima2Env, EnvParams]:
     """Build a functional environment and its default parameters from a gymnasium-style id: one level
     (`sima2/GoTo-v0`), a registered mixture (`sima2/AllFamilies-v0`: every task family) or level ids
@@ -384,13 +388,18 @@ def make(
 
     `tokenizer`: an HF tokenizer (or its Hub id or path); observations then carry the instruction in its ids
     (`tokenizer(text)["input_ids"]` of the instruction text, padded with its pad id) instead of the world's
-    word ids."""
+    word ids. `instruction_length` (with a tokenizer): pad them to that many ids rather than to the longest
+    tokenisation of these levels (e.g. to match an agent built for more levels)."""
     levels = levels_from_id(env_id)  # also refuses an id that is not a string
     height, width = image_shape(image_size)
     bridge = None if tokenizer is None else instruction_tokenizer(tokenizer)
     env = Sima2Env(levels=levels, image_height=height, image_width=width)
     if bridge is not None:
-        bridge = dataclasses.replace(bridge, max_length=bridge.longest_output(env.max_instruction_words))
+        longest = bridge.longest_output(env.max_instruction_words)
+        if instruction_length is not None and instruction_length < longest:
+            raise ValueError(f"instruction_length={instruction_length} is shorter than these levels' longest "
+                             f"instruction in {bridge.tokenizer_name!r} ids ({longest})")
+        bridge = dataclasses.replace(bridge, max_length=instruction_length or longest)
         env = Sima2Env(levels=levels, image_height=height, image_width=width, tokenizer=bridge)
     return env, env.default_params(split)
 

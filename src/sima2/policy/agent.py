@@ -22,14 +22,18 @@ Training only parts of the agent (e.g. a frozen pretrained ViT, LoRA-only langua
     labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
     optimiser = optax.multi_transform({"train": optax.adam(3e-4), "freeze": optax.set_to_zero()}, labels)
 
-Pretrained parts plug in by Hugging Face name or local path (a name that cannot be loaded raises; the agent
-never falls back to random weights behind your back):
+Pretrained parts plug in by Hugging Face name or local path (a name that cannot be loaded raises):
 
     agent = Agent.from_preset("cpu-small", env.spec, key=key, vision="google/vit-base-patch16-224",
                               planner="HuggingFaceTB/SmolLM2-135M")   # or text_encoder=<BERT path>
 
-Instructions stay in the world's word ids; with a pretrained language model the agent maps them on device to
-that model's tokenizer ids (`sima2.planning.TokenBridge`, stored in `config.text_bridge`).
+Instructions are text at the boundary. A world made with the language model's tokenizer
+(`sima2.envs.make(id, tokenizer=...)`) writes them in that tokenizer's ids, which the agent reads as they are;
+`agent.tokenize(any_text)` writes any text the same way (put it in `obs["instruction"]`). A world of the
+built-in word ids read by a pretrained model is mapped on device instead (`sima2.planning.TokenBridge`, in
+`config.text_bridge`). The instruction's features are the costly part of a step and constant over an
+episode: rollouts compute `agent.instruction_features(ids)` once per episode and pass them to
+`act(..., instruction=)`.
 
 Saving: `agent.save_pretrained(dir)` / `Agent.from_pretrained(dir)` (the files: `sima2.policy.persistence`).
 `agent.vision.save_pretrained(d)` (and the planner's) still export each part alone for `transformers`.
@@ -136,11 +140,9 @@ class Agent(AbstractAgent):
         raises a ValueError naming it. `instruction_length`: read only that many leading instruction ids;
         default `spec.max_instruction_words`, the longest instruction the env emits (the rest is padding).
 
-        An env made with a tokenizer (`sima2.envs.make(id, tokenizer=...)`, `spec.observation.tokenizer`)
-        already writes instructions in that tokenizer's ids: the language model must use the same one, and
-        the agent reads the ids as they are (`agent.tokenize(text)` writes any text the same way).
-        `freeze_language=True` keeps a pretrained language model as loaded (no LoRA adapters): its features
-        are then computed once per episode and never differentiated.
+        An env made with a tokenizer (`spec.observation.tokenizer`) writes instructions in its ids: the
+        language model must use the same one, and the agent reads them as they are. `freeze_language=True`
+        keeps a pretrained language model as loaded (no LoRA adapters, features never differentiated).
         """
         if planner is not None and text_encoder is not None:
             raise ValueError("pass planner= (a causal LM) or text_encoder= (BERT), not both: the agent has one")
@@ -173,6 +175,8 @@ class Agent(AbstractAgent):
         elif tokenizer is not None:
             bridge = token_bridge(tokenizer, planner, spec.observation.instruction.shape[0])
             agent_fields = {**agent_fields, "text_bridge": bridge}
+        if freeze_language and language_source is None:  # a frozen random language model never learns
+            raise ValueError("freeze_language=True keeps a pretrained planner= or text_encoder= as loaded; pass one")
         if freeze_language is not None:
             agent_fields = {**agent_fields, "freeze_planner": bool(freeze_language)}
         if instruction_length is None:
@@ -237,10 +241,8 @@ class Agent(AbstractAgent):
         bounds what the agent reads; a longer one would lose its tail without notice inside `jit`)."""
         limit = self.config.instruction_length
         if limit is not None and num_words > limit:
-            raise ValueError(
-                f"{what} has {num_words} words, but this agent reads only the first {limit} "
-                f"(its instruction_length, the longest instruction of the level it was built for)"
-            )
+            raise ValueError(f"{what} has {num_words} words, but this agent reads only the first {limit} "
+                             "(its instruction_length, the longest instruction of the level it was built for)")
 
     def _embed_text(self, ids: Int[Array, " L"]) -> tuple[Float[Array, "N D"], Bool[Array, " N"]]:
         """Instruction ids (the world's words, bridged, or the tokenizer's) -> the planner's token embeddings

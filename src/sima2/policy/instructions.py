@@ -65,7 +65,11 @@ def check_same_tokenizer(spec: EnvSpec, tokenizer: Any, planner: Any) -> None:
     if tokenizer is None or os.fspath(tokenizer) == spec.observation.tokenizer:
         return
     mine = load_cached_tokenizer(os.fspath(tokenizer)) if isinstance(tokenizer, str | os.PathLike) else tokenizer
-    if mine.get_vocab() != load_cached_tokenizer(spec.observation.tokenizer).get_vocab():
+    try:
+        theirs = load_cached_tokenizer(spec.observation.tokenizer)
+    except (OSError, ValueError):
+        theirs = None  # a tokenizer object without a name or path: cannot be the model's
+    if theirs is None or mine.get_vocab() != theirs.get_vocab():
         raise ValueError(
             f"the env writes instructions with the tokenizer {spec.observation.tokenizer!r}, but the language "
             f"model reads {getattr(mine, 'name_or_path', mine)!r}: make the env with the model's tokenizer "

@@ -176,7 +176,8 @@ def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
             vision=config.vision,
             planner=config.planner,
             text_encoder=config.text_encoder,
-            freeze_language=config.freeze_language,
+            # Only a pretrained language model can be kept as loaded.
+            freeze_language=config.freeze_language if (config.planner or config.text_encoder) else None,
         )
     except ValueError as err:
         if not any((config.vision, config.planner, config.text_encoder)):
