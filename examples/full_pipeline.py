@@ -51,10 +51,10 @@ def main() -> None:
                        ("final/", "the trained agent: agent_config.json + model.safetensors")]:
         print(f"  {name:14s} {what}{'' if (out / name).exists() else '  (not written)'}")
     agent = Agent.from_pretrained(out / "final")
-    bridge = agent.config.text_bridge
+    tokenizer = agent.config.tokenizer or (agent.config.text_bridge and agent.config.text_bridge.tokenizer_name)
     print(f"reloaded the agent: preset {agent.config.preset!r}, vision {agent.vision.config.family} "
           f"{agent.vision.config.hidden_size}d, language {type(agent.planner.backbone).__name__}"
-          + (f" reading instructions through {bridge.tokenizer_name!r}'s tokenizer" if bridge else ""))
+          + (" reading instructions through its tokenizer (saved with it)" if tokenizer else ""))
 
 
 if __name__ == "__main__":

