@@ -63,7 +63,7 @@ def main() -> None:
             import torch
             from transformers import BertModel
 
-            from sima2.interop.checkpoint import resolve_folder
+            from sima2.interop.hub import resolve_folder
 
             model = BertModel.from_pretrained(str(resolve_folder(MINILM))).eval()
             tx = torch.from_numpy(np.asarray(x)).long()

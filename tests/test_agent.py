@@ -348,7 +348,7 @@ def test_base_preset_builds_abstractly():
 
 
 def test_drives_the_built_in_world():
-    from sima2.envs.env import make
+    from sima2.envs.make import make
     from sima2.envs.vocabulary import vocabulary
 
     env, params = make("sima2/GoTo-v0")

@@ -32,7 +32,7 @@ def _instructions(env, split: str, num: int = 48, seed: int = 0) -> tuple[list[s
 
 
 def test_the_hub_id_resolves_offline_from_its_package(minilm_tokenizer):
-    from sima2.interop.checkpoint import resolve_folder
+    from sima2.interop.hub import resolve_folder
 
     assert (resolve_folder(MINILM) / "config.json").is_file()
     assert minilm_tokenizer.name_or_path == MINILM and len(minilm_tokenizer) == 30522

@@ -68,7 +68,7 @@ def _eval(args: argparse.Namespace) -> int:
     import sima2.envs as envs
     from sima2.policy import Agent
     from sima2.training.config import EvalConfig
-    from sima2.training.pipeline import evaluate_world
+    from sima2.training.evaluate import evaluate_world
     from sima2.training.report import evaluation_report, stage_timings, success_table, write_report
 
     folder, config = _run_folder(args.run)

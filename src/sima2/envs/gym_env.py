@@ -21,8 +21,9 @@ from gymnasium.vector.utils import batch_space
 
 from sima2.contract import StepInfo, reset_where_done
 from sima2.envs import vocabulary as voc
-from sima2.envs.env import ImageSize, Sima2Env, make
+from sima2.envs.env import Sima2Env
 from sima2.envs.levels import LEVELS, MIXTURES
+from sima2.envs.make import ImageSize, make
 
 RENDER_MODES = ("rgb_array", "rgb_array_topdown")
 

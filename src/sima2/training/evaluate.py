@@ -1,5 +1,6 @@
 """Evaluation of an agent in a functional env: success rate, navigation efficiency, episode length and
-return, episodes/s and decision latency; `evaluate_splits` runs held-out splits.
+return, episodes/s and decision latency; `evaluate_splits` runs held-out splits, and `evaluate_world` the
+main job's table of every split and level of the built-in world.
 
 Episodes come from the one rollout (`sima2.training.rollout`); success and path lengths from the typed
 `StepInfo` of each step.
@@ -114,3 +115,44 @@ def decision_latency(agent: Any, obs: PyTree, key: PRNGKeyArray, repeats: int = 
         jax.block_until_ready(act(key, obs, carry))
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def check_eval_length(config: EvalConfig, env: Any) -> None:
+    """An evaluation shorter than the longest episode would never see a failing episode end (only
+    successes finish early) and so overstate success: refuse it, naming the override."""
+    if config.max_steps < env.max_steps:
+        names = ",".join(env.level_names)
+        raise ValueError(
+            f"eval.max_steps ({config.max_steps}) is shorter than the longest episode of {names} "
+            f"({env.max_steps} steps): failing episodes would never finish and success would be overstated; "
+            f"set eval.max_steps={env.max_steps} or more"
+        )
+
+
+def evaluate_world(
+    agent: Any, env: Any, key: Any, config: EvalConfig, *, progress: bool = False
+) -> dict[str, dict[str, float]]:
+    """The main job's evaluation of `agent` in a `Sima2Env`: every split; in an env of several levels, every
+    level of every split (its own `config.num_episodes` episodes), with each split's overall figures the
+    mean over its levels (each task family weighs the same) and the per-level ones as `<metric>/<level>`."""
+    from sima2.envs import SPLITS
+
+    check_eval_length(config, env)
+    if len(env.levels) == 1:
+        return evaluate_splits(agent, env, {s: env.default_params(s) for s in SPLITS}, key, config, progress=progress)
+    cells = {f"{s}/{level}": env.default_params(s, level=level) for s in SPLITS for level in env.level_names}
+    by_cell = evaluate_splits(agent, env, cells, key, config, progress=progress)
+    results = {}
+    for split in SPLITS:
+        per_level = {level: by_cell[f"{split}/{level}"] for level in env.level_names}
+        merged: dict[str, float] = {"episodes": float(sum(r["episodes"] for r in per_level.values()))}
+        for metric in ("success_rate", "episode_length", "return", "navigation_efficiency"):
+            values = [r[metric] for r in per_level.values() if metric in r]
+            if values:
+                merged[metric] = float(np.mean(values))
+        merged["eval_seconds"] = float(sum(r["eval_seconds"] for r in per_level.values()))
+        for level, r in per_level.items():
+            merged[f"success_rate/{level}"] = r["success_rate"]
+            merged[f"episodes/{level}"] = r["episodes"]
+        results[split] = merged
+    return results

@@ -25,12 +25,12 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import numpy as np
 
 from sima2 import presets
 from sima2.envs.shaping import ShapingCoefficients
 from sima2.interop.pretrained import atomic_write
 from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, check_fields, config_to_dict
+from sima2.training.evaluate import check_eval_length, evaluate_world
 from sima2.training.report import INTERVENTIONS, evaluation_report, read_metrics, write_report
 
 log = logging.getLogger("sima2.training")
@@ -201,48 +201,6 @@ def _unloadable(config: PipelineConfig, err: Exception) -> ValueError:
     )
 
 
-def _check_eval_length(config: EvalConfig, env: Any) -> None:
-    """An evaluation shorter than the longest episode would never see a failing episode end (only
-    successes finish early) and so overstate success: refuse it, naming the override."""
-    if config.max_steps < env.max_steps:
-        names = ",".join(env.level_names)
-        raise ValueError(
-            f"eval.max_steps ({config.max_steps}) is shorter than the longest episode of {names} "
-            f"({env.max_steps} steps): failing episodes would never finish and success would be overstated; "
-            f"set eval.max_steps={env.max_steps} or more"
-        )
-
-
-def evaluate_world(
-    agent: Any, env: Any, key: Any, config: EvalConfig, *, progress: bool = False
-) -> dict[str, dict[str, float]]:
-    """The main job's evaluation of `agent` in a `Sima2Env`: every split; in an env of several levels, every
-    level of every split (its own `config.num_episodes` episodes), with each split's overall figures the
-    mean over its levels (each task family weighs the same) and the per-level ones as `<metric>/<level>`."""
-    from sima2.envs import SPLITS
-    from sima2.training.evaluate import evaluate_splits
-
-    _check_eval_length(config, env)
-    if len(env.levels) == 1:
-        return evaluate_splits(agent, env, {s: env.default_params(s) for s in SPLITS}, key, config, progress=progress)
-    cells = {f"{s}/{level}": env.default_params(s, level=level) for s in SPLITS for level in env.level_names}
-    by_cell = evaluate_splits(agent, env, cells, key, config, progress=progress)
-    results = {}
-    for split in SPLITS:
-        per_level = {level: by_cell[f"{split}/{level}"] for level in env.level_names}
-        merged: dict[str, float] = {"episodes": float(sum(r["episodes"] for r in per_level.values()))}
-        for metric in ("success_rate", "episode_length", "return", "navigation_efficiency"):
-            values = [r[metric] for r in per_level.values() if metric in r]
-            if values:
-                merged[metric] = float(np.mean(values))
-        merged["eval_seconds"] = float(sum(r["eval_seconds"] for r in per_level.values()))
-        for level, r in per_level.items():
-            merged[f"success_rate/{level}"] = r["success_rate"]
-            merged[f"episodes/{level}"] = r["episodes"]
-        results[split] = merged
-    return results
-
-
 def _plan_supervision(agent: Any, dataset: Any, planner: str | None) -> tuple[Any, Any]:
     """(transform, plan_loss) teaching the planner the expert's plans, or (None, None) when its backbone
     cannot generate text (a text encoder) or the demonstrations carry no plans. A pretrained planner
@@ -328,7 +286,7 @@ def train(
         if (config.text_encoder or config.planner) is None or "tokenizer" not in str(err):
             raise
         raise _unloadable(config, err) from None
-    _check_eval_length(config.eval, env)
+    check_eval_length(config.eval, env)
     agent = _build_agent(config, env.spec, k_agent)
     parts = {"vision": config.vision, "planner": config.planner, "text encoder": config.text_encoder}
     named = ", ".join(f"{part} {source}" for part, source in parts.items() if source is not None)
