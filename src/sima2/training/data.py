@@ -273,6 +273,11 @@ def rows_to_batch(
     }
 
 
+def longest_instruction(dataset: datasets.Dataset) -> int:
+    """The most instruction ids of any row: the length batches pad instructions to by default."""
+    return max(1, max(len(ids) for ids in dataset["instruction_ids"]))
+
+
 def episode_starts(dataset: datasets.Dataset) -> np.ndarray:
     """Indices of the rows that start an episode, after checking that every episode's rows are contiguous
     and in step order (`step_id` 0, 1, 2, ...). Raises a ValueError naming the first row that breaks it."""
@@ -348,9 +353,7 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
         self.put = put
         self.transform = transform
         self.batches_per_epoch = len(starts) // batch_size
-        if instruction_length is None:
-            instruction_length = max(1, max(len(ids) for ids in dataset["instruction_ids"]))
-        self.instruction_length = instruction_length
+        self.instruction_length = longest_instruction(dataset) if instruction_length is None else instruction_length
         self._prefetch = prefetch
         # Decide now whether every image fits in memory; decode them lazily (in the prefetch thread).
         self._cache_images = "image" in dataset.column_names and (

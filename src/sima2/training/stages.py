@@ -19,7 +19,7 @@ from jaxtyping import PyTree
 from sima2.training.bc import PlanLoss, frozen_instruction_features, make_bc
 from sima2.training.checkpoint import Checkpointer
 from sima2.training.config import TrainConfig, config_to_dict
-from sima2.training.data import DemonstrationBatches, check_dataset
+from sima2.training.data import DemonstrationBatches, check_dataset, longest_instruction
 from sima2.training.loop import Hook, TrainState, run_loop
 from sima2.training.monitor import MetricsLogger
 from sima2.training.parallel import shard_batch, shard_train_state, to_host
@@ -129,8 +129,7 @@ def train_bc(
         proprio_size=proprio_size,
     )
     if precompute_instructions:
-        length = max(1, max(len(ids) for ids in dataset["instruction_ids"]))  # as DemonstrationBatches pads
-        features = frozen_instruction_features(agent, dataset, length)
+        features = frozen_instruction_features(agent, dataset, longest_instruction(dataset))
         transform = features if transform is None else _chain(transform, features)
     init_fn, step_fn = make_bc(agent, config, filter_spec=filter_spec, plan_loss=plan_loss)
     local_batch = config.bc.batch_size // jax.process_count()
