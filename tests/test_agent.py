@@ -495,10 +495,11 @@ def test_agents_saved_before_token_bridges_still_load(tmp_path):
     agent.save_pretrained(tmp_path)
     path = tmp_path / "agent_config.json"
     raw = json.loads(path.read_text())
-    assert raw["format_version"] == 4 and raw["agent"]["text_bridge"] is None
+    assert raw["format_version"] == 5 and raw["agent"]["text_bridge"] is None
     raw["format_version"] = 1
     for field in ("text_bridge", "tokenizer", "instruction_pad_id"):  # fields of later formats
         del raw["agent"][field]
+    del raw["agent"]["policy"]["touch_dim"]  # format 5: agents before it had no touch
     path.write_text(json.dumps(raw))
     assert Agent.from_pretrained(tmp_path).config == agent.config
 
@@ -546,3 +547,27 @@ def test_a_bc_stage_final_folder_loads_with_from_pretrained(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(agent), strict=True))
     for mine, theirs in zip(jax.tree.leaves(loaded), jax.tree.leaves(trained), strict=True):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def test_touch_is_its_own_modality_with_its_own_encoder():
+    """An agent built for a world with touch reads `obs["touch"]` through its touch encoder: the decision
+    depends on it, a missing or mis-sized touch is refused by name, and `touch=False` builds the ablation."""
+    spec = world_spec(image_size=16)
+    touch_size = spec.observation.touch.shape[0]
+    agent = Agent.from_preset("tiny", spec, key=jax.random.key(0))
+    blind = Agent.from_preset("tiny", spec, key=jax.random.key(0), touch=False)
+    assert agent.config.policy.touch_dim == touch_size and agent.policy.touch_encoder is not None
+    assert blind.config.policy.touch_dim == 0 and blind.policy.touch_encoder is None
+    obs = spec.observation.zeros()
+    carry = agent.initial_carry()
+    touched = {**obs, "touch": jnp.eye(touch_size, dtype=jnp.float32)[0]}  # full contact
+    logits = [agent.action_logits(o, carry)[0][0] for o in (obs, touched)]
+    assert not np.allclose(logits[0], logits[1], atol=1e-6)
+    blind_logits = [blind.action_logits(o, carry)[0][0] for o in (obs, touched)]
+    np.testing.assert_array_equal(blind_logits[0], blind_logits[1])
+    without = {k: v for k, v in obs.items() if k != "touch"}
+    with pytest.raises(ValueError, match="'touch'"):
+        agent.act(jax.random.key(0), without, carry)
+    blind.act(jax.random.key(0), without, carry)  # the ablation needs no touch at all
+    with pytest.raises(ValueError, match=r"touch of shape \(9,\)"):
+        agent.act(jax.random.key(0), {**obs, "touch": jnp.zeros(4, jnp.float32)}, carry)

@@ -160,8 +160,51 @@ def test_bumping_a_wall_is_an_invalid_move_with_contact(goto):
     for _ in range(8):  # walking forward for 4 s reaches a wall in a 5x5 room
         obs, state, _, _, info = step(jax.random.key(0), state, jnp.array([1, 3, 2], jnp.int32), params)
     assert bool(info.invalid_move) and float(info.contact) > 0
-    assert float(state.contact) > 0 and float(obs["proprio"][-1]) > 0
     assert np.allclose(obs["proprio"][:2], 0.0, atol=1e-5)  # pushing against the wall: no velocity
+    # Touch: full contact, straight ahead (body frame forward, right), against what fills the cell ahead
+    # (wall, door or object, one-hot), nothing held.
+    touch = np.asarray(obs["touch"])
+    assert touch.shape == (env.touch_size,) and env.spec.observation.touch.shape == (env.touch_size,)
+    assert touch[0] == pytest.approx(1.0) and float(state.contact) == pytest.approx(1.0)
+    np.testing.assert_allclose(touch[1:3], [1.0, 0.0], atol=0.3)
+    forward, _ = heading_vectors(state.agent_dir)
+    col, row = np.floor(np.asarray(state.agent_pos) + np.asarray(forward) * (AGENT_RADIUS + 0.1)).astype(int)
+    objects = {tuple(p) for p in np.asarray(state.obj_pos).tolist()}
+    ahead = [bool(state.wall[row, col]) and int(state.door_id[row, col]) < 0, int(state.door_id[row, col]) >= 0,
+             (row, col) in objects]
+    assert touch[3:6].tolist() == [float(kind) for kind in ahead] and sum(ahead) == 1
+    assert touch[6] == 0.0  # empty-handed
+    # Stepping back frees it: no contact, no direction, nothing touched.
+    obs, state, *_ = step(jax.random.key(0), state, jnp.array([2, 3, 0], jnp.int32), params)
+    assert np.asarray(obs["touch"])[:6].tolist() == [0.0] * 6
+    # Turned to have it on the right, strafing right pushes against it from the side.
+    obs, state, *_ = step(jax.random.key(0), state, jnp.array([0, 0, 2], jnp.int32), params)  # 90 deg left
+    for _ in range(4):
+        obs, state, *_ = step(jax.random.key(0), state, jnp.array([4, 3, 2], jnp.int32), params)
+    touch = np.asarray(obs["touch"])
+    assert touch[0] > 0 and touch[3:6].sum() == 1.0
+    np.testing.assert_allclose(touch[1:3], [0.0, 1.0], atol=0.3)
+
+
+def test_touch_reports_holding_and_objects_within_reach():
+    env, params = envs.make("sima2/Pickup-v0", image_size=SIZE)
+    step, expert = _jitted_step_no_reset(env), jax.jit(env.expert_action)
+    picked = 0
+    for seed in range(4):
+        obs, state = jax.jit(env.reset)(jax.random.key(seed), params)
+        for _ in range(32):
+            action = expert(state, params)
+            touch_before = np.asarray(obs["touch"])
+            was_holding = int(state.carrying) >= 0
+            obs, state, _, done, _ = step(jax.random.key(0), state, action, params)
+            holding = int(state.carrying) >= 0
+            assert np.asarray(obs["touch"])[6] == float(holding)
+            if holding and not was_holding:  # interact picked the object up: it was within reach
+                assert touch_before[7] == 1.0
+                picked += 1
+            if bool(done):
+                break
+    assert picked >= 3
 
 
 def test_step_info_fields_and_auto_reset(goto):

@@ -28,7 +28,8 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
     bc_metrics = [json.loads(line) for line in (tmp_path / "bc" / "metrics.jsonl").read_text().splitlines()]
     assert any("plan_loss" in record for record in bc_metrics)  # the planner learns the expert's plans
     assert set(report["timings_s"]) >= {"demos", "bc", "ppo", "eval", "total"}
-    Agent.from_pretrained(tmp_path / "final")  # the exported agent loads back
+    final = Agent.from_pretrained(tmp_path / "final")  # the exported agent loads back
+    assert final.config.policy.touch_dim == envs.make("sima2/GoTo-v0")[0].touch_size  # touch by default
     # The report: plots, GIFs of evaluation episodes with their instruction, summary.md.
     from PIL import Image
 
@@ -42,6 +43,18 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert all(f"| {split} |" in summary for split in report["success_rate"])
     assert "](plots/success.png)" in summary and "](gifs/" in summary
+
+
+def test_touch_false_builds_the_agent_without_touch():
+    import jax
+
+    from sima2.training.pipeline import _build_agent
+
+    spec = envs.make("sima2/GoTo-v0", image_size=16)[0].spec
+    with_touch = _build_agent(pipeline_config("tiny"), spec, jax.random.key(0))
+    without = _build_agent(pipeline_config("tiny", ["touch=false"]), spec, jax.random.key(0))
+    assert with_touch.config.policy.touch_dim == spec.observation.touch.shape[0]
+    assert without.config.policy.touch_dim == 0 and without.policy.touch_encoder is None
 
 
 def test_unknown_preset_and_bad_override_are_named():

@@ -93,21 +93,23 @@ def test_bad_rows_are_reported_with_their_index(demos):
     assert not validate_rows(kept, image_shape=(4, 4, 3), action_nvec=NVEC)
 
 
-def test_bad_ids_proprio_and_missing_values_are_reported(demos):
+def test_bad_ids_proprio_touch_and_missing_values_are_reported(demos):
     rows = demos.select(range(8)).to_dict()
     rows["instruction_ids"][0] = [1, 500]
     rows["instruction_ids"][2] = [-1]
     rows["proprio"][3] = rows["proprio"][3][:-1]
     rows["proprio"][5] = None
     rows["step_id"][6] = None
+    assert rows["touch"][7] == []  # the line world has no touch: every row records an empty vector
+    rows["touch"][7] = [float("nan")]
     broken = datasets.Dataset.from_dict(rows, features=demos.features)
     problems = dict(validate_rows(broken, image_shape=(4, 4, 3), action_nvec=NVEC, vocab_size=100))
-    assert sorted(problems) == [0, 2, 3, 5, 6]
+    assert sorted(problems) == [0, 2, 3, 5, 6, 7]
     assert "[0, 100)" in problems[0] and "non-negative" not in problems[2] and "length" in problems[3]
-    assert problems[5] == "no proprio" and problems[6] == "no step_id"
+    assert problems[5] == "no proprio" and problems[6] == "no step_id" and problems[7] == "touch of length 1 != 0"
     # Without a vocabulary size only negative ids are known to be wrong.
-    assert sorted(dict(validate_rows(broken, image_shape=(4, 4, 3), action_nvec=NVEC))) == [2, 3, 5, 6]
-    with pytest.raises(ValueError, match="5 invalid dataset rows"):
+    assert sorted(dict(validate_rows(broken, image_shape=(4, 4, 3), action_nvec=NVEC))) == [2, 3, 5, 6, 7]
+    with pytest.raises(ValueError, match="6 invalid dataset rows"):
         check_dataset(broken, image_shape=(4, 4, 3), action_nvec=NVEC, vocab_size=100)
 
 
@@ -194,7 +196,8 @@ def _recall_demos(num_episodes: int, length: int = 4) -> datasets.Dataset:
     rng = np.random.default_rng(0)
     rows = {
         name: []
-        for name in ("image", "instruction", "instruction_ids", "proprio", "action", "episode_id", "step_id", "plan")
+        for name in ("image", "instruction", "instruction_ids", "proprio", "touch", "action", "episode_id", "step_id",
+                     "plan")
     }
     for episode in range(num_episodes):
         cue = int(rng.integers(0, 2))
@@ -206,6 +209,7 @@ def _recall_demos(num_episodes: int, length: int = 4) -> datasets.Dataset:
             rows["instruction"].append("repeat the cue")
             rows["instruction_ids"].append([1])
             rows["proprio"].append([0.0, 0.0])
+            rows["touch"].append([])  # a world without touch
             rows["action"].append([cue, 0, 0])
             rows["episode_id"].append(episode)
             rows["step_id"].append(step)

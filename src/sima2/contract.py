@@ -65,19 +65,23 @@ class ArraySpec(eqx.Module):
 class ObservationSpec(eqx.Module):
     """The observation of one world: a first-person image, an instruction as token ids (padded) from a
     vocabulary of `vocab_size` (the env's own words, or the ids of `tokenizer`), proprioception, and
-    optionally an action mask (True = allowed, one entry per value of every action factor)."""
+    optionally touch (contact and grip, a modality of its own) and an action mask (True = allowed, one entry
+    per value of every action factor)."""
 
     image: ArraySpec
     instruction: ArraySpec
     proprio: ArraySpec
     vocab_size: int = eqx.field(static=True)
     action_mask: ArraySpec | None = None
+    touch: ArraySpec | None = None
     # The Hugging Face tokenizer (name or path) whose ids `instruction` holds; None: the env's own words.
     tokenizer: str | None = eqx.field(static=True, default=None)
     instruction_pad_id: int = eqx.field(static=True, default=0)  # the id that fills `instruction`'s tail
 
     def fields(self) -> dict[str, ArraySpec]:
         named = {"image": self.image, "instruction": self.instruction, "proprio": self.proprio}
+        if self.touch is not None:
+            named["touch"] = self.touch
         if self.action_mask is not None:
             named["action_mask"] = self.action_mask
         return named

@@ -34,6 +34,7 @@ from sima2.envs.world import (
     HELDOUT_GAME_SPLIT,
     PROPRIO_SIZE,
     SPLITS,
+    TOUCH_SIZE,
     TRAIN_GAMES,
     EnvParams,
     EnvState,
@@ -45,6 +46,7 @@ from sima2.envs.world import (
     physics,
     proprio,
     stage_complete,
+    touch,
 )
 from sima2.planning.bridge import TokenBridge
 
@@ -135,6 +137,10 @@ class Sima2Env(Env[EnvState, EnvParams]):
         return PROPRIO_SIZE
 
     @property
+    def touch_size(self) -> int:
+        return TOUCH_SIZE
+
+    @property
     def vocab_size(self) -> int:
         if self.tokenizer is not None and self.tokenizer.tokenizer_vocab_size is not None:
             return self.tokenizer.tokenizer_vocab_size
@@ -147,6 +153,7 @@ class Sima2Env(Env[EnvState, EnvParams]):
                 image=ArraySpec((self.image_height, self.image_width, 3), "uint8"),
                 instruction=ArraySpec((self.instruction_length,), "int32"),
                 proprio=ArraySpec((PROPRIO_SIZE,), "float32"),
+                touch=ArraySpec((TOUCH_SIZE,), "float32"),
                 vocab_size=self.vocab_size,
                 tokenizer=None if self.tokenizer is None else self.tokenizer.tokenizer_name,
                 instruction_pad_id=0 if self.tokenizer is None else self.tokenizer.pad_id,
@@ -185,6 +192,7 @@ class Sima2Env(Env[EnvState, EnvParams]):
             "image": render_first_person(state, self.image_height, self.image_width),
             "instruction": self.instruction_ids(state),
             "proprio": proprio(state),
+            "touch": touch(state),
         }
 
     def instruction_ids(self, state: EnvState) -> Int32[Array, " L"]:

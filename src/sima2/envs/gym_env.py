@@ -35,6 +35,7 @@ def observation_space(env: Sima2Env) -> spaces.Dict:
             "image": spaces.Box(0, 255, (env.image_height, env.image_width, 3), np.uint8),
             "instruction": spaces.Box(0, env.vocab_size - 1, (env.instruction_length,), np.int32),
             "proprio": spaces.Box(-np.inf, np.inf, (env.proprio_size,), np.float32),
+            "touch": spaces.Box(-1.0, 1.0, (env.touch_size,), np.float32),
         }
     )
 

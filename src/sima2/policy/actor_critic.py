@@ -1,15 +1,16 @@
-"""`ActorCritic`: fuses image, language and body-state tokens into one decision per step.
+"""`ActorCritic`: fuses image, language, body-state and touch tokens into one decision per step.
 
 One joint token sequence goes through a small pre-norm transformer:
 
-    [decision] [memory] [proprio] [image tokens ...] [instruction tokens ...] [subgoal tokens ...]
+    [decision] [memory] [proprio] [touch] [image tokens ...] [instruction tokens ...] [subgoal tokens ...]
 
 `decision` is a learned query token; `memory` is the recurrent state (GRU hidden from the previous decision
 step) projected to a token, so attention can read what the agent remembered; each segment has a learned
 type embedding, and padded language tokens are masked out of attention. The transformer's output at the
 decision token updates the GRU (memory over decision steps, for partial observability), and the actor
 (flat logits for `FactorisedCategorical`, each factor conditioned on the previous one by default) and the
-critic read `[gru state, decision]`.
+critic read `[gru state, decision]`. Touch (contact and grip; `touch_dim > 0`) is a modality of its own
+with its own encoder, a small MLP to one token; its type is learned by that encoder's output bias.
 
 Input projections adapt to whatever hidden sizes the vision and language components have.
 """
@@ -40,6 +41,7 @@ class ActorCriticConfig:
     text_dim: int  # hidden size of the language component's tokens
     proprio_dim: int
     action_nvec: tuple[int, ...]
+    touch_dim: int = 0  # length of the touch observation; 0: the agent has no sense of touch
     hidden_size: int = 64  # fusion transformer width
     num_layers: int = 1
     num_heads: int = 4
@@ -97,12 +99,30 @@ class FusionBlock(eqx.Module):
         return x + jax.vmap(self.fc2)(h)
 
 
+class TouchEncoder(eqx.Module):
+    """Touch (contact and grip values) -> one fusion token: a two-layer MLP."""
+
+    fc1: eqx.nn.Linear
+    fc2: eqx.nn.Linear
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, touch_dim: int, dim: int, activation: str, *, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.fc1 = linear(touch_dim, dim, key=k1)
+        self.fc2 = linear(dim, dim, key=k2)
+        self.activation = activation
+
+    def __call__(self, touch: Float[Array, " K"]) -> Float[Array, " D"]:
+        return self.fc2(get_activation(self.activation)(self.fc1(touch.astype(jnp.float32))))
+
+
 class ActorCritic(eqx.Module):
     """Fusion transformer + GRU memory + factorised actor head + value head (one example per call)."""
 
     image_proj: eqx.nn.Linear
     text_proj: eqx.nn.Linear
     proprio_proj: eqx.nn.Linear
+    touch_encoder: TouchEncoder | None
     memory_proj: eqx.nn.Linear
     decision_token: Float[Array, " D"]
     segment_embeddings: Float[Array, "S D"]
@@ -122,6 +142,8 @@ class ActorCritic(eqx.Module):
         self.image_proj = linear(c.image_dim, d, key=next(keys))
         self.text_proj = linear(c.text_dim, d, key=next(keys))
         self.proprio_proj = linear(c.proprio_dim, d, key=next(keys))
+        touch_key = jax.random.fold_in(key, 1)  # its own stream: the other parts' keys stay as they were
+        self.touch_encoder = TouchEncoder(c.touch_dim, d, c.activation, key=touch_key) if c.touch_dim else None
         self.memory_proj = linear(c.memory_size, d, key=next(keys))
         self.decision_token = 0.02 * jax.random.normal(next(keys), (d,))
         self.segment_embeddings = 0.02 * jax.random.normal(next(keys), (NUM_SEGMENTS, d))
@@ -133,7 +155,8 @@ class ActorCritic(eqx.Module):
         head_in = c.memory_size + d
         self.actor_hidden = eqx.nn.Linear(head_in, c.head_hidden, key=next(keys))
         # Small final layers: a near-uniform initial policy and a near-zero initial value (standard for PPO).
-        self.actor_out = linear(c.head_hidden, num_logits(c.action_nvec, c.conditional_actions), std=0.01, key=next(keys))
+        logits = num_logits(c.action_nvec, c.conditional_actions)
+        self.actor_out = linear(c.head_hidden, logits, std=0.01, key=next(keys))
         self.critic_hidden = eqx.nn.Linear(head_in, c.head_hidden, key=next(keys))
         self.critic_out = linear(c.head_hidden, 1, std=0.01, key=next(keys))
         self.config = config
@@ -162,16 +185,25 @@ class ActorCritic(eqx.Module):
         carry: Float[Array, " M"],
         subgoal_tokens: Float[Array, "Ls Dt"] | None = None,
         subgoal_valid: Bool[Array, " Ls"] | None = None,
+        touch: Float[Array, " K"] | None = None,
     ) -> tuple[Float[Array, " N"], Float[Array, ""], Float[Array, " M"]]:
-        """Returns flat action logits (`self.num_logits`; see `distribution`), the value and the new memory."""
+        """Returns flat action logits (`self.num_logits`; see `distribution`), the value and the new memory.
+        `touch` is required by, and only read by, a policy with `touch_dim > 0`."""
         c = self.config
         if proprio.shape != (c.proprio_dim,):
             raise ValueError(f"expected proprio of shape ({c.proprio_dim},), got {proprio.shape}")
+        if self.touch_encoder is not None and (touch is None or touch.shape != (c.touch_dim,)):
+            got = "none" if touch is None else f"shape {touch.shape}"
+            raise ValueError(f"this policy reads touch of shape ({c.touch_dim},), got {got}")
         seg = self.segment_embeddings
         pieces: list[tuple[Float[Array, "t D"], Bool[Array, " t"]]] = [
             ((self.decision_token + seg[DECISION])[None], jnp.ones((1,), bool)),
             ((self.memory_proj(carry) + seg[MEMORY])[None], jnp.ones((1,), bool)),
             ((self.proprio_proj(proprio) + seg[PROPRIO])[None], jnp.ones((1,), bool)),
+        ]
+        if self.touch_encoder is not None:
+            pieces.append((self.touch_encoder(touch)[None], jnp.ones((1,), bool)))
+        pieces += [
             (jax.vmap(self.image_proj)(image_tokens) + seg[IMAGE], jnp.ones((image_tokens.shape[0],), bool)),
             (jax.vmap(self.text_proj)(text_tokens) + seg[INSTRUCTION], text_valid),
         ]
@@ -193,4 +225,4 @@ class ActorCritic(eqx.Module):
         return logits, value, new_carry
 
 
-__all__ = ["ActorCritic", "ActorCriticConfig", "FusionBlock"]
+__all__ = ["ActorCritic", "ActorCriticConfig", "FusionBlock", "TouchEncoder"]

@@ -7,33 +7,26 @@ Every call works on ONE raw world observation; callers `jax.vmap` over worlds an
     action, carry, out = agent.act(key, obs, carry)             # out: ActOutput(log_prob, value, entropy)
     log_prob, entropy, value, carry = agent.evaluate(obs, carry, action)
 
-`obs` is the world's dict: "image" uint8 `(H, W, 3)`, "instruction" int32 `(L,)` (pad id 0),
-"proprio" float32 `(P,)`, optionally "action_mask" bool `(sum(nvec),)` (True = allowed; see
-`sima2.policy.distributions` for the all-False rule) and "subgoal" int32 `(S,)` (the planner's current
-subgoal, same vocabulary as the instruction, pad id 0). Images are normalised inside the agent.
-
-Reset the memory at episode start with `agent.reset_carry(carry, first)`.
+`obs` is the world's dict: "image" uint8 `(H, W, 3)`, "instruction" int32 `(L,)`, "proprio" float32 `(P,)`,
+"touch" float32 `(K,)` (for an agent with touch), optionally "action_mask" bool `(sum(nvec),)` (True = allowed;
+see `sima2.policy.distributions`) and "subgoal" int32 `(S,)` (the current subgoal, the instruction's ids).
+Images are normalised inside the agent. Reset the memory at episode start: `agent.reset_carry(carry, first)`.
 
 Training only parts of the agent (e.g. a frozen pretrained ViT, LoRA-only language model):
-
-    trainable = agent.trainable_filter(freeze_vision=True)      # PyTree of bools, same structure as agent
-    params, static = eqx.partition(agent, trainable)            # differentiate / update only `params`
-    # or, with one optimiser over the whole agent:
-    labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
-    optimiser = optax.multi_transform({"train": optax.adam(3e-4), "freeze": optax.set_to_zero()}, labels)
+`agent.trainable_filter(freeze_vision=True)` is a PyTree of bools for `eqx.partition` or, as labels,
+`optax.multi_transform({"train": optax.adam(3e-4), "freeze": optax.set_to_zero()}, labels)`.
 
 Pretrained parts plug in by Hugging Face name or local path (a name that cannot be loaded raises):
 
     agent = Agent.from_preset("cpu-small", env.spec, key=key, vision="google/vit-base-patch16-224",
                               planner="HuggingFaceTB/SmolLM2-135M")   # or text_encoder=<BERT path>
 
-Instructions are text at the boundary. A world made with the language model's tokenizer
-(`sima2.envs.make(id, tokenizer=...)`) writes them in that tokenizer's ids, which the agent reads as they are;
-`agent.tokenize(any_text)` writes any text the same way (put it in `obs["instruction"]`). A world of the
-built-in word ids read by a pretrained model is mapped on device instead (`sima2.planning.TokenBridge`, in
-`config.text_bridge`). The instruction's features are the costly part of a step and constant over an
-episode: rollouts compute `agent.instruction_features(ids)` once per episode and pass them to
-`act(..., instruction=)`.
+Instructions are text at the boundary: a world made with the language model's tokenizer
+(`sima2.envs.make(id, tokenizer=...)`) writes them in its ids, and `agent.tokenize(any_text)` writes any text
+the same way (put it in `obs["instruction"]`); built-in word ids read by a pretrained model are mapped on
+device (`sima2.planning.TokenBridge`, `config.text_bridge`). The instruction's features are the costly part of
+a step and constant over an episode: rollouts compute `agent.instruction_features(ids)` once per episode and
+pass them to `act(..., instruction=)`.
 
 Saving: `agent.save_pretrained(dir)` / `Agent.from_pretrained(dir)` (the files: `sima2.policy.persistence`).
 `agent.vision.save_pretrained(d)` (and the planner's) still export each part alone for `transformers`.
@@ -93,15 +86,17 @@ class Agent(AbstractAgent):
         preset: str = "custom",
         action_nvec: tuple[int, ...],
         proprio_dim: int,
+        touch_dim: int = 0,
         policy_sizes: Mapping[str, Any] | None = None,
         **agent_fields: Any,
     ) -> Agent:
-        """Assemble an agent around given components for `action_nvec` actions and `proprio_dim` proprio; the
-        fusion's input projections adapt to the components' widths."""
+        """Assemble an agent around given components for `action_nvec` actions, `proprio_dim` proprio and
+        `touch_dim` touch (0: none); the fusion's input projections adapt to the components' widths."""
         policy_config = ActorCriticConfig(
             image_dim=vision.config.hidden_size,
             text_dim=int(planner.hidden_size),
             proprio_dim=int(proprio_dim),
+            touch_dim=int(touch_dim),
             action_nvec=tuple(action_nvec),
             **dict(policy_sizes or {}),
         )
@@ -121,6 +116,7 @@ class Agent(AbstractAgent):
         tokenizer: Any = None,
         instruction_length: int | None = None,
         freeze_language: bool | None = None,
+        touch: bool = True,
     ) -> Agent:
         """A preset agent (`sima2.presets`: `tiny` for tests, `cpu-small` for CPU training at 64x64, `base` for a
         GPU: ViT-B/16 + LM) sized for the env's `spec`: its action factors, proprio size and word vocabulary.
@@ -143,6 +139,7 @@ class Agent(AbstractAgent):
         An env made with a tokenizer (`spec.observation.tokenizer`) writes instructions in its ids: the
         language model must use the same one, and the agent reads them as they are. `freeze_language=True`
         keeps a pretrained language model as loaded (no LoRA adapters, features never differentiated).
+        `touch=False` builds an agent without the sense of touch even where the env has one (`spec.observation.touch`).
         """
         if planner is not None and text_encoder is not None:
             raise ValueError("pass planner= (a causal LM) or text_encoder= (BERT), not both: the agent has one")
@@ -189,6 +186,7 @@ class Agent(AbstractAgent):
             preset=name,
             action_nvec=tuple(spec.action.nvec),
             proprio_dim=spec.observation.proprio.shape[0],
+            touch_dim=spec.observation.touch.shape[0] if touch and spec.observation.touch is not None else 0,
             policy_sizes=table.policy_sizes(),
             **agent_fields,
         )
@@ -225,7 +223,7 @@ class Agent(AbstractAgent):
         return jnp.concatenate([tokens[:prefix], grid.reshape(-1, grid.shape[-1])])
 
     def _check_obs(self, obs: Mapping[str, Any]) -> None:
-        for name in ("image", "instruction", "proprio"):
+        for name in ("image", "instruction", "proprio") + (("touch",) if self.config.policy.touch_dim else ()):
             if name not in obs:
                 raise ValueError(f"observation has no {name!r} entry (got keys {sorted(obs)})")
         if obs["image"].ndim != 3 or obs["image"].shape[-1] != 3:
@@ -275,7 +273,7 @@ class Agent(AbstractAgent):
         self, obs: Mapping[str, Any], instruction: InstructionFeatures | None = None
     ) -> dict[str, Array]:
         """The part of a step that does not depend on the memory: image tokens, the instruction's (and
-        subgoal's) token embeddings, proprio and the action mask. Replaying memory over a sequence
+        subgoal's) token embeddings, proprio, touch and the action mask. Replaying memory over a sequence
         (`sima2.training.recurrent.evaluate_sequences`) computes these for all steps in one batch and runs only
         `evaluate_features` step by step. `instruction`: `instruction_features(obs["instruction"])` computed
         before (once per episode), else computed here."""
@@ -288,6 +286,8 @@ class Agent(AbstractAgent):
             "text_valid": instruction.valid,
             "proprio": obs["proprio"].astype(jnp.float32),
         }
+        if self.config.policy.touch_dim:
+            features["touch"] = obs["touch"].astype(jnp.float32)
         if obs.get("subgoal") is not None:
             features["subgoal"], features["subgoal_valid"] = self._embed_text(obs["subgoal"])
         if obs.get("action_mask") is not None:
@@ -305,6 +305,7 @@ class Agent(AbstractAgent):
             carry,
             features.get("subgoal"),
             features.get("subgoal_valid"),
+            features.get("touch"),
         )
         dist = self.policy.distribution(logits, features.get("action_mask"))
         return dist, value, new_carry

@@ -33,8 +33,9 @@ AGENT_CONFIG_NAME = "agent_config.json"
 AGENT_WEIGHTS_NAME = "model.safetensors"
 AGENT_FORMAT = "sima2-agent"
 # 2: `agent.text_bridge`; 3: `agent.instruction_length`, `policy.conditional_actions`; 4: `agent.tokenizer`,
-# `agent.instruction_pad_id` and the tokenizer's files beside the weights.
-FORMAT_VERSION = 4
+# `agent.instruction_pad_id` and the tokenizer's files beside the weights; 5: `policy.touch_dim` and the
+# policy's touch encoder.
+FORMAT_VERSION = 5
 
 AgentT = TypeVar("AgentT", bound=eqx.Module)
 

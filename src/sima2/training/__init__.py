@@ -23,12 +23,11 @@ from sima2.training.config import (
 from sima2.training.data import (
     FEATURES,
     DemonstrationBatches,
-    check_dataset,
     load_demonstrations,
     record_demonstrations,
     save_demonstrations,
-    validate_rows,
 )
+from sima2.training.dataset_checks import check_dataset, validate_rows
 from sima2.training.evaluate import decision_latency, evaluate, evaluate_splits
 from sima2.training.host_rollout import HostRollout, make_host_ppo
 from sima2.training.loop import GuardState, TrainingHalted, TrainState, guard_step, run_loop, scan_steps

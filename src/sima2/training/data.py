@@ -42,6 +42,7 @@ FEATURES = datasets.Features(
         "instruction": datasets.Value("string"),
         "instruction_ids": datasets.Sequence(datasets.Value("int32")),
         "proprio": datasets.Sequence(datasets.Value("float32")),
+        "touch": datasets.Sequence(datasets.Value("float32")),  # empty for an env without touch
         "action": datasets.Sequence(datasets.Value("int32")),
         "episode_id": datasets.Value("int64"),
         "step_id": datasets.Value("int32"),
@@ -118,6 +119,7 @@ def record_demonstrations(
                     "instruction": text,
                     "instruction_ids": observation["instruction"].astype(np.int32).tolist(),
                     "proprio": observation.get("proprio", np.zeros(0, np.float32)).astype(np.float32).tolist(),
+                    "touch": observation.get("touch", np.zeros(0, np.float32)).astype(np.float32).tolist(),
                     "action": np.asarray(actions[t, world]).astype(np.int32).tolist(),
                     "step_id": step_in_episode,
                     "plan": list(plan),
@@ -156,96 +158,6 @@ def load_demonstrations(
     return dataset
 
 
-def validate_rows(
-    dataset: datasets.Dataset,
-    *,
-    image_shape: Sequence[int],
-    action_nvec: Sequence[int],
-    vocab_size: int | None = None,
-    proprio_size: int | None = None,
-    chunk_size: int = 256,
-) -> list[tuple[int, str]]:
-    """Every bad row as `(index, problem)`: wrong image shape, out-of-range or mis-sized action, empty
-    instruction, instruction ids missing or outside `[0, vocab_size)`, proprioception missing, non-finite or
-    of another length than `proprio_size` (default: the first row's), or a missing episode/step id. An empty
-    list means the dataset is clean."""
-    image_shape, action_nvec = tuple(image_shape), tuple(action_nvec)
-    problems: list[tuple[int, str]] = []
-    for start in range(0, len(dataset), chunk_size):
-        rows = dataset[start : start + chunk_size]
-        for offset in range(len(rows["action"])):
-            index = start + offset
-            image = rows["image"][offset]
-            shape = None if image is None else np.asarray(image).shape
-            if shape != image_shape:
-                problems.append((index, f"image shape {shape} != {image_shape}"))
-            action = rows["action"][offset]
-            if action is None or len(action) != len(action_nvec):
-                problems.append((index, f"action {action} must have {len(action_nvec)} factors"))
-            elif any(not 0 <= a < n for a, n in zip(action, action_nvec, strict=True)):
-                problems.append((index, f"action {list(action)} out of range for {list(action_nvec)}"))
-            text = rows["instruction"][offset]
-            if text is None or not str(text).strip():
-                problems.append((index, "empty instruction"))
-            if "instruction_ids" in rows:
-                ids = rows["instruction_ids"][offset]
-                if ids is None or len(ids) == 0:
-                    problems.append((index, "no instruction ids"))
-                elif min(ids) < 0 or (vocab_size is not None and max(ids) >= vocab_size):
-                    bound = f"[0, {vocab_size})" if vocab_size is not None else "non-negative"
-                    problems.append((index, f"instruction ids {list(ids)} not all {bound}"))
-            if "proprio" in rows:
-                proprio = rows["proprio"][offset]
-                if proprio is None:
-                    problems.append((index, "no proprio"))
-                elif proprio_size is not None and len(proprio) != proprio_size:
-                    problems.append((index, f"proprio of length {len(proprio)} != {proprio_size}"))
-                elif not np.all(np.isfinite(np.asarray(proprio, np.float32))):
-                    problems.append((index, "non-finite proprio"))
-                elif proprio_size is None:
-                    proprio_size = len(proprio)  # later rows must match the first good one
-            for column in ("episode_id", "step_id"):
-                if column in rows and rows[column][offset] is None:
-                    problems.append((index, f"no {column}"))
-    return problems
-
-
-def check_dataset(
-    dataset: datasets.Dataset,
-    *,
-    image_shape: Sequence[int],
-    action_nvec: Sequence[int],
-    on_invalid: str = "raise",
-    vocab_size: int | None = None,
-    proprio_size: int | None = None,
-) -> datasets.Dataset:
-    """Validate (see `validate_rows`); with `on_invalid="raise"` bad rows raise a ValueError listing them,
-    with `"drop"` they are logged with their index and removed, together with the rest of their episode
-    when the dataset has `episode_id` (sequence windows must not jump over a hole). Bad rows are never
-    trained on silently."""
-    if on_invalid not in ("raise", "drop"):
-        raise ValueError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
-    problems = validate_rows(
-        dataset, image_shape=image_shape, action_nvec=action_nvec, vocab_size=vocab_size, proprio_size=proprio_size
-    )
-    if not problems:
-        return dataset
-    listing = "; ".join(f"row {i}: {p}" for i, p in problems[:20])
-    more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
-    if on_invalid == "raise":
-        raise ValueError(f"{len(problems)} invalid dataset rows: {listing}{more}")
-    bad = {i for i, _ in problems}
-    log.warning("dropping %d invalid dataset rows: %s%s", len(bad), listing, more)
-    if "episode_id" in dataset.column_names:
-        episodes = dataset["episode_id"]
-        broken = {episodes[i] for i in bad if episodes[i] is not None}
-        whole = {i for i, episode in enumerate(episodes) if episode in broken}
-        if whole - bad:
-            log.warning("dropping the other %d rows of their %d episodes too", len(whole - bad), len(broken))
-        bad |= whole
-    return dataset.select(sorted(set(range(len(dataset))) - bad))
-
-
 def _stack_images(images: Sequence[Any]) -> np.ndarray:
     """Decoded dataset images (PIL or arrays) -> one uint8 array."""
     return np.stack([np.asarray(image, np.uint8) for image in images])
@@ -265,6 +177,8 @@ def rows_to_batch(
         "instruction": ids,
         "proprio": np.asarray(rows["proprio"], np.float32),
     }
+    if rows.get("touch") and len(rows["touch"][0]):  # an env without touch records empty vectors
+        obs["touch"] = np.asarray(rows["touch"], np.float32)
     return {
         "obs": obs,
         "action": np.asarray(rows["action"], np.int32),

@@ -70,6 +70,9 @@ class PipelineConfig:
     # A pretrained planner or text encoder as loaded (True: no adapters, its instruction features computed
     # once per episode and never differentiated) or LoRA-tuned (False); None: the preset's choice (LoRA).
     freeze_language: bool | None = None
+    # Give the agent the world's touch observation (contact and grip, through its own encoder); `touch=false`
+    # builds it without (the ablation).
+    touch: bool = True
     bc: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="bc"))
     ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_updates=0))
     # `RewardShaper` coefficients during PPO (defaults: the seed's; the presets say what they change and why).
@@ -182,6 +185,7 @@ def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
             text_encoder=config.text_encoder,
             # Only a pretrained language model can be kept as loaded.
             freeze_language=config.freeze_language if (config.planner or config.text_encoder) else None,
+            touch=config.touch,
         )
     except ValueError as err:
         if not any((config.vision, config.planner, config.text_encoder)):
@@ -334,6 +338,7 @@ def train(
         mesh=mesh,
         vocab_size=env.vocab_size,
         proprio_size=env.proprio_size,
+        touch_size=env.touch_size,
         # A frozen pretrained language model: its features once per distinct instruction, not per step.
         precompute_instructions=agent.config.freeze_planner and (config.text_encoder or config.planner) is not None,
     )

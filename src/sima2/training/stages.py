@@ -19,7 +19,8 @@ from jaxtyping import PyTree
 from sima2.training.bc import PlanLoss, frozen_instruction_features, make_bc
 from sima2.training.checkpoint import Checkpointer
 from sima2.training.config import TrainConfig, config_to_dict
-from sima2.training.data import DemonstrationBatches, check_dataset, longest_instruction
+from sima2.training.data import DemonstrationBatches, longest_instruction
+from sima2.training.dataset_checks import check_dataset
 from sima2.training.loop import Hook, TrainState, run_loop
 from sima2.training.monitor import MetricsLogger
 from sima2.training.parallel import shard_batch, shard_train_state, to_host
@@ -111,11 +112,13 @@ def train_bc(
     hooks: Sequence[Hook] = (),
     vocab_size: int | None = None,
     proprio_size: int | None = None,
+    touch_size: int | None = None,
     precompute_instructions: bool = False,
 ) -> TrainState:
     """Behaviour cloning on demonstrations, validated first (bad rows raise, or are logged and dropped).
 
-    `vocab_size` / `proprio_size`, when given, bound the rows' instruction ids and proprioception length.
+    `vocab_size` / `proprio_size` / `touch_size`, when given, bound the rows' instruction ids and their
+    proprioception and touch lengths.
     With several processes, each passes its own shard of the dataset and its local batch size.
     `precompute_instructions`: the agent's language model is frozen, so its instruction features are
     computed once per distinct instruction before training (`bc.frozen_instruction_features`).
@@ -127,6 +130,7 @@ def train_bc(
         on_invalid=config.data.on_invalid,
         vocab_size=vocab_size,
         proprio_size=proprio_size,
+        touch_size=touch_size,
     )
     if precompute_instructions:
         features = frozen_instruction_features(agent, dataset, longest_instruction(dataset))

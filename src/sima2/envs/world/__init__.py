@@ -15,12 +15,12 @@ The package, one concern per module (imports point down this list, never up):
 - `language`: the instruction language (templates to token ids);
 - `plans`: the expert's subgoal plan per clause and clause completion;
 - `generation`: `generate`, a fresh world and task; `pad_world`, one shape for worlds of several levels;
-- `dynamics`: `physics` (one held action) and `proprio`.
+- `dynamics`: `physics` (one held action), `proprio` and `touch`.
 
 This module re-exports the public names of all of them.
 """
 
-from sima2.envs.world.dynamics import physics, proprio
+from sima2.envs.world.dynamics import physics, proprio, touch
 from sima2.envs.world.games import GAME_NAMES, GAMES, HELDOUT_GAME, TRAIN_GAMES, Game
 from sima2.envs.world.generation import generate, pad_world
 from sima2.envs.world.geometry import (
@@ -72,6 +72,7 @@ from sima2.envs.world.state import (
     STRAFE_LEFT,
     STRAFE_RIGHT,
     TICK_HZ,
+    TOUCH_SIZE,
     TRAIN,
     EnvParams,
     EnvState,
@@ -122,6 +123,7 @@ __all__ = [
     "SUBGOAL_PUT",
     "TASK_CLAUSE_KINDS",
     "TICK_HZ",
+    "TOUCH_SIZE",
     "TRAIN",
     "door_state_grid",
     "entity_colours",
@@ -141,5 +143,6 @@ __all__ = [
     "row_masks",
     "solid_grid",
     "stage_complete",
+    "touch",
     "wrap_angle",
 ]

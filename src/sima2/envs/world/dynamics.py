@@ -1,5 +1,5 @@
-"""Physics of one action (interact/drop, then per-tick motion with collisions) and the proprioception
-vector read from the state.
+"""Physics of one action (interact/drop, then per-tick motion with collisions), and the two body senses
+read from the state: proprioception (motion, heading, what is held) and touch (contact, holding, reach).
 
 Depends only on the state types and geometry: the step's hot path, kept free of generation and language.
 """
@@ -27,6 +27,10 @@ from sima2.envs.world.geometry import (
 from sima2.envs.world.state import (
     ACTION_NVEC,
     AGENT_RADIUS,
+    CONTACT_DOOR,
+    CONTACT_NONE,
+    CONTACT_OBJECT,
+    CONTACT_WALL,
     DOOR_CLOSED,
     DOOR_LOCKED,
     DOOR_OPEN,
@@ -155,8 +159,15 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
     forward, right = heading_vectors(angle)
     moved = (pos - start) / duration
     contact = pushed / ticks.astype(jnp.float32)
+    # Each tick moves an axis by its whole step or not at all: what the walls took from the intended motion
+    # is the push against them (kept out of the tick loop, which XLA fuses into one kernel).
+    push = jnp.stack([jnp.sum(steps_x), jnp.sum(steps_y)]) - (pos - start)
+    push_norm = jnp.sqrt(precise_dot(push, push))
+    push_dir = jnp.where((pushed > 0) & (push_norm > 0), push / jnp.maximum(push_norm, 1e-12), 0.0)
     state = eqx.tree_at(
-        lambda s: (s.agent_pos, s.agent_dir, s.velocity, s.yaw_rate, s.contact),
+        lambda s: (
+            s.agent_pos, s.agent_dir, s.velocity, s.yaw_rate, s.contact, s.contact_direction, s.contact_kind
+        ),
         state,
         (
             pos,
@@ -164,13 +175,41 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
             jnp.stack([precise_dot(moved, forward), precise_dot(moved, right)]),
             jnp.deg2rad(look) / duration,
             contact,
+            jnp.stack([precise_dot(push_dir, forward), precise_dot(push_dir, right)]),
+            _touched_kind(state, pos, push_dir, pushed > 0),
         ),
     )
     return state, failed | (pushed > 0)
 
 
+def _touched_kind(
+    state: EnvState, pos: Float32[Array, "2"], push_dir: Float32[Array, "2"], touching: Bool[Array, ""]
+) -> Int32[Array, ""]:
+    """What the agent at `pos` pushes against in `push_dir`: an object or a door in the cell just past the
+    edge of its bounding square, along the push's main axis, at either end of that edge (a collision is
+    with any cell the square overlaps); else a wall."""
+    main_axis = jnp.where(jnp.abs(push_dir[0]) >= jnp.abs(push_dir[1]), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]))
+    across = main_axis[::-1] * (AGENT_RADIUS * 0.99)
+    ahead = pos + jnp.sign(push_dir) * main_axis * (AGENT_RADIUS + 0.1)  # past the largest per-tick gap
+    # The two probed cells as (row, col), compared with the few entity positions: no grid gathers (slow
+    # batched on CPU).
+    cells = jnp.floor(jnp.stack([ahead - across, ahead + across])[:, ::-1]).astype(jnp.int32)
+
+    def at_cells(positions: Int32[Array, "E 2"], present: Bool[Array, " E"]) -> Bool[Array, ""]:
+        return jnp.any(jnp.all(positions[None, :, :] == cells[:, None, :], axis=-1) & present[None, :])
+
+    lying = (jnp.arange(state.obj_type.shape[0]) != state.carrying) & state.obj_valid
+    kind = jnp.where(
+        at_cells(state.obj_pos, lying),
+        CONTACT_OBJECT,
+        jnp.where(at_cells(state.door_pos, state.door_valid), CONTACT_DOOR, CONTACT_WALL),
+    )
+    return jnp.where(touching, kind, CONTACT_NONE).astype(jnp.int32)
+
+
 def proprio(state: EnvState) -> Float32[Array, " P"]:
-    """Velocity (body frame), yaw rate, heading, held object (type and colour one-hot), contact impulse."""
+    """Velocity (body frame), yaw rate, heading, and the held object's type and colour (one-hot; zeros when
+    empty-handed). Contact and holding are touch (`touch`)."""
     holding = state.carrying >= 0
     held = jnp.maximum(state.carrying, 0)
     held_type = jax.nn.one_hot(state.obj_type[held], 3) * holding
@@ -180,9 +219,26 @@ def proprio(state: EnvState) -> Float32[Array, " P"]:
             state.velocity / MOVE_SPEED,
             (state.yaw_rate / math.pi)[None],
             jnp.stack([jnp.cos(state.agent_dir), jnp.sin(state.agent_dir)]),
-            holding.astype(jnp.float32)[None],
             held_type,
             held_colour,
+        ]
+    ).astype(jnp.float32)
+
+
+def touch(state: EnvState) -> Float32[Array, " T"]:
+    """What the body feels (`TOUCH_SIZE` values): contact strength over the last action's moving ticks, its
+    direction in the body frame (forward, right; zeros without contact), what was touched (wall, door,
+    object; one-hot, zeros without contact), whether an object is held, and whether an object / a door is
+    within reach of a hand (close and in front: what interact would act on)."""
+    reach, _ = entity_in_reach(state)
+    n_obj = state.obj_type.shape[0]
+    kinds = jnp.array([CONTACT_WALL, CONTACT_DOOR, CONTACT_OBJECT], jnp.int32)
+    return jnp.concatenate(
+        [
             state.contact[None],
+            state.contact_direction,
+            (state.contact_kind == kinds).astype(jnp.float32),
+            (state.carrying >= 0).astype(jnp.float32)[None],
+            jnp.stack([jnp.any(reach[:n_obj]), jnp.any(reach[n_obj:])]).astype(jnp.float32),
         ]
     ).astype(jnp.float32)

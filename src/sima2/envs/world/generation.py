@@ -21,6 +21,7 @@ from sima2.envs.world.language import _instruction
 from sima2.envs.world.plans import _with_plan
 from sima2.envs.world.state import (
     _LAYOUT_ROOT,
+    CONTACT_NONE,
     DOOR_CLOSED,
     DOOR_LOCKED,
     DOOR_OPEN,
@@ -225,6 +226,8 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
         velocity=jnp.zeros((2,), jnp.float32),
         yaw_rate=jnp.float32(0.0),
         contact=jnp.float32(0.0),
+        contact_direction=jnp.zeros((2,), jnp.float32),
+        contact_kind=jnp.int32(CONTACT_NONE),
         stage_kind=stage_kind,
         stage_a=stage_a,
         stage_b=stage_b,

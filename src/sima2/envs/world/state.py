@@ -30,7 +30,11 @@ MOVE_SPEED = 4.0  # cells per second
 AGENT_RADIUS = 0.25
 REACH_DISTANCE = 1.5  # interaction range (cell units, centre to centre)
 REACH_ANGLE = math.radians(35.0)
-PROPRIO_SIZE = 16
+PROPRIO_SIZE = 14
+# Touch (`dynamics.touch`): contact strength, its direction in the body frame (forward, right), what was
+# touched (wall, door, object), whether an object is held, and whether an object / a door is within reach.
+TOUCH_SIZE = 9
+CONTACT_NONE, CONTACT_WALL, CONTACT_DOOR, CONTACT_OBJECT = range(4)
 MAX_PLAN = 8  # subgoals in the expert plan
 NUM_STAGES = 2  # clauses of an instruction ("X, then Y")
 
@@ -90,6 +94,8 @@ class EnvState(eqx.Module):
     velocity: Float32[Array, "2"]  # body frame (forward, right), cells/s
     yaw_rate: Float32[Array, ""]  # rad/s over the last action
     contact: Float32[Array, ""]  # fraction of the last action's ticks spent pushing against something
+    contact_direction: Float32[Array, "2"]  # unit direction of that push in the body frame (forward, right)
+    contact_kind: Int32[Array, ""]  # what it pushed against: CONTACT_NONE / _WALL / _DOOR / _OBJECT
     stage_kind: Int32[Array, " T"]
     stage_a: Int32[Array, " T"]  # entity index
     stage_b: Int32[Array, " T"]
