@@ -101,6 +101,9 @@ class MLPActorCritic(AbstractAgent):
     def instruction_features(self, instruction):
         return None  # no instruction
 
+    def instruction_features_frozen(self):
+        return False
+
     def evaluate_features(self, obs, carry, action):
         logits = jax.nn.log_softmax(self.actor(obs))
         entropy = -(jnp.exp(logits) * logits).sum()

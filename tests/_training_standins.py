@@ -140,6 +140,9 @@ class _StandInAgent(AbstractAgent):
     def instruction_features(self, instruction):
         return None  # reads the instruction with the rest of the observation, at every step
 
+    def instruction_features_frozen(self):
+        return False
+
     def trainable_filter(self):
         return jax.tree.map(eqx.is_inexact_array, self)
 

@@ -123,6 +123,36 @@ def test_frozen_instruction_features_are_the_agents_own():
     np.testing.assert_array_equal(features.valid, expected.valid)
 
 
+def test_ppo_reuses_the_frozen_features_it_acted_with(minilm_tokenizer):
+    """With a frozen encoder the rollout keeps each step's instruction features, and the PPO loss from them
+    equals the loss that recomputes them; a trained encoder's are never kept."""
+    import dataclasses
+
+    from sima2.training.config import PPOConfig
+    from sima2.training.ppo import collect_rollout, compute_gae, ppo_loss
+    from sima2.training.rollout import AgentActor, init_rollout
+
+    env, params = envs.make("sima2/GoTo-v0", image_size=16, tokenizer=minilm_tokenizer)
+    params = eqx.tree_at(lambda p: p.max_steps, params, jnp.int32(5))  # episodes end within the rollout
+    agent = Agent.from_preset("tiny", env.spec, key=jax.random.key(0), text_encoder=MINILM, freeze_language=True)
+    start = init_rollout(AgentActor(agent), env, params, jax.random.key(1), 4)
+    _, trajectory, carry, last_value = eqx.filter_jit(collect_rollout)(agent, env, params, start, jax.random.key(2), 12)
+    assert trajectory.first[1:].any()  # episodes started within the rollout too
+    expected = jax.vmap(jax.vmap(agent.instruction_features))(trajectory.obs["instruction"])
+    np.testing.assert_allclose(trajectory.instruction.tokens, expected.tokens, rtol=1e-5, atol=1e-5)
+    advantages, returns = compute_gae(
+        trajectory.reward, trajectory.agent.value, trajectory.done, last_value, 0.99, 0.95
+    )
+    config = PPOConfig(num_envs=4, rollout_length=12, num_minibatches=1)
+    loss = eqx.filter_jit(ppo_loss)
+    kept, _ = loss(agent, trajectory, carry, advantages, returns, config)
+    recomputed, _ = loss(agent, dataclasses.replace(trajectory, instruction=None), carry, advantages, returns, config)
+    np.testing.assert_allclose(kept, recomputed, rtol=1e-5, atol=1e-6)
+    trained = Agent.from_preset("tiny", env.spec, key=jax.random.key(0), text_encoder=MINILM, freeze_language=False)
+    _, trajectory, *_ = eqx.filter_jit(collect_rollout)(trained, env, params, start, jax.random.key(2), 2)
+    assert trajectory.instruction is None
+
+
 def test_heldout_wording_uses_words_no_training_instruction_has():
     env, _ = envs.make("sima2/AllFamilies-v0")
     training_words = {"the", ",", *voc.COLOURS, *sum(voc.NOUN_SYNONYMS, ()), *" ".join(voc.LOCATIONS).split()}

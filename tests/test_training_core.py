@@ -200,6 +200,27 @@ def _line_batch(size=8, nan=False):
     }
 
 
+def test_compile_step_donates_the_state_and_matches_filter_jit():
+    """The loop's compiled step gives the same states as `eqx.filter_jit`, consumes the state it is given
+    (its buffers are reused), and `own_buffers` keeps the caller's copy intact."""
+    from sima2.training.loop import compile_step, own_buffers
+
+    agent = MLPAgent(jax.random.key(0))
+    init, step = make_bc(agent, apply_overrides(TrainConfig(), ["bc.noise_std=0.0"]))
+    start = init(jax.random.key(1))
+    expected, _ = eqx.filter_jit(step)(start, _line_batch())
+    compiled = compile_step(step, start)
+    given = own_buffers(start)
+    state, metrics = compiled(given, _line_batch())
+    arrays = lambda s: jax.tree.leaves(eqx.filter(s, eqx.is_inexact_array))  # noqa: E731
+    for mine, theirs in zip(arrays(state), arrays(expected), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert given.model.policy.weight.is_deleted()  # donated
+    assert not start.model.policy.weight.is_deleted() and not agent.policy.weight.is_deleted()
+    state, _ = compiled(state, _line_batch())  # the returned state feeds the next step
+    assert int(state.step) == 2
+
+
 def test_injected_nan_batch_is_survived_and_frozen_parts_stay_put():
     agent = MLPAgent(jax.random.key(0))
     frozen = jax.tree.map(lambda _: True, agent)

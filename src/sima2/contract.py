@@ -196,7 +196,8 @@ class Transition(eqx.Module):
 
     `obs` is what the action was chosen from and `first` whether it starts an episode; `episode_return` and
     `episode_length` count the episode up to and including this step. `expert_action` (or None) is the
-    expert's action in the same state, for imitation losses.
+    expert's action in the same state, for imitation losses. `instruction` (or None) holds the episode
+    features the actor acted with (`Actor.episode_features`), kept for a learner that reuses them.
     """
 
     obs: Observation
@@ -209,6 +210,7 @@ class Transition(eqx.Module):
     episode_return: Float[Array, "*batch"]
     episode_length: Int[Array, "*batch"]
     expert_action: Int[Array, "*batch F"] | None = None
+    instruction: PyTree = None
 
 
 # --- environments ----------------------------------------------------------------------------------------
@@ -353,6 +355,11 @@ class AbstractAgent(eqx.Module):
     def instruction_features(self, instruction: Int[Array, " L"]) -> PyTree | None:
         """The encoding of an instruction, constant over an episode, which rollouts compute once per episode
         and pass to `act`; None: the agent encodes its instruction at every step itself."""
+
+    @abc.abstractmethod
+    def instruction_features_frozen(self) -> bool:
+        """True when training never changes `instruction_features` (a frozen language model): learners may
+        then reuse the features computed while acting instead of computing them again."""
 
     @abc.abstractmethod
     def evaluate_features(

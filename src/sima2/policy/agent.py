@@ -132,14 +132,12 @@ class Agent(AbstractAgent):
         - `tokenizer=`: an HF tokenizer (or name / path) to bridge to instead, e.g. for a planner passed as a
           module.
 
-        A name or path that cannot be loaded (offline and not cached, no tokenizer, wrong architecture)
-        raises a ValueError naming it. `instruction_length`: read only that many leading instruction ids;
-        default `spec.max_instruction_words`, the longest instruction the env emits (the rest is padding).
-
-        An env made with a tokenizer (`spec.observation.tokenizer`) writes instructions in its ids: the
-        language model must use the same one, and the agent reads them as they are. `freeze_language=True`
-        keeps a pretrained language model as loaded (no LoRA adapters, features never differentiated).
-        `touch=False` builds an agent without the sense of touch even where the env has one (`spec.observation.touch`).
+        A name or path that cannot be loaded raises a ValueError naming it. `instruction_length`: read only
+        that many leading instruction ids (default `spec.max_instruction_words`, the rest is padding). An env
+        made with a tokenizer (`spec.observation.tokenizer`) writes instructions in its ids: the language
+        model must use the same one. `freeze_language=True` keeps a pretrained language model as loaded (no
+        LoRA adapters, features never differentiated). `touch=False`: no sense of touch, even where the env
+        has one (`spec.observation.touch`).
         """
         if planner is not None and text_encoder is not None:
             raise ValueError("pass planner= (a causal LM) or text_encoder= (BERT), not both: the agent has one")
@@ -262,6 +260,9 @@ class Agent(AbstractAgent):
             tokens = jax.lax.stop_gradient(tokens)
         return InstructionFeatures(tokens=tokens, valid=valid)
 
+    def instruction_features_frozen(self) -> bool:
+        return self.config.freeze_planner  # a frozen language model's features never change in training
+
     def tokenize(self, text: str) -> Int[np.ndarray, " L"]:
         """Free text -> the instruction ids this agent reads, padded to its instruction length: its
         tokenizer's ids, or for an agent that reads the world's words their ids (other words as [UNK]). Put
@@ -379,10 +380,8 @@ class Agent(AbstractAgent):
     def critic_filter(self) -> PyTree[bool]:
         """True for the arrays only the value estimate uses (the critic head), e.g. for a critic warm-up
         that must not move the features the policy reads (`ppo.critic_warmup_updates`)."""
-        critic = jax.tree.map(lambda _: False, self)
-        head = (self.policy.critic_hidden, self.policy.critic_out)
-        return eqx.tree_at(lambda a: (a.policy.critic_hidden, a.policy.critic_out), critic,
-                           jax.tree.map(eqx.is_inexact_array, head))
+        head = lambda a: (a.policy.critic_hidden, a.policy.critic_out)  # noqa: E731
+        return eqx.tree_at(head, jax.tree.map(lambda _: False, self), jax.tree.map(eqx.is_inexact_array, head(self)))
 
     # --- persistence ------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

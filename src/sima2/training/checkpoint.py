@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from jaxtyping import PyTree
 
+from sima2.training.loop import own_buffers
+
 log = logging.getLogger("sima2.training")
 
 
@@ -77,11 +79,12 @@ class Checkpointer:
     def save(
         self, step: int, state: PyTree, meta: dict[str, Any] | None = None, *, force: bool = False
     ) -> None:
-        """Save `state` (and JSON-serialisable `meta`) as checkpoint `step`."""
+        """Save `state` (and JSON-serialisable `meta`) as checkpoint `step`. The arrays are copied first, so
+        the caller may reuse or donate its buffers while an asynchronous save is still writing."""
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_flatten(state)),
+                state=ocp.args.StandardSave(_flatten(own_buffers(state))),
                 meta=ocp.args.JsonSave(dict(meta or {}, step=step)),
             ),
             force=force,

@@ -124,6 +124,36 @@ def guard_step(step_fn: StepFn, config: GuardConfig) -> StepFn:
     return guarded
 
 
+def compile_step(step_fn: StepFn, state: TrainState) -> StepFn:
+    """`step_fn` compiled for states shaped like `state`: one `jax.jit` over the state's arrays and the
+    batch, with the state's buffers donated. An update then writes the new weights, optimiser moments and
+    worlds in place of the old ones instead of copying every array each step (a frozen pretrained encoder
+    included), and a call skips the per-call filtering of a large model that `eqx.filter_jit` does. A state
+    passed in is consumed: use the returned one (see `own_buffers` for the first)."""
+    _, static = eqx.partition(state, eqx.is_array)
+    structure = jax.tree.structure(state)
+
+    def arrays_step(arrays: PyTree, batch: Any) -> tuple[PyTree, dict[str, Array]]:
+        new_state, metrics = step_fn(eqx.combine(arrays, static), batch)
+        if jax.tree.structure(new_state) != structure:
+            raise ValueError("a step must return a state of the structure it was given")
+        return eqx.filter(new_state, eqx.is_array), metrics
+
+    compiled = jax.jit(arrays_step, donate_argnums=0)
+
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Array]]:
+        arrays, metrics = compiled(eqx.filter(state, eqx.is_array), batch)
+        return eqx.combine(arrays, static), metrics
+
+    return step
+
+
+def own_buffers(tree: PyTree) -> PyTree:
+    """A copy of `tree`'s arrays on their devices: a state whose buffers a compiled step may donate while
+    the caller keeps the original (e.g. the agent it passed in, or a checkpoint being written)."""
+    return jax.tree.map(lambda x: jnp.copy(x) if eqx.is_array(x) else x, tree)
+
+
 def host_step(state: TrainState) -> int:
     """The step counter as a Python int (the first seed's, when seeds are vmapped)."""
     return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])

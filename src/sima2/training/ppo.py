@@ -46,12 +46,16 @@ def collect_rollout(
     """`rollout_length` steps of the agent (sampling its actions) in every world, through the one rollout;
     returns the new rollout state, the transitions, the carries at rollout start (for re-scanning
     recurrent agents) and the bootstrap values of the final observations. With `expert`, the transitions
-    also hold the env expert's action in every step's state (expert distillation)."""
+    also hold the env expert's action in every step's state (expert distillation). An agent whose
+    instruction features are frozen keeps them in the transitions, so the update does not recompute them."""
     start_carry = state.carry
     actor = AgentActor(agent)
     # The ongoing episodes' instruction features by the current weights (a trained language model moves).
     state = dataclasses.replace(state, episode=jax.vmap(actor.episode_features)(state.obs))
-    state, transitions = rollout(actor, env, env_params, state, key, rollout_length, expert_labels=expert)
+    state, transitions = rollout(
+        actor, env, env_params, state, key, rollout_length, expert_labels=expert,
+        keep_instruction=agent.instruction_features_frozen(),
+    )
     last_value = bootstrap_values(agent, state, jax.random.fold_in(key, rollout_length))
     return state, transitions, start_carry, last_value
 
@@ -120,11 +124,13 @@ def ppo_loss(
     with_expert = trajectory.expert_action is not None
     if with_expert:  # score the taken and the expert's action in one pass
         both = jnp.stack([trajectory.action, trajectory.expert_action], axis=2)
-        log_probs, entropy, value = evaluate_sequences(model, trajectory.obs, both, trajectory.first, start_carry)
+        log_probs, entropy, value = evaluate_sequences(
+            model, trajectory.obs, both, trajectory.first, start_carry, instruction=trajectory.instruction
+        )
         log_prob, expert_log_prob = log_probs[..., 0], log_probs[..., 1]
     else:
         log_prob, entropy, value = evaluate_sequences(
-            model, trajectory.obs, trajectory.action, trajectory.first, start_carry
+            model, trajectory.obs, trajectory.action, trajectory.first, start_carry, instruction=trajectory.instruction
         )
     if config.normalize_advantages:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)

@@ -15,7 +15,8 @@ the key splitting, the memory reset at episode starts and the episode bookkeepin
   report `done` False (the report records whole episodes this way, last frame included).
 
 `expert_labels` also records the env expert's action in every step's state (`Transition.expert_action`),
-for imitation losses and demonstrations. `keep(transition, state)` chooses what is stacked over time
+for imitation losses and demonstrations; `keep_instruction` the episode features the actor acted with
+(`Transition.instruction`). `keep(transition, state)` chooses what is stacked over time
 (default: the transition); `state` is the world state the action was taken in. Both have the leading
 world axis (`keep` runs on the whole batch of one step).
 """
@@ -175,6 +176,7 @@ def rollout(
     *,
     auto_reset: bool = True,
     expert_labels: bool = False,
+    keep_instruction: bool = False,
     keep: Callable[[Transition, PyTree], PyTree] | None = None,
     params_per_world: bool = False,
 ) -> tuple[RolloutState, PyTree]:
@@ -212,6 +214,7 @@ def rollout(
             episode_return=episode_return,
             episode_length=episode_length,
             expert_action=expert_action(carry.env_state, env_params) if expert_labels else None,
+            instruction=carry.episode if keep_instruction else None,
         )
         active = carry.active if auto_reset else carry.active & ~done
         if not auto_reset:  # a finished world keeps the state its episode ended in

@@ -21,7 +21,7 @@ from sima2.training.checkpoint import Checkpointer
 from sima2.training.config import TrainConfig, config_to_dict
 from sima2.training.data import DemonstrationBatches, longest_instruction
 from sima2.training.dataset_checks import check_dataset
-from sima2.training.loop import Hook, TrainState, run_loop
+from sima2.training.loop import Hook, TrainState, compile_step, own_buffers, run_loop
 from sima2.training.monitor import MetricsLogger
 from sima2.training.parallel import shard_batch, shard_train_state, to_host
 from sima2.training.ppo import make_ppo, vmap_seeds
@@ -68,9 +68,10 @@ def run_stage(
             position = int(meta.get("data_position", 0))
             logger.event(int(meta["step"]), "resume", f"resumed from {checkpointer.directory}/{meta['step']}")
         batches = make_batches(position) if make_batches is not None else None
+        state = own_buffers(state)  # the compiled step donates them; the caller's agent stays whole
         state = run_loop(
             state,
-            eqx.filter_jit(step_fn),
+            compile_step(step_fn, state),
             config.num_updates,
             batches=batches,
             data_position=None if batches is None else (lambda: batches.position),
