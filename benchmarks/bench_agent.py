@@ -205,7 +205,10 @@ def main() -> None:
     _, trajectory, carry, value = rollout(ppo_state, key)
     env_steps = ppo.num_envs * ppo.rollout_length
     rollout_s = _best_seconds(lambda: rollout(ppo_state, key), args.repeats)
-    _report("  rollout", rollout_s, env_steps, _flops(rollout_fn, ppo_state, key), args.repeats, "env-steps")
+    # Its FLOPs are an upper bound: the instruction encoder runs under a `cond` for the worlds starting an
+    # episode and is counted as if it ran at every step.
+    rollout_flops = _flops(rollout_fn, ppo_state, key)
+    _report("  rollout (FLOPs: upper bound)", rollout_s, env_steps, rollout_flops, args.repeats, "env-steps")
     update_s = _best_seconds(lambda: update(ppo_state, trajectory, carry, value), args.repeats)
     _report("  update", update_s, env_steps, _flops(update_fn, ppo_state, trajectory, carry, value), args.repeats,
             "env-steps")
