@@ -358,8 +358,7 @@ class AbstractAgent(eqx.Module):
 
     @abc.abstractmethod
     def instruction_features_frozen(self) -> bool:
-        """True when training never changes `instruction_features` (a frozen language model): learners may
-        then reuse the features computed while acting instead of computing them again."""
+        """True when training never changes `instruction_features` (a frozen LM): learners may reuse them."""
 
     @abc.abstractmethod
     def evaluate_features(
