@@ -40,6 +40,7 @@ from sima2.training.loop import compile_step, own_buffers
 from sima2.training.optim import make_optimizer, trainable_spec
 from sima2.training.pipeline import _plan_supervision, pipeline_config
 from sima2.training.ppo import collect_rollout, make_ppo, ppo_update
+from sima2.training.stages import _chain
 
 
 def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -138,7 +139,7 @@ def main() -> None:
     transform, plan_loss = _plan_supervision(agent, demos, config.planner)
     if agent.config.freeze_planner and language is not None:
         features = frozen_instruction_features(agent, demos, longest_instruction(demos))
-        transform = features if transform is None else (lambda rows, batch: features(rows, transform(rows, batch)))
+        transform = features if transform is None else _chain(transform, features)
     batches = DemonstrationBatches(demos, bc.batch_size, seed=0, prefetch=2, put=jax.device_put,
                                    transform=transform, sequence_length=bc.sequence_length)
     samples = bc.batch_size * bc.sequence_length
