@@ -65,10 +65,16 @@ class HostRollout:
         self._act = act
 
     def collect(self, model: AbstractAgent, key: PRNGKeyArray) -> tuple[Transition, PyTree, Array]:
-        """Run `num_steps` env steps with `model`; returns (transitions, start carries, bootstrap values)."""
+        """Run `num_steps` env steps with `model`; returns (transitions, start carries, bootstrap values).
+
+        What the env returns stays on the host (NumPy, and the typed `StepInfo` built on the CPU) until the
+        rollout ends, then goes to the accelerator in one transfer: no copy per step, only the agent's
+        actions come back each step."""
         start_carry = self.carry
-        steps: list[Transition] = []
+        host_steps: list[dict[str, Any]] = []
+        outs = []
         keys = jax.random.split(key, self.num_steps + 1)
+        cpu = jax.devices("cpu")[0]
         for step_key in keys[:-1]:
             action, carry, out = self._act(model, step_key, self.obs, self.carry, jnp.asarray(self.first))
             host_action = np.asarray(action)
@@ -77,25 +83,26 @@ class HostRollout:
             reward = np.asarray(reward, np.float32)
             self.episode_return += reward
             self.episode_length += 1
-            steps.append(
-                Transition(
-                    obs=jax.tree.map(jnp.asarray, self.obs),
-                    action=jnp.asarray(host_action, jnp.int32),
-                    reward=jnp.asarray(reward),
-                    done=jnp.asarray(done),
-                    first=jnp.asarray(self.first),
-                    info=step_info_from_gym(terminated, truncated, reward, info),
-                    agent=out,
-                    episode_return=jnp.asarray(self.episode_return),
-                    episode_length=jnp.asarray(self.episode_length),
-                )
-            )
+            with jax.default_device(cpu):
+                step_info = step_info_from_gym(terminated, truncated, reward, info)
+            host_steps.append({
+                "obs": jax.tree.map(np.asarray, self.obs),
+                "action": host_action.astype(np.int32),
+                "reward": reward,
+                "done": done,
+                "first": self.first,
+                "info": step_info,
+                "episode_return": self.episode_return.copy(),
+                "episode_length": self.episode_length.copy(),
+            })
+            outs.append(out)
             self.episode_return[done] = 0.0
             self.episode_length[done] = 0
             self.obs, self.carry, self.first = self.to_obs(next_obs), carry, done
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
+        stacked = jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *host_steps))
+        transitions = Transition(agent=jax.tree.map(lambda *xs: jnp.stack(xs), *outs), **stacked)
         _, _, out = self._act(model, keys[-1], self.obs, self.carry, jnp.asarray(self.first))
-        return stacked, start_carry, out.value
+        return transitions, start_carry, out.value
 
 
 def make_host_ppo(
