@@ -38,7 +38,8 @@ from sima2.training.bc import frozen_instruction_features, make_bc
 from sima2.training.data import DemonstrationBatches, longest_instruction, record_demonstrations
 from sima2.training.loop import compile_step, own_buffers
 from sima2.training.optim import make_optimizer, trainable_spec
-from sima2.training.pipeline import _plan_supervision, pipeline_config
+from sima2.training.pipeline import pipeline_config
+from sima2.training.pipeline_agent import plan_supervision_for
 from sima2.training.ppo import collect_rollout, make_ppo, ppo_update
 from sima2.training.stages import _chain
 
@@ -136,7 +137,7 @@ def main() -> None:
 
     # --- behaviour cloning -----------------------------------------------------------------------------
     demos = record_demonstrations(env, params, jax.random.key(1), num_envs=64, num_steps=64)
-    transform, plan_loss = _plan_supervision(agent, demos, config.planner)
+    transform, plan_loss = plan_supervision_for(agent, demos, config.planner)
     if agent.config.freeze_planner and language is not None:
         features = frozen_instruction_features(agent, demos, longest_instruction(demos))
         transform = features if transform is None else _chain(transform, features)

@@ -27,7 +27,12 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
     assert (tmp_path / "bc" / "metrics.jsonl").exists() and (tmp_path / "ppo" / "metrics.jsonl").exists()
     bc_metrics = [json.loads(line) for line in (tmp_path / "bc" / "metrics.jsonl").read_text().splitlines()]
     assert any("plan_loss" in record for record in bc_metrics)  # the planner learns the expert's plans
-    assert set(report["timings_s"]) >= {"demos", "bc", "ppo", "eval", "total"}
+    assert set(report["timings_s"]) >= {"demos", "bc", "ppo", "self_improvement", "eval", "total"}
+    # Self-improvement: one round of practice went into the store and was cloned from.
+    (practice,) = report["self_improvement"]
+    assert practice["practice_episodes"] >= 1 and practice["store_transitions"] == practice["kept_steps"]
+    assert (tmp_path / "self_improvement" / "experience" / "store.json").exists()
+    assert (tmp_path / "self_improvement" / "round-0" / "final").exists()
     final = Agent.from_pretrained(tmp_path / "final")  # the exported agent loads back
     assert final.config.policy.touch_dim == envs.make("sima2/GoTo-v0")[0].touch_size  # touch by default
     # The report: plots, GIFs of evaluation episodes with their instruction, summary.md.
@@ -43,16 +48,20 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert all(f"| {split} |" in summary for split in report["success_rate"])
     assert "](plots/success.png)" in summary and "](gifs/" in summary
+    # Resuming the finished run repeats no stage: the practice is not redone and the store not added to.
+    resumed = train("tiny", tmp_path, overrides=overrides, resume=True, report=False, progress=False)
+    assert resumed["self_improvement"] == report["self_improvement"]
+    assert resumed["success_rate"] == report["success_rate"]
 
 
 def test_touch_false_builds_the_agent_without_touch():
     import jax
 
-    from sima2.training.pipeline import _build_agent
+    from sima2.training.pipeline_agent import build_agent
 
     spec = envs.make("sima2/GoTo-v0", image_size=16)[0].spec
-    with_touch = _build_agent(pipeline_config("tiny"), spec, jax.random.key(0))
-    without = _build_agent(pipeline_config("tiny", ["touch=false"]), spec, jax.random.key(0))
+    with_touch = build_agent(pipeline_config("tiny"), spec, jax.random.key(0))
+    without = build_agent(pipeline_config("tiny", ["touch=false"]), spec, jax.random.key(0))
     assert with_touch.config.policy.touch_dim == spec.observation.touch.shape[0]
     assert without.config.policy.touch_dim == 0 and without.policy.touch_encoder is None
 

@@ -1,5 +1,5 @@
 """Tests of PPO: GAE, learning on a small functional world (recurrent and memoryless minibatching),
-sequence replay, vmapped seeds, the gymnasium host loop, the replay buffer and evaluation."""
+sequence replay, vmapped seeds, the gymnasium host loop and evaluation."""
 
 import equinox as eqx
 import gymnasium as gym
@@ -20,7 +20,6 @@ from sima2.training import (
     evaluate_splits,
     make_host_ppo,
     make_ppo,
-    make_replay_buffer,
     vmap_seeds,
 )
 from sima2.training.ppo import collect_rollout, random_permutation
@@ -213,18 +212,6 @@ def test_host_loop_trains_on_gymnasium_cartpole():
     assert float(metrics["episodes"]) >= 0
     assert not np.array_equal(state.model.policy.weight, agent.policy.weight)
     vector_env.close()
-
-
-def test_replay_buffer_adds_and_samples_transitions():
-    buffer = make_replay_buffer(capacity=1000, sample_batch_size=5, add_batch_size=4)
-    example = {"obs": jnp.zeros(3), "reward": jnp.zeros(())}
-    state = buffer.init(example)
-    state = buffer.add(state, {"obs": jnp.arange(12.0).reshape(4, 3), "reward": jnp.arange(4.0)})
-    batch = buffer.sample(state, jax.random.key(0)).experience.first
-    assert batch["obs"].shape == (5, 3)
-    assert set(np.asarray(batch["reward"]).tolist()) <= {0.0, 1.0, 2.0, 3.0}
-    with pytest.raises(ValueError, match="capacity"):
-        make_replay_buffer(capacity=2, add_batch_size=4)
 
 
 class _ExpertAgent(MLPAgent):

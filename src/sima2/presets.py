@@ -123,6 +123,18 @@ PRESETS: dict[str, Preset] = {
                 checkpoint=dict(every=1, keep=2),
                 monitor=dict(log_every=1),
             ),
+            self_improvement=dict(
+                rounds=1,
+                practice_envs=8,
+                practice_steps=48,
+                bc=dict(
+                    num_updates=4,
+                    bc=dict(batch_size=8, sequence_length=4),
+                    optim=dict(lr=3e-4, final_lr=3e-4, warmup_steps=1, decay_steps=4),
+                    checkpoint=dict(every=2, keep=2),
+                    monitor=_QUICK_MONITOR,
+                ),
+            ),
             eval=dict(num_envs=8, num_episodes=8, max_steps=64),
         ),
     ),

@@ -23,19 +23,21 @@ from sima2.training.config import (
 from sima2.training.data import (
     FEATURES,
     DemonstrationBatches,
+    Episode,
     load_demonstrations,
     record_demonstrations,
+    record_episodes,
     save_demonstrations,
 )
 from sima2.training.dataset_checks import check_dataset, validate_rows
 from sima2.training.evaluate import decision_latency, evaluate, evaluate_splits
+from sima2.training.experience import ExperienceStore, PracticeReport, practise, world_success
 from sima2.training.host_rollout import HostRollout, make_host_ppo
 from sima2.training.loop import GuardState, TrainingHalted, TrainState, guard_step, run_loop, scan_steps
 from sima2.training.monitor import MetricsLogger, memory_stats
 from sima2.training.optim import make_optimizer, make_schedule, trainable_spec
 from sima2.training.parallel import initialize_distributed, make_mesh, shard_batch, shard_train_state
 from sima2.training.ppo import compute_gae, make_ppo, ppo_update, vmap_seeds
-from sima2.training.replay import make_replay_buffer
 from sima2.training.stages import run_stage, train_bc, train_ppo
 
 __all__ = [
@@ -45,7 +47,9 @@ __all__ = [
     "Checkpointer",
     "DataConfig",
     "DemonstrationBatches",
+    "Episode",
     "EvalConfig",
+    "ExperienceStore",
     "GuardConfig",
     "GuardState",
     "HostRollout",
@@ -53,6 +57,7 @@ __all__ = [
     "MonitorConfig",
     "OptimConfig",
     "PPOConfig",
+    "PracticeReport",
     "TrainConfig",
     "TrainState",
     "TrainingHalted",
@@ -72,11 +77,12 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "make_ppo",
-    "make_replay_buffer",
     "make_schedule",
     "memory_stats",
     "ppo_update",
+    "practise",
     "record_demonstrations",
+    "record_episodes",
     "run_loop",
     "run_stage",
     "save_demonstrations",
@@ -88,4 +94,5 @@ __all__ = [
     "trainable_spec",
     "validate_rows",
     "vmap_seeds",
+    "world_success",
 ]

@@ -18,6 +18,7 @@ features (`FEATURES`), so a change of the row format is made in one file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -32,7 +33,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from sima2.contract import Env, Transition
 from sima2.envs.env import Sima2Env
-from sima2.training.rollout import ExpertActor, init_rollout, rollout
+from sima2.training.rollout import Actor, ExpertActor, init_rollout, rollout
 
 log = logging.getLogger("sima2.training")
 
@@ -53,43 +54,59 @@ FEATURES = datasets.Features(
 Describe = Callable[[dict[str, np.ndarray]], tuple[str, list[str]]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One recorded episode as a judge sees it (NumPy, on the host): its frames, instruction text, the
+    actions its rows record and the world's own success signal at its last step."""
+
+    frames: np.ndarray  # uint8 (T, H, W, 3)
+    instruction: str
+    actions: np.ndarray  # int32 (T, F)
+    success: bool
+
+
+Judge = Callable[[Episode], bool]
+
+
 def _world_text(env: Any, states: PyTree, world: int, t: int) -> tuple[str, list[str]]:
     """Instruction and expert plan of one recorded world state, from the env's own text methods."""
     state = jax.tree.map(lambda x: x[t, world], states)
     return env.instruction_text(state), env.plan_text(state)
 
 
-def record_demonstrations(
+def record_episodes(
+    actor: Actor,
     env: Env,
     env_params: PyTree,
     key: PRNGKeyArray,
     *,
     num_envs: int,
     num_steps: int,
+    labels: str = "executed",
     describe: Describe | None = None,
     keep_incomplete: bool = False,
-    noise: float = 0.0,
-) -> datasets.Dataset:
-    """Run `env.expert_action` in `num_envs` worlds for `num_steps` steps and return the rows.
+    keep_episode: Judge | None = None,
+) -> tuple[datasets.Dataset, np.ndarray]:
+    """Run `actor` in `num_envs` worlds for `num_steps` steps; return the rows (`FEATURES`) of the episodes
+    kept and the world's success flag of every finished episode (kept or not, in the order they ended).
 
-    `noise`: the probability that a step executes a uniformly random action instead of the expert's; its
-    row still records the expert's action (noise injection, as in DART, Laskey et al. 2017). Demonstrations
-    then also show the expert recovering from the kind of slips a cloned policy makes.
-
-    The instruction text and subgoal plan of each episode come from the env's `instruction_text(state)`
-    and `plan_text(state)` (the built-in world has both), read once at the episode's first step; an env
-    without them needs `describe(observation) -> (text, plan)`, called on the host with each step's
-    observation (NumPy arrays). Episodes still running at the end are dropped unless `keep_incomplete`.
+    `labels`: the action each row records, the one `"executed"` or the env's `"expert"` action in the same
+    state. Instruction text and plan come from the env's `instruction_text(state)` / `plan_text(state)` at
+    an episode's first step, or from `describe(observation) -> (text, plan)` for an env without them.
+    Episodes still running at the end are dropped unless `keep_incomplete`; `keep_episode(Episode)` decides
+    which finished episodes become rows (default: all).
     """
     if num_envs <= 0 or num_steps <= 0:
         raise ValueError(f"num_envs and num_steps must be positive, got {num_envs} and {num_steps}")
-    actor = ExpertActor(env, noise=noise)  # checks the noise probability
+    if labels not in ("executed", "expert"):
+        raise ValueError(f"labels must be 'executed' or 'expert', got {labels!r}")
     from_env = describe is None
     if from_env and not isinstance(env, Sima2Env):
         raise ValueError(
             f"the instruction text and plan of a {type(env).__name__} are unknown to sima2; pass "
             "describe=(observation) -> (instruction text, plan)"
         )
+    expert_labels = labels == "expert"
 
     @jax.jit
     def record(key: PRNGKeyArray) -> tuple:
@@ -97,13 +114,15 @@ def record_demonstrations(
         state = init_rollout(actor, env, env_params, reset_key, num_envs)
 
         def keep(step: Transition, world: PyTree) -> tuple:
-            return step.obs, step.expert_action, step.done, world if from_env else None
+            action = step.expert_action if expert_labels else step.action
+            return step.obs, action, step.done, step.info.success, world if from_env else None
 
-        _, kept = rollout(actor, env, env_params, state, run_key, num_steps, expert_labels=True, keep=keep)
+        _, kept = rollout(actor, env, env_params, state, run_key, num_steps, expert_labels=expert_labels, keep=keep)
         return kept
 
-    obs, actions, dones, states = jax.device_get(record(key))
+    obs, actions, dones, successes, states = jax.device_get(record(key))
     columns: dict[str, list] = {name: [] for name in FEATURES}
+    finished: list[bool] = []
     next_episode = 0
     for world in range(num_envs):
         step_in_episode, rows = 0, []
@@ -126,14 +145,52 @@ def record_demonstrations(
                 }
             )
             step_in_episode += 1
-            if dones[t, world] or (keep_incomplete and t == num_steps - 1):
-                for row in rows:
-                    row["episode_id"] = next_episode
-                    for name in FEATURES:
-                        columns[name].append(row[name])
-                next_episode += 1
+            ended = bool(dones[t, world])
+            if ended or (keep_incomplete and t == num_steps - 1):
+                if ended:
+                    finished.append(bool(successes[t, world]))
+                episode = Episode(
+                    frames=np.stack([row["image"] for row in rows]),
+                    instruction=text,
+                    actions=np.asarray([row["action"] for row in rows], np.int32),
+                    success=ended and bool(successes[t, world]),
+                )
+                if keep_episode is None or keep_episode(episode):
+                    for row in rows:
+                        row["episode_id"] = next_episode
+                        for name in FEATURES:
+                            columns[name].append(row[name])
+                    next_episode += 1
                 step_in_episode, rows = 0, []
-    return datasets.Dataset.from_dict(columns, features=FEATURES)
+    return datasets.Dataset.from_dict(columns, features=FEATURES), np.asarray(finished, bool)
+
+
+def record_demonstrations(
+    env: Env,
+    env_params: PyTree,
+    key: PRNGKeyArray,
+    *,
+    num_envs: int,
+    num_steps: int,
+    describe: Describe | None = None,
+    keep_incomplete: bool = False,
+    noise: float = 0.0,
+) -> datasets.Dataset:
+    """Run `env.expert_action` in `num_envs` worlds for `num_steps` steps and return the rows.
+
+    `noise`: the probability that a step executes a uniformly random action instead of the expert's; its
+    row still records the expert's action (noise injection, as in DART, Laskey et al. 2017). Demonstrations
+    then also show the expert recovering from the kind of slips a cloned policy makes. Text, plans and
+    incomplete episodes as in `record_episodes`.
+    """
+    actor = ExpertActor(env, noise=noise)  # checks the noise probability
+    # Without noise the executed action is the expert's: no second expert call per step.
+    labels = "expert" if noise > 0 else "executed"
+    dataset, _ = record_episodes(
+        actor, env, env_params, key, num_envs=num_envs, num_steps=num_steps, labels=labels,
+        describe=describe, keep_incomplete=keep_incomplete,
+    )
+    return dataset
 
 
 def save_demonstrations(dataset: datasets.Dataset, folder: str | Path, split: str = "train") -> Path:

