@@ -10,7 +10,7 @@ import pytest
 from _training_standins import LineParams, LineWorld, MLPAgent
 
 from sima2.training import ExperienceStore, practise, record_demonstrations
-from sima2.training.data import FEATURES, Episode
+from sima2.training.data import FEATURES, RecordedEpisode
 
 
 def _describe(obs):
@@ -41,7 +41,7 @@ def test_practice_keeps_the_episodes_the_world_scores_successful():
 def test_practice_honours_a_pluggable_judge():
     seen = []
 
-    def judge(episode: Episode) -> bool:
+    def judge(episode: RecordedEpisode) -> bool:
         seen.append(episode)
         return episode.instruction == "go left" and len(episode.frames) <= 3  # not the world's rule
 

@@ -23,10 +23,10 @@ from sima2.training.config import (
 from sima2.training.data import (
     FEATURES,
     DemonstrationBatches,
-    Episode,
+    RecordedEpisode,
     load_demonstrations,
     record_demonstrations,
-    record_episodes,
+    record_rows,
     save_demonstrations,
 )
 from sima2.training.dataset_checks import check_dataset, validate_rows
@@ -47,7 +47,6 @@ __all__ = [
     "Checkpointer",
     "DataConfig",
     "DemonstrationBatches",
-    "Episode",
     "EvalConfig",
     "ExperienceStore",
     "GuardConfig",
@@ -58,6 +57,7 @@ __all__ = [
     "OptimConfig",
     "PPOConfig",
     "PracticeReport",
+    "RecordedEpisode",
     "TrainConfig",
     "TrainState",
     "TrainingHalted",
@@ -82,7 +82,7 @@ __all__ = [
     "ppo_update",
     "practise",
     "record_demonstrations",
-    "record_episodes",
+    "record_rows",
     "run_loop",
     "run_stage",
     "save_demonstrations",

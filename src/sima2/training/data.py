@@ -55,7 +55,7 @@ Describe = Callable[[dict[str, np.ndarray]], tuple[str, list[str]]]
 
 
 @dataclasses.dataclass(frozen=True)
-class Episode:
+class RecordedEpisode:
     """One recorded episode as a judge sees it (NumPy, on the host): its frames, instruction text, the
     actions its rows record and the world's own success signal at its last step."""
 
@@ -65,7 +65,7 @@ class Episode:
     success: bool
 
 
-Judge = Callable[[Episode], bool]
+Judge = Callable[[RecordedEpisode], bool]
 
 
 def _world_text(env: Any, states: PyTree, world: int, t: int) -> tuple[str, list[str]]:
@@ -74,7 +74,7 @@ def _world_text(env: Any, states: PyTree, world: int, t: int) -> tuple[str, list
     return env.instruction_text(state), env.plan_text(state)
 
 
-def record_episodes(
+def record_rows(
     actor: Actor,
     env: Env,
     env_params: PyTree,
@@ -93,8 +93,8 @@ def record_episodes(
     `labels`: the action each row records, the one `"executed"` or the env's `"expert"` action in the same
     state. Instruction text and plan come from the env's `instruction_text(state)` / `plan_text(state)` at
     an episode's first step, or from `describe(observation) -> (text, plan)` for an env without them.
-    Episodes still running at the end are dropped unless `keep_incomplete`; `keep_episode(Episode)` decides
-    which finished episodes become rows (default: all).
+    Episodes still running at the end are dropped unless `keep_incomplete`; `keep_episode(RecordedEpisode)`
+    decides which finished episodes become rows (default: all).
     """
     if num_envs <= 0 or num_steps <= 0:
         raise ValueError(f"num_envs and num_steps must be positive, got {num_envs} and {num_steps}")
@@ -149,7 +149,7 @@ def record_episodes(
             if ended or (keep_incomplete and t == num_steps - 1):
                 if ended:
                     finished.append(bool(successes[t, world]))
-                episode = Episode(
+                episode = RecordedEpisode(
                     frames=np.stack([row["image"] for row in rows]),
                     instruction=text,
                     actions=np.asarray([row["action"] for row in rows], np.int32),
@@ -181,12 +181,12 @@ def record_demonstrations(
     `noise`: the probability that a step executes a uniformly random action instead of the expert's; its
     row still records the expert's action (noise injection, as in DART, Laskey et al. 2017). Demonstrations
     then also show the expert recovering from the kind of slips a cloned policy makes. Text, plans and
-    incomplete episodes as in `record_episodes`.
+    incomplete episodes as in `record_rows`.
     """
     actor = ExpertActor(env, noise=noise)  # checks the noise probability
     # Without noise the executed action is the expert's: no second expert call per step.
     labels = "expert" if noise > 0 else "executed"
-    dataset, _ = record_episodes(
+    dataset, _ = record_rows(
         actor, env, env_params, key, num_envs=num_envs, num_steps=num_steps, labels=labels,
         describe=describe, keep_incomplete=keep_incomplete,
     )

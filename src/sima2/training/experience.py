@@ -2,7 +2,7 @@
 
 `practise` runs the agent (sampling its actions) in worlds that generate their own tasks and keeps the
 episodes a judge accepts: by default the world's own success signal, or any `Judge` (a callable on an
-`Episode`'s frames, instruction and actions: a learned reward model or a VLM fits). `ExperienceStore` holds
+`RecordedEpisode`'s frames, instruction and actions: a learned reward model or a VLM fits). `ExperienceStore` holds
 the kept episodes in the demonstrations' row format (`sima2.training.data.FEATURES`), so behaviour cloning
 reads its own successes mixed with the demonstrations through the same batches.
 
@@ -26,14 +26,14 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from sima2.contract import AbstractAgent, Env
 from sima2.interop.pretrained import atomic_write
-from sima2.training.data import FEATURES, Describe, Episode, Judge, episode_starts, record_episodes
+from sima2.training.data import FEATURES, Describe, Judge, RecordedEpisode, episode_starts, record_rows
 from sima2.training.rollout import AgentActor
 
 STORE_FORMAT = 1
 MANIFEST = "store.json"
 
 
-def world_success(episode: Episode) -> bool:
+def world_success(episode: RecordedEpisode) -> bool:
     """The default judge: the world's own success signal at the episode's last step."""
     return episode.success
 
@@ -69,10 +69,10 @@ def practise(
     unless `deterministic`); returns the rows of the finished episodes `judge` accepts, labelled with the
     actions the agent took, and a `PracticeReport`."""
     if not callable(judge):
-        raise TypeError(f"judge must be a callable Episode -> bool, got {type(judge).__name__}")
+        raise TypeError(f"judge must be a callable RecordedEpisode -> bool, got {type(judge).__name__}")
     verdicts: list[bool] = []
 
-    def keep(episode: Episode) -> bool:
+    def keep(episode: RecordedEpisode) -> bool:
         verdict = judge(episode)
         if not isinstance(verdict, bool | np.bool_):
             raise TypeError(f"the judge must return a bool for each episode, got {type(verdict).__name__}")
@@ -80,7 +80,7 @@ def practise(
         return bool(verdict)
 
     actor = AgentActor(agent, deterministic=deterministic)
-    rows, successes = record_episodes(
+    rows, successes = record_rows(
         actor, env, env_params, key, num_envs=num_envs, num_steps=num_steps, describe=describe, keep_episode=keep
     )
     report = PracticeReport(
