@@ -249,7 +249,7 @@ def test_max_instruction_words_is_the_longest_instruction(level):
     env, _ = envs.make(f"sima2/{level}-v0", image_size=8)
     bound = env.max_instruction_words
     longest = 0
-    for split in envs.SPLITS:
+    for split in env.splits:
         keys = jax.random.split(jax.random.key(7), 2048)
         obs, _ = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, env.default_params(split))
         ids = np.asarray(obs["instruction"])

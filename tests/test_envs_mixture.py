@@ -95,3 +95,45 @@ def test_the_mixture_is_a_gymnasium_env():
     assert obs["image"].shape == (SIZE, SIZE, 3) and isinstance(info["instruction_text"], str)
     obs, reward, terminated, truncated, info = env.step(env.unwrapped.expert_action())
     assert env.observation_space.contains(obs)
+
+
+def test_heldout_compositions_combine_clause_kinds_no_training_instruction_combines():
+    """Two-step instructions: training worlds never pair the held-out clause kinds (open -> pick up, go to ->
+    open), the heldout_compositions split only does, and each kind still occurs in training in its position."""
+    from sima2.envs import vocabulary as voc
+    from sima2.envs.world import HELDOUT_COMPOSITION_KINDS
+
+    env, _ = envs.make("sima2/AllFamilies-v0", image_size=SIZE)
+    reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
+    keys = jax.random.split(jax.random.key(5), 256)
+
+    def kinds(params):
+        _, state = reset(keys, params)
+        kind = np.asarray(state.stage_kind)
+        two_step = np.asarray(state.num_stages) == 2
+        return {(int(a), int(b)) for a, b in kind[two_step]}, np.asarray(state.level), two_step
+
+    held = set(HELDOUT_COMPOSITION_KINDS)
+    assert held == {(voc.OPEN, voc.PICKUP), (voc.GOTO, voc.OPEN)}
+    for level in ("Sequence", "SequenceMultiRoom"):
+        seen, _, _ = kinds(env.default_params("train", level=level))
+        assert seen == {(voc.GOTO, voc.GOTO), (voc.GOTO, voc.PICKUP), (voc.OPEN, voc.GOTO), (voc.OPEN, voc.OPEN)}
+        assert not seen & held
+        seen, _, _ = kinds(env.default_params("heldout_compositions", level=level))
+        assert seen == held
+    # The mixture's heldout_compositions worlds are all two-step levels; the expert finishes them.
+    params = env.default_params("heldout_compositions")
+    seen, levels, two_step = kinds(params)
+    assert two_step.all() and seen == held
+    assert {env.level_names[i] for i in levels} == {"Sequence", "SequenceMultiRoom"}
+    sequence, seq_params = envs.make("sima2/Sequence-v0", image_size=SIZE)
+    seq_params = sequence.default_params("heldout_compositions")
+    _, state = jax.jit(sequence.reset)(keys[0], seq_params)
+    assert bool(_expert_episode(sequence, seq_params, state)[2].any())
+    # A level without two-step instructions has no such split, and says which levels do.
+    single, _ = envs.make("sima2/GoTo-v0", image_size=SIZE)
+    assert "heldout_compositions" not in single.splits and "heldout_compositions" in env.splits
+    with pytest.raises(ValueError, match="two-step instructions.*Sequence, SequenceMultiRoom"):
+        single.default_params("heldout_compositions")
+    with pytest.raises(ValueError, match="two-step instructions"):
+        env.default_params("heldout_compositions", level="Pickup")

@@ -74,7 +74,8 @@ def _results(splits, groups=("level_0", "level_1")):
 
 
 def test_success_chart_summary_and_timings(tmp_path):
-    report = evaluation_report(_results(envs.SPLITS), preset="tiny", level="sima2/GoTo-v0")
+    splits = envs.make("sima2/GoTo-v0", image_size=16)[0].splits  # a GoTo run's splits
+    report = evaluation_report(_results(splits), preset="tiny", level="sima2/GoTo-v0")
     assert report["success_rate"]["heldout_pairs"] == 0.375
     assert set(report["navigation_efficiency_by_split"]) == {"train", "heldout_pairs", "heldout_game"}
     assert report["navigation_efficiency"] == pytest.approx((0.5 * 1 + 0.7 * 3 + 0.9 * 5) / 9)  # by successes
@@ -96,7 +97,7 @@ def test_success_chart_summary_and_timings(tmp_path):
     assert stage_timings(tmp_path) == {"evaluation": 19.5}
 
     summary = write_summary(tmp_path, report, timings=timings, plots=[chart]).read_text()
-    for split in envs.SPLITS:
+    for split in splits:
         assert f"| {split} | 8 | {report['success_rate'][split]:.2f} |" in summary
     assert "success level_1" in summary and "train 0.50" in summary and "heldout_pairs 0.70" in summary
     assert "| demonstrations | 7.0 s |" in summary and "| total | 19.5 s |" in summary
@@ -107,10 +108,10 @@ def test_recorded_episodes_gifs_and_full_report(tmp_path):
     env, _ = envs.make("sima2/GoTo-v0")
     agent = Agent.from_preset("tiny", world_spec(), key=jax.random.key(0))
     # One world per split, as `write_report` records them (same shapes: one compile for both calls).
-    params = jax.tree.map(lambda *x: jnp.stack(x), *(env.default_params(s) for s in envs.SPLITS))
+    params = jax.tree.map(lambda *x: jnp.stack(x), *(env.default_params(s) for s in env.splits))
     max_steps = 6
-    episodes = record_episodes(agent, env, params, jax.random.key(1), len(envs.SPLITS), max_steps)
-    assert len(episodes) == len(envs.SPLITS)
+    episodes = record_episodes(agent, env, params, jax.random.key(1), len(env.splits), max_steps)
+    assert len(episodes) == len(env.splits)
     for episode in episodes:
         assert episode.frames.shape == (episode.length + 1, 64, 64, 3)
         assert episode.topdown.shape[0] == episode.length + 1
@@ -118,7 +119,7 @@ def test_recorded_episodes_gifs_and_full_report(tmp_path):
         assert episode.outcome == ("success" if episode.success else "cut")
         assert 1 <= episode.length <= max_steps and (episode.success or episode.length == max_steps)
         parse_instruction(episode.instruction)  # the world's instruction, in the task language
-    again = record_episodes(agent, env, params, jax.random.key(1), len(envs.SPLITS), max_steps)
+    again = record_episodes(agent, env, params, jax.random.key(1), len(env.splits), max_steps)
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(episodes, again, strict=True))  # greedy + same key
 
     gif = write_episode_gif(episodes[0], tmp_path / "episode.gif")
@@ -127,14 +128,14 @@ def test_recorded_episodes_gifs_and_full_report(tmp_path):
 
     (tmp_path / "pipeline.json").write_text(json.dumps({"preset": "tiny", "level": "sima2/GoTo-v0", "image_size": 64}))
     _write_metrics(tmp_path / "bc", [(s, {"loss": 1.0 / s}) for s in (1, 2)])
-    report = evaluation_report(_results(envs.SPLITS, groups=()), preset="tiny", level="sima2/GoTo-v0")
+    report = evaluation_report(_results(env.splits, groups=()), preset="tiny", level="sima2/GoTo-v0")
     written = write_report(tmp_path, agent, env, report, jax.random.key(2), episodes_per_split=1,
                            max_steps=max_steps, progress=False)
     assert [p.name for p in written["plots"]] == ["bc_losses.png", "success.png"]
-    assert [p.name for p in written["gifs"]] == [f"{s}_0.gif" for s in envs.SPLITS]
+    assert [p.name for p in written["gifs"]] == [f"{s}_0.gif" for s in env.splits]
     for path in written["gifs"]:
         with _open(path, "GIF") as image:
             assert image.n_frames > 1
     summary = written["summary"].read_text()
-    assert all(f"({GIF})" in summary for GIF in (f"gifs/{s}_0.gif" for s in envs.SPLITS))
+    assert all(f"({GIF})" in summary for GIF in (f"gifs/{s}_0.gif" for s in env.splits))
     assert "| report |" in summary

@@ -85,7 +85,7 @@ def _eval(args: argparse.Namespace) -> int:
     env, _ = envs.make(config["level"], image_size=config["image_size"], tokenizer=agent.config.tokenizer)
     timings = {k: v for k, v in stage_timings(folder).items() if k != "evaluation"}  # before eval.json changes
     levels = f" x {len(env.levels)} levels" if len(env.levels) > 1 else ""
-    print(f"evaluating {folder / 'final'} on {config['level']}: {len(envs.SPLITS)} splits{levels}, "
+    print(f"evaluating {folder / 'final'} on {config['level']}: {len(env.splits)} splits{levels}, "
           f"up to {eval_config.num_episodes} episodes each", flush=True)
     start = time.perf_counter()
     results = evaluate_world(agent, env, key_eval, eval_config)

@@ -11,7 +11,7 @@ Importing this package registers every level with gymnasium as `sima2/<Level>-v0
 from sima2.envs.env import Sima2Env
 from sima2.envs.expert import current_subgoal, distance_field, distance_to_goal
 from sima2.envs.gym_env import Sima2GymEnv, Sima2VectorEnv, register_envs
-from sima2.envs.levels import LEVELS, MIXTURES, LevelConfig, level_from_id, levels_from_id
+from sima2.envs.levels import LEVELS, MIXTURES, LevelConfig, level_from_id, level_has_split, levels_from_id
 from sima2.envs.make import make, registry
 from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.video import annotate_frame, side_by_side, write_episode
@@ -43,6 +43,7 @@ __all__ = [
     "EnvParams",
     "EnvState",
     "LevelConfig",
+    "level_has_split",
     "Sima2Env",
     "Sima2GymEnv",
     "Sima2VectorEnv",

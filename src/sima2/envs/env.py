@@ -23,13 +23,14 @@ from jaxtyping import Array, Float32, Int32, PRNGKeyArray, UInt8
 from sima2.contract import ActionSpec, ArraySpec, Env, EnvSpec, Observation, ObservationSpec, StepInfo
 from sima2.envs import vocabulary as voc
 from sima2.envs.expert import current_subgoal, distance_to_goal, expert_action, goal_distances
-from sima2.envs.levels import LevelConfig, level_from_id
+from sima2.envs.levels import LEVELS, LevelConfig, level_from_id, level_has_split
 from sima2.envs.render import render_first_person, render_topdown
 from sima2.envs.world import (
     ACTION_NVEC,
     DURATION_TICKS,
     GAME_NAMES,
     GAMES,
+    HELDOUT_COMPOSITIONS,
     HELDOUT_GAME,
     HELDOUT_GAME_SPLIT,
     PROPRIO_SIZE,
@@ -97,6 +98,12 @@ class Sima2Env(Env[EnvState, EnvParams]):
     def max_steps(self) -> int:
         """The longest episode of any of the env's levels, in decision steps."""
         return max(level.max_steps for level in self.levels)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits of this env's levels: all of `SPLITS`, but heldout_compositions only with a level of
+        multi-step instructions."""
+        return tuple(split for split in SPLITS if any(level_has_split(level, split) for level in self.levels))
 
     def level_index(self, level: str | int) -> int:
         """Index of a level of this env, by name (`GoTo`), gymnasium id (`sima2/GoTo-v0`) or index."""
@@ -175,6 +182,13 @@ class Sima2Env(Env[EnvState, EnvParams]):
         if level is None and len(self.levels) == 1:
             level = 0
         index = -1 if level is None else self.level_index(level)
+        chosen = self.levels if index < 0 else (self.levels[index],)
+        if not any(level_has_split(level, split) for level in chosen):
+            with_it = ", ".join(lv.name for lv in LEVELS.values() if level_has_split(lv, split))
+            raise ValueError(
+                f"the {split} split holds two-step instructions, which {', '.join(lv.name for lv in chosen)} "
+                f"never gives; levels with them: {with_it}"
+            )
         # A single level keeps its limit in the params (callers shorten episodes there); 0 = each level's own.
         max_steps = self.levels[0].max_steps if len(self.levels) == 1 else 0
         return EnvParams(
@@ -214,6 +228,11 @@ class Sima2Env(Env[EnvState, EnvParams]):
             return generate(key, self.levels[0], params.split)
         level_key, key = jax.random.split(key)
         drawn = jax.random.randint(level_key, (), 0, len(self.levels), jnp.int32)
+        # heldout_compositions draws among the levels that have it (default_params refuses an env without).
+        has = np.array([level_has_split(level, "heldout_compositions") for level in self.levels])
+        if has.any():
+            eligible = jax.random.choice(level_key, jnp.asarray(np.flatnonzero(has), jnp.int32))
+            drawn = jnp.where(params.split == HELDOUT_COMPOSITIONS, eligible, drawn)
         index = jnp.clip(jnp.where(params.level >= 0, params.level, drawn), 0, len(self.levels) - 1)
         grid = tuple(max(level.grid_shape[i] for level in self.levels) for i in range(2))
         num_objects = max(level.num_objects for level in self.levels)

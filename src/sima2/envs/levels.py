@@ -140,6 +140,12 @@ LEVELS: dict[str, LevelConfig] = {
 }
 
 
+def level_has_split(level: LevelConfig, split: str) -> bool:
+    """Whether a level generates tasks of `split`: heldout_compositions holds two-step instructions, so only
+    the sequence family has it; every other split applies to every level."""
+    return split != "heldout_compositions" or level.task == "sequence"
+
+
 # Registered mixtures of levels: one env whose worlds each draw one of these levels at reset.
 MIXTURES: dict[str, tuple[str, ...]] = {
     # Every task family, with the location-phrase and multi-room forms: the generalist's curriculum.

@@ -132,19 +132,22 @@ def check_eval_length(config: EvalConfig, env: Any) -> None:
 def evaluate_world(
     agent: Any, env: Any, key: Any, config: EvalConfig, *, progress: bool = False
 ) -> dict[str, dict[str, float]]:
-    """The main job's evaluation of `agent` in a `Sima2Env`: every split; in an env of several levels, every
-    level of every split (its own `config.num_episodes` episodes), with each split's overall figures the
-    mean over its levels (each task family weighs the same) and the per-level ones as `<metric>/<level>`."""
-    from sima2.envs import SPLITS
+    """The main job's evaluation of `agent` in a `Sima2Env`: every split of its levels (`env.splits`); in an env
+    of several levels, every level of every split it applies to (its own `config.num_episodes` episodes), with
+    each split's overall figures the mean over its levels (each task family weighs the same) and the per-level
+    ones as `<metric>/<level>`."""
+    from sima2.envs import level_has_split
 
     check_eval_length(config, env)
     if len(env.levels) == 1:
-        return evaluate_splits(agent, env, {s: env.default_params(s) for s in SPLITS}, key, config, progress=progress)
-    cells = {f"{s}/{level}": env.default_params(s, level=level) for s in SPLITS for level in env.level_names}
+        cells = {s: env.default_params(s) for s in env.splits}
+        return evaluate_splits(agent, env, cells, key, config, progress=progress)
+    levels = {s: [lv.name for lv in env.levels if level_has_split(lv, s)] for s in env.splits}
+    cells = {f"{s}/{level}": env.default_params(s, level=level) for s in env.splits for level in levels[s]}
     by_cell = evaluate_splits(agent, env, cells, key, config, progress=progress)
     results = {}
-    for split in SPLITS:
-        per_level = {level: by_cell[f"{split}/{level}"] for level in env.level_names}
+    for split in env.splits:
+        per_level = {level: by_cell[f"{split}/{level}"] for level in levels[split]}
         merged: dict[str, float] = {"episodes": float(sum(r["episodes"] for r in per_level.values()))}
         for metric in ("success_rate", "episode_length", "return", "navigation_efficiency"):
             values = [r[metric] for r in per_level.values() if metric in r]

@@ -331,7 +331,7 @@ def train(
     # 4. Evaluation on the training level(s) and every held-out split, in the plain world.
     stage_start = time.perf_counter()
     per_level = f" and each of the {len(env.levels)} levels" if len(env.levels) > 1 else ""
-    announce(f"[5/5] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(envs.SPLITS)}"
+    announce(f"[5/5] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(env.splits)}"
              f"{per_level}")
     results = evaluate_world(agent, env, k_eval, config.eval, progress=show)
     timings["eval"] = time.perf_counter() - stage_start

@@ -25,6 +25,8 @@ from sima2.envs.world.state import (
     DOOR_CLOSED,
     DOOR_LOCKED,
     DOOR_OPEN,
+    HELDOUT_COMPOSITION_MASK,
+    HELDOUT_COMPOSITIONS,
     HELDOUT_LAYOUTS,
     HELDOUT_PAIR_MASK,
     HELDOUT_PAIRS,
@@ -32,6 +34,8 @@ from sima2.envs.world.state import (
     MAX_PLAN,
     NUM_PAIRS,
     NUM_STAGES,
+    SEQUENCE_FIRST_KINDS,
+    SEQUENCE_SECOND_KINDS,
     EnvState,
 )
 from sima2.envs.world.streams import _Draws, _mix32
@@ -183,9 +187,12 @@ def generate(key: PRNGKeyArray, level: LevelConfig, split: Int32[Array, ""]) -> 
     elif level.task == "putnext":
         kinds = [jnp.int32(voc.PUTNEXT), zero]
         targets_a, targets_b, num_stages = [zero, zero], [jnp.int32(1), zero], 1
-    else:  # sequence: (goto | open) then (goto | pickup | open)
-        kind1 = jnp.where(episode.uniform() < 0.5, voc.OPEN, voc.GOTO).astype(jnp.int32)
-        kind2 = jnp.array([voc.GOTO, voc.PICKUP, voc.OPEN], jnp.int32)[episode.integers(0, 3)]
+    else:  # sequence: (goto | open) then (goto | pickup | open), the held-out combinations in their split only
+        heldout = jnp.asarray(HELDOUT_COMPOSITION_MASK)
+        combination = episode.choice(jnp.where(split == HELDOUT_COMPOSITIONS, heldout, ~heldout))
+        second_kinds = len(SEQUENCE_SECOND_KINDS)
+        kind1 = jnp.asarray(SEQUENCE_FIRST_KINDS, jnp.int32)[combination // second_kinds]
+        kind2 = jnp.asarray(SEQUENCE_SECOND_KINDS, jnp.int32)[combination % second_kinds]
         second_door = (first_door + 1 + episode.integers(0, level.num_doors - 1)) % level.num_doors
         a1 = jnp.where(kind1 == voc.OPEN, n_obj + first_door, 0)
         a2 = jnp.where(kind2 == voc.OPEN, n_obj + second_door, 1)

@@ -41,8 +41,23 @@ NUM_STAGES = 2  # clauses of an instruction ("X, then Y")
 # Splits: layout seeds, colour-object pairs and paraphrase templates are partitioned by construction.
 # heldout_game: worlds of the game no training world is drawn in (`games.HELDOUT_GAME`). heldout_wording:
 # instructions in templates and colour and object words no training instruction uses (`vocabulary`).
-SPLITS = ("train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases", "heldout_game", "heldout_wording")
-TRAIN, HELDOUT_LAYOUTS, HELDOUT_PAIRS, HELDOUT_PARAPHRASES, HELDOUT_GAME_SPLIT, HELDOUT_WORDING = range(len(SPLITS))
+# heldout_compositions: two-clause instructions whose combination of clause kinds no training instruction
+# has (only levels with multi-step instructions have it).
+SPLITS = (
+    "train", "heldout_layouts", "heldout_pairs", "heldout_paraphrases", "heldout_game", "heldout_wording",
+    "heldout_compositions",
+)
+TRAIN, HELDOUT_LAYOUTS, HELDOUT_PAIRS, HELDOUT_PARAPHRASES, HELDOUT_GAME_SPLIT, HELDOUT_WORDING, \
+    HELDOUT_COMPOSITIONS = range(len(SPLITS))
+# Clause kinds of a two-step instruction: first (go to | open), then (go to | pick up | open). Held out by
+# construction: "open X, then pick up Y" and "go to X, then open Y"; each kind still occurs in training in
+# the same position, only these combinations never do.
+SEQUENCE_FIRST_KINDS = (voc.GOTO, voc.OPEN)
+SEQUENCE_SECOND_KINDS = (voc.GOTO, voc.PICKUP, voc.OPEN)
+HELDOUT_COMPOSITION_KINDS = ((voc.OPEN, voc.PICKUP), (voc.GOTO, voc.OPEN))
+HELDOUT_COMPOSITION_MASK = np.array(
+    [(a, b) in HELDOUT_COMPOSITION_KINDS for a in SEQUENCE_FIRST_KINDS for b in SEQUENCE_SECOND_KINDS]
+)
 NUM_PAIRS = 3 * len(voc.COLOURS)  # (ball | box | key) x colour
 # Held-out colour-object pairs: green ball, purple box, grey key.
 HELDOUT_PAIR_MASK = np.array(
