@@ -176,6 +176,20 @@ PRESETS: dict[str, Preset] = {
                 checkpoint=dict(every=10, keep=2),
                 monitor=dict(log_every=1),
             ),
+            # Practice after PPO: sampled episodes in the training worlds, the world-judged successes cloned
+            # with the demonstrations (half of the rows each) at PPO's learning rate.
+            self_improvement=dict(
+                rounds=1,
+                practice_envs=128,
+                practice_steps=256,
+                bc=dict(
+                    num_updates=1500,
+                    bc=dict(batch_size=16, sequence_length=8),
+                    optim=dict(lr=1e-4, final_lr=1e-4, warmup_steps=10, decay_steps=1500),
+                    checkpoint=dict(every=500, keep=2),
+                    monitor=dict(log_every=50),
+                ),
+            ),
             # 256 episodes per level and split (50 cells): the standard error of a success rate is then at most
             # 0.03; max_steps covers the longest level's episode, so failures are counted too.
             eval=dict(num_envs=128, num_episodes=256, max_steps=128),
