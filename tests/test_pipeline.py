@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import json
 
+import datasets
 import pytest
 
 import sima2.envs as envs
 from sima2.policy import Agent
+from sima2.training import ExperienceStore
 from sima2.training.pipeline import pipeline_config, train
 
 
 def test_tiny_pipeline_writes_run_folder(tmp_path):
     overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_updates=1", "bc.num_updates=4", "bc.bc.batch_size=2",
-                 "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32", "level=sima2/GoTo-v0,sima2/Pickup-v0"]
-    report = train("tiny", tmp_path, overrides=overrides)
+                 "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32", "level=sima2/GoTo-v0,sima2/Pickup-v0",
+                 "demo_level=sima2/GoTo-v0",  # Pickup is met only in PPO and practice
+                 "self_improvement.practice_level=sima2/Pickup-v0"]
+    judged = []
+
+    def judge(episode):  # keeps every episode, unlike the world's success signal
+        judged.append(episode)
+        return True
+
+    report = train("tiny", tmp_path, overrides=overrides, judge=judge)
+    demos = datasets.load_dataset(str(tmp_path / "demos"), split="train")
+    assert len(demos) and all(len(plan) == 1 and plan[0].startswith("go to") for plan in demos["plan"])
     # Every split but heldout_compositions (two-step instructions, which neither level has).
     assert set(report["success_rate"]) == set(envs.SPLITS) - {"heldout_compositions"}
     # One agent for both levels: every split is scored per level, and overall as the mean over levels.
@@ -29,10 +41,14 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
     bc_metrics = [json.loads(line) for line in (tmp_path / "bc" / "metrics.jsonl").read_text().splitlines()]
     assert any("plan_loss" in record for record in bc_metrics)  # the planner learns the expert's plans
     assert set(report["timings_s"]) >= {"demos", "bc", "ppo", "self_improvement", "eval", "total"}
-    # Self-improvement: one round of practice went into the store and was cloned from.
+    # Self-improvement: one round of practice in Pickup worlds, every episode kept by the judge, went into the
+    # store and was cloned from.
     (practice,) = report["self_improvement"]
-    assert practice["practice_episodes"] >= 1 and practice["store_transitions"] == practice["kept_steps"]
-    assert (tmp_path / "self_improvement" / "experience" / "store.json").exists()
+    assert practice["practice_episodes"] == len(judged) == practice["kept_episodes"] >= 8
+    assert practice["store_transitions"] == practice["kept_steps"] == sum(len(ep.frames) for ep in judged)
+    store = ExperienceStore(tmp_path / "self_improvement" / "experience")
+    assert len(store) == practice["kept_steps"]
+    assert all(plan[-1].startswith("pick up") for plan in store.dataset()["plan"])
     assert (tmp_path / "self_improvement" / "round-0" / "final").exists()
     final = Agent.from_pretrained(tmp_path / "final")  # the exported agent loads back
     assert final.config.policy.touch_dim == envs.make("sima2/GoTo-v0")[0].touch_size  # touch by default
@@ -50,8 +66,8 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
     assert all(f"| {split} |" in summary for split in report["success_rate"])
     assert "](plots/success.png)" in summary and "](gifs/" in summary
     # Resuming the finished run repeats no stage: the practice is not redone and the store not added to.
-    resumed = train("tiny", tmp_path, overrides=overrides, resume=True, report=False, progress=False)
-    assert resumed["self_improvement"] == report["self_improvement"]
+    resumed = train("tiny", tmp_path, overrides=overrides, resume=True, report=False, progress=False, judge=judge)
+    assert resumed["self_improvement"] == report["self_improvement"] and len(judged) == practice["practice_episodes"]
     assert resumed["success_rate"] == report["success_rate"]
 
 
@@ -82,6 +98,8 @@ def test_a_refused_run_leaves_the_run_folder_untouched(tmp_path):
         train("tiny", tmp_path, overrides=["level=sima2/Nope-v0"], report=False, progress=False)
     with pytest.raises(ValueError, match=r"eval.max_steps \(64\) is shorter than the longest episode"):
         train("tiny", tmp_path, overrides=["level=sima2/AllFamilies-v0"], report=False, progress=False)
+    with pytest.raises(ValueError, match=r"demo_level names \['Pickup'\], which level=sima2/GoTo-v0 does not"):
+        train("tiny", tmp_path, overrides=["demo_level=sima2/Pickup-v0"], report=False, progress=False)
     with pytest.raises(ValueError, match=r"ppo.ppo.num_envs \(6\) must be divisible by ppo.ppo.num_minibatches \(4\)"):
         train("tiny", tmp_path, overrides=["ppo.ppo.num_envs=6", "ppo.ppo.num_minibatches=4"], report=False)
     assert (tmp_path / "pipeline.json").read_text() == saved and sorted(p.name for p in tmp_path.iterdir()) == [

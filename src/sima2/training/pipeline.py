@@ -70,6 +70,9 @@ class PipelineConfig:
     demo_envs: int = 64
     demo_steps: int = 128
     demo_noise: float = 0.0  # chance of a random executed action while the expert's is recorded (DART)
+    # The levels the demonstrations come from (None: all of `level`); the others are met only in practice
+    # (PPO, self-improvement), e.g. to measure a family learned without any demonstration.
+    demo_level: str | None = None
     # Pretrained parts by HF name or local path (`--vision`, `--planner`, `--text-encoder`); None: random init.
     vision: str | None = None
     planner: str | None = None
@@ -160,6 +163,23 @@ def _check_divisible(config: PipelineConfig, devices: int) -> None:
         raise ValueError(f"{listed} must divide by the {devices} devices the run is split over (override them)")
 
 
+def _sub_world(env: Any, level: str | None, field: str, config: PipelineConfig) -> tuple[Any, Any]:
+    """The world of some of `env`'s levels (`level`; None: `env` itself) with the same image size and
+    instruction ids padded as `env` pads them, so the agent reads the same shapes in every stage."""
+    import sima2.envs as envs
+
+    if level is None:
+        return env, env.default_params("train")
+    sub, params = envs.make(
+        level, split="train", image_size=config.image_size, tokenizer=env.tokenizer,
+        instruction_length=env.instruction_length if env.tokenizer is not None else None,
+    )
+    outside = sorted(set(sub.level_names) - set(env.level_names))
+    if outside:
+        raise ValueError(f"{field} names {outside}, which level={config.level} does not contain")
+    return sub, params
+
+
 def _check_stages(config: PipelineConfig) -> None:
     """Cross-field rules of the stages, checked before any stage starts (single fields check themselves
     when the config is built; overrides apply one at a time, so a pair can only be checked at the end)."""
@@ -241,6 +261,9 @@ def train(
             raise
         raise unloadable(config, err) from None
     check_eval_length(config.eval, env)
+    demo_env, demo_params = _sub_world(env, config.demo_level, "demo_level", config)
+    practice_env, practice_params = _sub_world(env, config.self_improvement.practice_level,
+                                               "self_improvement.practice_level", config)
     agent = build_agent(config, env.spec, k_agent)
     parts = {"vision": config.vision, "planner": config.planner, "text encoder": config.text_encoder}
     named = ", ".join(f"{part} {source}" for part, source in parts.items() if source is not None)
@@ -252,14 +275,16 @@ def train(
 
     # 1. Expert demonstrations with their instruction and plan text, saved as a Hugging Face dataset.
     demos_dir = out / "demos"
-    announce(f"[1/5] expert demonstrations: {config.demo_envs} worlds x {config.demo_steps} steps of {config.level} "
+    announce(f"[1/5] expert demonstrations: {config.demo_envs} worlds x {config.demo_steps} steps of "
+             f"{config.demo_level or config.level} "
              f"at {config.image_size}x{config.image_size} -> {demos_dir}")
     if resume and (demos_dir / "data").exists():
         dataset = load_demonstrations(str(demos_dir))
     else:
         # Every process records the same demonstrations (same key) and trains on its own share of them.
         dataset = record_demonstrations(
-            env, params, k_demo, num_envs=config.demo_envs, num_steps=config.demo_steps, noise=config.demo_noise
+            demo_env, demo_params, k_demo, num_envs=config.demo_envs, num_steps=config.demo_steps,
+            noise=config.demo_noise,
         )
         if is_main:
             save_demonstrations(dataset, demos_dir)
@@ -274,10 +299,11 @@ def train(
         "perception + language model + policy"
     announce(f"[2/5] behaviour cloning of {cloned}: {config.bc.num_updates} steps of "
              f"{config.bc.bc.batch_size} x {config.bc.bc.sequence_length} steps -> {out / 'bc'}")
-    transform, plan_loss = plan_supervision_for(agent, dataset, config.planner)
 
     def clone(agent: Any, rows: Any, train_config: TrainConfig) -> Any:
-        """Behaviour cloning on `rows` (the BC stage, and each self-improvement round)."""
+        """Behaviour cloning on `rows` (the BC stage, and each self-improvement round); the planner learns the
+        plans of these rows, padded to their longest."""
+        transform, plan_loss = plan_supervision_for(agent, rows, config.planner)
         return train_bc(
             dataclasses.replace(train_config, stage="bc", seed=config.seed),
             agent,
@@ -314,11 +340,11 @@ def train(
     practice: list[dict[str, Any]] = []
     if improvement.rounds > 0:
         stage_start = time.perf_counter()
-        announce(f"[4/5] self-improvement: {improvement.rounds} rounds of practice in {improvement.practice_envs} "
-                 f"worlds x {improvement.practice_steps} steps, then {improvement.bc.num_updates} cloning steps "
-                 f"-> {out / 'self_improvement'}")
+        announce(f"[4/5] self-improvement: {improvement.rounds} x (practice in {improvement.practice_envs} worlds x "
+                 f"{improvement.practice_steps} steps of {improvement.practice_level or config.level}, then "
+                 f"{improvement.bc.num_updates} cloning steps) -> {out / 'self_improvement'}")
         agent, practice = self_improve(
-            improvement, agent, env, params, dataset, k_practice, out / "self_improvement",
+            improvement, agent, practice_env, practice_params, dataset, k_practice, out / "self_improvement",
             clone=clone, judge=judge, announce=announce,
         )
         timings["self_improvement"] = time.perf_counter() - stage_start

@@ -39,6 +39,8 @@ class SelfImprovementConfig:
     rounds: int = 0
     practice_envs: int = 64
     practice_steps: int = 256  # steps per world and round; episodes still running at the end are dropped
+    # The levels practised in (None: the training level(s)), e.g. a family that had no demonstrations.
+    practice_level: str | None = None
     store_capacity: int = 1_000_000  # transitions kept on disk (oldest whole episodes dropped beyond it)
     experience_share: float = 0.5  # the store's share of the cloning rows (its episodes repeated to reach it)
     bc: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="bc", num_updates=0))
