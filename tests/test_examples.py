@@ -49,6 +49,16 @@ def test_ppo_only(tmp_path):
     assert (tmp_path / "ppo" / "final" / "model.safetensors").exists()
 
 
+def test_self_improvement(tmp_path):
+    out = run_example("self_improvement.py", "--steps", 4, "--demo-envs", 4, "--practice-envs", 4,
+                      "--max-length", 64, "--eval-episodes", 4, "--out", tmp_path / "si", cwd=tmp_path)
+    practice = re.search(r"practice: (\d+) episodes, (\d+) successful, (\d+) kept by the judge", out)
+    assert practice and int(practice[1]) >= 1 and int(practice[2]) == int(practice[3])  # every success is short
+    assert re.search(r"experience store: \{'transitions': \d+", out)
+    assert re.search(r"success on sima2/GoTo-v0: [01]\.\d\d after cloning the expert, [01]\.\d\d after", out)
+    assert (tmp_path / "si" / "improved" / "final" / "model.safetensors").exists()
+
+
 def test_full_pipeline_with_pretrained_parts(tmp_path):
     """The whole job with a pretrained ViT and BERT given by path (the `sima2 train` flags' path)."""
     pytest.importorskip("torch")
