@@ -70,7 +70,7 @@ def main() -> None:
     store = ExperienceStore(f"{args.out}/experience", capacity=100_000)
     store.add(rows)
     store = ExperienceStore(f"{args.out}/experience")  # as a restarted run would reopen it
-    print(f"experience store: {store.describe()}")
+    print(f"experience store: {store.summary()}")
     agent = clone(agent, mixed_rows(demos, store.dataset(), share=0.5), f"{args.out}/improved")
     after = evaluate(agent, env, params, key_eval, eval_config)["success_rate"]
     print(f"success on {args.level}: {before:.2f} after cloning the expert, {after:.2f} after practice "

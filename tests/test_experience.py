@@ -100,3 +100,20 @@ def test_store_refuses_what_would_lose_or_corrupt_data(tmp_path):
     with pytest.raises(ValueError, match="does not continue"):
         store.add(shuffled)
     assert len(ExperienceStore(tmp_path / "store")) == len(demos)  # nothing changed by the refusals
+
+
+def test_store_records_tagged_adds_with_their_rows(tmp_path):
+    """A tagged add and its record are one atomic write: a resumed run can ask whether it happened."""
+    demos = record_demonstrations(LineWorld(), LineParams(), jax.random.key(0), num_envs=2, num_steps=10,
+                                  describe=_describe)
+    store = ExperienceStore(tmp_path / "store")
+    assert store.added("round-0") is None
+    store.add(demos, tag="round-0", info={"practice_success_rate": 0.5})
+    store.add(demos.select([]), tag="round-1", info={"practice_success_rate": 0.0})  # nothing kept, still recorded
+    reopened = ExperienceStore(tmp_path / "store")
+    assert reopened.added("round-0") == {"practice_success_rate": 0.5, "store_transitions": len(demos),
+                                         "store_episodes": len(demos) // 2}
+    assert reopened.added("round-1")["store_transitions"] == len(demos) == len(reopened)
+    with pytest.raises(ValueError, match="already holds the rows tagged 'round-0'"):
+        reopened.add(demos, tag="round-0")
+    assert len(ExperienceStore(tmp_path / "store")) == len(demos)

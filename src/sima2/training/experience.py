@@ -114,6 +114,7 @@ class ExperienceStore:
         manifest = self.folder / MANIFEST
         if manifest.exists():
             self._state = json.loads(manifest.read_text())
+            self._state.setdefault("added", {})
             if self._state.get("format") != STORE_FORMAT:
                 raise ValueError(
                     f"{manifest} is experience-store format {self._state.get('format')!r}; this sima2 reads "
@@ -129,7 +130,7 @@ class ExperienceStore:
             )
         else:
             self._state = {"format": STORE_FORMAT, "capacity": 1_000_000, "shards": [], "next_shard": 0,
-                           "next_episode": 0}
+                           "next_episode": 0, "added": {}}
         if capacity is not None:
             if capacity <= 0:
                 raise ValueError(f"capacity must be a positive number of transitions, got {capacity}")
@@ -162,12 +163,22 @@ class ExperienceStore:
         return datasets.concatenate_datasets(shards)
 
     # --- writing -------------------------------------------------------------------------------------------
-    def add(self, rows: datasets.Dataset) -> int:
+    def added(self, tag: str) -> dict[str, Any] | None:
+        """The `info` an `add(..., tag=tag)` recorded, or None if no add carried that tag."""
+        return self._state["added"].get(tag)
+
+    def add(self, rows: datasets.Dataset, *, tag: str | None = None, info: dict[str, Any] | None = None) -> int:
         """Append whole episodes (rows in `FEATURES`, e.g. from `practise`); returns the transitions added.
         Episodes get the store's own ids; past capacity the oldest episodes are dropped (of `rows` too, when
-        they alone exceed it)."""
+        they alone exceed it). `tag` and its `info` (JSON) are recorded in the same atomic write as the rows,
+        so a resumed run knows for certain whether this add happened (`added(tag)`); a tag is added once."""
         _check_rows(rows)
+        if tag is not None and tag in self._state["added"]:
+            raise ValueError(f"the experience store {self.folder} already holds the rows tagged {tag!r}")
         if not len(rows):
+            if tag is not None:
+                self._record(tag, info)
+                self._commit()
             return 0
         rows = rows.select_columns(list(FEATURES)).cast(FEATURES)
         starts = episode_starts(rows)
@@ -184,9 +195,16 @@ class ExperienceStore:
         self._state["shards"].append({"name": name, "rows": len(rows), "episodes": episodes})
         self._state["next_episode"] += episodes
         self._evict()
+        if tag is not None:
+            self._record(tag, info)
         self._commit()
         self._remove_strays()
         return len(rows)
+
+    def _record(self, tag: str, info: dict[str, Any] | None) -> None:
+        """`info` under `tag`, with the store's size right after the add."""
+        size = {"store_transitions": len(self), "store_episodes": self.num_episodes}
+        self._state["added"][tag] = {**(info or {}), **size}
 
     def _write_shard(self, rows: datasets.Dataset) -> str:
         name = f"shard-{self._state['next_shard']:06d}"
@@ -232,5 +250,6 @@ class ExperienceStore:
             if stray and path.is_dir() and path.name not in listed:
                 shutil.rmtree(path)
 
-    def describe(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        """Transitions and episodes held, and the capacity."""
         return {"transitions": len(self), "episodes": self.num_episodes, "capacity": self.capacity}

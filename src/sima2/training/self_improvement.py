@@ -4,15 +4,14 @@ cloned on its own successes mixed with the demonstrations.
 Each round runs `practise` (actions sampled from the agent; episodes judged by the world's success signal or a
 pluggable `Judge`), adds the kept episodes to the `ExperienceStore` under `out/experience`, then behaviour-
 clones the agent for `bc.num_updates` updates on the demonstrations plus the store, the store's episodes
-repeated so that they make up `experience_share` of the rows. `out/progress.json` records each round's practice,
-so a resumed run neither practises a round twice nor adds its episodes twice; each round's cloning resumes
-from its own checkpoints (`out/round-<r>`).
+repeated so that they make up `experience_share` of the rows. Each round's episodes and its practice record go
+into the store in one atomic write (tagged `round-<r>`), so a resumed run neither practises a round twice nor
+adds its episodes twice; each round's cloning resumes from its own checkpoints (`out/round-<r>`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ import jax
 from jaxtyping import PRNGKeyArray, PyTree
 
 from sima2.contract import AbstractAgent, Env
-from sima2.interop.pretrained import atomic_write
 from sima2.training.config import TrainConfig, check_fields
 from sima2.training.data import Judge
 from sima2.training.experience import ExperienceStore, practise, world_success
@@ -65,11 +63,6 @@ def mixed_rows(demonstrations: datasets.Dataset, experience: datasets.Dataset, s
     return datasets.concatenate_datasets([demonstrations, *[experience] * copies])
 
 
-def _write_json(path: Path, value: Any) -> None:
-    text = json.dumps(value, indent=1)
-    atomic_write(path, lambda p: Path(p).write_text(text))
-
-
 def self_improve(
     config: SelfImprovementConfig,
     agent: AbstractAgent,
@@ -93,28 +86,26 @@ def self_improve(
     out.mkdir(parents=True, exist_ok=True)
     # With several processes each keeps its own store of its own practice (different keys) and clones on it.
     processes, index = jax.process_count(), jax.process_index()
-    suffix = "" if processes == 1 else f"-{index}"
     key = key if processes == 1 else jax.random.fold_in(key, index)
-    store = ExperienceStore(out / f"experience{suffix}", capacity=config.store_capacity)
-    progress_file = out / f"progress{suffix}.json"
-    records: list[dict[str, Any]] = json.loads(progress_file.read_text()) if progress_file.exists() else []
+    store = ExperienceStore(out / ("experience" if processes == 1 else f"experience-{index}"),
+                            capacity=config.store_capacity)
+    records: list[dict[str, Any]] = []
     for r in range(config.rounds):
-        if r >= len(records):
+        tag = f"round-{r}"
+        if store.added(tag) is None:  # the round's rows and record are written in one atomic step
             rows, report = practise(
                 agent, env, env_params, jax.random.fold_in(key, r),
                 num_envs=config.practice_envs, num_steps=config.practice_steps, judge=judge,
             )
-            store.add(rows)
-            records.append({
+            store.add(rows, tag=tag, info={
                 "round": r,
                 "practice_episodes": report.episodes,
                 "practice_success_rate": round(report.success_rate, 4),
                 "kept_episodes": report.kept_episodes,
                 "kept_steps": report.kept_steps,
-                **{f"store_{k}": v for k, v in store.describe().items()},
             })
-            _write_json(progress_file, records)
-        record = records[r]
+        record = store.added(tag)
+        records.append(record)
         announce(f"      round {r + 1}/{config.rounds}: practice success {record['practice_success_rate']:.2f} over "
                  f"{record['practice_episodes']} episodes; {record['kept_episodes']} kept; the store holds "
                  f"{record['store_transitions']} steps")
@@ -123,5 +114,5 @@ def self_improve(
         rows = mixed_rows(demonstrations, store.dataset(), config.experience_share)
         round_config = dataclasses.replace(config.bc, out=str(out / f"round-{r}"))
         agent = clone(agent, rows, round_config)
-    return agent, records[: config.rounds]
+    return agent, records
 
