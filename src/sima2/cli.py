@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="demonstrations -> behaviour cloning -> PPO -> evaluation on the built-in world, offline",
+        help="demonstrations -> behaviour cloning -> PPO -> (self-improvement) -> evaluation on the built-in world,"
+        " offline",
     )
     train.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
     train.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
