@@ -208,8 +208,10 @@ def test_find_world_poses_the_parsed_task_in_the_users_words():
 
 def test_find_world_for_a_sequence():
     env, params = envs.make("sima2/Sequence-v0")
-    text = "pick up the yellow key after you open the red door"
-    obs, state = find_world(env, params, text, jax.random.key(2))
+    text = "pick up the yellow key after you open the red door"  # open, then pick up: a held-out composition
+    with pytest.raises(ValueError, match="held-out way, found only in the heldout_compositions split"):
+        find_world(env, params, text, jax.random.key(2))
+    obs, state = find_world(env, env.default_params("heldout_compositions"), text, jax.random.key(2))
     _assert_world_has(obs, state, text, (Stage(voc.OPEN, Target(voc.DOOR, 0)), Stage(voc.PICKUP, Target(voc.KEY, 4))))
     with pytest.raises(ValueError, match="at most 24"):
         encode_instruction(" ".join(["go to the red ball ,"] * 5))

@@ -129,14 +129,16 @@ def _play(args: argparse.Namespace) -> int:
     import numpy as np
 
     import sima2.envs as envs
-    from sima2.envs.instruct import find_world, heldout_pairs, levels_with_task
+    from sima2.envs.instruct import find_world, heldout_composition, heldout_pairs, levels_with_task
     from sima2.policy import Agent
     from sima2.training.report import play_episode, write_episode_gif
 
     folder, config = _run_folder(args.run)
     stages = _play_task(args.instruction, args.task)  # fails here, before any loading or compiling
     task = args.task or args.instruction
-    split = args.split or ("heldout_pairs" if heldout_pairs(stages) else "train")
+    held_out = "heldout_pairs" if heldout_pairs(stages) else "heldout_compositions" if heldout_composition(stages) \
+        else "train"
+    split = args.split or held_out
     level = args.level or config["level"]
     key_world, key_run = jax.random.split(jax.random.key(args.seed))
     levels = envs.levels_from_id(level)

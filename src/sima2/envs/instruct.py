@@ -26,6 +26,7 @@ from jaxtyping import Array, Bool, Int32, PRNGKeyArray
 from sima2.envs import vocabulary as voc
 from sima2.envs.levels import LEVELS, LevelConfig
 from sima2.envs.world import (
+    HELDOUT_COMPOSITION_KINDS,
     HELDOUT_PAIR_MASK,
     NUM_STAGES,
     SPLITS,
@@ -185,6 +186,11 @@ def heldout_pairs(stages: tuple[Stage, ...]) -> list[str]:
     ]
 
 
+def heldout_composition(stages: tuple[Stage, ...]) -> bool:
+    """Whether `stages` combine clause kinds that only the `heldout_compositions` split poses."""
+    return tuple(stage.kind for stage in stages) in HELDOUT_COMPOSITION_KINDS
+
+
 def _heldout_pair_names() -> list[str]:
     n = len(voc.COLOURS)
     return [f"{voc.COLOURS[p % n]} {voc.OBJECT_TYPES[p // n]}" for p in np.flatnonzero(HELDOUT_PAIR_MASK)]
@@ -319,6 +325,12 @@ def find_world(
             f"in the heldout_pairs split every target object is a held-out colour-object pair "
             f"({', '.join(_heldout_pair_names())}); '{task}' names others"
         )
+    composed = heldout_composition(stages)
+    if composed != (split == "heldout_compositions") and len(stages) == NUM_STAGES:
+        where = "found only in the heldout_compositions split" if composed else \
+            "a combination the heldout_compositions split never poses (it poses only held-out ones)"
+        raise ValueError(f"'{task}' combines its clauses in {'a held-out' if composed else 'a training'} "
+                         f"way, {where} (this search used the {split} split)")
     any_structural = False
     for attempt in range(rounds):
         state, found, structural = _search(
@@ -342,6 +354,7 @@ __all__ = [
     "encode_instruction",
     "find_world",
     "grammar_help",
+    "heldout_composition",
     "heldout_pairs",
     "levels_with_task",
     "normalise_words",
