@@ -149,13 +149,13 @@ def record_rows(
             if ended or (keep_incomplete and t == num_steps - 1):
                 if ended:
                     finished.append(bool(successes[t, world]))
-                episode = RecordedEpisode(
+                # The judge's view of the episode is only stacked when there is a judge (not for demonstrations).
+                if keep_episode is None or keep_episode(RecordedEpisode(
                     frames=np.stack([row["image"] for row in rows]),
                     instruction=text,
                     actions=np.asarray([row["action"] for row in rows], np.int32),
                     success=ended and bool(successes[t, world]),
-                )
-                if keep_episode is None or keep_episode(episode):
+                )):
                     for row in rows:
                         row["episode_id"] = next_episode
                         for name in FEATURES:

@@ -180,7 +180,7 @@ class ExperienceStore:
                 self._record(tag, info)
                 self._commit()
             return 0
-        rows = rows.select_columns(list(FEATURES)).cast(FEATURES)
+        rows = rows.select_columns(list(FEATURES))
         starts = episode_starts(rows)
         fits = starts[len(rows) - starts <= self.capacity]
         if not fits.size:
