@@ -121,7 +121,9 @@ def test_rl_gradients_reach_perception_and_planner_only_when_trainable(freeze):
     def nonzero(tree):
         return [bool(jnp.any(g != 0)) for g in jax.tree.leaves(tree)]
 
-    assert all(nonzero(grads.policy))
+    # Every policy array but the subgoal-done head, which learns only from subgoal labels (behaviour cloning).
+    assert all(nonzero(eqx.tree_at(lambda p: p.subgoal_done_out, grads.policy, None)))
+    assert not any(nonzero(grads.policy.subgoal_done_out))
     if freeze:
         assert jax.tree.leaves(grads.vision) == [] and jax.tree.leaves(grads.planner) == []
         assert not any(jax.tree.leaves(trainable.vision)) and not any(jax.tree.leaves(trainable.planner))
@@ -495,7 +497,7 @@ def test_agents_saved_before_token_bridges_still_load(tmp_path):
     agent.save_pretrained(tmp_path)
     path = tmp_path / "agent_config.json"
     raw = json.loads(path.read_text())
-    assert raw["format_version"] == 5 and raw["agent"]["text_bridge"] is None
+    assert raw["format_version"] == 6 and raw["agent"]["text_bridge"] is None
     raw["format_version"] = 1
     for field in ("text_bridge", "tokenizer", "instruction_pad_id"):  # fields of later formats
         del raw["agent"][field]
@@ -505,19 +507,22 @@ def test_agents_saved_before_token_bridges_still_load(tmp_path):
 
 
 def test_agents_saved_before_conditional_heads_load_with_independent_factors(tmp_path):
-    """Format 2 folders had no `conditional_actions` / `instruction_length`: their heads are independent."""
+    """Format 2 folders had no `conditional_actions` / `instruction_length`: their heads are independent (and
+    before format 6 no policy had a subgoal-done head)."""
     import json
 
     sizes = dict(hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, memory_size=32, head_hidden=32)
     parts = _agent(seed=4)
     old = Agent.from_components(parts.vision, parts.planner, key=jax.random.key(1), action_nvec=NVEC,
-                                proprio_dim=PROPRIO, policy_sizes=dict(sizes, conditional_actions=False))
-    assert old.policy.actor_out.weight.shape[0] == sum(NVEC)
+                                proprio_dim=PROPRIO,
+                                policy_sizes=dict(sizes, conditional_actions=False, subgoal_done_head=False))
+    assert old.policy.actor_out.weight.shape[0] == sum(NVEC) and old.policy.subgoal_done_out is None
     old.save_pretrained(tmp_path)
     path = tmp_path / "agent_config.json"
     raw = json.loads(path.read_text())
     raw["format_version"] = 2
     del raw["agent"]["policy"]["conditional_actions"], raw["agent"]["instruction_length"]
+    del raw["agent"]["policy"]["subgoal_done_head"]
     path.write_text(json.dumps(raw))
     loaded = Agent.from_pretrained(tmp_path)
     assert loaded.config == old.config and not loaded.config.policy.conditional_actions

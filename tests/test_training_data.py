@@ -194,11 +194,7 @@ def test_behaviour_cloning_learns_the_expert_and_writes_outputs(demos, tmp_path)
 def _recall_demos(num_episodes: int, length: int = 4) -> datasets.Dataset:
     """Episodes whose expert repeats a cue that is visible only in the first image: memory is required."""
     rng = np.random.default_rng(0)
-    rows = {
-        name: []
-        for name in ("image", "instruction", "instruction_ids", "proprio", "touch", "action", "episode_id", "step_id",
-                     "plan")
-    }
+    rows = {name: [] for name in FEATURES}
     for episode in range(num_episodes):
         cue = int(rng.integers(0, 2))
         for step in range(length):
@@ -214,6 +210,8 @@ def _recall_demos(num_episodes: int, length: int = 4) -> datasets.Dataset:
             rows["episode_id"].append(episode)
             rows["step_id"].append(step)
             rows["plan"].append([])
+            rows["subgoal_index"].append(0)
+            rows["subgoal_done"].append(False)
     return datasets.Dataset.from_dict(rows, features=FEATURES)
 
 

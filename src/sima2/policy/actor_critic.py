@@ -9,7 +9,9 @@ step) projected to a token, so attention can read what the agent remembered; eac
 type embedding, and padded language tokens are masked out of attention. The transformer's output at the
 decision token updates the GRU (memory over decision steps, for partial observability), and the actor
 (flat logits for `FactorisedCategorical`, each factor conditioned on the previous one by default) and the
-critic read `[gru state, decision]`. Touch (contact and grip; `touch_dim > 0`) is a modality of its own
+critic read `[gru state, decision]`. A subgoal-done head (`subgoal_done_head`) reads the new memory alone and
+says whether the step completes the current subgoal: an agent following a plan advances to its next subgoal
+when it fires (`sima2.policy.plans`). Touch (contact and grip; `touch_dim > 0`) is a modality of its own
 with its own encoder, a small MLP to one token; its type is learned by that encoder's output bias.
 
 Input projections adapt to whatever hidden sizes the vision and language components have.
@@ -52,6 +54,9 @@ class ActorCriticConfig:
     # Each action factor conditioned on the previous one's value (see `FactorisedCategorical`): the head
     # then emits `num_logits(action_nvec, conditional=True)` logits instead of `sum(action_nvec)`.
     conditional_actions: bool = True
+    # A logit per step: does this step complete the current subgoal? (Trained from the expert's subgoal
+    # boundaries; read from the new memory, so a learner gets it from the carries it already replays.)
+    subgoal_done_head: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -133,6 +138,7 @@ class ActorCritic(eqx.Module):
     actor_out: eqx.nn.Linear
     critic_hidden: eqx.nn.Linear
     critic_out: eqx.nn.Linear
+    subgoal_done_out: eqx.nn.Linear | None
     config: ActorCriticConfig = eqx.field(static=True)
 
     def __init__(self, config: ActorCriticConfig, *, key: PRNGKeyArray):
@@ -159,6 +165,8 @@ class ActorCritic(eqx.Module):
         self.actor_out = linear(c.head_hidden, logits, std=0.01, key=next(keys))
         self.critic_hidden = eqx.nn.Linear(head_in, c.head_hidden, key=next(keys))
         self.critic_out = linear(c.head_hidden, 1, std=0.01, key=next(keys))
+        done_key = jax.random.fold_in(key, 2)  # its own stream, as the touch encoder's
+        self.subgoal_done_out = linear(c.memory_size, 1, key=done_key) if c.subgoal_done_head else None
         self.config = config
 
     @property
@@ -175,6 +183,12 @@ class ActorCritic(eqx.Module):
 
     def initial_carry(self) -> Float[Array, " M"]:
         return jnp.zeros((self.config.memory_size,), jnp.float32)
+
+    def subgoal_done_logit(self, new_carry: Float[Array, " M"]) -> Float[Array, ""]:
+        """Logit that the step which produced the memory `new_carry` completed the current subgoal."""
+        if self.subgoal_done_out is None:
+            raise ValueError("this policy has no subgoal-done head (ActorCriticConfig.subgoal_done_head=False)")
+        return self.subgoal_done_out(new_carry)[0]
 
     def __call__(
         self,

@@ -28,9 +28,8 @@ device (`sima2.planning.TokenBridge`, `config.text_bridge`). The instruction's f
 a step and constant over an episode: rollouts compute `agent.instruction_features(ids)` once per episode and
 pass them to `act(..., instruction=)`.
 
-Saving: `agent.save_pretrained(dir)` / `Agent.from_pretrained(dir)` (the files: `sima2.policy.persistence`).
-`agent.vision.save_pretrained(d)` (and the planner's) still export each part alone for `transformers`.
-Presets live in `sima2.presets`, pretrained parts by name in `sima2.policy.pretrained_parts`.
+Saving: `agent.save_pretrained(dir)` / `Agent.from_pretrained(dir)` (files: `sima2.policy.persistence`);
+presets live in `sima2.presets`, pretrained parts by name in `sima2.policy.pretrained_parts`.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ from sima2.perception.vit import ViTEncoder
 from sima2.planning import CausalLM, LanguagePlanner, TextEncoder
 from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
 from sima2.policy.distributions import FactorisedCategorical
-from sima2.policy.instructions import InstructionFeatures, check_same_tokenizer, tokenize
+from sima2.policy.instructions import InstructionFeatures, check_fits, check_same_tokenizer, tokenize
 from sima2.policy.persistence import (
     AGENT_CONFIG_NAME,
     AGENT_WEIGHTS_NAME,
@@ -235,10 +234,7 @@ class Agent(AbstractAgent):
     def check_instruction_fits(self, num_words: int, what: str = "the instruction") -> None:
         """Host-side check that an instruction of `num_words` ids is read whole (`config.instruction_length`
         bounds what the agent reads; a longer one would lose its tail without notice inside `jit`)."""
-        limit = self.config.instruction_length
-        if limit is not None and num_words > limit:
-            raise ValueError(f"{what} has {num_words} words, but this agent reads only the first {limit} "
-                             "(its instruction_length, the longest instruction of the level it was built for)")
+        check_fits(self.config.instruction_length, num_words, what)
 
     def _embed_text(self, ids: Int[Array, " L"]) -> tuple[Float[Array, "N D"], Bool[Array, " N"]]:
         """Instruction ids (the world's words, bridged, or the tokenizer's) -> the planner's token embeddings
@@ -271,13 +267,17 @@ class Agent(AbstractAgent):
         return tokenize(text, config.tokenizer, config.instruction_length, config.instruction_pad_id)
 
     def observation_features(
-        self, obs: Mapping[str, Any], instruction: InstructionFeatures | None = None
+        self,
+        obs: Mapping[str, Any],
+        instruction: InstructionFeatures | None = None,
+        subgoal: InstructionFeatures | None = None,
     ) -> dict[str, Array]:
         """The part of a step that does not depend on the memory: image tokens, the instruction's (and
         subgoal's) token embeddings, proprio, touch and the action mask. Replaying memory over a sequence
         (`sima2.training.recurrent.evaluate_sequences`) computes these for all steps in one batch and runs only
-        `evaluate_features` step by step. `instruction`: `instruction_features(obs["instruction"])` computed
-        before (once per episode), else computed here."""
+        `evaluate_features` step by step. `instruction` / `subgoal`: `instruction_features` of
+        `obs["instruction"]` / of the current subgoal's ids computed before (once per episode or plan), else
+        computed here (the subgoal from `obs["subgoal"]`, when there is one)."""
         self._check_obs(obs)
         if instruction is None:
             instruction = self.instruction_features(obs["instruction"])
@@ -289,8 +289,10 @@ class Agent(AbstractAgent):
         }
         if self.config.policy.touch_dim:
             features["touch"] = obs["touch"].astype(jnp.float32)
-        if obs.get("subgoal") is not None:
-            features["subgoal"], features["subgoal_valid"] = self._embed_text(obs["subgoal"])
+        if subgoal is None and obs.get("subgoal") is not None:
+            subgoal = self.instruction_features(obs["subgoal"])
+        if subgoal is not None:
+            features["subgoal"], features["subgoal_valid"] = subgoal.tokens, subgoal.valid
         if obs.get("action_mask") is not None:
             features["action_mask"] = obs["action_mask"]
         return features
@@ -311,11 +313,6 @@ class Agent(AbstractAgent):
         dist = self.policy.distribution(logits, features.get("action_mask"))
         return dist, value, new_carry
 
-    def _forward(
-        self, obs: Mapping[str, Any], carry: Float[Array, " M"], instruction: InstructionFeatures | None = None
-    ) -> tuple[FactorisedCategorical, Float[Array, ""], Float[Array, " M"]]:
-        return self._decide(self.observation_features(obs, instruction), carry)
-
     # --- the agent protocol -----------------------------------------------------------------------------
     def initial_carry(self) -> Float[Array, " M"]:
         """The recurrent memory at episode start (one example)."""
@@ -333,13 +330,14 @@ class Agent(AbstractAgent):
         *,
         deterministic: bool = False,
         instruction: InstructionFeatures | None = None,
+        subgoal: InstructionFeatures | None = None,
     ) -> tuple[Int[Array, " F"], Float[Array, " M"], ActOutput]:
         """Sample (or, with `deterministic`, take the most likely) action for one observation.
 
-        Returns `(action, new_carry, ActOutput(log_prob, value, entropy))`. `instruction`: the episode's
-        `instruction_features`, when the caller computed them once for the episode.
+        Returns `(action, new_carry, ActOutput(log_prob, value, entropy))`. `instruction` / `subgoal`: the
+        episode's `instruction_features` / the current subgoal's, when the caller computed them once.
         """
-        dist, value, new_carry = self._forward(obs, carry, instruction)
+        dist, value, new_carry = self._decide(self.observation_features(obs, instruction, subgoal), carry)
         action = dist.mode() if deterministic else dist.sample(key)
         return action, new_carry, ActOutput(log_prob=dist.log_prob(action), value=value, entropy=dist.entropy())
 
@@ -356,7 +354,7 @@ class Agent(AbstractAgent):
         self, obs: Mapping[str, Array], carry: Float[Array, " M"]
     ) -> tuple[list[Float[Array, " _"]], Float[Array, ""], Float[Array, " M"]]:
         """Per-factor (marginal) normalised log-probabilities (masked), the value and the new carry."""
-        dist, value, new_carry = self._forward(obs, carry)
+        dist, value, new_carry = self._decide(self.observation_features(obs), carry)
         return dist.marginal_log_probs(), value, new_carry
 
     # --- training partitions ----------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 The policy emits one flat logit vector, factor after factor: `sum(nvec)` long for independent factors, or
 with each factor conditioned on the previous one a table per factor (see `FactorisedCategorical`). An
-optional action mask is per value, `sum(nvec)` long (True = allowed). Masked logits become a large negative number (not `-inf`, so that
-`p * log p` stays 0 instead of NaN) and are never sampled: Gumbel noise on float32 is below 17.
+optional action mask is per value, `sum(nvec)` long (True = allowed). Masked logits become a large negative
+number (not `-inf`, so that `p * log p` stays 0 instead of NaN) and are never sampled: Gumbel noise on
+float32 is below 17.
 
 A factor whose mask is all False cannot be honoured by any action. Inside `jit` nothing can raise, so such a
 factor falls back deterministically to its *unmasked* distribution; call `check_action_mask` on the host to

@@ -54,6 +54,13 @@ def tokenize(text: str, tokenizer: str | None, length: int | None, pad_id: int =
     return out
 
 
+def check_fits(limit: int | None, num_words: int, what: str = "the instruction") -> None:
+    """A ValueError when `num_words` ids exceed an agent's `instruction_length` (`limit`; None: no bound)."""
+    if limit is not None and num_words > limit:
+        raise ValueError(f"{what} has {num_words} words, but this agent reads only the first {limit} "
+                         "(its instruction_length, the longest instruction of the level it was built for)")
+
+
 def check_same_tokenizer(spec: EnvSpec, tokenizer: Any, planner: Any) -> None:
     """An env that writes instructions in one tokenizer's ids needs a language model of the same tokenizer."""
     vocab = planner.backbone.config.vocab_size
@@ -77,4 +84,4 @@ def check_same_tokenizer(spec: EnvSpec, tokenizer: Any, planner: Any) -> None:
         )
 
 
-__all__ = ["InstructionFeatures", "check_same_tokenizer", "load_cached_tokenizer", "tokenize"]
+__all__ = ["InstructionFeatures", "check_fits", "check_same_tokenizer", "load_cached_tokenizer", "tokenize"]

@@ -34,8 +34,8 @@ AGENT_WEIGHTS_NAME = "model.safetensors"
 AGENT_FORMAT = "sima2-agent"
 # 2: `agent.text_bridge`; 3: `agent.instruction_length`, `policy.conditional_actions`; 4: `agent.tokenizer`,
 # `agent.instruction_pad_id` and the tokenizer's files beside the weights; 5: `policy.touch_dim` and the
-# policy's touch encoder.
-FORMAT_VERSION = 5
+# policy's touch encoder; 6: `policy.subgoal_done_head` and its weights.
+FORMAT_VERSION = 6
 
 AgentT = TypeVar("AgentT", bound=eqx.Module)
 
@@ -72,7 +72,8 @@ class AgentConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AgentConfig:
         raw = dict(raw)
-        policy = {"conditional_actions": False, **raw["policy"]}  # saved before conditional heads: independent
+        # Saved before conditional heads: independent factors; before the subgoal-done head: none.
+        policy = {"conditional_actions": False, "subgoal_done_head": False, **raw["policy"]}
         raw["policy"] = ActorCriticConfig(**{**policy, "action_nvec": tuple(policy["action_nvec"])})
         for name in ("image_mean", "image_std"):
             raw[name] = tuple(raw[name])

@@ -6,7 +6,8 @@ initial carry) or demonstration windows (leading axes `(B, T)` plus a `first` fl
 `DemonstrationBatches(sequence_length=T)`): the agent then runs over each window with its memory threaded
 through time and reset at episode starts, exactly as it acts in the world, so a recurrent agent's memory
 is trained on the states it will see. An optional `plan_loss(model, batch)` (e.g. next-token loss of the
-planner on the subgoal plan) is added with weight `bc.plan_loss_weight` in the same jitted step. Images
+planner on the subgoal plan) is added with weight `bc.plan_loss_weight` in the same jitted step, and, for
+batches with subgoal labels (`sima2.training.subgoals`), the subgoal-done head's loss. Images
 are augmented (random crop, brightness and contrast jitter, pixel noise) inside the step from the state's key.
 """
 
@@ -28,43 +29,56 @@ from sima2.training.config import TrainConfig
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
 from sima2.training.recurrent import evaluate_sequences, initial_carries, instruction_features_of
+from sima2.training.subgoals import subgoal_done_loss
 
 PlanLoss = Callable[[Any, dict[str, Any]], Float[Array, ""]]
 
 
 def bc_loss(
-    model: Any, batch: dict[str, Any], plan_loss: PlanLoss | None = None, plan_loss_weight: float = 1.0
+    model: Any,
+    batch: dict[str, Any],
+    plan_loss: PlanLoss | None = None,
+    plan_loss_weight: float = 1.0,
+    subgoal_done_weight: float = 1.0,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
-    """Mean action cross-entropy over the batch (+ weighted plan loss); returns (loss, terms)."""
+    """Mean action cross-entropy over the batch (+ weighted plan loss, + the subgoal-done head's loss when
+    the batch carries `subgoal_done` labels); returns (loss, terms)."""
     instruction = batch.get("instruction_features")  # precomputed for a frozen language model
     if "first" in batch:  # windows (B, T): run the memory through time, time-major
         time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         first = time_major(batch["first"])
-        log_prob, entropy, _ = evaluate_sequences(
+        log_prob, entropy, _, carries = evaluate_sequences(
             model,
             jax.tree.map(time_major, batch["obs"]),
             time_major(batch["action"]),
             first,
             initial_carries(model, first.shape[1]),
             instruction=jax.tree.map(time_major, instruction),
+            with_carries=True,
         )
+        carries = jax.tree.map(time_major, carries)  # back to the batch's (B, T) layout
     else:
         carry = model.initial_carry()
         if instruction is None:
             instruction = instruction_features_of(model, batch["obs"]["instruction"])
 
-        def one(obs: PyTree, instruction: PyTree, action: Array) -> tuple[Array, Array]:
+        def one(obs: PyTree, instruction: PyTree, action: Array) -> tuple[Array, Array, PyTree]:
             features = model.observation_features(obs, instruction)
-            log_prob, entropy, _, _ = model.evaluate_features(features, carry, action)
-            return log_prob, entropy
+            log_prob, entropy, _, new_carry = model.evaluate_features(features, carry, action)
+            return log_prob, entropy, new_carry
 
-        log_prob, entropy = jax.vmap(one)(batch["obs"], instruction, batch["action"])
+        log_prob, entropy, carries = jax.vmap(one)(batch["obs"], instruction, batch["action"])
     action_loss = -log_prob.mean()
     terms = {"action_loss": action_loss, "entropy": entropy.mean()}
     loss = action_loss
     if plan_loss is not None:
         terms["plan_loss"] = plan_loss(model, batch)
         loss = loss + plan_loss_weight * terms["plan_loss"]
+    if "subgoal_done" in batch:
+        terms["subgoal_done_loss"], terms["subgoal_done_accuracy"] = subgoal_done_loss(
+            model, carries, batch["subgoal_done"]
+        )
+        loss = loss + subgoal_done_weight * terms["subgoal_done_loss"]
     return loss, terms
 
 
@@ -96,7 +110,9 @@ def make_bc(
         trainable, rest = split_trainable(state.model, spec)
 
         def loss_fn(trainable: PyTree) -> tuple[Array, dict]:
-            return bc_loss(eqx.combine(trainable, rest), batch, plan_loss, bc.plan_loss_weight)
+            return bc_loss(
+                eqx.combine(trainable, rest), batch, plan_loss, bc.plan_loss_weight, bc.subgoal_done_weight
+            )
 
         (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)

@@ -66,6 +66,8 @@ class BCConfig:
     batch_size: int = 64
     sequence_length: int = 1
     plan_loss_weight: float = 1.0
+    # Weight of the subgoal-done head's loss (`sima2.training.subgoals`), when the batches carry its labels.
+    subgoal_done_weight: float = 1.0
     crop_padding: int = 4
     noise_std: float = 0.02
     brightness: float = 0.0  # images scaled by a factor in [1 - brightness, 1 + brightness]
@@ -77,6 +79,7 @@ class BCConfig:
             batch_size=(self.batch_size >= 1, "must be >= 1"),
             sequence_length=(self.sequence_length >= 1, "must be >= 1"),
             plan_loss_weight=(0 <= self.plan_loss_weight < math.inf, "must be a finite number >= 0"),
+            subgoal_done_weight=(0 <= self.subgoal_done_weight < math.inf, "must be a finite number >= 0"),
             crop_padding=(self.crop_padding >= 0, "must be >= 0"),
             noise_std=(0 <= self.noise_std < math.inf, "must be a finite number >= 0"),
             brightness=(0 <= self.brightness < 1, "must be in [0, 1)"),
@@ -213,6 +216,9 @@ class EvalConfig:
     # True: the agent's most likely action at each step (Stable-Baselines3's `evaluate_policy` default), for
     # agents whose `act` takes `deterministic=`; False samples actions as in training rollouts.
     deterministic: bool = False
+    # True: the agent writes each episode's plan and acts on its current subgoal (`PlanningActor`); False:
+    # it acts from the instruction alone.
+    use_plan: bool = False
 
     def __post_init__(self) -> None:
         check_fields(

@@ -28,6 +28,7 @@ from typing import Any
 
 import datasets
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
@@ -48,6 +49,10 @@ FEATURES = datasets.Features(
         "episode_id": datasets.Value("int64"),
         "step_id": datasets.Value("int32"),
         "plan": datasets.Sequence(datasets.Value("string")),
+        # The expert plan's subgoal current in this row's state (an index into `plan`), and whether this
+        # row's step completed it (the subgoal-done head's label; the episode's last step when it succeeded).
+        "subgoal_index": datasets.Value("int32"),
+        "subgoal_done": datasets.Value("bool"),
     }
 )
 
@@ -115,12 +120,15 @@ def record_rows(
 
         def keep(step: Transition, world: PyTree) -> tuple:
             action = step.expert_action if expert_labels else step.action
-            return step.obs, action, step.done, step.info.success, world if from_env else None
+            # The subgoal before the step (the world's own, or the one the previous step reported) and after.
+            before = jax.vmap(env.subgoal_index)(world) if from_env else jnp.full_like(step.info.subgoal_index, -1)
+            subgoals = before, step.info.subgoal_index
+            return step.obs, action, step.done, step.info.success, subgoals, world if from_env else None
 
         _, kept = rollout(actor, env, env_params, state, run_key, num_steps, expert_labels=expert_labels, keep=keep)
         return kept
 
-    obs, actions, dones, successes, states = jax.device_get(record(key))
+    obs, actions, dones, successes, (subgoal_before, subgoal_after), states = jax.device_get(record(key))
     columns: dict[str, list] = {name: [] for name in FEATURES}
     finished: list[bool] = []
     next_episode = 0
@@ -132,6 +140,10 @@ def record_rows(
                 text, plan = describe(observation)
             elif step_in_episode == 0:
                 text, plan = _world_text(env, states, world, t)
+            before = int(subgoal_before[t, world])
+            if before < 0:  # an env that does not know its state's subgoal: what its last step reported
+                before = int(subgoal_after[t - 1, world]) if step_in_episode else 0
+            after = int(subgoal_after[t, world])
             rows.append(
                 {
                     "image": observation["image"],
@@ -142,6 +154,8 @@ def record_rows(
                     "action": np.asarray(actions[t, world]).astype(np.int32).tolist(),
                     "step_id": step_in_episode,
                     "plan": list(plan),
+                    "subgoal_index": before,
+                    "subgoal_done": after > before or bool(dones[t, world] and successes[t, world]),
                 }
             )
             step_in_episode += 1

@@ -1,6 +1,7 @@
 """Evaluation of an agent in a functional env: success rate, navigation efficiency, episode length and
 return, episodes/s and decision latency; `evaluate_splits` runs held-out splits, and `evaluate_world` the
-main job's table of every split and level of the built-in world.
+main job's table of every split and level of the built-in world, with the planner ablation (its own plan
+vs the instruction alone, and `plan_accuracy`) for an agent that writes plans.
 
 Episodes come from the one rollout (`sima2.training.rollout`); success and path lengths from the typed
 `StepInfo` of each step.
@@ -8,6 +9,7 @@ Episodes come from the one rollout (`sima2.training.rollout`); success and path 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -18,7 +20,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from sima2.contract import AbstractAgent, Env, Transition
 from sima2.training.config import EvalConfig
-from sima2.training.rollout import AgentActor, init_rollout, rollout
+from sima2.training.rollout import AgentActor, PlanningActor, init_rollout, rollout
 
 
 @eqx.filter_jit
@@ -32,7 +34,10 @@ def _rollout(
     of the same agent) reuses one compiled program.
     """
     reset_key, run_key = jax.random.split(key)
-    actor = AgentActor(agent, deterministic=config.deterministic)
+    if config.use_plan:
+        actor = PlanningActor.of(agent, deterministic=config.deterministic)
+    else:
+        actor = AgentActor(agent, deterministic=config.deterministic)
     state = init_rollout(actor, env, env_params, reset_key, config.num_envs)
 
     def keep(step: Transition, _: PyTree) -> tuple[Array, ...]:
@@ -129,33 +134,81 @@ def check_eval_length(config: EvalConfig, env: Any) -> None:
         )
 
 
+def plan_accuracy(
+    agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, num_worlds: int = 64
+) -> float:
+    """Share of `num_worlds` fresh worlds of a `Sima2Env` for which the plan `agent` writes from the first
+    observation's instruction is exactly the expert's subgoal sequence (`env.plan_text`), compared word for
+    word in the agent's tokenizer."""
+    from sima2.policy.plans import plan_tokens, write_plan
+
+    tokens = plan_tokens(agent)
+    obs, states = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_worlds), env_params)
+    write = eqx.filter_jit(lambda a, ids: jax.vmap(lambda i: write_plan(a, i, tokens))(ids))
+    written = write(agent, obs["instruction"])
+    subgoals, counts = jax.device_get((written.subgoals, written.count))
+    states = jax.device_get(states)
+    correct = 0
+    for world in range(num_worlds):
+        state = jax.tree.map(lambda x, w=world: x[w], states)
+        expert = [agent.tokenize(text) for text in env.plan_text(state)]
+        length = subgoals.shape[-1]
+        expert = [np.pad(ids[:length], (0, max(0, length - len(ids))), constant_values=tokens.pad) for ids in expert]
+        mine = subgoals[world, : int(counts[world])]
+        correct += len(mine) == len(expert) and all(np.array_equal(m, e) for m, e in zip(mine, expert, strict=True))
+    return correct / num_worlds
+
+
+def _merge_levels(per_level: dict[str, dict[str, float]]) -> dict[str, float]:
+    """One split's figures from its levels': episodes summed, rates the mean over levels (each task family
+    weighs the same), and the per-level success as `<metric>/<level>`."""
+    merged: dict[str, float] = {"episodes": float(sum(r["episodes"] for r in per_level.values()))}
+    for metric in ("success_rate", "episode_length", "return", "navigation_efficiency",
+                   "instruction_only_success_rate", "plan_accuracy"):
+        values = [r[metric] for r in per_level.values() if metric in r]
+        if values:
+            merged[metric] = float(np.mean(values))
+    merged["eval_seconds"] = float(sum(r["eval_seconds"] for r in per_level.values()))
+    for level, r in per_level.items():
+        for metric in ("success_rate", "instruction_only_success_rate"):
+            if metric in r:
+                merged[f"{metric}/{level}"] = r[metric]
+        merged[f"episodes/{level}"] = r["episodes"]
+    return merged
+
+
 def evaluate_world(
-    agent: Any, env: Any, key: Any, config: EvalConfig, *, progress: bool = False
+    agent: Any, env: Any, key: Any, config: EvalConfig, *, plans: bool = False, progress: bool = False
 ) -> dict[str, dict[str, float]]:
     """The main job's evaluation of `agent` in a `Sima2Env`: every split of its levels (`env.splits`); in an env
     of several levels, every level of every split it applies to (its own `config.num_episodes` episodes), with
     each split's overall figures the mean over its levels (each task family weighs the same) and the per-level
-    ones as `<metric>/<level>`."""
+    ones as `<metric>/<level>`.
+
+    `plans`: the agent writes and follows its own plan (`success_rate`), and the same agent is also scored
+    acting from the instruction alone (`instruction_only_success_rate`), with the planner's `plan_accuracy`
+    (exact subgoal sequence) on each split: the planner ablation."""
     from sima2.envs import level_has_split
 
     check_eval_length(config, env)
     if len(env.levels) == 1:
-        cells = {s: env.default_params(s) for s in env.splits}
-        return evaluate_splits(agent, env, cells, key, config, progress=progress)
-    levels = {s: [lv.name for lv in env.levels if level_has_split(lv, s)] for s in env.splits}
-    cells = {f"{s}/{level}": env.default_params(s, level=level) for s in env.splits for level in levels[s]}
-    by_cell = evaluate_splits(agent, env, cells, key, config, progress=progress)
-    results = {}
-    for split in env.splits:
-        per_level = {level: by_cell[f"{split}/{level}"] for level in levels[split]}
-        merged: dict[str, float] = {"episodes": float(sum(r["episodes"] for r in per_level.values()))}
-        for metric in ("success_rate", "episode_length", "return", "navigation_efficiency"):
-            values = [r[metric] for r in per_level.values() if metric in r]
-            if values:
-                merged[metric] = float(np.mean(values))
-        merged["eval_seconds"] = float(sum(r["eval_seconds"] for r in per_level.values()))
-        for level, r in per_level.items():
-            merged[f"success_rate/{level}"] = r["success_rate"]
-            merged[f"episodes/{level}"] = r["episodes"]
-        results[split] = merged
-    return results
+        levels = {s: [None] for s in env.splits}
+    else:
+        levels = {s: [lv.name for lv in env.levels if level_has_split(lv, s)] for s in env.splits}
+    cells = {(s, level): env.default_params(s, level=level) for s in env.splits for level in levels[s]}
+    named = {s if level is None else f"{s}/{level}": params for (s, level), params in cells.items()}
+    by_cell = evaluate_splits(
+        agent, env, named, key, dataclasses.replace(config, use_plan=plans), progress=progress
+    )
+    if plans:
+        alone = evaluate_splits(agent, env, named, key, dataclasses.replace(config, use_plan=False), progress=progress)
+        for i, name in enumerate(named):
+            by_cell[name]["instruction_only_success_rate"] = alone[name]["success_rate"]
+            by_cell[name]["plan_accuracy"] = plan_accuracy(
+                agent, env, named[name], jax.random.fold_in(key, 10_000 + i), min(config.num_episodes, 256)
+            )
+    if len(env.levels) == 1:
+        return by_cell
+    return {
+        split: _merge_levels({level: by_cell[f"{split}/{level}"] for level in levels[split]}) for split in env.splits
+    }

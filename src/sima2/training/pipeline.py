@@ -36,7 +36,13 @@ from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, chec
 from sima2.training.data import Judge
 from sima2.training.evaluate import check_eval_length, evaluate_world
 from sima2.training.experience import world_success
-from sima2.training.pipeline_agent import build_agent, check_pretrained_vision, plan_supervision_for, unloadable
+from sima2.training.pipeline_agent import (
+    build_agent,
+    check_pretrained_vision,
+    plan_supervision_for,
+    unloadable,
+    writes_plans,
+)
 from sima2.training.report import INTERVENTIONS, evaluation_report, read_metrics, write_report
 from sima2.training.self_improvement import SelfImprovementConfig, self_improve
 
@@ -359,7 +365,8 @@ def train(
     per_level = f" and each of the {len(env.levels)} levels" if len(env.levels) > 1 else ""
     announce(f"[5/5] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(env.splits)}"
              f"{per_level}")
-    results = evaluate_world(agent, env, k_eval, config.eval, progress=show)
+    # An agent that writes plans is scored with its plan and from the instruction alone (the ablation).
+    results = evaluate_world(agent, env, k_eval, config.eval, plans=writes_plans(agent), progress=show)
     timings["eval"] = time.perf_counter() - stage_start
     timings["total"] = time.perf_counter() - start
     eval_report = evaluation_report(

@@ -62,14 +62,29 @@ def unloadable(config: PipelineConfig, err: Exception) -> ValueError:
     )
 
 
+def writes_plans(agent: Any) -> bool:
+    """Whether `agent` can write plans at run time (`sima2.policy.plans.plan_tokens` says why not)."""
+    from sima2.policy.plans import plan_tokens
+
+    try:
+        plan_tokens(agent)
+    except ValueError as err:
+        log.info("no plans at run time: %s", err)
+        return False
+    return agent.policy.subgoal_done_out is not None
+
+
 def plan_supervision_for(agent: Any, dataset: Any, planner: str | None) -> tuple[Any, Any]:
     """(transform, plan_loss) teaching the planner the expert's plans, or (None, None) when its backbone
     cannot generate text (a text encoder) or the demonstrations carry no plans. A pretrained planner
-    (`planner`, a name or path) learns the plans in its own tokenizer's ids."""
+    (`planner`, a name or path) learns the plans in its own tokenizer's ids. For an agent that writes plans
+    at run time, the transform also gives the policy the expert's current subgoal and the subgoal-done
+    head its labels (`sima2.training.subgoals`)."""
     from sima2.envs import get_tokenizer
     from sima2.planning import CausalLM
     from sima2.planning.tokenizer import load_tokenizer
     from sima2.training.bc import plan_supervision
+    from sima2.training.subgoals import has_subgoal_labels, subgoal_supervision
 
     if not isinstance(agent.planner.backbone, CausalLM):
         log.info("the planner's backbone is a %s: no plan loss", type(agent.planner.backbone).__name__)
@@ -77,4 +92,8 @@ def plan_supervision_for(agent: Any, dataset: Any, planner: str | None) -> tuple
     if not any(dataset["plan"][:1]):
         return None, None
     tokenizer = load_tokenizer(planner) if planner is not None else get_tokenizer()
-    return plan_supervision(tokenizer, dataset, separator=agent.planner.separator)
+    plan_transform, plan_loss = plan_supervision(tokenizer, dataset, separator=agent.planner.separator)
+    if not (writes_plans(agent) and has_subgoal_labels(dataset)):
+        return plan_transform, plan_loss
+    subgoals = subgoal_supervision(dataset, tokenizer=agent.config.tokenizer, pad_id=agent.config.instruction_pad_id)
+    return (lambda rows, batch: subgoals(rows, plan_transform(rows, batch))), plan_loss

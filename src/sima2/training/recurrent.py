@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PyTree
+from jaxtyping import Array, Bool, Int, PyTree
 
 
 def initial_carries(agent: Any, num: int) -> PyTree:
@@ -81,8 +81,11 @@ def evaluate_sequences(
     first: Bool[Array, "T E"],
     start_carry: PyTree,
     instruction: PyTree | None = None,
-) -> tuple[Float[Array, "T E *K"], Float[Array, "T E"], Float[Array, "T E"]]:
-    """`(log_prob(action), entropy, value)` of every step, running `model.evaluate` over time per world.
+    *,
+    with_carries: bool = False,
+) -> tuple[Array, ...]:
+    """`(log_prob(action), entropy, value)` of every step, running `model.evaluate` over time per world;
+    `with_carries`: also the carry after each step (`(T, E, ...)`, e.g. for a head that reads the memory).
 
     `action` may stack K candidate actions per step (`(T, E, *K, F)`); their log-probs come back as `*K`.
 
@@ -97,9 +100,9 @@ def evaluate_sequences(
     if is_memoryless(model):
         # No carry to thread: evaluate all (time, world) pairs as one flat batch. A single vmap keeps the
         # agent's matmuls plain 2-D (nested vmaps make XLA CPU transpose around every layer).
-        def one_step(o: PyTree, i: PyTree, a: Array) -> tuple[Array, Array, Array]:
-            log_prob, entropy, value, _ = model.evaluate_features(model.observation_features(o, i), initial, a)
-            return log_prob, entropy, value
+        def one_step(o: PyTree, i: PyTree, a: Array) -> tuple[Array, ...]:
+            log_prob, entropy, value, carry = model.evaluate_features(model.observation_features(o, i), initial, a)
+            return (log_prob, entropy, value, carry) if with_carries else (log_prob, entropy, value)
 
         return _over_time_and_worlds(one_step, obs, instruction, action)
 
@@ -109,12 +112,12 @@ def evaluate_sequences(
     # language encoders on CPU.
     features = _over_time_and_worlds(model.observation_features, obs, instruction)
 
-    def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, Array, Array]:
+    def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, ...]:
         def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:
             o, a, f = x
             carry = jax.tree.map(lambda i, c: jnp.where(f, i, c), initial, carry)
             log_prob, entropy, value, carry = model.evaluate_features(o, carry, a)
-            return carry, (log_prob, entropy, value)
+            return carry, (log_prob, entropy, value, carry) if with_carries else (log_prob, entropy, value)
 
         _, outs = jax.lax.scan(step, carry, (obs, action, first))
         return outs

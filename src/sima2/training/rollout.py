@@ -10,6 +10,7 @@ the key splitting, the memory reset at episode starts and the episode bookkeepin
 - one `jax.vmap` per step for the actor and one for the env;
 - the actor's arrays are arguments of the compiled program, so evaluation splits and checkpoints of one
   agent share a program;
+- `PlanningActor` writes each episode's plan with the agent's planner inside the same compiled step;
 - with `auto_reset` (the default) finished worlds start a new episode (`Env.step`); without it each world
   stops at the end of its first episode: its state stays the one the episode ended in and later steps
   report `done` False (the report records whole episodes this way, last frame included).
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from sima2.contract import AbstractAgent, ActOutput, Env, Observation, Transition
+from sima2.policy.plans import Plan, PlanCursor, PlanTokens, plan_tokens, write_plan
 from sima2.training.recurrent import initial_carries, reset_where
 
 
@@ -71,6 +73,57 @@ class AgentActor(Actor):
     ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
         del state, params  # no privileged world state
         return self.agent.act(key, obs, carry, deterministic=self.deterministic, instruction=episode)
+
+
+class PlanEpisode(eqx.Module):
+    """What a `PlanningActor` computes at an episode's start: the instruction's features, the plan it wrote
+    and each subgoal's features."""
+
+    instruction: PyTree
+    plan: Plan
+    subgoals: PyTree  # `instruction_features` of each subgoal, leading axis K
+
+
+class PlanningActor(Actor):
+    """An agent that writes its plan at each episode's start (`sima2.policy.plans.write_plan`) and acts on
+    the current subgoal, moving to the next one when its subgoal-done head fires. Its carry is the agent's
+    memory and the `PlanCursor`."""
+
+    agent: AbstractAgent
+    tokens: PlanTokens = eqx.field(static=True)
+    deterministic: bool = eqx.field(static=True, default=False)
+
+    @classmethod
+    def of(cls, agent: AbstractAgent, *, deterministic: bool = False) -> PlanningActor:
+        """A planning actor for `agent`; a ValueError naming the reason when it cannot write plans."""
+        from sima2.policy.agent import Agent
+
+        if not isinstance(agent, Agent):
+            raise TypeError(f"plans at run time need a sima2 Agent (planner and subgoal-done head), got {type(agent)}")
+        return cls(agent, plan_tokens(agent), deterministic)
+
+    def initial_carry(self) -> PyTree:
+        return self.agent.initial_carry(), PlanCursor(jnp.zeros((), jnp.int32))
+
+    def episode_features(self, obs: Observation) -> PlanEpisode:
+        plan = write_plan(self.agent, obs["instruction"], self.tokens)
+        return PlanEpisode(
+            instruction=self.agent.instruction_features(obs["instruction"]),
+            plan=plan,
+            subgoals=jax.vmap(self.agent.instruction_features)(plan.subgoals),
+        )
+
+    def __call__(
+        self, key: PRNGKeyArray, obs: Observation, state: PyTree, params: PyTree, carry: PyTree, episode: PyTree
+    ) -> tuple[Int[Array, " F"], PyTree, ActOutput]:
+        del state, params  # no privileged world state: pixels, instruction and the agent's own plan
+        memory, cursor = carry
+        subgoal = jax.tree.map(lambda x: x[cursor.index], episode.subgoals)
+        action, memory, out = self.agent.act(
+            key, obs, memory, deterministic=self.deterministic, instruction=episode.instruction, subgoal=subgoal
+        )
+        done = self.agent.policy.subgoal_done_logit(memory) > 0
+        return action, (memory, cursor.advance(done, episode.plan)), out
 
 
 class ExpertActor(Actor):
