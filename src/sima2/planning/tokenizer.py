@@ -42,9 +42,11 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def eos_id(tokenizer: Any) -> int:
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token; plans need one to mark where they end")
-    return int(tokenizer.eos_token_id)
+    """The id that ends an instruction and a plan: the tokenizer's eos token, or BERT's [SEP]."""
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if end is None:
+        raise ValueError("the tokenizer has no eos_token (nor a sep_token); plans need one to mark where they end")
+    return int(end)
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -63,10 +65,12 @@ def separator_id(tokenizer: Any, separator: str = DEFAULT_SEPARATOR) -> int:
 
 
 def plan_prompt_ids(tokenizer: Any, instruction: str) -> list[int]:
-    """`instruction <eos>`: the prompt the planner continues with a plan."""
+    """`instruction <eos>`: the prompt the planner continues with a plan. The instruction is tokenised as an
+    env made with this tokenizer writes it (special tokens included), so a prompt built from an observation's
+    ids at run time is the same."""
     if not instruction.strip():
         raise ValueError("the instruction is empty")
-    return _ids(tokenizer, instruction) + [eos_id(tokenizer)]
+    return list(tokenizer(instruction)["input_ids"]) + [eos_id(tokenizer)]
 
 
 def plan_target_ids(tokenizer: Any, subgoals: Sequence[str], separator: str = DEFAULT_SEPARATOR) -> list[int]:
@@ -101,31 +105,26 @@ def split_plan(tokenizer: Any, generated: Sequence[int], separator: str = DEFAUL
     return subgoals
 
 
-def encode_plan_pairs(
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, Sequence[str]]],
+def encode_plan_ids(
+    prompts: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    pad: int,
     *,
-    separator: str = DEFAULT_SEPARATOR,
     prompt_length: int | None = None,
     target_length: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """(instruction, subgoals) pairs -> arrays for `LanguagePlanner.plan_loss`, vmapped over examples.
-
-    Prompts are left-padded (so the plan starts at the same column for every row), targets right-padded.
-    Returns `prompt_ids`, `prompt_mask` `[N, P]` and `target_ids`, `target_mask` `[N, T]` (int32 / bool).
-    """
-    prompts = [plan_prompt_ids(tokenizer, instruction) for instruction, _ in pairs]
-    targets = [plan_target_ids(tokenizer, plan, separator) for _, plan in pairs]
+    """Prompt and target ids -> arrays for `LanguagePlanner.plan_loss`, vmapped over examples: prompts
+    left-padded (so the plan starts at the same column for every row), targets right-padded. Returns
+    `prompt_ids`, `prompt_mask` `[N, P]` and `target_ids`, `target_mask` `[N, T]` (int32 / bool)."""
     p = prompt_length or max(map(len, prompts))
     t = target_length or max(map(len, targets))
     if max(map(len, prompts)) > p or max(map(len, targets)) > t:
         raise ValueError(f"an example is longer than prompt_length={p} / target_length={t}")
-    pad = pad_id(tokenizer)
     out = {
-        "prompt_ids": np.full((len(pairs), p), pad, np.int32),
-        "prompt_mask": np.zeros((len(pairs), p), bool),
-        "target_ids": np.full((len(pairs), t), pad, np.int32),
-        "target_mask": np.zeros((len(pairs), t), bool),
+        "prompt_ids": np.full((len(prompts), p), pad, np.int32),
+        "prompt_mask": np.zeros((len(prompts), p), bool),
+        "target_ids": np.full((len(prompts), t), pad, np.int32),
+        "target_mask": np.zeros((len(prompts), t), bool),
     }
     for row, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
         out["prompt_ids"][row, p - len(prompt) :] = prompt
@@ -135,12 +134,41 @@ def encode_plan_pairs(
     return out
 
 
+def encode_plan_pairs(
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, Sequence[str]]],
+    *,
+    separator: str = DEFAULT_SEPARATOR,
+    prompt_length: int | None = None,
+    target_length: int | None = None,
+) -> dict[str, np.ndarray]:
+    """(instruction, subgoals) pairs -> arrays for `LanguagePlanner.plan_loss` (`encode_plan_ids`'s layout)."""
+    prompts = [plan_prompt_ids(tokenizer, instruction) for instruction, _ in pairs]
+    targets = [plan_target_ids(tokenizer, plan, separator) for _, plan in pairs]
+    return encode_plan_ids(
+        prompts, targets, pad_id(tokenizer), prompt_length=prompt_length, target_length=target_length
+    )
+
+
+def subgoal_ids(tokenizer: Any, subgoal: str, length: int, pad: int) -> np.ndarray:
+    """One subgoal's ids as a plan writes them (no special tokens), padded with `pad` to `length`: the
+    form the policy reads a subgoal in, whether the expert's (in training) or a written one (at run time)."""
+    ids = _ids(tokenizer, subgoal)
+    if not ids or len(ids) > length:
+        raise ValueError(f"the subgoal {subgoal!r} is {len(ids)} tokens long; subgoals hold 1 to {length}")
+    out = np.full((length,), pad, np.int32)
+    out[: len(ids)] = ids
+    return out
+
+
 __all__ = [
     "DEFAULT_SEPARATOR",
+    "encode_plan_ids",
     "encode_plan_pairs",
     "load_tokenizer",
     "plan_prompt_ids",
     "plan_target_ids",
     "separator_id",
     "split_plan",
+    "subgoal_ids",
 ]

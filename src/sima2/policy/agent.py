@@ -12,9 +12,8 @@ Every call works on ONE raw world observation; callers `jax.vmap` over worlds an
 see `sima2.policy.distributions`) and "subgoal" int32 `(S,)` (the current subgoal, the instruction's ids).
 Images are normalised inside the agent. Reset the memory at episode start: `agent.reset_carry(carry, first)`.
 
-Training only parts of the agent (e.g. a frozen pretrained ViT, LoRA-only language model):
-`agent.trainable_filter(freeze_vision=True)` is a PyTree of bools for `eqx.partition` or, as labels,
-`optax.multi_transform({"train": optax.adam(3e-4), "freeze": optax.set_to_zero()}, labels)`.
+Training only parts of the agent (e.g. a frozen pretrained ViT): `agent.trainable_filter(freeze_vision=True)`
+is a PyTree of bools for `eqx.partition` or, as labels, for `optax.multi_transform`.
 
 Pretrained parts plug in by Hugging Face name or local path (a name that cannot be loaded raises):
 
@@ -26,7 +25,7 @@ Instructions are text at the boundary: a world made with the language model's to
 the same way (put it in `obs["instruction"]`); built-in word ids read by a pretrained model are mapped on
 device (`sima2.planning.TokenBridge`, `config.text_bridge`). The instruction's features are the costly part of
 a step and constant over an episode: rollouts compute `agent.instruction_features(ids)` once per episode and
-pass them to `act(..., instruction=)`.
+pass them to `act(..., instruction=)`. Plans written at run time: `sima2.policy.plans`.
 
 Saving: `agent.save_pretrained(dir)` / `Agent.from_pretrained(dir)` (files: `sima2.policy.persistence`);
 presets live in `sima2.presets`, pretrained parts by name in `sima2.policy.pretrained_parts`.
@@ -60,7 +59,7 @@ from sima2.policy.persistence import (
     planner_from_config,
     save_agent,
 )
-from sima2.policy.pretrained_parts import pretrained_language, pretrained_vision, token_bridge
+from sima2.policy.pretrained_parts import plan_writer_for, pretrained_language, pretrained_vision, token_bridge
 
 PRESETS = presets.PRESETS
 
@@ -73,6 +72,9 @@ class Agent(AbstractAgent):
     planner: LanguagePlanner
     policy: ActorCritic
     config: AgentConfig = eqx.field(static=True)
+    # A small causal LM over the world's words that writes plans (`sima2.policy.plans`) for an agent whose
+    # language model cannot: a sentence encoder, or a model behind a token bridge. None: the planner writes.
+    plan_writer: LanguagePlanner | None = None
 
     # --- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -87,6 +89,7 @@ class Agent(AbstractAgent):
         proprio_dim: int,
         touch_dim: int = 0,
         policy_sizes: Mapping[str, Any] | None = None,
+        plan_writer: LanguagePlanner | None = None,
         **agent_fields: Any,
     ) -> Agent:
         """Assemble an agent around given components for `action_nvec` actions, `proprio_dim` proprio and
@@ -100,7 +103,8 @@ class Agent(AbstractAgent):
             **dict(policy_sizes or {}),
         )
         config = AgentConfig(preset=preset, policy=policy_config, **agent_fields)
-        return cls(vision=vision, planner=planner, policy=ActorCritic(policy_config, key=key), config=config)
+        policy = ActorCritic(policy_config, key=key)
+        return cls(vision=vision, planner=planner, policy=policy, config=config, plan_writer=plan_writer)
 
     @classmethod
     def from_preset(
@@ -173,9 +177,9 @@ class Agent(AbstractAgent):
             raise ValueError("freeze_language=True keeps a pretrained planner= or text_encoder= as loaded; pass one")
         if freeze_language is not None:
             agent_fields = {**agent_fields, "freeze_planner": bool(freeze_language)}
-        if instruction_length is None:
-            instruction_length = spec.max_instruction_words
-        agent_fields = {**agent_fields, "instruction_length": int(instruction_length)}
+        instruction_length = spec.max_instruction_words if instruction_length is None else instruction_length
+        writer, writer_fields = plan_writer_for(planner, spec, agent_fields, table, key=jax.random.fold_in(key, 3))
+        agent_fields = {**agent_fields, **writer_fields, "instruction_length": int(instruction_length)}
         return cls.from_components(
             vision,
             planner,
@@ -185,10 +189,10 @@ class Agent(AbstractAgent):
             proprio_dim=spec.observation.proprio.shape[0],
             touch_dim=spec.observation.touch.shape[0] if touch and spec.observation.touch is not None else 0,
             policy_sizes=table.policy_sizes(),
+            plan_writer=writer,
             **agent_fields,
         )
 
-    # --- observation handling ---------------------------------------------------------------------------
     @property
     def action_nvec(self) -> tuple[int, ...]:
         return self.config.policy.action_nvec
@@ -392,6 +396,5 @@ class Agent(AbstractAgent):
         return load_agent(cls, directory)
 
 
-__all__ = [
-    "AGENT_CONFIG_NAME", "AGENT_WEIGHTS_NAME", "PRESETS", "Agent", "AgentConfig", "InstructionFeatures", "token_bridge"
-]
+__all__ = ["AGENT_CONFIG_NAME", "AGENT_WEIGHTS_NAME", "PRESETS", "Agent", "AgentConfig", "InstructionFeatures",
+           "token_bridge"]

@@ -34,8 +34,8 @@ AGENT_WEIGHTS_NAME = "model.safetensors"
 AGENT_FORMAT = "sima2-agent"
 # 2: `agent.text_bridge`; 3: `agent.instruction_length`, `policy.conditional_actions`; 4: `agent.tokenizer`,
 # `agent.instruction_pad_id` and the tokenizer's files beside the weights; 5: `policy.touch_dim` and the
-# policy's touch encoder; 6: `policy.subgoal_done_head` and its weights.
-FORMAT_VERSION = 6
+# policy's touch encoder; 6: `policy.subgoal_done_head` and its weights; 7: the optional `plan_writer`.
+FORMAT_VERSION = 7
 
 AgentT = TypeVar("AgentT", bound=eqx.Module)
 
@@ -61,6 +61,10 @@ class AgentConfig:
     # `save_pretrained` writes its files beside the weights, so a saved agent tokenizes offline.
     tokenizer: str | None = None
     instruction_pad_id: int = 0  # the id that pads instructions (never attended)
+    # The instruction ids a `plan_writer` reads and writes, sorted (its token i is `plan_vocabulary[i]`): the
+    # world's words in a large tokenizer's ids, so the writer's softmax spans hundreds of ids, not tens of
+    # thousands. None: the writer's ids are the instruction ids.
+    plan_vocabulary: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.instruction_length is not None and self.instruction_length < 1:
@@ -77,6 +81,8 @@ class AgentConfig:
         raw["policy"] = ActorCriticConfig(**{**policy, "action_nvec": tuple(policy["action_nvec"])})
         for name in ("image_mean", "image_std"):
             raw[name] = tuple(raw[name])
+        if raw.get("plan_vocabulary") is not None:
+            raw["plan_vocabulary"] = tuple(int(i) for i in raw["plan_vocabulary"])
         if raw.get("text_bridge") is not None:
             raw["text_bridge"] = TokenBridge.from_dict(raw["text_bridge"])
         return cls(**raw)
@@ -117,6 +123,7 @@ def save_agent(agent: Any, save_directory: str | os.PathLike) -> Path:
         "agent": agent.config.to_dict(),
         "vision": agent.vision.hf_config(),
         "planner": planner_config(agent.planner),
+        "plan_writer": None if agent.plan_writer is None else planner_config(agent.plan_writer),
     }
     write_safetensors(named_arrays(agent), folder / AGENT_WEIGHTS_NAME, {"format": AGENT_FORMAT})
     if agent.config.tokenizer is not None and os.fspath(folder.resolve()) != agent.config.tokenizer:
@@ -129,7 +136,8 @@ def save_agent(agent: Any, save_directory: str | os.PathLike) -> Path:
 
 
 def load_agent(cls: type[AgentT], directory: str | os.PathLike) -> AgentT:
-    """Rebuild an agent of class `cls` (fields vision, planner, policy, config) saved by `save_agent`."""
+    """Rebuild an agent of class `cls` (fields vision, planner, policy, config, plan_writer) saved by
+    `save_agent`."""
     folder = Path(directory)
     config_path = folder / AGENT_CONFIG_NAME
     if not config_path.is_file():
@@ -150,11 +158,13 @@ def load_agent(cls: type[AgentT], directory: str | os.PathLike) -> AgentT:
         k_vision, k_planner, k_policy = jax.random.split(key, 3)
         vision = ViTEncoder.from_config(raw["vision"], key=k_vision)
         planner = planner_from_config(raw["planner"], key=k_planner)
+        writer = raw.get("plan_writer")
         return cls(
             vision=vision,
             planner=planner,
             policy=ActorCritic(agent_config.policy, key=k_policy),
             config=agent_config,
+            plan_writer=None if writer is None else planner_from_config(writer, key=jax.random.fold_in(key, 3)),
         )
 
     skeleton = eqx.filter_eval_shape(build, jax.random.key(0))

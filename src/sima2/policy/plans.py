@@ -8,21 +8,22 @@ instruction. `PlanCursor` is the follower's state: which subgoal is current; it 
 subgoal-done head fires (`ActorCritic.subgoal_done_logit`). Nothing here reads the world's state: the agent
 acts from pixels, its instruction and its own plan (`sima2.training.rollout.PlanningActor`).
 
-Plans are written by a planner whose backbone is a causal LM reading the instruction ids directly (the
-world's words, or an env made with the planner's tokenizer); `plan_tokens(agent)` says why another agent
-cannot write them.
+Plans are written by the agent's `plan_writer` (a small causal LM over the instruction ids, for an agent whose
+language model is a sentence encoder or reads through a token bridge) or else by its planner, when that is a
+causal LM reading the instruction ids directly; `plan_tokens(agent)` says why another agent cannot write them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
-from sima2.planning import CausalLM
+from sima2.planning import CausalLM, LanguagePlanner
 from sima2.planning.generate import generate
 
 # Subgoals a written plan holds (the built-in world's expert plans have at most 8).
@@ -56,28 +57,60 @@ class PlanCursor(eqx.Module):
         return PlanCursor(jnp.minimum(self.index + done.astype(jnp.int32), last).astype(jnp.int32))
 
 
-def plan_tokens(agent: object) -> PlanTokens:
-    """The plan's framing ids for `agent`; a ValueError naming the reason when it cannot write plans."""
+def plan_writer(agent: object) -> LanguagePlanner:
+    """The language model that writes `agent`'s plans: its `plan_writer` when it has one, else its planner."""
+    return agent.planner if agent.plan_writer is None else agent.plan_writer
+
+
+def instruction_tokenizer(agent: object) -> Any:
+    """The HF tokenizer of the ids `agent` reads instructions (and subgoals) in: its own, or the world's words."""
     from sima2.envs.vocabulary import get_tokenizer
-    from sima2.planning.tokenizer import eos_id, pad_id, separator_id
     from sima2.policy.instructions import load_cached_tokenizer
 
-    backbone = agent.planner.backbone
-    if not isinstance(backbone, CausalLM):
+    return get_tokenizer() if agent.config.tokenizer is None else load_cached_tokenizer(agent.config.tokenizer)
+
+
+def plan_tokens(agent: object) -> PlanTokens:
+    """The plan's framing ids for `agent`; a ValueError naming the reason when it cannot write plans."""
+    from sima2.planning.tokenizer import eos_id, pad_id, separator_id
+
+    writer = plan_writer(agent)
+    if agent.plan_writer is None and not isinstance(writer.backbone, CausalLM):
         raise ValueError(
-            f"this agent's language model is a {type(backbone).__name__}, which cannot write plans: build the "
-            "agent with a causal LM planner (e.g. the preset's own, or planner=<GPT-2 / Llama / Qwen2>)"
+            f"this agent's language model is a {type(writer.backbone).__name__}, which cannot write plans, and it "
+            "has no plan_writer: build it with Agent.from_preset (which adds one) or a causal LM planner"
         )
-    if agent.config.text_bridge is not None:
+    if agent.plan_writer is None and agent.config.text_bridge is not None:
         raise ValueError(
             "this agent's planner reads the world's words through a token bridge, so a plan it writes would be "
-            "in other ids than the instructions: make the env with the planner's tokenizer "
-            "(sima2.envs.make(id, tokenizer=...)) to write plans at run time"
+            "in other ids than the instructions, and it has no plan_writer: build it with Agent.from_preset"
         )
-    tokenizer = get_tokenizer() if agent.config.tokenizer is None else load_cached_tokenizer(agent.config.tokenizer)
-    return PlanTokens(
-        eos=eos_id(tokenizer), separator=separator_id(tokenizer, agent.planner.separator), pad=pad_id(tokenizer)
-    )
+    tokenizer = instruction_tokenizer(agent)
+    return PlanTokens(eos=eos_id(tokenizer), separator=separator_id(tokenizer, writer.separator), pad=pad_id(tokenizer))
+
+
+def writer_ids(agent: object, ids: Int[Array, "*n"]) -> Int[Array, "*n"]:
+    """Instruction ids -> the plan writer's own ids (the same where it has no `plan_vocabulary`; an id the
+    writer does not know reads as the tokenizer's unknown token)."""
+    vocabulary = agent.config.plan_vocabulary
+    if vocabulary is None:
+        return ids.astype(jnp.int32)
+    table = jnp.asarray(vocabulary, jnp.int32)
+    unknown = vocabulary.index(_unknown_id(agent)) if _unknown_id(agent) in vocabulary else 0
+    position = jnp.clip(jnp.searchsorted(table, ids), 0, len(vocabulary) - 1)
+    return jnp.where(table[position] == ids, position, unknown).astype(jnp.int32)
+
+
+def instruction_ids(agent: object, ids: Int[Array, "*n"]) -> Int[Array, "*n"]:
+    """The plan writer's ids -> instruction ids (`writer_ids`' inverse on the writer's vocabulary)."""
+    vocabulary = agent.config.plan_vocabulary
+    if vocabulary is None:
+        return ids.astype(jnp.int32)
+    return jnp.asarray(vocabulary, jnp.int32)[jnp.clip(ids, 0, len(vocabulary) - 1)]
+
+
+def _unknown_id(agent: object) -> int | None:
+    return instruction_tokenizer(agent).unk_token_id
 
 
 def _prompt(
@@ -119,21 +152,27 @@ def write_plan(
     max_subgoals: int = MAX_SUBGOALS,
     subgoal_length: int | None = None,
 ) -> Plan:
-    """The plan `agent.planner` writes (greedily) for ONE instruction (left-aligned ids, padded with
+    """The plan `plan_writer(agent)` writes greedily for ONE instruction (left-aligned ids, padded with
     `tokens.pad`); subgoals are cut to `subgoal_length` ids (default: the instruction's length). Traceable:
     a rollout writes each episode's plan inside its compiled step."""
     instruction = instruction[: agent.config.instruction_length]
     subgoal_length = instruction.shape[0] if subgoal_length is None else subgoal_length
     prompt, mask = _prompt(instruction, tokens)
+    vocabulary = agent.config.plan_vocabulary  # the framing tokens in the writer's own ids (static)
+    own = (lambda i: i) if vocabulary is None else vocabulary.index
     out = generate(
-        agent.planner.merged_backbone(),
-        prompt[None],
+        plan_writer(agent).merged_backbone(),
+        writer_ids(agent, prompt)[None],
         attention_mask=mask[None],
         max_new_tokens=max_subgoals * (subgoal_length + 1),
-        eos_token_id=tokens.eos,
-        pad_token_id=tokens.pad,
+        eos_token_id=own(tokens.eos),
+        pad_token_id=own(tokens.pad),
     )
-    return split_plan_ids(out[0, prompt.shape[0] :], tokens, max_subgoals, subgoal_length)
+    written = instruction_ids(agent, out[0, prompt.shape[0] :])
+    return split_plan_ids(written, tokens, max_subgoals, subgoal_length)
 
 
-__all__ = ["MAX_SUBGOALS", "Plan", "PlanCursor", "PlanTokens", "plan_tokens", "split_plan_ids", "write_plan"]
+__all__ = [
+    "MAX_SUBGOALS", "Plan", "PlanCursor", "PlanTokens", "instruction_ids", "instruction_tokenizer", "plan_tokens",
+    "plan_writer", "split_plan_ids", "write_plan", "writer_ids",
+]

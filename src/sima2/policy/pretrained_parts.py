@@ -1,5 +1,6 @@
 """Pretrained parts of an `Agent` by Hugging Face name or local path: a vision encoder, a language model (causal
-LM planner or BERT text encoder), and the token bridge from the world's word ids to that model's tokenizer.
+LM planner or BERT text encoder), and the token bridge from the world's word ids to that model's tokenizer;
+and the plan writer an agent gets when that model cannot write plans in the instruction's ids.
 
 A name or path that cannot be loaded raises a ValueError naming it; the agent never falls back to random
 weights behind your back.
@@ -19,7 +20,7 @@ from sima2.perception.preprocess import ImageProcessorConfig
 from sima2.perception.vit import ViTEncoder
 from sima2.planning import CausalLM, LanguagePlanner, TextEncoder
 from sima2.planning.bridge import TokenBridge
-from sima2.planning.tokenizer import load_tokenizer
+from sima2.planning.tokenizer import DEFAULT_SEPARATOR, load_tokenizer
 
 
 def pretrained_vision(source: str | os.PathLike) -> tuple[ViTEncoder, dict[str, Any]]:
@@ -84,3 +85,36 @@ def token_bridge(tokenizer: Any, planner: LanguagePlanner, instruction_length: i
 
 
 __all__ = ["pretrained_language", "pretrained_vision", "token_bridge"]
+
+
+def plan_vocabulary(tokenizer: Any, separator: str) -> tuple[int, ...]:
+    """The ids of every built-in world word (and the separator) in `tokenizer`, with its special tokens: what
+    a plan writer beside a large tokenizer reads and writes (any other id reads as the unknown token)."""
+    from sima2.envs.vocabulary import vocabulary
+    from sima2.planning.tokenizer import eos_id, pad_id
+
+    words = [w for w in vocabulary() if not w.startswith("[")] + [separator]
+    ids = {int(i) for w in words for i in tokenizer(w, add_special_tokens=False)["input_ids"]}
+    specials = {eos_id(tokenizer), pad_id(tokenizer), *tokenizer.all_special_ids}
+    return tuple(sorted(ids | specials))
+
+
+def plan_writer_for(
+    planner: LanguagePlanner, spec: Any, agent_fields: dict[str, Any], table: presets.Preset, *, key: PRNGKeyArray
+) -> tuple[LanguagePlanner | None, dict[str, Any]]:
+    """The preset's small causal LM to write plans for an agent whose language model cannot (a sentence
+    encoder, or a model reading through a token bridge), and the `AgentConfig` fields it needs; (None, {})
+    when the planner writes them itself. Over the world's words, or, for an env that writes a tokenizer's
+    ids, over the world's words in those ids (`plan_vocabulary`)."""
+    if isinstance(planner.backbone, CausalLM) and agent_fields.get("text_bridge") is None:
+        return None, {}
+    from sima2.policy.instructions import load_cached_tokenizer
+    from sima2.policy.persistence import planner_from_config
+
+    separator = table.planner_config(1).get("separator", DEFAULT_SEPARATOR)
+    if spec.observation.tokenizer is None:
+        vocab, fields = spec.observation.vocab_size, {}
+    else:
+        ids = plan_vocabulary(load_cached_tokenizer(spec.observation.tokenizer), separator)
+        vocab, fields = len(ids), {"plan_vocabulary": ids}
+    return planner_from_config(table.planner_config(vocab), key=key), fields

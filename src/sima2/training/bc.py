@@ -25,6 +25,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from sima2.perception.preprocess import augment_images
 from sima2.planning.tokenizer import DEFAULT_SEPARATOR
+from sima2.policy.plans import plan_writer, writer_ids
 from sima2.training.config import TrainConfig
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
@@ -44,6 +45,7 @@ def bc_loss(
     """Mean action cross-entropy over the batch (+ weighted plan loss, + the subgoal-done head's loss when
     the batch carries `subgoal_done` labels); returns (loss, terms)."""
     instruction = batch.get("instruction_features")  # precomputed for a frozen language model
+    subgoal = batch.get("subgoal_features")  # likewise, for the subgoals of `obs["subgoal"]`
     if "first" in batch:  # windows (B, T): run the memory through time, time-major
         time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         first = time_major(batch["first"])
@@ -54,6 +56,7 @@ def bc_loss(
             first,
             initial_carries(model, first.shape[1]),
             instruction=jax.tree.map(time_major, instruction),
+            subgoal=jax.tree.map(time_major, subgoal),
             with_carries=True,
         )
         carries = jax.tree.map(time_major, carries)  # back to the batch's (B, T) layout
@@ -62,12 +65,12 @@ def bc_loss(
         if instruction is None:
             instruction = instruction_features_of(model, batch["obs"]["instruction"])
 
-        def one(obs: PyTree, instruction: PyTree, action: Array) -> tuple[Array, Array, PyTree]:
-            features = model.observation_features(obs, instruction)
+        def one(obs: PyTree, instruction: PyTree, subgoal: PyTree, action: Array) -> tuple[Array, Array, PyTree]:
+            features = model.observation_features(obs, instruction, subgoal)
             log_prob, entropy, _, new_carry = model.evaluate_features(features, carry, action)
             return log_prob, entropy, new_carry
 
-        log_prob, entropy, carries = jax.vmap(one)(batch["obs"], instruction, batch["action"])
+        log_prob, entropy, carries = jax.vmap(one)(batch["obs"], instruction, subgoal, batch["action"])
     action_loss = -log_prob.mean()
     terms = {"action_loss": action_loss, "entropy": entropy.mean()}
     loss = action_loss
@@ -128,35 +131,42 @@ def plan_supervision(
 ) -> tuple[Callable[[dict, dict], dict], PlanLoss]:
     """`(transform, plan_loss)` that teach a `LanguagePlanner` the demonstrations' subgoal plans.
 
-    `transform` (for `DemonstrationBatches`) tokenises each row's instruction and plan with `tokenizer`
-    into the layout of `encode_plan_pairs`, padded to the longest in `dataset` so shapes stay static;
-    `plan_loss(model, batch)` is the mean next-token loss of `model.planner` on those plans (one per
-    window for sequence batches: the plan of the episode the window starts with).
+    `transform` (for `DemonstrationBatches`) makes each row's prompt from its instruction ids as the env
+    wrote them (`<eos>` appended: the prompt a plan is written from at run time, `sima2.policy.plans`) and
+    its target from the plan tokenised with `tokenizer` (the tokenizer of those ids), in the layout of
+    `encode_plan_ids`, padded to the longest in `dataset` so shapes stay static; `plan_loss(model, batch)`
+    is the mean next-token loss of the agent's plan writer (`sima2.policy.plans.plan_writer`: its
+    `plan_writer`, else its planner) on those plans (one per window for sequence batches: the plan of the
+    episode the window starts with).
     """
-    from sima2.planning import encode_plan_pairs
+    from sima2.planning.tokenizer import encode_plan_ids, eos_id, pad_id, plan_target_ids
 
-    instructions, plans = dataset["instruction"], dataset["plan"]
-    unique = {(text, tuple(plan)) for text, plan in zip(instructions, plans, strict=True) if plan}
+    pad, eos = pad_id(tokenizer), eos_id(tokenizer)
+
+    def prompt_of(ids: Any) -> tuple[int, ...]:
+        return (*(int(i) for i in ids if i != pad), eos)
+
+    unique = {(prompt_of(ids), tuple(plan))
+              for ids, plan in zip(dataset["instruction_ids"], dataset["plan"], strict=True) if plan}
     if not unique:
         raise ValueError("the demonstrations carry no plans to learn")
-    lengths = encode_plan_pairs(tokenizer, sorted(unique), separator=separator)
-    prompt_length, target_length = lengths["prompt_ids"].shape[1], lengths["target_ids"].shape[1]
-    cache: dict[tuple[str, tuple[str, ...]], dict[str, np.ndarray]] = {}
+    targets = {plan: plan_target_ids(tokenizer, plan, separator) for plan in {plan for _, plan in unique}}
+    prompt_length = max(len(prompt) for prompt, _ in unique)
+    target_length = max(map(len, targets.values()))
+    cache: dict[tuple[tuple[int, ...], tuple[str, ...]], dict[str, np.ndarray]] = {}
 
-    def encode(text: str, plan: tuple[str, ...]) -> dict[str, np.ndarray]:
-        if (text, plan) not in cache:
-            pair = encode_plan_pairs(
-                tokenizer,
-                [(text, plan)],
-                separator=separator,
-                prompt_length=prompt_length,
-                target_length=target_length,
-            )
-            cache[(text, plan)] = {name: value[0] for name, value in pair.items()}
-        return cache[(text, plan)]
+    def encode(prompt: tuple[int, ...], plan: tuple[str, ...]) -> dict[str, np.ndarray]:
+        if (prompt, plan) not in cache:
+            if plan not in targets:
+                targets[plan] = plan_target_ids(tokenizer, plan, separator)
+            arrays = encode_plan_ids([prompt], [targets[plan]], pad, prompt_length=prompt_length,
+                                     target_length=target_length)
+            cache[(prompt, plan)] = {name: value[0] for name, value in arrays.items()}
+        return cache[(prompt, plan)]
 
     def transform(rows: dict[str, list], batch: dict[str, Any]) -> dict[str, Any]:
-        pairs = [encode(text, tuple(plan)) for text, plan in zip(rows["instruction"], rows["plan"], strict=True)]
+        pairs = [encode(prompt_of(ids), tuple(plan))
+                 for ids, plan in zip(rows["instruction_ids"], rows["plan"], strict=True)]
         batch["plan"] = {name: np.stack([p[name] for p in pairs]) for name in pairs[0]}
         return batch
 
@@ -164,8 +174,10 @@ def plan_supervision(
         plan = batch["plan"]
         if plan["target_ids"].ndim == 3:  # windows: the plan of the episode each window starts with
             plan = jax.tree.map(lambda x: x[:, 0], plan)
-        losses = jax.vmap(lambda p, pm, t, tm: model.planner.plan_loss(p, t, tm, prompt_mask=pm))(
-            plan["prompt_ids"], plan["prompt_mask"], plan["target_ids"], plan["target_mask"]
+        writer = plan_writer(model)
+        losses = jax.vmap(lambda p, pm, t, tm: writer.plan_loss(p, t, tm, prompt_mask=pm))(
+            writer_ids(model, plan["prompt_ids"]), plan["prompt_mask"], writer_ids(model, plan["target_ids"]),
+            plan["target_mask"],
         )
         return losses.mean()
 
@@ -176,25 +188,44 @@ def frozen_instruction_features(
     agent: Any, dataset: Any, instruction_length: int, *, chunk: int = 256
 ) -> Callable[[dict, dict], dict]:
     """A `DemonstrationBatches` transform that adds each row's `agent.instruction_features` as
-    `batch["instruction_features"]`, computed once per distinct instruction of `dataset` before training.
+    `batch["instruction_features"]`, computed once per distinct instruction of `dataset` before training,
+    and likewise `batch["subgoal_features"]` for batches with `obs["subgoal"]` (`sima2.training.subgoals`:
+    every subgoal text of the dataset's plans, and the empty subgoal).
 
     Only for an agent whose language model is frozen: its features never change, so behaviour cloning then
     spends nothing on the language model (a pretrained encoder would otherwise cost more than the rest of
     a step). `instruction_length` must be the batches' (`DemonstrationBatches.instruction_length`).
     """
-    distinct = sorted({tuple(ids[:instruction_length]) for ids in dataset["instruction_ids"]})
+    from sima2.planning.tokenizer import subgoal_ids
+    from sima2.policy.plans import instruction_tokenizer
+
+    config = agent.config
+    rows = {tuple(ids[:instruction_length]) for ids in dataset["instruction_ids"]}
+    if "plan" in dataset.column_names:
+        import pyarrow.compute as pc
+
+        texts = pc.unique(pc.list_flatten(dataset.data.column("plan"))).to_pylist()
+        tokenizer, pad = instruction_tokenizer(agent), config.instruction_pad_id
+        rows |= {tuple(subgoal_ids(tokenizer, text, instruction_length, pad)) for text in texts}
+        rows.add((pad,) * instruction_length)
+    distinct = sorted(rows)
     index = {ids: row for row, ids in enumerate(distinct)}
     padded = -(-len(distinct) // chunk) * chunk
-    table_ids = np.zeros((padded, instruction_length), np.int32)
+    table_ids = np.full((padded, instruction_length), config.instruction_pad_id, np.int32)
     for row, ids in enumerate(distinct):
         table_ids[row, : len(ids)] = ids
     encode = eqx.filter_jit(lambda model, ids: jax.vmap(model.instruction_features)(ids))
     parts = [jax.device_get(encode(agent, table_ids[i : i + chunk])) for i in range(0, padded, chunk)]
     table = jax.tree.map(lambda *xs: np.concatenate(xs)[: len(distinct)], *parts)
 
+    def lookup(ids: Any) -> Any:
+        rows_index = np.array([index[tuple(int(i) for i in row[:instruction_length])] for row in ids])
+        return jax.tree.map(lambda x: x[rows_index], table)
+
     def transform(rows: dict[str, list], batch: dict[str, Any]) -> dict[str, Any]:
-        rows_index = np.array([index[tuple(ids[:instruction_length])] for ids in rows["instruction_ids"]])
-        batch["instruction_features"] = jax.tree.map(lambda x: x[rows_index], table)
+        batch["instruction_features"] = lookup(rows["instruction_ids"])
+        if "subgoal" in batch["obs"]:
+            batch["subgoal_features"] = lookup(batch["obs"]["subgoal"])
         return batch
 
     return transform

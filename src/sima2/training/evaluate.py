@@ -138,11 +138,12 @@ def plan_accuracy(
     agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, num_worlds: int = 64
 ) -> float:
     """Share of `num_worlds` fresh worlds of a `Sima2Env` for which the plan `agent` writes from the first
-    observation's instruction is exactly the expert's subgoal sequence (`env.plan_text`), compared word for
-    word in the agent's tokenizer."""
-    from sima2.policy.plans import plan_tokens, write_plan
+    observation's instruction is exactly the expert's subgoal sequence (`env.plan_text`), compared token for
+    token in the ids the agent reads."""
+    from sima2.planning.tokenizer import subgoal_ids
+    from sima2.policy.plans import instruction_tokenizer, plan_tokens, write_plan
 
-    tokens = plan_tokens(agent)
+    tokens, tokenizer = plan_tokens(agent), instruction_tokenizer(agent)
     obs, states = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_worlds), env_params)
     write = eqx.filter_jit(lambda a, ids: jax.vmap(lambda i: write_plan(a, i, tokens))(ids))
     written = write(agent, obs["instruction"])
@@ -151,9 +152,7 @@ def plan_accuracy(
     correct = 0
     for world in range(num_worlds):
         state = jax.tree.map(lambda x, w=world: x[w], states)
-        expert = [agent.tokenize(text) for text in env.plan_text(state)]
-        length = subgoals.shape[-1]
-        expert = [np.pad(ids[:length], (0, max(0, length - len(ids))), constant_values=tokens.pad) for ids in expert]
+        expert = [subgoal_ids(tokenizer, text, subgoals.shape[-1], tokens.pad) for text in env.plan_text(state)]
         mine = subgoals[world, : int(counts[world])]
         correct += len(mine) == len(expert) and all(np.array_equal(m, e) for m, e in zip(mine, expert, strict=True))
     return correct / num_worlds

@@ -89,6 +89,10 @@ class PipelineConfig:
     # Give the agent the world's touch observation (contact and grip, through its own encoder); `touch=false`
     # builds it without (the ablation).
     touch: bool = True
+    # Plans at run time, for an agent whose planner can write them (a causal LM over the instruction ids):
+    # cloning on the expert's current subgoal and its boundaries, and evaluation with the agent's own plan
+    # beside the instruction alone. `plans=false`: neither (the agent acts from its instruction).
+    plans: bool = True
     bc: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="bc"))
     ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_updates=0))
     # After PPO: practice in the training worlds, its judged-successful episodes cloned with the demonstrations.
@@ -309,7 +313,7 @@ def train(
     def clone(agent: Any, rows: Any, train_config: TrainConfig) -> Any:
         """Behaviour cloning on `rows` (the BC stage, and each self-improvement round); the planner learns the
         plans of these rows, padded to their longest."""
-        transform, plan_loss = plan_supervision_for(agent, rows, config.planner)
+        transform, plan_loss = plan_supervision_for(agent, rows, subgoals=config.plans)
         return train_bc(
             dataclasses.replace(train_config, stage="bc", seed=config.seed),
             agent,
@@ -366,7 +370,8 @@ def train(
     announce(f"[5/5] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(env.splits)}"
              f"{per_level}")
     # An agent that writes plans is scored with its plan and from the instruction alone (the ablation).
-    results = evaluate_world(agent, env, k_eval, config.eval, plans=writes_plans(agent), progress=show)
+    results = evaluate_world(agent, env, k_eval, config.eval, plans=config.plans and writes_plans(agent),
+                             progress=show)
     timings["eval"] = time.perf_counter() - stage_start
     timings["total"] = time.perf_counter() - start
     eval_report = evaluation_report(

@@ -74,26 +74,27 @@ def writes_plans(agent: Any) -> bool:
     return agent.policy.subgoal_done_out is not None
 
 
-def plan_supervision_for(agent: Any, dataset: Any, planner: str | None) -> tuple[Any, Any]:
+def plan_supervision_for(agent: Any, dataset: Any, *, subgoals: bool = True) -> tuple[Any, Any]:
     """(transform, plan_loss) teaching the planner the expert's plans, or (None, None) when its backbone
-    cannot generate text (a text encoder) or the demonstrations carry no plans. A pretrained planner
-    (`planner`, a name or path) learns the plans in its own tokenizer's ids. For an agent that writes plans
-    at run time, the transform also gives the policy the expert's current subgoal and the subgoal-done
-    head its labels (`sima2.training.subgoals`)."""
-    from sima2.envs import get_tokenizer
+    cannot generate text (a text encoder) or the demonstrations carry no plans. Plans are learnt in the ids
+    the agent reads instructions in (a pretrained planner's own tokenizer's). For an agent that writes plans
+    at run time (and `subgoals`), the transform also gives the policy the expert's current subgoal and the
+    subgoal-done head its labels (`sima2.training.subgoals`)."""
     from sima2.planning import CausalLM
-    from sima2.planning.tokenizer import load_tokenizer
+    from sima2.policy.plans import instruction_tokenizer, plan_writer
     from sima2.training.bc import plan_supervision
     from sima2.training.subgoals import has_subgoal_labels, subgoal_supervision
 
-    if not isinstance(agent.planner.backbone, CausalLM):
-        log.info("the planner's backbone is a %s: no plan loss", type(agent.planner.backbone).__name__)
+    writer = plan_writer(agent)
+    if not isinstance(writer.backbone, CausalLM):
+        log.info("the planner's backbone is a %s: no plan loss", type(writer.backbone).__name__)
         return None, None
     if not any(dataset["plan"][:1]):
         return None, None
-    tokenizer = load_tokenizer(planner) if planner is not None else get_tokenizer()
-    plan_transform, plan_loss = plan_supervision(tokenizer, dataset, separator=agent.planner.separator)
-    if not (writes_plans(agent) and has_subgoal_labels(dataset)):
+    # Plans are written in the ids the agent reads instructions in (the world's words, or the env's tokenizer's).
+    tokenizer = instruction_tokenizer(agent)
+    plan_transform, plan_loss = plan_supervision(tokenizer, dataset, separator=writer.separator)
+    if not (subgoals and writes_plans(agent) and has_subgoal_labels(dataset)):
         return plan_transform, plan_loss
-    subgoals = subgoal_supervision(dataset, tokenizer=agent.config.tokenizer, pad_id=agent.config.instruction_pad_id)
+    subgoals = subgoal_supervision(dataset, tokenizer=tokenizer, pad_id=agent.config.instruction_pad_id)
     return (lambda rows, batch: subgoals(rows, plan_transform(rows, batch))), plan_loss

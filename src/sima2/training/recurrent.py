@@ -82,6 +82,7 @@ def evaluate_sequences(
     start_carry: PyTree,
     instruction: PyTree | None = None,
     *,
+    subgoal: PyTree | None = None,
     with_carries: bool = False,
 ) -> tuple[Array, ...]:
     """`(log_prob(action), entropy, value)` of every step, running `model.evaluate` over time per world;
@@ -92,7 +93,8 @@ def evaluate_sequences(
     `obs`, `action` and `first` are time-major (leading axes `(T, E)`); `start_carry` has a leading world
     axis and is the carry before step 0 (it is reset where `first[0]`). `instruction`: the steps'
     `model.instruction_features` when known (e.g. precomputed for a frozen encoder); by default they are
-    computed once per distinct instruction of the batch.
+    computed once per distinct instruction of the batch. `subgoal`: the features of `obs["subgoal"]` when
+    precomputed likewise.
     """
     initial = model.initial_carry()
     if instruction is None and jax.tree.leaves(jax.eval_shape(model.instruction_features, obs["instruction"][0, 0])):
@@ -100,17 +102,18 @@ def evaluate_sequences(
     if is_memoryless(model):
         # No carry to thread: evaluate all (time, world) pairs as one flat batch. A single vmap keeps the
         # agent's matmuls plain 2-D (nested vmaps make XLA CPU transpose around every layer).
-        def one_step(o: PyTree, i: PyTree, a: Array) -> tuple[Array, ...]:
-            log_prob, entropy, value, carry = model.evaluate_features(model.observation_features(o, i), initial, a)
+        def one_step(o: PyTree, i: PyTree, s: PyTree, a: Array) -> tuple[Array, ...]:
+            features = model.observation_features(o, i, s)
+            log_prob, entropy, value, carry = model.evaluate_features(features, initial, a)
             return (log_prob, entropy, value, carry) if with_carries else (log_prob, entropy, value)
 
-        return _over_time_and_worlds(one_step, obs, instruction, action)
+        return _over_time_and_worlds(one_step, obs, instruction, subgoal, action)
 
     # Perception does not depend on the memory (the contract splits `observation_features` from
     # `evaluate_features`): encode every (time, world) step in one flat batch and replay only the recurrent
     # core over time. One wide batch instead of T narrow ones is several times cheaper for the vision and
     # language encoders on CPU.
-    features = _over_time_and_worlds(model.observation_features, obs, instruction)
+    features = _over_time_and_worlds(model.observation_features, obs, instruction, subgoal)
 
     def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, ...]:
         def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:

@@ -51,18 +51,25 @@ _MEMORY_KEYS = ("host_memory_fraction", "host_rss_gb", "device_memory_fraction")
 def evaluation_report(results: Mapping[str, Mapping[str, float]], **fields: Any) -> dict[str, Any]:
     """`eval.json`'s content from `evaluate_splits` results: success rate per split; navigation efficiency
     (optimal / actual path of successful episodes) over all splits' episodes and per split; the full per-split
-    metrics under "splits"; plus `fields` (e.g. preset, level)."""
+    metrics under "splits"; for an agent that writes plans, the planner ablation per split (success with its
+    own plan and from the instruction alone, and the plans' exact accuracy); plus `fields` (e.g. preset)."""
     by_split = {
         name: float(r["navigation_efficiency"]) for name, r in results.items() if "navigation_efficiency" in r
     }
     weights = {name: max(float(results[name].get("success_rate", 0.0)) * results[name].get("episodes", 1), 1e-9)
                for name in by_split}
     overall = sum(by_split[n] * weights[n] for n in by_split) / sum(weights.values()) if by_split else None
+    ablation = {
+        name: {"with_plan": float(r["success_rate"]), "instruction_only": float(r["instruction_only_success_rate"]),
+               "plan_accuracy": float(r["plan_accuracy"])}
+        for name, r in results.items() if "instruction_only_success_rate" in r
+    }
     return {
         "success_rate": {name: float(r["success_rate"]) for name, r in results.items()},
         "navigation_efficiency": overall,
         "navigation_efficiency_by_split": by_split,
         "episodes": {name: int(r.get("episodes", 0)) for name, r in results.items()},
+        **({"planner_ablation": ablation} if ablation else {}),
         "splits": {name: dict(r) for name, r in results.items()},
         **fields,
     }

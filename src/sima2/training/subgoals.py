@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, PyTree
 
-from sima2.policy.instructions import tokenize
+from sima2.planning.tokenizer import subgoal_ids
 
 SUBGOAL_COLUMNS = ("plan", "subgoal_index", "subgoal_done")
 
@@ -36,14 +36,15 @@ def has_subgoal_labels(dataset: Any) -> bool:
 def subgoal_supervision(
     dataset: Any,
     *,
-    tokenizer: str | None,
+    tokenizer: Any,
     pad_id: int = 0,
     without_plan_every: int = 4,
 ) -> Callable[[dict[str, list], dict[str, Any]], dict[str, Any]]:
     """A `DemonstrationBatches` transform adding `obs["subgoal"]` and `batch["subgoal_done"]` from the rows'
-    plans; `tokenizer` and `pad_id` as the agent reads instructions (`AgentConfig.tokenizer`, None: the
-    world's own words). Episodes whose id is a multiple of `without_plan_every` (0: none) get an empty
-    subgoal (all padding) and so teach acting from the instruction alone."""
+    plans; `tokenizer` (an HF tokenizer) and `pad_id` those of the agent's instruction ids
+    (`sima2.policy.plans.instruction_tokenizer`), subgoals written as a plan writer writes them
+    (`subgoal_ids`). Episodes whose id is a multiple of `without_plan_every` (0: none) get an empty subgoal
+    (all padding) and so teach acting from the instruction alone."""
     if not has_subgoal_labels(dataset):
         raise ValueError(
             f"the demonstrations carry no subgoal labels (columns {SUBGOAL_COLUMNS} with a plan and at least "
@@ -55,7 +56,7 @@ def subgoal_supervision(
 
     def ids(text: str, length: int) -> np.ndarray:
         if (text, length) not in cache:
-            cache[(text, length)] = tokenize(text, tokenizer, length, pad_id)
+            cache[(text, length)] = subgoal_ids(tokenizer, text, length, pad_id)
         return cache[(text, length)]
 
     def transform(rows: dict[str, list], batch: dict[str, Any]) -> dict[str, Any]:
