@@ -40,6 +40,13 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
     assert (tmp_path / "bc" / "metrics.jsonl").exists() and (tmp_path / "ppo" / "metrics.jsonl").exists()
     bc_metrics = [json.loads(line) for line in (tmp_path / "bc" / "metrics.jsonl").read_text().splitlines()]
     assert any("plan_loss" in record for record in bc_metrics)  # the planner learns the expert's plans
+    # ... and the policy its subgoals: the subgoal-done head is trained on the expert's boundaries.
+    assert any("subgoal_done_loss" in record for record in bc_metrics)
+    # The planner ablation, in the same run: with the agent's own plan, from the instruction alone, plan accuracy.
+    assert set(report["planner_ablation"]) == set(report["success_rate"])
+    for split, row in report["planner_ablation"].items():
+        assert row["with_plan"] == report["success_rate"][split]
+        assert set(row) == {"with_plan", "instruction_only", "plan_accuracy"}
     assert set(report["timings_s"]) >= {"demos", "bc", "ppo", "self_improvement", "eval", "total"}
     # Self-improvement: one round of practice in Pickup worlds, every episode kept by the judge, went into the
     # store and was cloned from.
@@ -64,7 +71,7 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
             assert image.format == "GIF" and image.n_frames > 1
     summary = (tmp_path / "summary.md").read_text()
     assert all(f"| {split} |" in summary for split in report["success_rate"])
-    assert "](plots/success.png)" in summary and "](gifs/" in summary
+    assert "](plots/success.png)" in summary and "](gifs/" in summary and "the agent's plan" in summary
     # Resuming the finished run repeats no stage: the practice is not redone and the store not added to.
     resumed = train("tiny", tmp_path, overrides=overrides, resume=True, report=False, progress=False, judge=judge)
     assert resumed["self_improvement"] == report["self_improvement"] and len(judged) == practice["practice_episodes"]

@@ -163,3 +163,24 @@ def test_a_tiny_planner_learns_to_write_the_worlds_plans_inside_the_compiled_rol
     assert losses[-1] < 0.1 * losses[0]
     after = plan_accuracy(eqx.combine(trained, static), env, params, jax.random.key(4), num_worlds=64)
     assert before <= 0.1 and after >= 0.9, (before, after)
+
+
+def test_recorded_episodes_carry_the_written_plan_and_the_subgoal_of_each_step(tmp_path):
+    from PIL import Image
+
+    from sima2.training.episodes import record_episodes, write_episode_gif
+
+    env, params = envs.make("sima2/Sequence-v0")
+    agent = _agent(env)
+    head = agent.policy.subgoal_done_out
+    always = eqx.tree_at(lambda h: (h.weight, h.bias), head, (jnp.zeros_like(head.weight), jnp.full((1,), 20.0)))
+    agent = eqx.tree_at(lambda a: a.policy.subgoal_done_out, agent, always)
+    (episode,) = record_episodes(agent, env, params, jax.random.key(0), 1, 6, use_plan=True)
+    assert len(episode.subgoal_per_step) == episode.length
+    # The untrained planner's plan, whatever it is, is what the steps index into.
+    assert all(0 <= k < max(1, len(episode.plan)) for k in episode.subgoal_per_step)
+    (plain,) = record_episodes(agent, env, params, jax.random.key(0), 1, 6)
+    assert plain.plan == () and plain.subgoal_per_step == ()
+    path = write_episode_gif(episode, tmp_path / "plan.gif")
+    with Image.open(path) as image:
+        assert image.n_frames > episode.length

@@ -131,7 +131,8 @@ def _play(args: argparse.Namespace) -> int:
     import sima2.envs as envs
     from sima2.envs.instruct import find_world, heldout_composition, heldout_pairs, levels_with_task
     from sima2.policy import Agent
-    from sima2.training.report import play_episode, write_episode_gif
+    from sima2.training.episodes import play_episode, write_episode_gif
+    from sima2.training.pipeline_agent import writes_plans
 
     folder, config = _run_folder(args.run)
     stages = _play_task(args.instruction, args.task)  # fails here, before any loading or compiling
@@ -164,12 +165,17 @@ def _play(args: argparse.Namespace) -> int:
     padded = np.full(env.spec.observation.instruction.shape, env.spec.observation.instruction_pad_id, np.int32)
     padded[: ids.shape[0]] = ids
     obs = dict(obs, instruction=jnp.asarray(padded))
-    episode = play_episode(agent, env, params, obs, state, key_run, max_steps, deterministic=not args.sample)
+    # An agent that writes plans writes one for the user's instruction and follows it (drawn in the GIF).
+    use_plan = writes_plans(agent) and not args.no_plan
+    episode = play_episode(agent, env, params, obs, state, key_run, max_steps, deterministic=not args.sample,
+                           use_plan=use_plan)
     episode = dataclasses.replace(episode, instruction=args.instruction)
     out = Path(args.out) if args.out else folder / "play.gif"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_episode_gif(episode, out)
     verdict = {"success": "success", "timeout": "failed (time limit)", "cut": "not finished"}[episode.outcome]
+    if episode.plan:
+        print("plan: " + " > ".join(episode.plan))
     print(f"{verdict} after {episode.length} steps on {level} ({split}); wrote {out}")
     return 0
 
@@ -257,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "colour-object pair, else train")
     play.add_argument("--max-steps", type=int, default=None, help="default: the level's step limit")
     play.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely")
+    play.add_argument("--no-plan", action="store_true",
+                      help="act from the instruction alone (by default an agent that writes plans follows its own)")
     play.set_defaults(func=_play)
     return parser
 

@@ -13,11 +13,8 @@
   dict of scalars that is logged and never read (e.g. the reward shaper's terms).
 - `Transition` is one step as the learners consume it; `sima2.training.rollout` produces it for PPO,
   evaluation, demonstrations and reports alike.
-- `AbstractAgent` is what the learners call on an agent; `ActOutput` is what `act` returns besides the
-  action and the new memory.
-
-Every class here is abstract or final (Equinox's abstract/final pattern): concrete classes override only
-abstract methods.
+- `AbstractAgent` is what the learners call on an agent; `ActOutput` what `act` returns besides the action
+  and the new memory. Every class here is abstract or final (Equinox's abstract/final pattern).
 """
 
 from __future__ import annotations
@@ -184,11 +181,13 @@ class StepInfo(eqx.Module):
 
 
 class ActOutput(eqx.Module):
-    """What an agent reports with an action: its log-probability, the value estimate and the entropy."""
+    """What an agent reports with an action: its log-probability, the value estimate, the entropy and, for an
+    agent following its own plan, the index of the subgoal it acted on (else None)."""
 
     log_prob: Float[Array, "*batch"]
     value: Float[Array, "*batch"]
     entropy: Float[Array, "*batch"]
+    subgoal: Int[Array, "*batch"] | None = None
 
 
 class Transition(eqx.Module):

@@ -370,8 +370,8 @@ def train(
     announce(f"[5/5] evaluation: up to {config.eval.num_episodes} episodes on each of {', '.join(env.splits)}"
              f"{per_level}")
     # An agent that writes plans is scored with its plan and from the instruction alone (the ablation).
-    results = evaluate_world(agent, env, k_eval, config.eval, plans=config.plans and writes_plans(agent),
-                             progress=show)
+    use_plan = config.plans and writes_plans(agent)
+    results = evaluate_world(agent, env, k_eval, config.eval, plans=use_plan, progress=show)
     timings["eval"] = time.perf_counter() - stage_start
     timings["total"] = time.perf_counter() - start
     eval_report = evaluation_report(
@@ -388,6 +388,7 @@ def train(
     # 5. The report: learning curves, success per split and task, evaluation GIFs, summary.md.
     if report:
         stages = {k: v for k, v in timings.items() if k != "total"}
-        write_report(out, agent, env, eval_report, jax.random.fold_in(key, 1), max_steps=env.max_steps, timings=stages)
+        write_report(out, agent, env, eval_report, jax.random.fold_in(key, 1), max_steps=env.max_steps, timings=stages,
+                     use_plan=use_plan)
     return eval_report
 

@@ -5,16 +5,12 @@
 
 Plots are read back from the stages' `metrics.jsonl` files (see `sima2.training.monitor`), so they can be
 redrawn for any run folder. Episodes are recorded by the one rollout (`sima2.training.rollout`, without
-auto-reset, so each world stops at the end of its first episode); `write_episode_gifs`
-draws the instruction and the outcome on every frame, with the top-down map beside the agent's view.
-
-Over 400 lines on purpose: plots, episode GIFs and the summary share the run folder's layout
-(`STAGE_MARKS`, `PLOTS_DIR`, `GIFS_DIR`) and are written together by `write_report`.
+auto-reset, so each world stops at the end of its first episode) in `sima2.training.episodes`, which draws
+the instruction, the agent's plan and the outcome on every frame, with the top-down map beside its view.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import math
@@ -23,14 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, PRNGKeyArray, PyTree, UInt8
+from jaxtyping import PRNGKeyArray
 
-from sima2.contract import AbstractAgent, Transition
-from sima2.training.rollout import AgentActor, rollout, state_from_reset
+from sima2.training.episodes import Episode, play_episode, record_episodes, write_episode_gif, write_episode_gifs
 
 PLOTS_DIR = "plots"
 GIFS_DIR = "gifs"
@@ -202,126 +196,6 @@ def plot_success(eval_report: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-# --- episodes --------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Episode:
-    """One recorded episode: the agent's views and top-down maps (first frame = the reset), its instruction,
-    whether it succeeded, and how it ended ("success", "timeout" or "cut" when `max_steps` ran out first)."""
-
-    frames: UInt8[np.ndarray, "T H W 3"]
-    topdown: UInt8[np.ndarray, "T h w 3"]
-    instruction: str
-    success: bool
-    length: int
-    outcome: str
-
-
-@eqx.filter_jit
-def _record(
-    agent: AbstractAgent, env: Any, params: PyTree, obs: PyTree, state: PyTree, key: PRNGKeyArray,
-    max_steps: int, deterministic: bool,
-) -> tuple[Array, Array, Bool[Array, "T B"], Bool[Array, "T B"], Bool[Array, "T B"]]:
-    """The first episode of each world (one rollout without auto-reset, one step more than `max_steps` so
-    that the frame an episode ends in is recorded too): agent views, top-down maps, and per step whether the
-    episode ended with success, with a time-out, at all."""
-    actor = AgentActor(agent, deterministic=deterministic)
-
-    def keep(step: Transition, world: PyTree) -> tuple[Array, ...]:
-        return step.obs["image"], jax.vmap(env.render_topdown)(world), step.done & step.info.success, \
-            step.done & step.info.truncated, step.done
-
-    start = state_from_reset(actor, obs, state)
-    _, (images, maps, success, timeout, done) = rollout(
-        actor, env, params, start, key, max_steps + 1, auto_reset=False, keep=keep, params_per_world=True
-    )
-    return images, maps, success[:max_steps], timeout[:max_steps], done[:max_steps]
-
-
-@eqx.filter_jit
-def _reset_and_record(agent, env, params, key, max_steps: int, deterministic: bool):
-    reset_key, run_key = jax.random.split(key)
-    num = params.split.shape[0]
-    obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, num), params)
-    # The world's own word ids (captions), whatever tokenizer the observations use.
-    return state.instruction, _record(agent, env, params, obs, state, run_key, max_steps, deterministic)
-
-
-def _episodes(instructions: np.ndarray, outs: tuple) -> list[Episode]:
-    from sima2.envs.vocabulary import decode_ids
-
-    images, maps, success, timeout, done = (np.asarray(x) for x in jax.device_get(outs))
-    episodes = []
-    for world in range(images.shape[1]):
-        ended = np.flatnonzero(done[:, world])
-        length = int(ended[0]) + 1 if ended.size else done.shape[0]
-        won = bool(success[:, world].any())
-        outcome = "success" if won else "timeout" if timeout[:, world].any() else "cut"
-        episodes.append(Episode(
-            frames=images[: length + 1, world], topdown=maps[: length + 1, world],
-            instruction=decode_ids(instructions[world]), success=won, length=length, outcome=outcome,
-        ))
-    return episodes
-
-
-def _batched(params: PyTree, num: int) -> PyTree:
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), params)
-
-
-def record_episodes(
-    agent: Any, env: Any, params: PyTree, key: PRNGKeyArray, num_episodes: int, max_steps: int,
-    *, deterministic: bool = True,
-) -> list[Episode]:
-    """`num_episodes` fresh episodes of at most `max_steps` decisions of a `Sima2Env`, in one jitted call.
-
-    `params` is one `EnvParams` for every world or has a leading axis of `num_episodes` (e.g. one split per
-    world). `deterministic` takes the agent's most likely action (greedy) instead of sampling.
-    """
-    if num_episodes < 1 or max_steps < 1:
-        raise ValueError(f"num_episodes and max_steps must be positive, got {num_episodes} and {max_steps}")
-    if jnp.ndim(params.split) == 0:
-        params = _batched(params, num_episodes)
-    elif params.split.shape[0] != num_episodes:
-        raise ValueError(f"params has a leading axis of {params.split.shape[0]}, expected {num_episodes}")
-    instructions, outs = _reset_and_record(agent, env, params, key, max_steps, deterministic)
-    return _episodes(np.asarray(instructions), outs)
-
-
-def play_episode(
-    agent: Any, env: Any, params: PyTree, obs: PyTree, state: PyTree, key: PRNGKeyArray, max_steps: int,
-    *, deterministic: bool = True,
-) -> Episode:
-    """One episode from a given world (e.g. `sima2.envs.instruct.find_world`'s), jitted like `record_episodes`."""
-    add_axis = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)  # noqa: E731
-    outs = _record(agent, env, add_axis(params), add_axis(obs), add_axis(state), key, max_steps, deterministic)
-    return _episodes(np.asarray(state.instruction)[None], outs)[0]
-
-
-def write_episode_gif(episode: Episode, path: str | Path, *, topdown: bool = True, fps: int = 4) -> Path:
-    """A GIF of the episode with the instruction, the step and the outcome drawn above every frame."""
-    from sima2.envs.video import side_by_side, write_episode
-
-    frames = [side_by_side(f, m) if topdown else f for f, m in zip(episode.frames, episode.topdown, strict=True)]
-    last = {"success": "SUCCESS", "timeout": "FAILED (time limit)", "cut": "not finished"}[episode.outcome]
-    captions = [f"{episode.instruction}\nstep {t}/{episode.length}" for t in range(len(frames))]
-    captions[-1] = f"{episode.instruction}\nstep {episode.length}/{episode.length}: {last}"
-    hold = 3  # repeat the final frame so the outcome stays on screen
-    frames += [frames[-1]] * hold
-    captions += [captions[-1]] * hold
-    scale = max(1, 256 // episode.frames.shape[1])
-    return write_episode(frames, path, captions, fps=fps, scale=scale, caption_lines=3)
-
-
-def write_episode_gifs(
-    episodes: Sequence[Episode], folder: str | Path, names: Sequence[str], *, topdown: bool = True
-) -> list[Path]:
-    """`write_episode_gif` for each episode, as `folder/<name>.gif`."""
-    if len(names) != len(episodes):
-        raise ValueError(f"got {len(names)} names for {len(episodes)} episodes")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return [write_episode_gif(e, folder / f"{n}.gif", topdown=topdown) for e, n in zip(episodes, names, strict=True)]
-
-
 # --- summary ---------------------------------------------------------------------------------------------
 def stage_timings(run_dir: str | Path) -> dict[str, float]:
     """Wall seconds per stage of the latest `sima2 train` in `run_dir`, from the times its files were written.
@@ -396,10 +270,12 @@ def write_summary(
         lines += [f"![{p.stem}]({_relative(p, run_dir)})" for p in plots]
         lines += [""]
     if episodes:
-        lines += ["## Evaluation episodes", "", "| split | instruction | outcome | steps | GIF |", "|" + "---|" * 5]
+        lines += ["## Evaluation episodes", "", "| split | instruction | the agent's plan | outcome | steps | GIF |",
+                  "|" + "---|" * 6]
         for path, episode, split in episodes:
             link = _relative(path, run_dir)
-            lines.append(f"| {split} | {episode.instruction} | {episode.outcome} | {episode.length} | "
+            plan = " > ".join(episode.plan) if episode.plan else "-"
+            lines.append(f"| {split} | {episode.instruction} | {plan} | {episode.outcome} | {episode.length} | "
                          f"[{path.name}]({link}) |")
         lines += [""] + [f"![{path.stem}]({_relative(path, run_dir)})" for path, _, _ in episodes] + [""]
     if config:
@@ -420,9 +296,11 @@ def write_report(
     max_steps: int = 32,
     timings: Mapping[str, float] | None = None,
     progress: bool = True,
+    use_plan: bool = False,
 ) -> dict[str, Any]:
     """Plots, episode GIFs (greedy agent, every split in `eval_report`, and every level of an env of several)
-    and `summary.md` in `run_dir`; `env` is a `sima2.envs.Sima2Env`.
+    and `summary.md` in `run_dir`; `env` is a `sima2.envs.Sima2Env`. `use_plan`: the agent writes and follows
+    its own plan in the episodes, drawn in the GIFs and listed in the summary.
 
     `timings` (stage -> seconds) defaults to `stage_timings(run_dir)`. Returns the written paths.
     """
@@ -446,7 +324,8 @@ def write_report(
         if len(levels) > 1:
             cells += [("train", level) for level in levels]
         params = jax.tree.map(lambda *x: jnp.stack(x), *(env.default_params(s, level=lv) for s, lv in cells))
-        recorded = record_episodes(agent, env, params, key, len(cells), min(max_steps, env.max_steps))
+        recorded = record_episodes(agent, env, params, key, len(cells), min(max_steps, env.max_steps),
+                                   use_plan=use_plan)
         names = [s if lv is None else f"{s} ({lv})" for s, lv in cells]
         bar.update()
         bar.set_postfix_str("GIFs")

@@ -25,6 +25,7 @@ world axis (`keep` runs on the whole batch of one step).
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable
 
 import equinox as eqx
@@ -123,6 +124,7 @@ class PlanningActor(Actor):
             key, obs, memory, deterministic=self.deterministic, instruction=episode.instruction, subgoal=subgoal
         )
         done = self.agent.policy.subgoal_done_logit(memory) > 0
+        out = dataclasses.replace(out, subgoal=cursor.index)  # the subgoal this action was chosen for
         return action, (memory, cursor.advance(done, episode.plan)), out
 
 
