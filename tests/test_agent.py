@@ -497,7 +497,7 @@ def test_agents_saved_before_token_bridges_still_load(tmp_path):
     agent.save_pretrained(tmp_path)
     path = tmp_path / "agent_config.json"
     raw = json.loads(path.read_text())
-    assert raw["format_version"] == 6 and raw["agent"]["text_bridge"] is None
+    assert raw["format_version"] == 7 and raw["agent"]["text_bridge"] is None
     raw["format_version"] = 1
     for field in ("text_bridge", "tokenizer", "instruction_pad_id"):  # fields of later formats
         del raw["agent"][field]

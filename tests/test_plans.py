@@ -107,7 +107,7 @@ def test_the_planning_actor_feeds_the_current_subgoal_and_moves_on_when_the_head
     episode = PlanEpisode(
         instruction=agent.instruction_features(obs["instruction"]),
         plan=plan,
-        subgoals=jax.vmap(agent.instruction_features)(plan.subgoals),
+        subgoals=jax.vmap(agent.subgoal_features)(plan.subgoals),
     )
     for bias, expected in ((20.0, [1, 1, 1]), (-20.0, [0, 0, 0])):
         head = agent.policy.subgoal_done_out

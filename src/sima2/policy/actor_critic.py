@@ -54,6 +54,9 @@ class ActorCriticConfig:
     # Each action factor conditioned on the previous one's value (see `FactorisedCategorical`): the head
     # then emits `num_logits(action_nvec, conditional=True)` logits instead of `sum(action_nvec)`.
     conditional_actions: bool = True
+    # Width of the subgoal tokens when another model than the instruction's embeds them (the agent's plan
+    # writer); None: `text_dim`, through the instruction's projection.
+    subgoal_dim: int | None = None
     # A logit per step: does this step complete the current subgoal? (Trained from the expert's subgoal
     # boundaries; read from the new memory, so a learner gets it from the carries it already replays.)
     subgoal_done_head: bool = True
@@ -139,6 +142,7 @@ class ActorCritic(eqx.Module):
     critic_hidden: eqx.nn.Linear
     critic_out: eqx.nn.Linear
     subgoal_done_out: eqx.nn.Linear | None
+    subgoal_proj: eqx.nn.Linear | None
     config: ActorCriticConfig = eqx.field(static=True)
 
     def __init__(self, config: ActorCriticConfig, *, key: PRNGKeyArray):
@@ -167,6 +171,8 @@ class ActorCritic(eqx.Module):
         self.critic_out = linear(c.head_hidden, 1, std=0.01, key=next(keys))
         done_key = jax.random.fold_in(key, 2)  # its own stream, as the touch encoder's
         self.subgoal_done_out = linear(c.memory_size, 1, key=done_key) if c.subgoal_done_head else None
+        subgoal_key = jax.random.fold_in(key, 3)
+        self.subgoal_proj = None if c.subgoal_dim is None else linear(c.subgoal_dim, d, key=subgoal_key)
         self.config = config
 
     @property
@@ -197,7 +203,7 @@ class ActorCritic(eqx.Module):
         text_valid: Bool[Array, " Lt"],
         proprio: Float[Array, " P"],
         carry: Float[Array, " M"],
-        subgoal_tokens: Float[Array, "Ls Dt"] | None = None,
+        subgoal_tokens: Float[Array, "Ls Ds"] | None = None,
         subgoal_valid: Bool[Array, " Ls"] | None = None,
         touch: Float[Array, " K"] | None = None,
     ) -> tuple[Float[Array, " N"], Float[Array, ""], Float[Array, " M"]]:
@@ -223,7 +229,8 @@ class ActorCritic(eqx.Module):
         ]
         if subgoal_tokens is not None:
             valid = subgoal_valid if subgoal_valid is not None else jnp.ones((subgoal_tokens.shape[0],), bool)
-            pieces.append((jax.vmap(self.text_proj)(subgoal_tokens) + seg[SUBGOAL], valid))
+            project = self.text_proj if self.subgoal_proj is None else self.subgoal_proj
+            pieces.append((jax.vmap(project)(subgoal_tokens) + seg[SUBGOAL], valid))
         x = jnp.concatenate([p[0] for p in pieces])
         valid = jnp.concatenate([p[1] for p in pieces])
         for block in self.blocks[:-1]:

@@ -48,6 +48,7 @@ from sima2 import presets
 from sima2.contract import AbstractAgent, ActOutput, EnvSpec
 from sima2.perception.vit import ViTEncoder
 from sima2.planning import CausalLM, LanguagePlanner, TextEncoder
+from sima2.policy import partitions
 from sima2.policy.actor_critic import ActorCritic, ActorCriticConfig
 from sima2.policy.distributions import FactorisedCategorical
 from sima2.policy.instructions import InstructionFeatures, check_fits, check_same_tokenizer, tokenize
@@ -59,6 +60,7 @@ from sima2.policy.persistence import (
     planner_from_config,
     save_agent,
 )
+from sima2.policy.plans import writer_ids
 from sima2.policy.pretrained_parts import plan_writer_for, pretrained_language, pretrained_vision, token_bridge
 
 PRESETS = presets.PRESETS
@@ -97,6 +99,7 @@ class Agent(AbstractAgent):
         policy_config = ActorCriticConfig(
             image_dim=vision.config.hidden_size,
             text_dim=int(planner.hidden_size),
+            subgoal_dim=None if plan_writer is None else int(plan_writer.hidden_size),
             proprio_dim=int(proprio_dim),
             touch_dim=int(touch_dim),
             action_nvec=tuple(action_nvec),
@@ -178,8 +181,9 @@ class Agent(AbstractAgent):
         if freeze_language is not None:
             agent_fields = {**agent_fields, "freeze_planner": bool(freeze_language)}
         instruction_length = spec.max_instruction_words if instruction_length is None else instruction_length
+        agent_fields = {**agent_fields, "instruction_length": int(instruction_length)}
         writer, writer_fields = plan_writer_for(planner, spec, agent_fields, table, key=jax.random.fold_in(key, 3))
-        agent_fields = {**agent_fields, **writer_fields, "instruction_length": int(instruction_length)}
+        agent_fields = {**agent_fields, **writer_fields}
         return cls.from_components(
             vision,
             planner,
@@ -199,11 +203,8 @@ class Agent(AbstractAgent):
 
     def preprocess_image(self, image: UInt8[Array, "H W 3"] | Float[Array, "H W 3"]) -> Float[Array, "3 H W"]:
         """uint8 HWC in [0, 255] (or float HWC in [0, 1]) -> normalised float32 CHW."""
-        pixels = image.astype(jnp.float32)
-        if jnp.issubdtype(image.dtype, jnp.integer):
-            pixels = pixels / 255.0
-        mean = jnp.asarray(self.config.image_mean, jnp.float32)
-        std = jnp.asarray(self.config.image_std, jnp.float32)
+        pixels = image.astype(jnp.float32) / (255.0 if jnp.issubdtype(image.dtype, jnp.integer) else 1.0)
+        mean, std = jnp.asarray(self.config.image_mean, jnp.float32), jnp.asarray(self.config.image_std, jnp.float32)
         return jnp.transpose((pixels - mean) / std, (2, 0, 1))
 
     def encode_image(self, image: UInt8[Array, "H W 3"] | Float[Array, "H W 3"]) -> Float[Array, "T Dv"]:
@@ -260,6 +261,15 @@ class Agent(AbstractAgent):
             tokens = jax.lax.stop_gradient(tokens)
         return InstructionFeatures(tokens=tokens, valid=valid)
 
+    def subgoal_features(self, subgoal: Int[Array, " S"]) -> InstructionFeatures:
+        """A subgoal's token embeddings for the fusion: by the agent's plan writer when it has one (small: every
+        subgoal of a plan costs little), else as an instruction's."""
+        if self.plan_writer is None:
+            return self.instruction_features(subgoal)
+        valid = subgoal != self.config.instruction_pad_id
+        tokens, _ = self.plan_writer.embed(writer_ids(self, subgoal), valid.astype(jnp.int32))
+        return InstructionFeatures(tokens=tokens, valid=valid)
+
     def instruction_features_frozen(self) -> bool:
         return self.config.freeze_planner  # a frozen language model's features never change in training
 
@@ -279,9 +289,9 @@ class Agent(AbstractAgent):
         """The part of a step that does not depend on the memory: image tokens, the instruction's (and
         subgoal's) token embeddings, proprio, touch and the action mask. Replaying memory over a sequence
         (`sima2.training.recurrent.evaluate_sequences`) computes these for all steps in one batch and runs only
-        `evaluate_features` step by step. `instruction` / `subgoal`: `instruction_features` of
-        `obs["instruction"]` / of the current subgoal's ids computed before (once per episode or plan), else
-        computed here (the subgoal from `obs["subgoal"]`, when there is one)."""
+        `evaluate_features` step by step. `instruction` / `subgoal`: `instruction_features(obs["instruction"])`
+        / `subgoal_features` of the current subgoal computed before (once per episode or plan), else computed
+        here (the subgoal from `obs["subgoal"]`, when there is one)."""
         self._check_obs(obs)
         if instruction is None:
             instruction = self.instruction_features(obs["instruction"])
@@ -294,7 +304,7 @@ class Agent(AbstractAgent):
         if self.config.policy.touch_dim:
             features["touch"] = obs["touch"].astype(jnp.float32)
         if subgoal is None and obs.get("subgoal") is not None:
-            subgoal = self.instruction_features(obs["subgoal"])
+            subgoal = self.subgoal_features(obs["subgoal"])
         if subgoal is not None:
             features["subgoal"], features["subgoal_valid"] = subgoal.tokens, subgoal.valid
         if obs.get("action_mask") is not None:
@@ -365,25 +375,14 @@ class Agent(AbstractAgent):
     def trainable_filter(
         self, *, freeze_vision: bool | None = None, freeze_planner: bool | None = None
     ) -> PyTree[bool]:
-        """True for every array to train: the policy always; vision unless frozen; the planner per its own
-        `trainable_filter()` (e.g. LoRA adapters only for a large LM) unless frozen. Defaults come from the
-        preset (`base` freezes its pretrained ViT). Use with `eqx.partition` / `optax.multi_transform`."""
+        """True for every array to train (`sima2.policy.partitions`); defaults from the preset (`base`: frozen ViT)."""
         freeze_vision = self.config.freeze_vision if freeze_vision is None else freeze_vision
         freeze_planner = self.config.freeze_planner if freeze_planner is None else freeze_planner
-        trainable = jax.tree.map(eqx.is_inexact_array, self)
-        if freeze_vision:
-            trainable = eqx.tree_at(lambda a: a.vision, trainable, jax.tree.map(lambda _: False, self.vision))
-        if freeze_planner:
-            planner_filter = jax.tree.map(lambda _: False, self.planner)
-        else:
-            planner_filter = self.planner.trainable_filter()
-        return eqx.tree_at(lambda a: a.planner, trainable, planner_filter)
+        return partitions.trainable_filter(self, freeze_vision=freeze_vision, freeze_planner=freeze_planner)
 
     def critic_filter(self) -> PyTree[bool]:
-        """True for the arrays only the value estimate uses (the critic head), e.g. for a critic warm-up
-        that must not move the features the policy reads (`ppo.critic_warmup_updates`)."""
-        head = lambda a: (a.policy.critic_hidden, a.policy.critic_out)  # noqa: E731
-        return eqx.tree_at(head, jax.tree.map(lambda _: False, self), jax.tree.map(eqx.is_inexact_array, head(self)))
+        """True for the arrays only the value estimate uses, e.g. for a critic warm-up (`sima2.policy.partitions`)."""
+        return partitions.critic_filter(self)
 
     # --- persistence ------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

@@ -65,10 +65,14 @@ class AgentConfig:
     # world's words in a large tokenizer's ids, so the writer's softmax spans hundreds of ids, not tens of
     # thousands. None: the writer's ids are the instruction ids.
     plan_vocabulary: tuple[int, ...] | None = None
+    # Ids of one subgoal, as plans are written and the policy reads them (None: `instruction_length`): one
+    # clause, so shorter than instructions, and each padded slot would cost the fusion a token.
+    subgoal_length: int | None = None
 
     def __post_init__(self) -> None:
-        if self.instruction_length is not None and self.instruction_length < 1:
-            raise ValueError(f"instruction_length must be a positive number of ids, got {self.instruction_length}")
+        for name in ("instruction_length", "subgoal_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number of ids, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

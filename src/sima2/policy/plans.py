@@ -153,10 +153,12 @@ def write_plan(
     subgoal_length: int | None = None,
 ) -> Plan:
     """The plan `plan_writer(agent)` writes greedily for ONE instruction (left-aligned ids, padded with
-    `tokens.pad`); subgoals are cut to `subgoal_length` ids (default: the instruction's length). Traceable:
+    `tokens.pad`); subgoals are cut to `subgoal_length` ids (default: `agent.config.subgoal_length`, else the
+    instruction's length). Traceable:
     a rollout writes each episode's plan inside its compiled step."""
     instruction = instruction[: agent.config.instruction_length]
-    subgoal_length = instruction.shape[0] if subgoal_length is None else subgoal_length
+    if subgoal_length is None:
+        subgoal_length = agent.config.subgoal_length or instruction.shape[0]
     prompt, mask = _prompt(instruction, tokens)
     vocabulary = agent.config.plan_vocabulary  # the framing tokens in the writer's own ids (static)
     own = (lambda i: i) if vocabulary is None else vocabulary.index

@@ -103,18 +103,20 @@ def plan_writer_for(
     planner: LanguagePlanner, spec: Any, agent_fields: dict[str, Any], table: presets.Preset, *, key: PRNGKeyArray
 ) -> tuple[LanguagePlanner | None, dict[str, Any]]:
     """The preset's small causal LM to write plans for an agent whose language model cannot (a sentence
-    encoder, or a model reading through a token bridge), and the `AgentConfig` fields it needs; (None, {})
-    when the planner writes them itself. Over the world's words, or, for an env that writes a tokenizer's
-    ids, over the world's words in those ids (`plan_vocabulary`)."""
+    encoder, or a model reading through a token bridge), or None when the planner writes them itself; and the
+    `AgentConfig` fields plans need: `subgoal_length` (half the instruction's: a subgoal is one clause of an
+    instruction of up to two, at least 8 ids) and, for a writer over an env's tokenizer ids, the world's words
+    in those ids (`plan_vocabulary`)."""
+    length = agent_fields.get("instruction_length") or spec.observation.instruction.shape[0]
+    fields: dict[str, Any] = {"subgoal_length": min(length, max(8, -(-length // 2)))}
     if isinstance(planner.backbone, CausalLM) and agent_fields.get("text_bridge") is None:
-        return None, {}
+        return None, fields
     from sima2.policy.instructions import load_cached_tokenizer
     from sima2.policy.persistence import planner_from_config
 
     separator = table.planner_config(1).get("separator", DEFAULT_SEPARATOR)
-    if spec.observation.tokenizer is None:
-        vocab, fields = spec.observation.vocab_size, {}
-    else:
+    vocab = spec.observation.vocab_size
+    if spec.observation.tokenizer is not None:
         ids = plan_vocabulary(load_cached_tokenizer(spec.observation.tokenizer), separator)
-        vocab, fields = len(ids), {"plan_vocabulary": ids}
+        vocab, fields = len(ids), {**fields, "plan_vocabulary": ids}
     return planner_from_config(table.planner_config(vocab), key=key), fields

@@ -29,7 +29,7 @@ from sima2.policy.plans import plan_writer, writer_ids
 from sima2.training.config import TrainConfig
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
-from sima2.training.recurrent import evaluate_sequences, initial_carries, instruction_features_of
+from sima2.training.recurrent import evaluate_sequences, initial_carries, instruction_features_of, observation_features
 from sima2.training.subgoals import subgoal_done_loss
 
 PlanLoss = Callable[[Any, dict[str, Any]], Float[Array, ""]]
@@ -66,7 +66,7 @@ def bc_loss(
             instruction = instruction_features_of(model, batch["obs"]["instruction"])
 
         def one(obs: PyTree, instruction: PyTree, subgoal: PyTree, action: Array) -> tuple[Array, Array, PyTree]:
-            features = model.observation_features(obs, instruction, subgoal)
+            features = observation_features(model, obs, instruction, subgoal)
             log_prob, entropy, _, new_carry = model.evaluate_features(features, carry, action)
             return log_prob, entropy, new_carry
 
@@ -190,7 +190,7 @@ def frozen_instruction_features(
     """A `DemonstrationBatches` transform that adds each row's `agent.instruction_features` as
     `batch["instruction_features"]`, computed once per distinct instruction of `dataset` before training,
     and likewise `batch["subgoal_features"]` for batches with `obs["subgoal"]` (`sima2.training.subgoals`:
-    every subgoal text of the dataset's plans, and the empty subgoal).
+    every subgoal text of the dataset's plans, and the empty subgoal) when the language model embeds them.
 
     Only for an agent whose language model is frozen: its features never change, so behaviour cloning then
     spends nothing on the language model (a pretrained encoder would otherwise cost more than the rest of
@@ -200,32 +200,43 @@ def frozen_instruction_features(
     from sima2.policy.plans import instruction_tokenizer
 
     config = agent.config
-    rows = {tuple(ids[:instruction_length]) for ids in dataset["instruction_ids"]}
-    if "plan" in dataset.column_names:
+    pad = config.instruction_pad_id
+    encode = eqx.filter_jit(lambda model, ids: jax.vmap(model.instruction_features)(ids))
+
+    def table_of(rows: set[tuple[int, ...]], width: int) -> tuple[dict[tuple[int, ...], int], Any]:
+        """Features of each distinct row of ids (padded to `width`), and the row -> table index map."""
+        distinct = sorted(rows)
+        padded = -(-len(distinct) // chunk) * chunk
+        table_ids = np.full((padded, width), pad, np.int32)
+        for row, ids in enumerate(distinct):
+            table_ids[row, : len(ids)] = ids
+        parts = [jax.device_get(encode(agent, table_ids[i : i + chunk])) for i in range(0, padded, chunk)]
+        table = jax.tree.map(lambda *xs: np.concatenate(xs)[: len(distinct)], *parts)
+        return {ids: row for row, ids in enumerate(distinct)}, table
+
+    tables = {"instruction": table_of({tuple(ids[:instruction_length]) for ids in dataset["instruction_ids"]},
+                                      instruction_length)}
+    # Subgoals embedded by the frozen language model too (an agent with a plan writer embeds them with it,
+    # trained, in the step).
+    if agent.plan_writer is None and "plan" in dataset.column_names and len(dataset) and any(dataset["plan"][:1]):
         import pyarrow.compute as pc
 
+        width = config.subgoal_length or instruction_length
         texts = pc.unique(pc.list_flatten(dataset.data.column("plan"))).to_pylist()
-        tokenizer, pad = instruction_tokenizer(agent), config.instruction_pad_id
-        rows |= {tuple(subgoal_ids(tokenizer, text, instruction_length, pad)) for text in texts}
-        rows.add((pad,) * instruction_length)
-    distinct = sorted(rows)
-    index = {ids: row for row, ids in enumerate(distinct)}
-    padded = -(-len(distinct) // chunk) * chunk
-    table_ids = np.full((padded, instruction_length), config.instruction_pad_id, np.int32)
-    for row, ids in enumerate(distinct):
-        table_ids[row, : len(ids)] = ids
-    encode = eqx.filter_jit(lambda model, ids: jax.vmap(model.instruction_features)(ids))
-    parts = [jax.device_get(encode(agent, table_ids[i : i + chunk])) for i in range(0, padded, chunk)]
-    table = jax.tree.map(lambda *xs: np.concatenate(xs)[: len(distinct)], *parts)
+        tokenizer = instruction_tokenizer(agent)
+        rows = {tuple(int(i) for i in subgoal_ids(tokenizer, text, width, pad)) for text in texts}
+        tables["subgoal"] = table_of(rows | {(pad,) * width}, width)
 
-    def lookup(ids: Any) -> Any:
-        rows_index = np.array([index[tuple(int(i) for i in row[:instruction_length])] for row in ids])
+    def lookup(name: str, ids: Any) -> Any:
+        index, table = tables[name]
+        rows_index = np.array([index[tuple(int(i) for i in row)] for row in ids])
         return jax.tree.map(lambda x: x[rows_index], table)
 
     def transform(rows: dict[str, list], batch: dict[str, Any]) -> dict[str, Any]:
-        batch["instruction_features"] = lookup(rows["instruction_ids"])
-        if "subgoal" in batch["obs"]:
-            batch["subgoal_features"] = lookup(batch["obs"]["subgoal"])
+        instructions = [ids[:instruction_length] for ids in rows["instruction_ids"]]
+        batch["instruction_features"] = lookup("instruction", instructions)
+        if "subgoal" in batch["obs"] and "subgoal" in tables:
+            batch["subgoal_features"] = lookup("subgoal", batch["obs"]["subgoal"])
         return batch
 
     return transform

@@ -96,5 +96,8 @@ def plan_supervision_for(agent: Any, dataset: Any, *, subgoals: bool = True) -> 
     plan_transform, plan_loss = plan_supervision(tokenizer, dataset, separator=writer.separator)
     if not (subgoals and writes_plans(agent) and has_subgoal_labels(dataset)):
         return plan_transform, plan_loss
-    subgoals = subgoal_supervision(dataset, tokenizer=tokenizer, pad_id=agent.config.instruction_pad_id)
+    config = agent.config
+    subgoals = subgoal_supervision(
+        dataset, tokenizer=tokenizer, pad_id=config.instruction_pad_id, subgoal_length=config.subgoal_length
+    )
     return (lambda rows, batch: subgoals(rows, plan_transform(rows, batch))), plan_loss

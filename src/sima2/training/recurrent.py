@@ -44,6 +44,14 @@ def _over_time_and_worlds(fn: Any, *trees: PyTree) -> PyTree:
     return jax.tree.map(lambda x: x.reshape(*time_worlds, *x.shape[1:]), jax.vmap(fn)(*flat))
 
 
+def observation_features(model: Any, obs: PyTree, instruction: PyTree, subgoal: PyTree) -> PyTree:
+    """`model.observation_features(obs, instruction)`, with the precomputed `subgoal` features when there are
+    any (the contract's agents take only the instruction's; a sima2 `Agent` also a subgoal's)."""
+    if subgoal is None:
+        return model.observation_features(obs, instruction)
+    return model.observation_features(obs, instruction, subgoal)
+
+
 def per_distinct_row(fn: Callable[[Array], PyTree], rows: Int[Array, "N L"], budget: int) -> PyTree:
     """`jax.vmap(fn)(rows)`, computing `fn` once per distinct row when there are at most `budget` of them
     (else for every row). Instructions repeat over the steps of an episode, so a batch of steps holds few
@@ -103,7 +111,7 @@ def evaluate_sequences(
         # No carry to thread: evaluate all (time, world) pairs as one flat batch. A single vmap keeps the
         # agent's matmuls plain 2-D (nested vmaps make XLA CPU transpose around every layer).
         def one_step(o: PyTree, i: PyTree, s: PyTree, a: Array) -> tuple[Array, ...]:
-            features = model.observation_features(o, i, s)
+            features = observation_features(model, o, i, s)
             log_prob, entropy, value, carry = model.evaluate_features(features, initial, a)
             return (log_prob, entropy, value, carry) if with_carries else (log_prob, entropy, value)
 
@@ -113,7 +121,8 @@ def evaluate_sequences(
     # `evaluate_features`): encode every (time, world) step in one flat batch and replay only the recurrent
     # core over time. One wide batch instead of T narrow ones is several times cheaper for the vision and
     # language encoders on CPU.
-    features = _over_time_and_worlds(model.observation_features, obs, instruction, subgoal)
+    encode = lambda o, i, s: observation_features(model, o, i, s)  # noqa: E731
+    features = _over_time_and_worlds(encode, obs, instruction, subgoal)
 
     def one_world(obs: PyTree, action: Array, first: Array, carry: PyTree) -> tuple[Array, ...]:
         def step(carry: PyTree, x: tuple) -> tuple[PyTree, tuple]:

@@ -82,7 +82,7 @@ class PlanEpisode(eqx.Module):
 
     instruction: PyTree
     plan: Plan
-    subgoals: PyTree  # `instruction_features` of each subgoal, leading axis K
+    subgoals: PyTree  # `subgoal_features` of each subgoal, leading axis K
 
 
 class PlanningActor(Actor):
@@ -111,7 +111,7 @@ class PlanningActor(Actor):
         return PlanEpisode(
             instruction=self.agent.instruction_features(obs["instruction"]),
             plan=plan,
-            subgoals=jax.vmap(self.agent.instruction_features)(plan.subgoals),
+            subgoals=jax.vmap(self.agent.subgoal_features)(plan.subgoals),
         )
 
     def __call__(

@@ -38,12 +38,14 @@ def subgoal_supervision(
     *,
     tokenizer: Any,
     pad_id: int = 0,
+    subgoal_length: int | None = None,
     without_plan_every: int = 4,
 ) -> Callable[[dict[str, list], dict[str, Any]], dict[str, Any]]:
     """A `DemonstrationBatches` transform adding `obs["subgoal"]` and `batch["subgoal_done"]` from the rows'
     plans; `tokenizer` (an HF tokenizer) and `pad_id` those of the agent's instruction ids
     (`sima2.policy.plans.instruction_tokenizer`), subgoals written as a plan writer writes them
-    (`subgoal_ids`). Episodes whose id is a multiple of `without_plan_every` (0: none) get an empty subgoal
+    (`subgoal_ids`) in `subgoal_length` ids (`AgentConfig.subgoal_length`; None: the batch's instruction
+    length). Episodes whose id is a multiple of `without_plan_every` (0: none) get an empty subgoal
     (all padding) and so teach acting from the instruction alone."""
     if not has_subgoal_labels(dataset):
         raise ValueError(
@@ -60,7 +62,7 @@ def subgoal_supervision(
         return cache[(text, length)]
 
     def transform(rows: dict[str, list], batch: dict[str, Any]) -> dict[str, Any]:
-        length = batch["obs"]["instruction"].shape[-1]
+        length = subgoal_length or batch["obs"]["instruction"].shape[-1]
         subgoals = np.full((len(rows["plan"]), length), pad_id, np.int32)
         for row, (plan, index, episode) in enumerate(
             zip(rows["plan"], rows["subgoal_index"], rows["episode_id"], strict=True)
