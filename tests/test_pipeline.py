@@ -156,3 +156,20 @@ def test_pipeline_splits_over_several_devices(tmp_path):
     report = json.loads((tmp_path / "eval.json").read_text())
     assert set(report["success_rate"]) == set(envs.make("sima2/GoTo-v0")[0].splits)
     Agent.from_pretrained(tmp_path / "final")
+
+
+def test_a_pretrained_causal_lm_planner_writes_the_plans_through_the_same_path(tmp_path):
+    """`--planner <local HF Llama>`: the world writes instructions in its tokenizer's ids, the planner learns
+    the expert's plans in them and writes each episode's plan at run time; the ablation is reported."""
+    pytest.importorskip("torch")
+    from _pretrained_fixtures import llama_tokenizer, save_tiny_llama
+
+    llama = save_tiny_llama(tmp_path / "llama", llama_tokenizer(tmp_path / "tokenizer"))
+    overrides = ["demo_envs=4", "demo_steps=32", "ppo.num_updates=0", "bc.num_updates=4", "bc.bc.batch_size=2",
+                 "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32", "self_improvement.rounds=0"]
+    report = train("tiny", tmp_path / "run", overrides=overrides, planner=str(llama), report=False, progress=False)
+    bc_metrics = [json.loads(line) for line in (tmp_path / "run" / "bc" / "metrics.jsonl").read_text().splitlines()]
+    assert any("plan_loss" in r and "subgoal_done_loss" in r for r in bc_metrics)
+    assert set(report["planner_ablation"]) == set(report["success_rate"])
+    agent = Agent.from_pretrained(tmp_path / "run" / "final")
+    assert agent.plan_writer is None and agent.config.tokenizer is not None  # the planner itself writes

@@ -86,6 +86,8 @@ def plan_supervision_for(agent: Any, dataset: Any, *, subgoals: bool = True) -> 
     from sima2.training.subgoals import has_subgoal_labels, subgoal_supervision
 
     writer = plan_writer(agent)
+    if agent.plan_writer is not None and not subgoals:  # a writer serves only plans at run time
+        return None, None
     if not isinstance(writer.backbone, CausalLM):
         log.info("the planner's backbone is a %s: no plan loss", type(writer.backbone).__name__)
         return None, None
