@@ -1,9 +1,11 @@
 """Expert demonstrations as Hugging Face datasets: recording, validation, saving, loading and batching.
 
 Rows are screenshot-instruction-action triples with their context: `image` (an HF `Image`), `instruction`
-(text) and `instruction_ids`, `proprio`, `action` (factor indices), `episode_id`, `step_id` and the
-subgoal `plan` (list of strings). Datasets are written as parquet under `data/<split>-*.parquet`, so
-`datasets.load_dataset(folder)` or a Hub repo id load them back with the same features.
+(text) and `instruction_ids`, `proprio`, `action` (factor indices), `episode_id`, `step_id`, the expert's
+subgoal `plan` (list of strings), and `subgoal_index` / `subgoal_done` (the subgoal current in the row's
+state and whether its step completed it: the labels of plans at run time). Datasets are written as parquet
+under `data/<split>-*.parquet`, so `datasets.load_dataset(folder)` or a Hub repo id load them back with the
+same features.
 
 `DemonstrationBatches` shuffles with a permutation drawn from (seed, epoch) only, so its position (the
 number of batches served) is all a checkpoint needs to resume on the same batch. With `sequence_length=T`
