@@ -96,7 +96,8 @@ def writer_ids(agent: object, ids: Int[Array, "*n"]) -> Int[Array, "*n"]:
     if vocabulary is None:
         return ids.astype(jnp.int32)
     table = jnp.asarray(vocabulary, jnp.int32)
-    unknown = vocabulary.index(_unknown_id(agent)) if _unknown_id(agent) in vocabulary else 0
+    unknown_id = instruction_tokenizer(agent).unk_token_id
+    unknown = vocabulary.index(unknown_id) if unknown_id in vocabulary else 0
     position = jnp.clip(jnp.searchsorted(table, ids), 0, len(vocabulary) - 1)
     return jnp.where(table[position] == ids, position, unknown).astype(jnp.int32)
 
@@ -107,10 +108,6 @@ def instruction_ids(agent: object, ids: Int[Array, "*n"]) -> Int[Array, "*n"]:
     if vocabulary is None:
         return ids.astype(jnp.int32)
     return jnp.asarray(vocabulary, jnp.int32)[jnp.clip(ids, 0, len(vocabulary) - 1)]
-
-
-def _unknown_id(agent: object) -> int | None:
-    return instruction_tokenizer(agent).unk_token_id
 
 
 def _prompt(

@@ -78,11 +78,11 @@ def _reset_and_record(agent, env, params, key, max_steps: int, deterministic: bo
 
 def _episodes(agent: Any, instructions: np.ndarray, outs: tuple) -> list[Episode]:
     from sima2.envs.vocabulary import decode_ids
-    from sima2.policy.plans import instruction_tokenizer
+    from sima2.policy.plans import instruction_tokenizer, plan_tokens
 
     *arrays, plan = jax.device_get(outs)
     images, maps, success, timeout, done = (np.asarray(x) for x in arrays)
-    tokenizer = instruction_tokenizer(agent) if plan is not None else None
+    tokenizer, pad = (instruction_tokenizer(agent), plan_tokens(agent).pad) if plan is not None else (None, None)
     episodes = []
     for world in range(images.shape[1]):
         ended = np.flatnonzero(done[:, world])
@@ -93,7 +93,7 @@ def _episodes(agent: Any, instructions: np.ndarray, outs: tuple) -> list[Episode
         if plan is not None:
             written, current = plan
             count = int(written.count[0, world])
-            texts = tuple(tokenizer.decode([int(i) for i in written.subgoals[0, world, k] if i != 0],
+            texts = tuple(tokenizer.decode([int(i) for i in written.subgoals[0, world, k] if i != pad],
                                            skip_special_tokens=True) for k in range(count))
             per_step = tuple(int(i) for i in current[:length, world])
         episodes.append(Episode(
