@@ -20,6 +20,7 @@ from sima2.training import (
     TrainConfig,
     apply_overrides,
     evaluate,
+    pipeline_config,
     record_demonstrations,
     train_bc,
 )
@@ -47,8 +48,11 @@ def main() -> None:
     print(f"recorded {len(demos)} expert steps in {len(set(demos['episode_id']))} episodes, "
           f"e.g. {demos[0]['instruction']!r}")
 
+    # The preset's windows of consecutive steps, so the agent's memory is trained as it acts.
+    windows = pipeline_config(args.preset).bc.bc
     config = apply_overrides(TrainConfig(), [
-        f"out={args.out}", f"num_updates={args.steps}", "bc.batch_size=32", "optim.lr=1e-3",
+        f"out={args.out}", f"num_updates={args.steps}", f"bc.batch_size={windows.batch_size}",
+        f"bc.sequence_length={windows.sequence_length}", "optim.lr=1e-3",
         f"optim.warmup_steps={max(1, args.steps // 10)}", f"optim.decay_steps={max(2, args.steps)}",
         f"checkpoint.every={args.steps}", f"monitor.log_every={max(1, args.steps // 6)}", "monitor.progress=False",
         "monitor.tensorboard=False",

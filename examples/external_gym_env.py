@@ -18,22 +18,9 @@ import jax
 import minigrid  # noqa: F401  (registers the MiniGrid and BabyAI envs with gymnasium)
 from minigrid.wrappers import RGBImgPartialObsWrapper
 
-from sima2.contract import ActionSpec, ArraySpec, EnvSpec, ObservationSpec
 from sima2.envs.adapter import GymnasiumAdapter
-from sima2.envs.vocabulary import vocabulary
 from sima2.policy import Agent
 from sima2.training import HostRollout, MetricsLogger, TrainConfig, apply_overrides, make_host_ppo, run_loop
-
-
-def adapter_spec(adapter: GymnasiumAdapter) -> EnvSpec:
-    """What the agent is sized from: the adapter's images, missions (world word ids), proprio and actions."""
-    observation = ObservationSpec(
-        image=ArraySpec((*adapter.image_size, 3), "uint8"),
-        instruction=ArraySpec((adapter.instruction_length,), "int32"),
-        proprio=ArraySpec((adapter.proprio_dim,), "float32"),
-        vocab_size=len(vocabulary()),
-    )
-    return EnvSpec(observation, ActionSpec(tuple(adapter.action_nvec)), adapter.instruction_length)
 
 
 def main() -> None:
@@ -50,10 +37,9 @@ def main() -> None:
 
     adapter = GymnasiumAdapter(make_env, num_envs=args.envs, image_size=(64, 64), instruction_length=16)
     try:
-        agent = Agent.from_preset("tiny", adapter_spec(adapter), key=jax.random.key(0))
-        rollout = HostRollout(agent, adapter.envs, args.rollout, to_env_action=adapter.action_map,
-                              to_obs=adapter.observe, seed=0)
-        first = adapter.observe(adapter.envs.reset(seed=0)[0])
+        agent = Agent.from_preset("tiny", adapter.spec, key=jax.random.key(0))  # sized from the adapter
+        rollout = HostRollout(agent, adapter, args.rollout, seed=0)
+        first = rollout.obs
         print(f"{args.env}: {args.envs} envs, action_nvec {adapter.action_nvec}, images "
               f"{tuple(first['image'].shape[1:])}, mission ids {first['instruction'][0].tolist()[:8]}...")
 

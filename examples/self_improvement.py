@@ -24,6 +24,7 @@ from sima2.training import (
     TrainConfig,
     apply_overrides,
     evaluate,
+    pipeline_config,
     practise,
     record_demonstrations,
     train_bc,
@@ -46,8 +47,11 @@ def main() -> None:
     env, params = envs.make(args.level, image_size=64)
     agent = Agent.from_preset("tiny", env.spec, key=key_agent)
     demos = record_demonstrations(env, params, key_demo, num_envs=args.demo_envs, num_steps=64)
+    # The preset's windows of consecutive steps, so the agent's memory is trained as it acts.
+    windows = pipeline_config("tiny").bc.bc
     config = apply_overrides(TrainConfig(), [
-        f"num_updates={args.steps}", "bc.batch_size=32", "optim.lr=1e-3",
+        f"num_updates={args.steps}", f"bc.batch_size={windows.batch_size}",
+        f"bc.sequence_length={windows.sequence_length}", "optim.lr=1e-3",
         f"optim.warmup_steps={max(1, args.steps // 10)}", f"optim.decay_steps={max(2, args.steps)}",
         f"checkpoint.every={args.steps}", "monitor.progress=False", "monitor.tensorboard=False",
     ])

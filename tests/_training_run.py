@@ -31,7 +31,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from _training_standins import NVEC, LineParams, LineWorld, MLPAgent  # noqa: E402
+from _training_standins import NVEC, LineParams, LineWorld, MemorylessMLPAgent, MLPAgent  # noqa: E402
 
 from sima2.training import (  # noqa: E402
     TrainConfig,
@@ -69,7 +69,8 @@ config = apply_overrides(
     ],
 )
 mesh = make_mesh() if args.mesh else None
-agent = MLPAgent(jax.random.key(0))
+# Cloned on single rows, so the agent declares no memory (`train_bc` refuses single rows otherwise).
+agent = (MLPAgent if args.stage == "ppo" else MemorylessMLPAgent)(jax.random.key(0))
 hooks = [lambda step, state, metrics: time.sleep(args.sleep)] if args.sleep else []
 if args.stage == "ppo":
     state = train_ppo(config, agent, LineWorld(), LineParams(), resume=args.resume, mesh=mesh, hooks=hooks)

@@ -183,6 +183,14 @@ class MLPAgent(_StandInAgent):
         return log_prob, entropy, value, carry
 
 
+class MemorylessMLPAgent(MLPAgent):
+    """`MLPAgent` with an empty carry, as the contract spells "no memory": behaviour cloning may train it on
+    single rows (`train_bc` refuses that for an agent with a memory)."""
+
+    def initial_carry(self):
+        return jnp.zeros((0,), jnp.float32)
+
+
 class GRUAgent(_StandInAgent):
     encoder: eqx.nn.Linear
     cell: eqx.nn.GRUCell

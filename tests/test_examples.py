@@ -126,6 +126,17 @@ def test_external_gym_env(tmp_path):
     assert (tmp_path / "mg" / "metrics.jsonl").exists()
 
 
+def test_own_env(tmp_path):
+    pytest.importorskip("minigrid")
+    out = run_example("own_env.py", "--preset", "tiny", "--episodes", 6, "--updates", 3, "--check-updates", 2,
+                      "--eval-episodes", 4, "--envs", 2, "--out", tmp_path / "own", cwd=tmp_path)
+    assert re.search(r"BabyAI-GoToRedBall-v0: 6 demonstration episodes, \d+ steps", out)
+    assert "held-out greedy action accuracy after 2 updates" in out
+    assert re.search(r"greedy success [01]\.\d\d on 4 fresh seeds \(uniformly random actions: [01]\.\d\d\)", out)
+    assert len(list((tmp_path / "own" / "gifs").glob("*.gif"))) == 4
+    assert (tmp_path / "own" / "episodes.jsonl").read_text().count("\n") == 4
+
+
 def test_load_hf_vit(tmp_path):
     pytest.importorskip("torch")
     out = run_example("load_hf_vit.py", cwd=tmp_path)

@@ -37,6 +37,12 @@ def test_tiny_pipeline_writes_run_folder(tmp_path):
         assert result["success_rate"] == pytest.approx(mean)
     assert json.loads((tmp_path / "eval.json").read_text())["success_rate"] == report["success_rate"]
     assert (tmp_path / "final" / "model.safetensors").exists()
+    # The image augmentation behaviour cloning used is on record, in the run's settings and the stage's.
+    augmentation = {name: getattr(pipeline_config("tiny").bc.bc, name)
+                    for name in ("crop_padding", "noise_std", "brightness", "contrast")}
+    for recorded in (json.loads((tmp_path / "pipeline.json").read_text())["bc"]["bc"],
+                     json.loads((tmp_path / "bc" / "config.json").read_text())["bc"]):
+        assert {name: recorded[name] for name in augmentation} == augmentation
     assert (tmp_path / "bc" / "metrics.jsonl").exists() and (tmp_path / "ppo" / "metrics.jsonl").exists()
     bc_metrics = [json.loads(line) for line in (tmp_path / "bc" / "metrics.jsonl").read_text().splitlines()]
     assert any("plan_loss" in record for record in bc_metrics)  # the planner learns the expert's plans
@@ -109,6 +115,8 @@ def test_a_refused_run_leaves_the_run_folder_untouched(tmp_path):
         train("tiny", tmp_path, overrides=["demo_level=sima2/Pickup-v0"], report=False, progress=False)
     with pytest.raises(ValueError, match=r"ppo.ppo.num_envs \(6\) must be divisible by ppo.ppo.num_minibatches \(4\)"):
         train("tiny", tmp_path, overrides=["ppo.ppo.num_envs=6", "ppo.ppo.num_minibatches=4"], report=False)
+    with pytest.raises(ValueError, match=r"self_improvement.bc.bc.sequence_length=1 .* memory is never trained"):
+        train("tiny", tmp_path, overrides=["self_improvement.bc.bc.sequence_length=1"], report=False)
     assert (tmp_path / "pipeline.json").read_text() == saved and sorted(p.name for p in tmp_path.iterdir()) == [
         "pipeline.json"
     ]

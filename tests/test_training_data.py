@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _training_standins import NVEC, GRUAgent, LineParams, LineWorld, MLPAgent
+from _training_standins import NVEC, GRUAgent, LineParams, LineWorld, MemorylessMLPAgent
 
 from sima2.perception import augment_images
 from sima2.training import (
+    BCConfig,
     DemonstrationBatches,
     TrainConfig,
     apply_overrides,
@@ -176,7 +177,7 @@ def test_behaviour_cloning_learns_the_expert_and_writes_outputs(demos, tmp_path)
             "bc.noise_std=0.0",
         ],
     )
-    agent = MLPAgent(jax.random.key(1))
+    agent = MemorylessMLPAgent(jax.random.key(1))
     plan_loss = lambda model, batch: 0.0 * jnp.mean(model.value.weight)  # noqa: E731
     state = train_bc(config, agent, demos, image_shape=(4, 4, 3), action_nvec=NVEC, plan_loss=plan_loss)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -220,9 +221,13 @@ def test_sequence_batches_start_at_episodes_and_flag_episode_starts():
     batches = DemonstrationBatches(recall, 3, sequence_length=6, seed=1, prefetch=0)
     batch = next(batches)
     assert batch["obs"]["image"].shape == (3, 6, 4, 4, 3) and batch["action"].shape == (3, 6, 3)
-    assert batch["first"][:, 0].all()
+    # Episodes of 4 steps, windows of 6: every episode start, and one last window ending at the last row.
+    np.testing.assert_array_equal(batches.starts, [*range(0, 41, 4), 42])
+    assert batches.steps_covered == 1.0
     np.testing.assert_array_equal(batch["first"], batch["step_id"] == 0)
-    np.testing.assert_array_equal(batch["first"][:, 4], np.ones(3, bool))  # the next episode starts at row 4
+    starts_episode = batches.indices(0)[:, 0] % 4 == 0
+    np.testing.assert_array_equal(batch["first"][:, 0], starts_episode)
+    np.testing.assert_array_equal(batch["first"][starts_episode, 4], True)  # the next episode starts 4 rows on
     # Windows never run past the end of the data, and a resumed iterator serves the same windows.
     assert (batches.indices(0) < len(recall)).all()
     np.testing.assert_array_equal(
@@ -232,8 +237,67 @@ def test_sequence_batches_start_at_episodes_and_flag_episode_starts():
     shuffled = recall.select(np.random.default_rng(0).permutation(len(recall)))
     with pytest.raises(ValueError, match="contiguous and in step order"):
         DemonstrationBatches(shuffled, 3, sequence_length=6)
-    with pytest.raises(ValueError, match="episode starts"):
-        DemonstrationBatches(recall, 12, sequence_length=6)
+    with pytest.raises(ValueError, match=r"batch_size must be in 1\.\.12 \(windows of 6 rows: episode starts"):
+        DemonstrationBatches(recall, 13, sequence_length=6)
+    with pytest.raises(ValueError, match="longer than the dataset's 48 rows; lower bc.sequence_length"):
+        DemonstrationBatches(recall, 1, sequence_length=49)
+
+
+def _episodes_of(lengths: list[int]) -> datasets.Dataset:
+    """Recall-style rows in episodes of the given lengths, ids 0, 1, ... in order."""
+    parts = [_recall_demos(1, length).to_dict() for length in lengths]
+    for episode, part in enumerate(parts):
+        part["episode_id"] = [episode] * len(part["episode_id"])
+    return datasets.Dataset.from_dict({name: sum((part[name] for part in parts), []) for name in FEATURES},
+                                      features=FEATURES)
+
+
+def test_sequence_windows_cover_every_row_of_episodes_longer_than_the_window():
+    lengths = [11, 3, 9, 17, 8, 5, 13]
+    rows = _episodes_of(lengths)
+    batches = DemonstrationBatches(rows, 2, sequence_length=4, seed=3, prefetch=0)
+    assert batches.steps_covered == 1.0
+    served = np.concatenate([batches.indices(p) for p in range(batches.batches_per_epoch)])
+    assert len(served) == len(batches.starts) - len(batches.starts) % 2  # one epoch: each start once
+    covered = np.unique(np.concatenate([batches.indices(p) for p in range(2 * batches.batches_per_epoch)]))
+    np.testing.assert_array_equal(covered, np.arange(sum(lengths)))  # every row, past the first 4 steps too
+    # Batch number -> windows depends only on seed, epoch and position, as before.
+    resumed = DemonstrationBatches(rows, 2, sequence_length=4, seed=3, position=5, prefetch=0)
+    np.testing.assert_array_equal(resumed.indices(5), batches.indices(5))
+    batch = next(resumed)
+    np.testing.assert_array_equal(batch["first"], batch["step_id"] == 0)
+
+
+def test_windows_from_episode_starts_only_say_what_they_leave_untrained():
+    rows = _episodes_of([11, 3, 9])  # 23 rows; windows of 4 from 0, 11 and 14 cover rows 0-3 and 11-17
+    batches = DemonstrationBatches(rows, 1, sequence_length=4, prefetch=0, window_mode="episode_starts")
+    np.testing.assert_array_equal(batches.starts, [0, 11, 14])
+    assert batches.steps_covered == pytest.approx(11 / 23)  # rows 4-10 and 18-22 are never trained
+    with pytest.raises(ValueError, match="window starts must be one of"):
+        DemonstrationBatches(rows, 1, sequence_length=4, window_mode="anywhere")
+    with pytest.raises(ValueError, match="window_starts"):
+        BCConfig(window_starts="anywhere")
+
+
+def test_sequence_windows_start_only_at_episode_starts_and_every_t_th_step():
+    lengths = [11, 3, 9, 17, 8, 5, 14]
+    rows = _episodes_of(lengths)
+    step = np.asarray(rows["step_id"])
+    for length in (2, 3, 4, 8):
+        starts = DemonstrationBatches(rows, 1, sequence_length=length, prefetch=0).starts
+        # Every episode start and every `length`-th step starts a window; no other row does, but for the one
+        # window moved back to end at the last row (here at step 14 - length of the last episode).
+        last = len(rows) - length
+        assert (step[starts[starts != last]] % length == 0).all() and (step[starts] > 0).sum() > 0
+        np.testing.assert_array_equal(starts, np.unique(np.minimum(np.flatnonzero(step % length == 0), last)))
+
+
+def test_train_bc_refuses_single_rows_for_an_agent_with_a_memory(tmp_path):
+    recall = _recall_demos(8)
+    config = apply_overrides(TrainConfig(), [f"out={tmp_path}", "num_updates=1", "bc.batch_size=4"])
+    with pytest.raises(ValueError, match=r'bc.sequence_length=1 .*pipeline_config\("cpu-small"\).bc'):
+        train_bc(config, GRUAgent(jax.random.key(0)), recall, image_shape=(4, 4, 3), action_nvec=NVEC)
+    assert not (tmp_path / "config.json").exists()  # refused before anything was written
 
 
 def test_sequence_behaviour_cloning_trains_the_memory():

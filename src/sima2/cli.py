@@ -29,10 +29,46 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_callable(spec: str, option: str) -> Any:
+    """`module:attribute` (e.g. `minigrid.wrappers:RGBImgPartialObsWrapper`) -> the object, or a clear error."""
+    import importlib
+
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"{option} {spec!r} must be module:callable, e.g. mypackage.experts:make_expert")
+    target = importlib.import_module(module_name)
+    for part in name.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{option} {spec!r}: {target.__name__ if hasattr(target, '__name__') else target} "
+                             f"has no attribute {part!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{option} {spec!r} is not callable")
+    return target
+
+
+def _train_gym(args: argparse.Namespace) -> int:
+    from sima2.training.gym_pipeline import gym_run_config, train_gym
+
+    if args.expert is None:
+        raise ValueError("--env needs --expert module:callable (make_expert(env) -> policy(observation) -> action)")
+    expert = _load_callable(args.expert, "--expert")
+    wrapper = _load_callable(args.obs_wrapper, "--obs-wrapper") if args.obs_wrapper else None
+    out = args.out or f"runs/{args.env.split(':')[-1]}"
+    summary = train_gym(args.env, expert, out=out, config=gym_run_config(args.preset, args.overrides),
+                        obs_wrapper=wrapper, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    print(f"run folder: {out}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     import os
 
     from sima2.training.pipeline import train
+
+    if args.env is not None:
+        return _train_gym(args)
 
     if "SIMA2_COORDINATOR" in os.environ:  # one process per host: join them before any device is touched
         from sima2.training.parallel import initialize_distributed
@@ -62,8 +98,55 @@ def _run_folder(run: str) -> tuple[Path, dict[str, Any]]:
     return folder, json.loads((folder / "pipeline.json").read_text())
 
 
+def _eval_gym(args: argparse.Namespace) -> int:
+    """A run folder's final agent (or an agent folder) on a gymnasium env, one episode per seed."""
+    import jax
+
+    from sima2.envs.adapter import GymnasiumAdapter
+    from sima2.policy import Agent
+    from sima2.training.gym_pipeline import EVAL_SEED_START
+    from sima2.training.host_episodes import evaluate_gym
+
+    folder = Path(args.run)
+    agent_folder = folder / "final" if (folder / "final").is_dir() else folder
+    if not (agent_folder / "agent_config.json").is_file():  # a gym run: its cloned (or fine-tuned) agent
+        stages = [folder / name / "final" for name in ("ppo", "bc") if (folder / name / "final").is_dir()]
+        if not stages:
+            raise FileNotFoundError(f"no agent in {folder}: expected final/, ppo/final/ or bc/final/")
+        agent_folder = stages[0]
+    agent = Agent.from_pretrained(agent_folder)
+    wrapper = _load_callable(args.obs_wrapper, "--obs-wrapper") if args.obs_wrapper else None
+    image = agent.vision.config.image_size
+    num = args.episodes or 100
+    pipeline = folder / "pipeline.json"  # a gym run's: the instruction length its agent was trained with
+    length = json.loads(pipeline.read_text()).get("instruction_length", 16) if pipeline.is_file() else 16
+    adapter = GymnasiumAdapter(
+        lambda: wrapper(gym_make(args.env)) if wrapper else gym_make(args.env), num_envs=min(8, num),
+        image_size=(image, image), instruction_length=length,
+    )
+    try:
+        start = EVAL_SEED_START if args.seed is None else args.seed
+        result = evaluate_gym(agent, adapter, range(start, start + num), deterministic=not args.sampled,
+                              key=jax.random.key(start), gif_dir=folder / "gifs", progress=True)
+    finally:
+        adapter.close()
+    result.write(folder)
+    print(json.dumps(result.summary, indent=2))
+    print(f"wrote {folder / 'eval.json'} and {folder / 'episodes.jsonl'}")
+    return 0
+
+
+def gym_make(env_id: str) -> Any:
+    import gymnasium
+
+    return gymnasium.make(env_id)
+
+
 def _eval(args: argparse.Namespace) -> int:
     import jax
+
+    if args.env is not None:
+        return _eval_gym(args)
 
     import sima2.envs as envs
     from sima2.policy import Agent
@@ -228,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--planner", default=None, help="pretrained causal LM planner: HF name or local path")
     train.add_argument("--text-encoder", default=None, help="pretrained BERT text encoder: HF name or local path")
     train.add_argument("--no-report", action="store_true", help="eval.json only: no plots, GIFs or summary.md")
+    train.add_argument("--env", default=None, help="a gymnasium env id instead of the built-in world (module:Id "
+                       "imports the module that registers it, e.g. minigrid:BabyAI-GoToRedBallNoDists-v0)")
+    train.add_argument("--expert", default=None, help="with --env: module:callable, make_expert(env) -> "
+                       "policy(observation) -> native action")
+    train.add_argument("--obs-wrapper", default=None, help="with --env: module:callable applied to each env, e.g. "
+                       "minigrid.wrappers:RGBImgPartialObsWrapper for pixels")
     train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.bc.batch_size=128")
     train.set_defaults(func=_train)
 
@@ -238,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=None, help="episodes per split (default: the run's)")
     evaluate.add_argument("--seed", type=int, default=None, help="default: the run's training seed")
     evaluate.add_argument("--no-report", action="store_true", help="only eval.json: no plots, GIFs or summary")
+    evaluate.add_argument("--env", default=None, help="evaluate on this gymnasium env id instead (one episode per "
+                          "seed from --seed, default 1000000); writes eval.json, episodes.jsonl and gifs/")
+    evaluate.add_argument("--obs-wrapper", default=None, help="with --env: module:callable applied to each env")
+    evaluate.add_argument("--sampled", action="store_true", help="with --env: sample actions instead of greedy")
     evaluate.set_defaults(func=_eval)
 
     demos = sub.add_parser("demos", help="record expert demonstrations as a Hugging Face dataset (parquet)")

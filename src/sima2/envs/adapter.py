@@ -1,14 +1,21 @@
 """Adapter from gymnasium environments with image (and optional text mission) observations to sima2's format.
 
-`GymnasiumAdapter` runs N copies of a gymnasium env in a gymnasium vector env (sync or async, with
-same-step auto-reset, like sima2's worlds) and speaks sima2's observation/action format, so the agent,
-behaviour cloning and PPO can drive it from a host loop:
+`GymnasiumAdapter` runs N copies of a gymnasium env in a gymnasium vector env (sync or async) and speaks
+sima2's observation/action format, so the agent, behaviour cloning and PPO can drive it from a host loop:
 
     adapter = GymnasiumAdapter(lambda: RGBImgPartialObsWrapper(gym.make("MiniGrid-Empty-5x5-v0")),
                                num_envs=8, tokenizer=tokenizer)
     obs = adapter.reset(seed=0)                     # {"image": u8[N,H,W,3], "instruction": i32[N,L],
                                                     #  "proprio": f32[N,P]}
     obs, reward, done, info = adapter.step(actions) # actions: i32[N, 3] over adapter.action_nvec
+
+- Episodes reset in the step they end (same-step auto-reset, like sima2's worlds). The adapter resets them
+  itself (the vector env runs with auto-reset disabled), so each episode can have its own seed:
+  ``adapter.reset(episode_seeds=range(1000, 1100))`` gives the N first episodes and every later one the next
+  seed of the list (`episode_seed` says which seed each env's current episode has; -1 once the list is spent
+  or without one). Evaluation seeds then stay disjoint from demonstration seeds.
+- `env_instances` are the N envs as `env_fn` made them (sync vectorisation), for scripted experts that read
+  the env they act in; `raw_observation(i)` is env i's last observation in its own format.
 
 - Images are taken from ``obs[image_key]`` (or the observation itself when it is an array) and resized
   to `image_size` (bilinear, antialiased, `jax.image.resize`). MiniGrid's "image" is a symbolic grid:
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -37,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, UInt8
 
-from sima2.contract import StepInfo
+from sima2.contract import ActionSpec, ArraySpec, EnvSpec, ObservationSpec, StepInfo
 
 __all__ = ["MINIGRID_ACTIONS", "DiscreteActionMap", "GymnasiumAdapter", "QuietStdout", "step_info_from_gym"]
 
@@ -188,8 +195,12 @@ class GymnasiumAdapter:
             raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
         env_fns = [partial(_quiet_factory, env_fn) if quiet else env_fn for _ in range(num_envs)]
         vector_cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
-        self.envs = vector_cls(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, **vector_kwargs)
+        # Auto-reset disabled: `step` resets finished episodes itself, each with its episode seed.
+        self.envs = vector_cls(env_fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED, **vector_kwargs)
         self.num_envs = num_envs
+        self.episode_seed = np.full(num_envs, -1, np.int64)
+        self._seeds: Iterator[int] | None = None
+        self._raw: Any = None
         self.image_size = tuple(int(s) for s in image_size)
         self.instruction_length = int(instruction_length)
         self.image_key, self.mission_key = image_key, mission_key
@@ -212,6 +223,45 @@ class GymnasiumAdapter:
         if self._has_mission and self.tokenizer is None:
             raise ValueError("the env has text missions: pass tokenizer= (any Hugging Face tokenizer)")
         self._token_cache: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def of(cls, source: Any, **options: Any) -> GymnasiumAdapter:
+        """An adapter over `source`: an adapter (returned as it is), a gymnasium env id, an env factory, one
+        gymnasium env instance (one env), or a `SyncVectorEnv` (its envs); `options` as for the constructor."""
+        if isinstance(source, GymnasiumAdapter):
+            if options:
+                raise ValueError(f"{sorted(options)} cannot change an existing adapter; build a new one instead")
+            return source
+        if isinstance(source, str):
+            return cls(partial(gym.make, source), **options)
+        if isinstance(source, gym.vector.SyncVectorEnv):
+            envs = iter(source.envs)  # the vector env's own instances, stepped by the adapter from now on
+            return cls(lambda: next(envs), **{"num_envs": source.num_envs, **options})
+        if isinstance(source, gym.vector.VectorEnv):
+            raise ValueError(
+                f"a {type(source).__name__} runs its envs elsewhere: pass its env factory (or id) and "
+                "vectorization='async' instead"
+            )
+        if isinstance(source, gym.Env):
+            if options.get("num_envs", 1) != 1:
+                raise ValueError("one env instance makes one env: pass an env factory for num_envs > 1")
+            return cls(lambda: source, **options)
+        if callable(source):
+            return cls(source, **options)
+        raise TypeError(f"cannot adapt a {type(source).__name__}: pass a gymnasium env, id, factory or vector env")
+
+    @property
+    def spec(self) -> EnvSpec:
+        """What an agent is sized from: the adapter's images, mission ids (the tokenizer's vocabulary),
+        proprio and action factors (`Agent.from_preset(name, adapter.spec, key=...)`)."""
+        vocab = len(self.tokenizer) if self.tokenizer is not None else 1
+        observation = ObservationSpec(
+            image=ArraySpec((*self.image_size, 3), "uint8"),
+            instruction=ArraySpec((self.instruction_length,), "int32"),
+            proprio=ArraySpec((self.proprio_dim,), "float32"),
+            vocab_size=vocab,
+        )
+        return EnvSpec(observation, ActionSpec(tuple(self.action_nvec)), self.instruction_length)
 
     @property
     def action_nvec(self) -> tuple[int, ...]:
@@ -262,19 +312,75 @@ class GymnasiumAdapter:
             "proprio": jnp.asarray(self._proprio(raw)),
         }
 
-    def reset(self, seed: int | None = None) -> dict[str, Array]:
-        raw, _ = self.envs.reset(seed=seed)
+    @property
+    def env_instances(self) -> list[gym.Env]:
+        """The N envs as `env_fn` made them (for experts that read the env they act in); sync vectorisation
+        only, since async envs live in other processes."""
+        if not isinstance(self.envs, gym.vector.SyncVectorEnv):
+            raise ValueError("env_instances needs vectorization='sync': async envs live in worker processes")
+        return [env.env if isinstance(env, QuietStdout) else env for env in self.envs.envs]
+
+    def raw_observation(self, index: int) -> Any:
+        """Env `index`'s last observation as the env returned it (before resizing and tokenising)."""
+        if self._raw is None:
+            raise ValueError("no observation yet: call reset first")
+        if isinstance(self._raw, Mapping):
+            return {name: value[index] for name, value in self._raw.items()}
+        return self._raw[index]
+
+    def missions(self) -> list[str]:
+        """The current episodes' mission texts ("" for an env without missions)."""
+        if self._raw is None or not self._has_mission:
+            return [""] * self.num_envs
+        return [str(m) for m in self._raw[self.mission_key]]
+
+    def _next_seeds(self, mask: np.ndarray) -> list[int | None]:
+        """The next episode seed for each env in `mask` (None past the end of the list or without one)."""
+        seeds: list[int | None] = [None] * self.num_envs
+        for i in np.flatnonzero(mask).tolist():
+            seeds[i] = next(self._seeds, None) if self._seeds is not None else None
+            self.episode_seed[i] = -1 if seeds[i] is None else seeds[i]
+        return seeds
+
+    def reset(self, seed: int | None = None, *, episode_seeds: Iterable[int] | None = None) -> dict[str, Array]:
+        """Start an episode in every env. `seed`: env i starts from `seed + i` and later episodes continue
+        each env's own random stream; `episode_seeds`: every episode, these N and each later one, takes the
+        next seed of the iterable (envs whose episodes start after it is spent are unseeded)."""
+        if seed is not None and episode_seeds is not None:
+            raise ValueError("pass seed= or episode_seeds=, not both")
+        if episode_seeds is not None:
+            self._seeds = iter(int(s) for s in episode_seeds)
+            raw, _ = self.envs.reset(seed=self._next_seeds(np.ones(self.num_envs, bool)))
+        else:
+            self._seeds = None
+            self.episode_seed[:] = -1
+            raw, _ = self.envs.reset(seed=seed)
+        self._raw = raw
         return self.observe(raw)
+
+    def restart(self, mask: np.ndarray) -> dict[str, Array]:
+        """End the episodes of the envs in `mask` early and start their next ones (next episode seeds);
+        returns every env's observation."""
+        mask = np.asarray(mask, bool).reshape(self.num_envs)
+        if mask.any():
+            self._raw, _ = self.envs.reset(seed=self._next_seeds(mask), options={"reset_mask": mask})
+        return self.observe(self._raw)
 
     def step(
         self, actions: Int[Array, "N factors"] | np.ndarray
     ) -> tuple[dict[str, Array], Float[Array, " N"], Bool[Array, " N"], StepInfo]:
         """One step of every env; done envs reset in the same step (their next observation is returned)."""
+        if self._raw is None:
+            raise ValueError("step before reset: call adapter.reset first")
         env_actions = self.action_map(np.asarray(actions))
         raw, reward, terminated, truncated, info = self.envs.step(env_actions)
         reward, terminated, truncated = (np.asarray(x) for x in (reward, terminated, truncated))
+        self._raw = raw
+        done = terminated | truncated
+        if done.any():  # same-step reset: the next episode's first observation replaces the last one
+            self._raw, _ = self.envs.reset(seed=self._next_seeds(done), options={"reset_mask": done})
         return (
-            self.observe(raw),
+            self.observe(self._raw),
             jnp.asarray(reward, jnp.float32),
             jnp.asarray(terminated | truncated),
             step_info_from_gym(terminated, truncated, reward, info),

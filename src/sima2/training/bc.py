@@ -18,7 +18,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
@@ -29,7 +28,7 @@ from sima2.policy.plans import plan_writer, writer_ids
 from sima2.training.config import TrainConfig
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, split_trainable, trainable_spec
-from sima2.training.recurrent import evaluate_sequences, initial_carries, instruction_features_of, observation_features
+from sima2.training.recurrent import evaluate_windows, instruction_features_of, observation_features
 from sima2.training.subgoals import subgoal_done_loss
 
 PlanLoss = Callable[[Any, dict[str, Any]], Float[Array, ""]]
@@ -46,20 +45,8 @@ def bc_loss(
     the batch carries `subgoal_done` labels); returns (loss, terms)."""
     instruction = batch.get("instruction_features")  # precomputed for a frozen language model
     subgoal = batch.get("subgoal_features")  # likewise, for the subgoals of `obs["subgoal"]`
-    if "first" in batch:  # windows (B, T): run the memory through time, time-major
-        time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-        first = time_major(batch["first"])
-        log_prob, entropy, _, carries = evaluate_sequences(
-            model,
-            jax.tree.map(time_major, batch["obs"]),
-            time_major(batch["action"]),
-            first,
-            initial_carries(model, first.shape[1]),
-            instruction=jax.tree.map(time_major, instruction),
-            subgoal=jax.tree.map(time_major, subgoal),
-            with_carries=True,
-        )
-        carries = jax.tree.map(time_major, carries)  # back to the batch's (B, T) layout
+    if "first" in batch:  # windows (B, T): run the memory through time
+        log_prob, entropy, _, carries = evaluate_windows(model, batch, batch["action"], with_carries=True)
     else:
         carry = model.initial_carry()
         if instruction is None:

@@ -60,11 +60,16 @@ class BCConfig:
     """Behaviour cloning: batch size, window length, augmentation strengths and the plan-loss weight.
 
     `sequence_length` > 1 trains on windows of that many consecutive demonstration steps (starting at
-    episode starts) with the agent's memory threaded through time; `batch_size` then counts windows.
+    episode starts and every `sequence_length`-th step of an episode) with the agent's memory threaded
+    through time; `batch_size` then counts windows. An agent with a memory needs it > 1 (`train_bc` checks).
     """
 
     batch_size: int = 64
     sequence_length: int = 1
+    # Where windows start (`sima2.training.windows`): "whole_episodes" (episode starts and every
+    # `sequence_length`-th step, so every step is trained) or "episode_starts" (only there: true empty memories,
+    # but the steps after the first `sequence_length` of longer episodes are dropped, with a warning).
+    window_starts: str = "whole_episodes"
     plan_loss_weight: float = 1.0
     # Weight of the subgoal-done head's loss (`sima2.training.subgoals`), when the batches carry its labels.
     subgoal_done_weight: float = 1.0
@@ -78,6 +83,8 @@ class BCConfig:
             self,
             batch_size=(self.batch_size >= 1, "must be >= 1"),
             sequence_length=(self.sequence_length >= 1, "must be >= 1"),
+            window_starts=(self.window_starts in ("whole_episodes", "episode_starts"),
+                           "must be 'whole_episodes' or 'episode_starts'"),
             plan_loss_weight=(0 <= self.plan_loss_weight < math.inf, "must be a finite number >= 0"),
             subgoal_done_weight=(0 <= self.subgoal_done_weight < math.inf, "must be a finite number >= 0"),
             crop_padding=(self.crop_padding >= 0, "must be >= 0"),
@@ -136,18 +143,22 @@ class PPOConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Demonstration dataset location and what to do with rows that fail validation."""
+    """Demonstration dataset location, what to do with rows that fail validation, and held-out episodes."""
 
     path: str = ""
     split: str = "train"
     shuffle: bool = True
     prefetch: int = 2
     on_invalid: str = "raise"  # "raise" or "drop" (dropped rows are logged with their index)
+    # Episodes (the ones with the largest `episode_id`s) kept out of behaviour cloning and scored by greedy
+    # action accuracy every `checkpoint.every` updates and at the end (`sima2.training.validation`).
+    validation_episodes: int = 0
 
     def __post_init__(self) -> None:
         check_fields(
             self,
             prefetch=(self.prefetch >= 0, "must be >= 0"),
+            validation_episodes=(self.validation_episodes >= 0, "must be >= 0"),
             on_invalid=(self.on_invalid in ("raise", "drop"), "must be 'raise' or 'drop'"),
         )
 
@@ -231,7 +242,12 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything one training run needs besides the agent and the world."""
+    """Everything one training run needs besides the agent and the world.
+
+    The defaults are generic; a preset's tuned settings of the behaviour-cloning and PPO stages (batch,
+    window length, optimiser schedule) are `sima2.training.pipeline_config("cpu-small").bc` and `.ppo`, e.g.
+    `dataclasses.replace(pipeline_config("cpu-small").bc, out="runs/mine", num_updates=500)`.
+    """
 
     stage: str = "bc"  # "bc" or "ppo"
     seed: int = 0

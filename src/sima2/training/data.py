@@ -9,8 +9,9 @@ same features.
 
 `DemonstrationBatches` shuffles with a permutation drawn from (seed, epoch) only, so its position (the
 number of batches served) is all a checkpoint needs to resume on the same batch. With `sequence_length=T`
-it serves windows of T consecutive rows that start at an episode start (rows of one episode must be
-contiguous and in step order, as `record_demonstrations` writes them), for recurrent behaviour cloning.
+it serves windows of T consecutive rows, for recurrent behaviour cloning, that start at every episode start
+and every T-th step of an episode, so every row is trained (rows of one episode must be contiguous and in
+step order, as `record_demonstrations` writes them; `sima2.training.windows`).
 Augmentations are random, so they run inside the jitted step from the training key (see
 `sima2.training.bc`).
 
@@ -37,6 +38,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 from sima2.contract import Env, Transition
 from sima2.envs.env import Sima2Env
 from sima2.training.rollout import Actor, ExpertActor, init_rollout, rollout
+from sima2.training.windows import steps_covered, window_starts
 
 log = logging.getLogger("sima2.training")
 
@@ -182,29 +184,56 @@ def record_rows(
 
 
 def record_demonstrations(
-    env: Env,
-    env_params: PyTree,
-    key: PRNGKeyArray,
+    env: Any,
+    env_params: PyTree = None,
+    key: PRNGKeyArray | None = None,
     *,
-    num_envs: int,
-    num_steps: int,
+    num_envs: int | None = None,
+    num_steps: int | None = None,
+    seeds: Sequence[int] | None = None,
+    expert: Any = None,
+    expert_actions: str = "native",
+    only_successful: bool = False,
     describe: Describe | None = None,
     keep_incomplete: bool = False,
     noise: float = 0.0,
 ) -> datasets.Dataset:
-    """Run `env.expert_action` in `num_envs` worlds for `num_steps` steps and return the rows.
+    """Expert demonstrations as rows (`FEATURES`), from a sima2 world or any gymnasium env.
+
+    A sima2 `Env`: its built-in `expert_action` in `num_envs` worlds for `num_steps` steps, jitted (`key`
+    draws the episodes; text, plans and incomplete episodes as in `record_rows`). A gymnasium env (an id, a
+    factory, an env, a `SyncVectorEnv` or a `GymnasiumAdapter`, see `GymnasiumAdapter.of`): one episode per
+    seed of `seeds`, acted by `expert`, a factory `make_expert(env) -> policy(observation) -> action` (see
+    `sima2.training.host_episodes`).
 
     `noise`: the probability that a step executes a uniformly random action instead of the expert's; its
     row still records the expert's action (noise injection, as in DART, Laskey et al. 2017). Demonstrations
-    then also show the expert recovering from the kind of slips a cloned policy makes. Text, plans and
-    incomplete episodes as in `record_rows`.
+    then also show the expert recovering from the kind of slips a cloned policy makes. `only_successful`
+    keeps the episodes the env judged successful.
     """
+    if not isinstance(env, Env):
+        from sima2.envs.adapter import GymnasiumAdapter
+        from sima2.training.host_episodes import episode_rows, run_episodes
+
+        if expert is None or seeds is None:
+            raise ValueError("a gymnasium env needs expert=make_expert and seeds= (one per episode)")
+        adapter = GymnasiumAdapter.of(env, **({} if num_envs is None else {"num_envs": num_envs}))
+        episodes = run_episodes(adapter, seeds=seeds, expert=expert, expert_actions=expert_actions, noise=noise)
+        return episode_rows([e for e in episodes if e.success or not only_successful])
+    if expert is not None or seeds is not None:
+        raise ValueError(
+            "a sima2 world records its built-in expert, its episodes drawn from `key`: expert= and seeds= are "
+            "for gymnasium envs"
+        )
+    if env_params is None or key is None or num_envs is None or num_steps is None:
+        raise ValueError("a sima2 world needs env_params, key, num_envs= and num_steps=")
     actor = ExpertActor(env, noise=noise)  # checks the noise probability
     # Without noise the executed action is the expert's: no second expert call per step.
     labels = "expert" if noise > 0 else "executed"
     dataset, _ = record_rows(
         actor, env, env_params, key, num_envs=num_envs, num_steps=num_steps, labels=labels,
         describe=describe, keep_incomplete=keep_incomplete,
+        keep_episode=(lambda episode: episode.success) if only_successful else None,
     )
     return dataset
 
@@ -265,28 +294,6 @@ def longest_instruction(dataset: datasets.Dataset) -> int:
     return max(1, max(len(ids) for ids in dataset["instruction_ids"]))
 
 
-def episode_starts(dataset: datasets.Dataset) -> np.ndarray:
-    """Indices of the rows that start an episode, after checking that every episode's rows are contiguous
-    and in step order (`step_id` 0, 1, 2, ...). Raises a ValueError naming the first row that breaks it."""
-    for name in ("episode_id", "step_id"):
-        if name not in dataset.column_names:
-            raise ValueError(f"sequence batches need an {name!r} column; the dataset has {dataset.column_names}")
-    episode = np.asarray(dataset["episode_id"], np.int64)
-    step = np.asarray(dataset["step_id"], np.int64)
-    starts = step == 0
-    continues = np.zeros_like(starts)
-    continues[1:] = (episode[1:] == episode[:-1]) & (step[1:] == step[:-1] + 1)
-    bad = np.flatnonzero(~(starts | continues))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"row {i} (episode_id {episode[i]}, step_id {step[i]}) does not continue the row before it; "
-            "sequence batches need each episode's rows contiguous and in step order "
-            "(sort the dataset by episode_id, step_id)"
-        )
-    return np.flatnonzero(starts)
-
-
 class DemonstrationBatches(Iterator[dict[str, Any]]):
     """Endless shuffled batches; `position` = batches served so far (checkpoint it to resume exactly).
 
@@ -296,9 +303,11 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
     `transform` may add columns (e.g. tokenised plans) from the raw rows.
 
     With `sequence_length=T > 1` a batch is `batch_size` windows of T consecutive rows, each starting at an
-    episode start (windows may run on into the following episodes): every array gets leading axes
-    `(batch_size, T)` and the batch gains `first` (True where a step starts an episode), so the learner can
-    thread a recurrent memory through each window and reset it where episodes begin.
+    episode start or at a T-th step inside an episode (`sima2.training.windows.window_starts`; windows may
+    run on into the following episodes): every array gets leading axes `(batch_size, T)` and the batch gains
+    `first` (True where a step starts an episode), so the learner can thread a recurrent memory through each
+    window from the initial carry and reset it where episodes begin. `steps_covered` is the share of rows
+    that some window trains (1.0 for episodes stored whole and in order); an epoch visits every start once.
 
     Images are decoded once into memory (on first use, in the prefetch thread) when they fit in
     `image_cache_bytes` (decoding PNGs row by row would otherwise cost more host time per batch than a
@@ -319,21 +328,22 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
         transform: Callable[[dict[str, list], dict[str, Any]], dict[str, Any]] | None = None,
         sequence_length: int = 1,
         image_cache_bytes: int = 2**30,
+        window_mode: str = "whole_episodes",
     ):
         if sequence_length < 1:
             raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
-        if sequence_length == 1:
-            starts = np.arange(len(dataset))
-        else:
-            starts = episode_starts(dataset)
-            starts = starts[starts + sequence_length <= len(dataset)]
+        starts = (np.arange(len(dataset)) if sequence_length == 1
+                  else window_starts(dataset, sequence_length, window_mode))
         if batch_size <= 0 or batch_size > len(starts):
-            what = "dataset rows" if sequence_length == 1 else f"episode starts with {sequence_length} rows left"
+            where = "episode starts" if window_mode == "episode_starts" else \
+                f"episode starts and every {sequence_length}-th step"
+            what = "dataset rows" if sequence_length == 1 else f"windows of {sequence_length} rows: {where}"
             raise ValueError(f"batch_size must be in 1..{len(starts)} ({what}), got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.sequence_length = sequence_length
         self.starts = starts
+        self.steps_covered = steps_covered(starts, sequence_length, len(dataset))
         self.seed = seed
         self.shuffle = shuffle
         self.position = position
@@ -382,6 +392,9 @@ class DemonstrationBatches(Iterator[dict[str, Any]]):
             batch = self.transform(rows, batch)
         if self.sequence_length > 1:
             batch = jax.tree.map(lambda x: x.reshape(*indices.shape, *x.shape[1:]), batch)
+            # `first` marks episode starts only, not a window that starts mid-episode: the learner begins
+            # every window from the initial carry (`bc_loss`), so such a window starts from zero memory
+            # without a flag, and other readers of `first` keep its one meaning.
             batch["first"] = batch["step_id"] == 0
         return self.put(batch) if self.put is not None else batch
 

@@ -27,7 +27,8 @@ from sima2.training.rollout import AgentActor, PlanningActor, rollout, state_fro
 @dataclasses.dataclass(frozen=True)
 class Episode:
     """One recorded episode: the agent's views and top-down maps (first frame = the reset), its instruction,
-    whether it succeeded, and how it ended ("success", "timeout" or "cut" when `max_steps` ran out first).
+    whether it succeeded, and how it ended ("success", "timeout", "failed" when the env ended it without success,
+or "cut" when `max_steps` ran out first).
     For an agent that followed its own plan: the plan's subgoals as text and, per decision, the index of the
     subgoal it acted on (empty otherwise)."""
 
@@ -157,7 +158,8 @@ def write_episode_gif(episode: Episode, path: str | Path, *, topdown: bool = Tru
     from sima2.envs.video import side_by_side, write_episode
 
     frames = [side_by_side(f, m) if topdown else f for f, m in zip(episode.frames, episode.topdown, strict=True)]
-    last = {"success": "SUCCESS", "timeout": "FAILED (time limit)", "cut": "not finished"}[episode.outcome]
+    last = {"success": "SUCCESS", "timeout": "FAILED (time limit)", "failed": "FAILED", "cut": "not finished"}[
+        episode.outcome]
     captions = [_caption(episode, t) for t in range(len(frames))]
     captions[-1] = f"{_caption(episode, episode.length)}: {last}"
     hold = 3  # repeat the final frame so the outcome stays on screen

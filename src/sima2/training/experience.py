@@ -26,8 +26,9 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from sima2.contract import AbstractAgent, Env
 from sima2.interop.pretrained import atomic_write
-from sima2.training.data import FEATURES, Describe, Judge, RecordedEpisode, episode_starts, record_rows
+from sima2.training.data import FEATURES, Describe, Judge, RecordedEpisode, record_rows
 from sima2.training.rollout import AgentActor
+from sima2.training.windows import episode_starts
 
 STORE_FORMAT = 1
 MANIFEST = "store.json"

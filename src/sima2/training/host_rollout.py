@@ -19,7 +19,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from sima2.contract import AbstractAgent, Transition
-from sima2.envs.adapter import step_info_from_gym
+from sima2.envs.adapter import GymnasiumAdapter, step_info_from_gym
 from sima2.training.config import TrainConfig
 from sima2.training.loop import TrainState, guard_step
 from sima2.training.optim import init_opt_state, make_optimizer, trainable_spec
@@ -30,9 +30,10 @@ from sima2.training.recurrent import initial_carries, reset_where
 class HostRollout:
     """PPO rollouts on a gymnasium vector env with a host loop, feeding the same `ppo_update`.
 
-    `to_env_action` maps the agent's factored actions (E, A) to what the env expects; `to_obs` maps env
-    observations to the agent's observation dict. A resume restarts the env (parameters, optimiser and
-    keys still resume exactly).
+    `vector_env` is a `GymnasiumAdapter` (sima2 observations, its own episode resets), or a gymnasium vector
+    env with same-step or next-step auto-reset: then `to_env_action` maps the agent's factored actions (E, A)
+    to what the env expects and `to_obs` maps env observations to the agent's observation dict. A resume
+    restarts the env (parameters, optimiser and keys still resume exactly).
     """
 
     def __init__(
@@ -50,8 +51,11 @@ class HostRollout:
         self.to_env_action = to_env_action
         self.to_obs = to_obs
         self.num_envs = vector_env.num_envs
-        obs, _ = vector_env.reset(seed=seed)
-        self.obs = to_obs(obs)
+        if isinstance(vector_env, GymnasiumAdapter):
+            self.obs = vector_env.reset(seed=seed)
+        else:
+            obs, _ = vector_env.reset(seed=seed)
+            self.obs = to_obs(obs)
         self.carry = initial_carries(agent, self.num_envs)
         self.first = np.ones(self.num_envs, bool)
         self.episode_return = np.zeros(self.num_envs, np.float32)
@@ -63,6 +67,16 @@ class HostRollout:
             return jax.vmap(model.act)(jax.random.split(key, first.shape[0]), obs, carry)
 
         self._act = act
+
+    def _env_step(self, action: np.ndarray) -> tuple[PyTree, np.ndarray, np.ndarray, Any]:
+        """One step of every env: (agent observations, rewards, done flags, `StepInfo`)."""
+        if isinstance(self.env, GymnasiumAdapter):
+            obs, reward, done, info = self.env.step(action)
+            return obs, np.asarray(reward, np.float32), np.asarray(done), info
+        next_obs, reward, terminated, truncated, info = self.env.step(self.to_env_action(action))
+        reward = np.asarray(reward, np.float32)
+        step_info = step_info_from_gym(terminated, truncated, reward, info)
+        return self.to_obs(next_obs), reward, np.logical_or(terminated, truncated), step_info
 
     def collect(self, model: AbstractAgent, key: PRNGKeyArray) -> tuple[Transition, PyTree, Array]:
         """Run `num_steps` env steps with `model`; returns (transitions, start carries, bootstrap values).
@@ -78,13 +92,10 @@ class HostRollout:
         for step_key in keys[:-1]:
             action, carry, out = self._act(model, step_key, self.obs, self.carry, jnp.asarray(self.first))
             host_action = np.asarray(action)
-            next_obs, reward, terminated, truncated, info = self.env.step(self.to_env_action(host_action))
-            done = np.logical_or(terminated, truncated)
-            reward = np.asarray(reward, np.float32)
+            with jax.default_device(cpu):
+                next_obs, reward, done, step_info = self._env_step(host_action)
             self.episode_return += reward
             self.episode_length += 1
-            with jax.default_device(cpu):
-                step_info = step_info_from_gym(terminated, truncated, reward, info)
             host_steps.append({
                 "obs": jax.tree.map(np.asarray, self.obs),
                 "action": host_action.astype(np.int32),
@@ -98,7 +109,7 @@ class HostRollout:
             outs.append(out)
             self.episode_return[done] = 0.0
             self.episode_length[done] = 0
-            self.obs, self.carry, self.first = self.to_obs(next_obs), carry, done
+            self.obs, self.carry, self.first = next_obs, carry, done
         stacked = jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *host_steps))
         transitions = Transition(agent=jax.tree.map(lambda *xs: jnp.stack(xs), *outs), **stacked)
         _, _, out = self._act(model, keys[-1], self.obs, self.carry, jnp.asarray(self.first))

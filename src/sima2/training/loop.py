@@ -199,6 +199,8 @@ def run_loop(
     hooks: Sequence[Hook] = (),
     samples_per_step: int = 1,
     steps_per_call: int = 1,
+    evaluate: Callable[[TrainState], dict[str, float]] | None = None,
+    evaluate_every: int = 0,
 ) -> TrainState:
     """Run `step_fn` until `state.step == num_steps` (so a resumed state just continues).
 
@@ -213,6 +215,10 @@ def run_loop(
     (single steps fill the gaps), so logs, checkpoints and results are those of one step at a time.
     Metrics come from the host only at logging steps, and the guard's state only at logging and
     checkpoint steps.
+
+    `evaluate(state)` (e.g. held-out accuracy) runs every `evaluate_every` steps (0: never) and after the last
+    one; its metrics join that step's record, which is then logged (and passed to hooks) even between
+    logging steps.
     """
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
@@ -235,6 +241,7 @@ def run_loop(
         return (
             step >= num_steps
             or (log_every > 0 and step % log_every == 0)
+            or (evaluate is not None and evaluate_every > 0 and step % evaluate_every == 0)
             or (checkpointer is not None and checkpointer.should_save(step))
             or (logger is not None and logger.is_profile_boundary(step))
         )
@@ -253,7 +260,10 @@ def run_loop(
             step += advanced
             if logger is not None:
                 logger.advance(advanced)
-            is_log = log_every > 0 and (step % log_every == 0 or step == num_steps)
+            is_eval = evaluate is not None and (
+                step == num_steps or (evaluate_every > 0 and step % evaluate_every == 0)
+            )
+            is_log = (log_every > 0 and (step % log_every == 0 or step == num_steps)) or is_eval
             is_ckpt = checkpointer is not None and checkpointer.should_save(step)
             if is_log or is_ckpt:
                 reason = _halt_reason(state)
@@ -267,8 +277,11 @@ def run_loop(
                 rate = (step - last_step) / max(now - last_time, 1e-9)
                 host["steps_per_s"] = rate
                 host["samples_per_s"] = rate * samples_per_step
-                last_time, last_step = now, step
-                logger.log(step, host)
+                if is_eval:
+                    host.update(evaluate(state))
+                last_time, last_step = time.perf_counter(), step  # the evaluation's time is not a step's
+                if logger is not None:
+                    logger.log(step, host)
                 for hook in hooks:
                     hook(step, state, host)
             if is_ckpt:

@@ -198,6 +198,12 @@ def _check_stages(config: PipelineConfig) -> None:
         raise ValueError(
             f"ppo.ppo.num_envs ({ppo.num_envs}) must be divisible by ppo.ppo.num_minibatches ({ppo.num_minibatches})"
         )
+    # The agent's memory is never trained on single rows (`train_bc` refuses them): told before any stage.
+    improvement = config.self_improvement
+    for name, stage in [("bc", config.bc)] + [("self_improvement.bc", improvement.bc)] * (improvement.rounds > 0):
+        if stage.bc.sequence_length == 1:
+            raise ValueError(f"{name}.bc.sequence_length=1 would clone the agent on single rows, so its memory is "
+                             "never trained; set it to e.g. 8 (as in pipeline_config('cpu-small').bc.bc)")
 
 
 def train(

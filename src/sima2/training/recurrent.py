@@ -138,8 +138,33 @@ def evaluate_sequences(
     return jax.vmap(one_world, in_axes=(1, 1, 1, 0), out_axes=1)(features, action, first, start_carry)
 
 
+def evaluate_windows(
+    model: Any, batch: dict[str, Any], action: Int[Array, "B T *A"], *, with_carries: bool = False
+) -> tuple[Array, ...]:
+    """`evaluate_sequences` on demonstration windows, in and out in the batch's `(B, T)` layout.
+
+    `batch` as `DemonstrationBatches(sequence_length=T)` serves it: `obs` and `first` with leading axes
+    `(B, T)`, and optionally the precomputed `instruction_features` / `subgoal_features`; every window starts
+    from the initial carry. `action`: the batch's actions, or a stack of candidate actions per step.
+    """
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+    first = time_major(batch["first"])
+    outs = evaluate_sequences(
+        model,
+        jax.tree.map(time_major, batch["obs"]),
+        time_major(action),
+        first,
+        initial_carries(model, first.shape[1]),
+        instruction=jax.tree.map(time_major, batch.get("instruction_features")),
+        subgoal=jax.tree.map(time_major, batch.get("subgoal_features")),
+        with_carries=with_carries,
+    )
+    return jax.tree.map(time_major, outs)
+
+
 __all__ = [
     "evaluate_sequences",
+    "evaluate_windows",
     "initial_carries",
     "instruction_features_of",
     "is_memoryless",

@@ -6,6 +6,7 @@ shared loop with logging and checkpoints, and save the final model with its own 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from sima2.training.loop import Hook, TrainState, compile_step, own_buffers, run
 from sima2.training.monitor import MetricsLogger
 from sima2.training.parallel import shard_batch, shard_train_state, to_host
 from sima2.training.ppo import make_ppo, vmap_seeds
+from sima2.training.recurrent import is_memoryless
+from sima2.training.validation import HeldOutAccuracy, split_validation, stage_validation
+
+log = logging.getLogger("sima2.training")
 
 
 def run_stage(
@@ -38,9 +43,12 @@ def run_stage(
     hooks: Sequence[Hook] = (),
     samples_per_step: int = 1,
     num_seeds: int = 1,
+    jit: bool = True,
+    evaluate: Callable[[TrainState], dict[str, float]] | None = None,
 ) -> TrainState:
     """The common driver: init (or resume), jit, `run_loop`, then `model.save_pretrained(out / "final")` (the
-    model is an `AbstractAgent`; with several seeds, seed 0's)."""
+    model is an `AbstractAgent`; with several seeds, seed 0's). `jit=False` for a step that runs a host loop
+    and jits its own update (`make_host_ppo`)."""
     out = Path(config.out)
     is_main = jax.process_index() == 0
     if is_main:
@@ -71,7 +79,7 @@ def run_stage(
         state = own_buffers(state)  # the compiled step donates them; the caller's agent stays whole
         state = run_loop(
             state,
-            compile_step(step_fn, state),
+            compile_step(step_fn, state) if jit else step_fn,
             config.num_updates,
             batches=batches,
             data_position=None if batches is None else (lambda: batches.position),
@@ -79,6 +87,8 @@ def run_stage(
             logger=logger,
             hooks=hooks,
             samples_per_step=samples_per_step,
+            evaluate=evaluate,  # e.g. held-out accuracy, at checkpoint steps and the end
+            evaluate_every=config.checkpoint.every,
         )
     finally:
         if batches is not None:
@@ -123,7 +133,20 @@ def train_bc(
     With several processes, each passes its own shard of the dataset and its local batch size.
     `precompute_instructions`: the agent's language model is frozen, so its instruction features are
     computed once per distinct instruction before training (`bc.frozen_instruction_features`).
+    `config.data.validation_episodes = k`: the k episodes of largest `episode_id` are not trained on; their
+    greedy action accuracy is logged (`val_action_accuracy`) every `config.checkpoint.every` updates and at
+    the end, and the latest is written to `out/validation.json` (`sima2.training.validation`).
+
+    An agent with a memory (a non-empty `initial_carry()`) needs `config.bc.sequence_length` > 1: single
+    rows would train it as if it never remembered anything (a ValueError says so).
     """
+    if config.bc.sequence_length == 1 and not is_memoryless(agent):
+        raise ValueError(
+            "the agent has a recurrent memory (its initial_carry() is not empty), but bc.sequence_length=1 "
+            "clones it on single rows, each from a fresh memory, so the memory is never trained; set "
+            "bc.sequence_length to e.g. 8 with bc.batch_size counting windows, or start from a preset's "
+            "settings: sima2.training.pipeline_config(\"cpu-small\").bc"
+        )
     dataset = check_dataset(
         dataset,
         image_shape=image_shape,
@@ -137,11 +160,17 @@ def train_bc(
         features = frozen_instruction_features(agent, dataset, longest_instruction(dataset))
         transform = features if transform is None else _chain(transform, features)
     init_fn, step_fn = make_bc(agent, config, filter_spec=filter_spec, plan_loss=plan_loss)
+    # Held out after the instruction features above were computed, so they cover the held-out rows too.
+    dataset, held_out = split_validation(dataset, config.data.validation_episodes)
+    validation = None if held_out is None else stage_validation(
+        HeldOutAccuracy(held_out, action_nvec, instruction_length=longest_instruction(dataset), transform=transform),
+        config.out,
+    )
     local_batch = config.bc.batch_size // jax.process_count()
     put = (lambda batch: shard_batch(batch, mesh)) if mesh is not None else jax.device_put
 
     def make_batches(position: int) -> DemonstrationBatches:
-        return DemonstrationBatches(
+        batches = DemonstrationBatches(
             dataset,
             local_batch,
             seed=config.seed,
@@ -151,7 +180,18 @@ def train_bc(
             put=put,
             transform=transform,
             sequence_length=config.bc.sequence_length,
+            window_mode=config.bc.window_starts,
         )
+        if batches.steps_covered < 1.0:
+            log.warning("%.1f%% of the demonstration steps are in no training window (bc.window_starts=%r, "
+                        "bc.sequence_length=%d); bc.window_starts='whole_episodes' trains every step",
+                        100 * (1 - batches.steps_covered), config.bc.window_starts, config.bc.sequence_length)
+        log.info(
+            "behaviour cloning on %d rows: %d %s of %d steps, %.1f%% of the rows inside one, %d batches an epoch",
+            len(dataset), len(batches.starts), "windows" if config.bc.sequence_length > 1 else "rows",
+            config.bc.sequence_length, 100 * batches.steps_covered, batches.batches_per_epoch,
+        )
+        return batches
 
     return run_stage(
         config,
@@ -162,6 +202,7 @@ def train_bc(
         mesh=mesh,
         hooks=hooks,
         samples_per_step=config.bc.batch_size * config.bc.sequence_length,
+        evaluate=validation,
     )
 
 
