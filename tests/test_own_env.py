@@ -90,6 +90,25 @@ def test_the_agent_drives_and_the_expert_labels_every_visited_state():
         assert e.success
 
 
+def test_bad_expert_actions_and_seeds_are_refused_with_what_and_where():
+    env = adapter(1)
+    try:
+        with pytest.raises(ValueError, match="seed 5, step 0: the expert returned None"):
+            run_episodes(env, seeds=[5], expert=lambda e: lambda obs, executed: None)
+        with pytest.raises(ValueError, match="seed 5, step 0: .*native action 9 is not in the action table"):
+            run_episodes(env, seeds=[5], expert=lambda e: lambda obs, executed: 9)
+        with pytest.raises(ValueError, match="seed 5, step 0: expected 3 integer factors"):
+            run_episodes(env, seeds=[5], expert=lambda e: lambda obs, executed: [1, 2], expert_actions="factors")
+        with pytest.raises(ValueError, match="seeds must be >= 0"):
+            run_episodes(env, seeds=[-1], expert=babyai_expert)
+        with pytest.raises(ValueError, match="seeds repeat"):
+            run_episodes(env, seeds=[1, 1], expert=babyai_expert)
+        with pytest.raises(ValueError, match="needs both agent= and expert="):
+            run_episodes(env, seeds=[1], expert=babyai_expert, expert_share=0.5)
+    finally:
+        env.close()
+
+
 def test_train_on_a_gymnasium_env_from_the_cli_then_evaluate_on_fresh_seeds(tmp_path):
     out = tmp_path / "run"
     code = main([
@@ -112,10 +131,12 @@ def test_train_on_a_gymnasium_env_from_the_cli_then_evaluate_on_fresh_seeds(tmp_
     assert "held-out greedy action accuracy" in config["augmentation_check"]
     for stage in ("bc", "ppo"):  # each stage's agent loads back
         Agent.from_pretrained(out / stage / "final")
-    # `sima2 eval --env` scores a run's agent on the env, the same figures and records.
-    assert main(["eval", str(out), "--env", ENV_ID, "--obs-wrapper", "sima2.envs.minigrid:rgb_pixels",
-                 "--episodes", "2", "--seed", "500"]) == 0
-    assert [json.loads(line)["seed"] for line in (out / "episodes.jsonl").read_text().splitlines()] == [500, 501]
+    # `sima2 eval` scores the run's agent on its env again (its env and wrapper from pipeline.json), in a folder
+    # of its own: the run's eval.json stays as training wrote it.
+    assert main(["eval", str(out), "--episodes", "2", "--seed", "500"]) == 0
+    again = out / "eval-minigrid-BabyAI-GoToRedBallNoDists-v0-500"
+    assert [json.loads(line)["seed"] for line in (again / "episodes.jsonl").read_text().splitlines()] == [500, 501]
+    assert json.loads((out / "eval.json").read_text()) == summary
 
 
 def test_dagger_and_plain_cloning_gather_the_same_label_budget(tmp_path):
@@ -134,4 +155,22 @@ def test_dagger_and_plain_cloning_gather_the_same_label_budget(tmp_path):
     assert [r["expert_labels"] for r in records] == [r["expert_labels"] for r in plain] == [10, 20]
     assert [r["beta"] for r in records] == [1.0, 0.5] and [r["beta"] for r in plain] == [1.0, 1.0]
     assert json.loads((tmp_path / "dagger" / "dagger.json").read_text()) == records
-    assert [e["seed"] for e in evaluation.episodes] == [7, 8]
+    assert [e.seed for e in evaluation.episodes] == [7, 8]
+
+
+def test_the_built_in_world_goes_through_the_same_recorder_with_its_own_expert():
+    from sima2.envs.gym_env import world_expert
+
+    rows = record_demonstrations("sima2/GoTo-v0", seeds=range(3), expert=world_expert, expert_actions="factors",
+                                 num_envs=3, only_successful=True)
+    assert rows.features == FEATURES and sorted(set(rows["episode_id"])) == [0, 1, 2]
+    # Instruction ids and proprio pass through; the text decoded from the ids is the world's own.
+    _, info = gym.make("sima2/GoTo-v0").reset(seed=0)
+    assert rows[0]["instruction"] == info["instruction_text"] and len(rows[0]["proprio"]) > 4
+    env = GymnasiumAdapter.of("sima2/GoTo-v0", num_envs=1)
+    try:
+        assert env.action_nvec == tuple(gym.make("sima2/GoTo-v0").action_space.nvec.tolist())
+        with pytest.raises(ValueError, match="out of range"):
+            env.action_map.inverse([[99, 0, 0]])
+    finally:
+        env.close()

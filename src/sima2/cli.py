@@ -51,7 +51,13 @@ def _train_gym(args: argparse.Namespace) -> int:
     from sima2.training.gym_pipeline import gym_run_config, train_gym
 
     if args.expert is None:
-        raise ValueError("--env needs --expert module:callable (make_expert(env) -> policy(observation) -> action)")
+        raise ValueError("--env needs --expert module:callable (make_expert(env) -> policy(observation, executed) "
+                         "-> action)")
+    unused = [flag for flag, value in (("--vision", args.vision), ("--planner", args.planner),
+                                       ("--text-encoder", args.text_encoder)) if value is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} cannot be combined with --env: the agent is the preset's, sized "
+                         "from the env")
     expert = _load_callable(args.expert, "--expert")
     wrapper = _load_callable(args.obs_wrapper, "--obs-wrapper") if args.obs_wrapper else None
     out = args.out or f"runs/{args.env.split(':')[-1]}"
@@ -98,8 +104,9 @@ def _run_folder(run: str) -> tuple[Path, dict[str, Any]]:
     return folder, json.loads((folder / "pipeline.json").read_text())
 
 
-def _eval_gym(args: argparse.Namespace) -> int:
-    """A run folder's final agent (or an agent folder) on a gymnasium env, one episode per seed."""
+def _eval_gym(args: argparse.Namespace, run: dict[str, Any]) -> int:
+    """A run folder's agent (or an agent folder) on a gymnasium env, one episode per seed, written to
+    `<run>/eval-<env>-<first seed>/` so the run's own files stay as they were."""
     import jax
 
     from sima2.envs.adapter import GymnasiumAdapter
@@ -108,35 +115,38 @@ def _eval_gym(args: argparse.Namespace) -> int:
     from sima2.training.host_episodes import evaluate_gym
 
     folder = Path(args.run)
-    agent_folder = folder / "final" if (folder / "final").is_dir() else folder
-    if not (agent_folder / "agent_config.json").is_file():  # a gym run: its cloned (or fine-tuned) agent
-        stages = [folder / name / "final" for name in ("ppo", "bc") if (folder / name / "final").is_dir()]
-        if not stages:
-            raise FileNotFoundError(f"no agent in {folder}: expected final/, ppo/final/ or bc/final/")
-        agent_folder = stages[0]
-    agent = Agent.from_pretrained(agent_folder)
-    wrapper = _load_callable(args.obs_wrapper, "--obs-wrapper") if args.obs_wrapper else None
+    candidates = [folder / "final", folder / "ppo" / "final", folder / "bc" / "final", folder]
+    found = [c for c in candidates if (c / "agent_config.json").is_file()]
+    if not found:
+        raise FileNotFoundError(f"no agent in {folder}: expected final/, ppo/final/, bc/final/ or an agent folder")
+    agent = Agent.from_pretrained(found[0])
+    env_id = args.env or run["env"]
+    wrapper_name = args.obs_wrapper or (run.get("obs_wrapper") if env_id == run.get("env") else None)
+    wrapper = _load_callable(wrapper_name, "--obs-wrapper") if wrapper_name else None
     image = agent.vision.config.image_size
     num = args.episodes or 100
-    pipeline = folder / "pipeline.json"  # a gym run's: the instruction length its agent was trained with
-    length = json.loads(pipeline.read_text()).get("instruction_length", 16) if pipeline.is_file() else 16
+    if num < 1:
+        raise ValueError(f"--episodes must be positive, got {num}")
     adapter = GymnasiumAdapter(
-        lambda: wrapper(gym_make(args.env)) if wrapper else gym_make(args.env), num_envs=min(8, num),
-        image_size=(image, image), instruction_length=length,
+        lambda: wrapper(gym_make(env_id)) if wrapper else gym_make(env_id), num_envs=min(8, num),
+        image_size=(image, image), instruction_length=int(run.get("instruction_length", 16)),
     )
+    start = EVAL_SEED_START if args.seed is None else args.seed
+    out = folder / f"eval-{env_id.replace(':', '-').replace('/', '-')}-{start}"
     try:
-        start = EVAL_SEED_START if args.seed is None else args.seed
         result = evaluate_gym(agent, adapter, range(start, start + num), deterministic=not args.sampled,
-                              key=jax.random.key(start), gif_dir=folder / "gifs", progress=True)
+                              key=jax.random.key(start), gif_dir=out / "gifs", progress=True)
     finally:
         adapter.close()
-    result.write(folder)
+    result.write(out)
     print(json.dumps(result.summary, indent=2))
-    print(f"wrote {folder / 'eval.json'} and {folder / 'episodes.jsonl'}")
+    print(f"{found[0]} on {env_id}{f' ({wrapper_name})' if wrapper_name else ''}: wrote {out / 'eval.json'} and "
+          f"{out / 'episodes.jsonl'}")
     return 0
 
 
 def gym_make(env_id: str) -> Any:
+    """`gymnasium.make(env_id)` (an id of the form `module:Id` imports the module that registers it)."""
     import gymnasium
 
     return gymnasium.make(env_id)
@@ -145,8 +155,10 @@ def gym_make(env_id: str) -> Any:
 def _eval(args: argparse.Namespace) -> int:
     import jax
 
-    if args.env is not None:
-        return _eval_gym(args)
+    pipeline = Path(args.run) / "pipeline.json"
+    run = json.loads(pipeline.read_text()) if pipeline.is_file() else {}
+    if args.env is not None or "expert" in run:  # a gymnasium env, or a run trained on one (`train --env`)
+        return _eval_gym(args, run)
 
     import sima2.envs as envs
     from sima2.policy import Agent
@@ -314,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--env", default=None, help="a gymnasium env id instead of the built-in world (module:Id "
                        "imports the module that registers it, e.g. minigrid:BabyAI-GoToRedBallNoDists-v0)")
     train.add_argument("--expert", default=None, help="with --env: module:callable, make_expert(env) -> "
-                       "policy(observation) -> native action")
+                       "policy(observation, executed) -> native action")
     train.add_argument("--obs-wrapper", default=None, help="with --env: module:callable applied to each env, e.g. "
                        "minigrid.wrappers:RGBImgPartialObsWrapper for pixels")
     train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.bc.batch_size=128")
@@ -327,8 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=None, help="episodes per split (default: the run's)")
     evaluate.add_argument("--seed", type=int, default=None, help="default: the run's training seed")
     evaluate.add_argument("--no-report", action="store_true", help="only eval.json: no plots, GIFs or summary")
-    evaluate.add_argument("--env", default=None, help="evaluate on this gymnasium env id instead (one episode per "
-                          "seed from --seed, default 1000000); writes eval.json, episodes.jsonl and gifs/")
+    evaluate.add_argument("--env", default=None, help="evaluate on this gymnasium env id (default for a run of "
+                          "`train --env`: its env); one episode per seed from --seed (default 1000000), written to "
+                          "<run>/eval-<env>-<seed>/")
     evaluate.add_argument("--obs-wrapper", default=None, help="with --env: module:callable applied to each env")
     evaluate.add_argument("--sampled", action="store_true", help="with --env: sample actions instead of greedy")
     evaluate.set_defaults(func=_eval)

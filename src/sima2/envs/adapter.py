@@ -23,7 +23,9 @@ sima2's observation/action format, so the agent, behaviour cloning and PPO can d
 - Missions (``obs[mission_key]``) are tokenised with a Hugging Face tokenizer, padded/truncated to
   `instruction_length`; the default is the built-in world's tokenizer when sima2 provides one.
 - Actions: `DiscreteActionMap` maps each (key, look, duration) index triple to the wrapped env's
-  Discrete action via a table of shape `action_nvec`. The default for a Discrete(n) env uses the key
+  Discrete action via a table of shape `action_nvec`; a `MultiDiscrete` env already speaks factors
+  (`FactorActionMap`, the identity). An env that emits instruction ids and proprio (the built-in world
+  through gymnasium) has them passed through. The default for a Discrete(n) env uses the key
   factor only (table shape (n, 1, 1)); for MiniGrid that is left/right/forward/pickup/drop/toggle/done.
 - Vector envs: BabyAI/MiniGrid missions are text, so `AsyncVectorEnv` needs ``shared_memory=False``;
   MiniWorld needs ``context="spawn"``. BabyAI prints "Sampling rejected" lines on reset: ``quiet=True``
@@ -45,57 +47,16 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, UInt8
 
 from sima2.contract import ActionSpec, ArraySpec, EnvSpec, ObservationSpec, StepInfo
+from sima2.envs.action_maps import MINIGRID_ACTIONS, DiscreteActionMap, FactorActionMap
 
-__all__ = ["MINIGRID_ACTIONS", "DiscreteActionMap", "GymnasiumAdapter", "QuietStdout", "step_info_from_gym"]
-
-MINIGRID_ACTIONS = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
-
-
-class DiscreteActionMap:
-    """Maps sima2 (key, look, duration) indices to a Discrete action: ``table[key, look, duration]``."""
-
-    def __init__(self, table: np.ndarray):
-        table = np.asarray(table)
-        if table.ndim < 1 or not np.issubdtype(table.dtype, np.integer):
-            raise ValueError(
-                f"action table must be an integer array with one axis per factor, got {table.dtype}"
-            )
-        self.table = table
-
-    @classmethod
-    def for_discrete(cls, n: int) -> DiscreteActionMap:
-        """Key factor selects the action; look and duration have one value each."""
-        return cls(np.arange(n).reshape(n, 1, 1))
-
-    @property
-    def nvec(self) -> tuple[int, ...]:
-        return tuple(int(n) for n in self.table.shape)
-
-    def inverse(self, native: Any) -> np.ndarray:
-        """sima2 factor indices `(N, factors)` for native actions `(N,)`: for each, the first index triple
-        (in lexicographic order) that the table maps to it. Raises ValueError naming an action no index
-        triple maps to."""
-        native = np.asarray(native).reshape(-1)
-        flat = self.table.reshape(-1)
-        out = np.empty((native.shape[0], self.table.ndim), np.int32)
-        for i, action in enumerate(native):
-            hits = np.flatnonzero(flat == action)
-            if hits.size == 0:
-                raise ValueError(
-                    f"native action {action.item()!r} is not in the action table "
-                    f"(it maps to {sorted(set(flat.tolist()))})"
-                )
-            out[i] = np.unravel_index(hits[0], self.table.shape)
-        return out
-
-    def __call__(self, actions: np.ndarray) -> np.ndarray:
-        actions = np.asarray(actions)
-        if actions.ndim != 2 or actions.shape[1] != self.table.ndim:
-            raise ValueError(f"actions must have shape (num_envs, {self.table.ndim}), got {actions.shape}")
-        if np.any(actions < 0) or np.any(actions >= np.asarray(self.nvec)):
-            raise ValueError(f"action indices out of range for action_nvec={self.nvec}: {actions.tolist()}")
-        return self.table[tuple(actions.T)]
-
+__all__ = [
+    "MINIGRID_ACTIONS",
+    "DiscreteActionMap",
+    "FactorActionMap",
+    "GymnasiumAdapter",
+    "QuietStdout",
+    "step_info_from_gym",
+]
 
 class QuietStdout(gym.Wrapper):
     """Silences what the wrapped env prints on stdout during reset and step (e.g. BabyAI's rejections)."""
@@ -180,7 +141,7 @@ class GymnasiumAdapter:
         image_size: tuple[int, int] = (64, 64),
         instruction_length: int = 16,
         tokenizer: Any = None,
-        action_map: DiscreteActionMap | None = None,
+        action_map: DiscreteActionMap | FactorActionMap | None = None,
         proprio_fn: Callable[[Any], np.ndarray] | None = None,
         proprio_dim: int = 4,
         image_key: str = "image",
@@ -208,15 +169,23 @@ class GymnasiumAdapter:
 
         space = self.envs.single_action_space
         if action_map is None:
-            if not isinstance(space, gym.spaces.Discrete):
-                raise ValueError(
-                    f"no default action map for {space}; pass action_map=DiscreteActionMap(table)"
-                )
-            action_map = DiscreteActionMap.for_discrete(int(space.n))
+            if isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1:
+                action_map = FactorActionMap(space.nvec.tolist())
+            elif isinstance(space, gym.spaces.Discrete):
+                action_map = DiscreteActionMap.for_discrete(int(space.n))
+            else:
+                raise ValueError(f"no default action map for {space}; pass action_map=DiscreteActionMap(table)")
         self.action_map = action_map
 
         obs_space = self.envs.single_observation_space
-        self._has_mission = isinstance(obs_space, gym.spaces.Dict) and mission_key in obs_space.spaces
+        entries = obs_space.spaces if isinstance(obs_space, gym.spaces.Dict) else {}
+        self._has_mission = mission_key in entries
+        # An env that already emits instruction ids and proprioception (the built-in world through gymnasium).
+        self._has_ids = not self._has_mission and isinstance(entries.get("instruction"), gym.spaces.Box) and \
+            np.issubdtype(entries["instruction"].dtype, np.integer)
+        self._has_proprio = proprio_fn is None and isinstance(entries.get("proprio"), gym.spaces.Box)
+        if self._has_proprio:
+            self.proprio_dim = int(np.prod(entries["proprio"].shape))
         if isinstance(obs_space, gym.spaces.Dict) and image_key not in obs_space.spaces:
             raise ValueError(f"observations have no {image_key!r} entry; keys: {list(obs_space.spaces)}")
         self.tokenizer = tokenizer if tokenizer is not None else _default_tokenizer()
@@ -234,9 +203,15 @@ class GymnasiumAdapter:
             return source
         if isinstance(source, str):
             return cls(partial(gym.make, source), **options)
+        reuses = isinstance(source, gym.vector.SyncVectorEnv) or (isinstance(source, gym.Env))
+        if reuses and options.get("vectorization", "sync") != "sync":
+            raise ValueError("existing env instances are stepped in this process: vectorization must be 'sync' "
+                             "(pass an env factory or id for async envs)")
         if isinstance(source, gym.vector.SyncVectorEnv):
+            if options.get("num_envs", source.num_envs) != source.num_envs:
+                raise ValueError(f"the vector env has {source.num_envs} envs, not num_envs={options['num_envs']}")
             envs = iter(source.envs)  # the vector env's own instances, stepped by the adapter from now on
-            return cls(lambda: next(envs), **{"num_envs": source.num_envs, **options})
+            return cls(lambda: next(envs), **{**options, "num_envs": source.num_envs})
         if isinstance(source, gym.vector.VectorEnv):
             raise ValueError(
                 f"a {type(source).__name__} runs its envs elsewhere: pass its env factory (or id) and "
@@ -291,6 +266,8 @@ class GymnasiumAdapter:
     def _proprio(self, raw: Any) -> np.ndarray:
         if self.proprio_fn is not None:
             return np.asarray(self.proprio_fn(raw), np.float32).reshape(self.num_envs, -1)
+        if self._has_proprio:
+            return np.asarray(raw["proprio"], np.float32).reshape(self.num_envs, -1)
         proprio = np.zeros((self.num_envs, self.proprio_dim), np.float32)
         if isinstance(raw, dict) and "direction" in raw:  # MiniGrid heading, one-hot
             proprio[np.arange(self.num_envs), np.asarray(raw["direction"]) % self.proprio_dim] = 1.0
@@ -304,6 +281,8 @@ class GymnasiumAdapter:
             raise ValueError(f"expected RGB images of shape (N, H, W, 3), got {images.shape}")
         if self._has_mission:
             instruction = self._tokenize([str(m) for m in raw[self.mission_key]])
+        elif self._has_ids:
+            instruction = self._fit_ids(np.asarray(raw["instruction"]))
         else:
             instruction = np.zeros((self.num_envs, self.instruction_length), np.int32)
         return {
@@ -329,10 +308,28 @@ class GymnasiumAdapter:
         return self._raw[index]
 
     def missions(self) -> list[str]:
-        """The current episodes' mission texts ("" for an env without missions)."""
+        """The current episodes' mission texts (decoded from the ids of an env that emits ids; "" for an env
+        without missions)."""
+        if self._raw is not None and self._has_ids and self.tokenizer is not None:
+            return self.tokenizer.batch_decode(self._fit_ids(np.asarray(self._raw["instruction"])),
+                                               skip_special_tokens=True)
         if self._raw is None or not self._has_mission:
             return [""] * self.num_envs
         return [str(m) for m in self._raw[self.mission_key]]
+
+    def _fit_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Instruction ids the env emits, padded with zeros or cut to `instruction_length` (refused when the
+        cut would drop a word)."""
+        ids = ids.astype(np.int32).reshape(self.num_envs, -1)
+        if ids.shape[1] > self.instruction_length and ids[:, self.instruction_length:].any():
+            raise ValueError(
+                f"the env's instructions are up to {ids.shape[1]} ids long, more than the adapter's "
+                f"instruction_length={self.instruction_length}: pass a larger instruction_length"
+            )
+        out = np.zeros((self.num_envs, self.instruction_length), np.int32)
+        width = min(ids.shape[1], self.instruction_length)
+        out[:, :width] = ids[:, :width]
+        return out
 
     def _next_seeds(self, mask: np.ndarray) -> list[int | None]:
         """The next episode seed for each env in `mask` (None past the end of the list or without one)."""
@@ -354,7 +351,7 @@ class GymnasiumAdapter:
         else:
             self._seeds = None
             self.episode_seed[:] = -1
-            raw, _ = self.envs.reset(seed=seed)
+            raw, _ = self.envs.reset(seed=None if seed is None else int(seed))
         self._raw = raw
         return self.observe(raw)
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium
@@ -107,6 +108,7 @@ class Sima2GymEnv(gymnasium.Env):
         self.action_space = spaces.MultiDiscrete(np.array(self.env.action_nvec, np.int64))
         self._reset = jax.jit(self.env.reset)
         self._step = jax.jit(self.env.step_no_reset)
+        self._expert = jax.jit(self.env.expert_action)  # once: a bound method is a new object at each access
         self._step_key = jax.random.key(0)
         self._topdown = jax.jit(self.env.render_topdown)
         self._state = None
@@ -146,7 +148,19 @@ class Sima2GymEnv(gymnasium.Env):
         """The shortest-path expert's action in the current state."""
         if self._state is None:
             raise RuntimeError("call reset() before expert_action(): there is no current state yet")
-        return np.asarray(jax.jit(self.env.expert_action)(self._state, self.params))
+        return np.asarray(self._expert(self._state, self.params))
+
+
+def world_expert(env: gymnasium.Env | None) -> Callable[[Any, Any], np.ndarray]:
+    """The built-in world's shortest-path expert as an expert of the gymnasium path
+    (`record_demonstrations(..., expert=world_expert, expert_actions="factors")`, `dagger`): its action factors
+    in the current state of `env` (a `Sima2GymEnv`, possibly wrapped)."""
+    world = None if env is None else env.unwrapped
+    if not isinstance(world, Sima2GymEnv):
+        raise TypeError(
+            f"world_expert needs a sima2 world (gymnasium.make('sima2/GoTo-v0')), got {type(world).__name__}"
+        )
+    return lambda observation, executed: world.expert_action()  # reads the state, whatever was executed
 
 
 class Sima2VectorEnv(VectorEnv):

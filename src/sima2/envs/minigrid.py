@@ -26,12 +26,16 @@ def rgb_pixels(env: gym.Env) -> gym.Env:
     return RGBImgPartialObsWrapper(env, tile_size=TILE_SIZE)
 
 
-def babyai_expert(env: gym.Env) -> Callable[[Any], int]:
-    """BabyAI's scripted bot for the episode `env` has just started: policy(observation) -> MiniGrid action."""
+def babyai_expert(env: gym.Env | None) -> Callable[[Any, Any], int]:
+    """BabyAI's scripted bot for the episode `env` has just started: policy(observation, executed) -> MiniGrid
+    action. The bot is told the action executed at the step before (`replan(action_taken)`), so its plan stays
+    right when the agent, not the bot, drives."""
     from minigrid.utils.baby_ai_bot import BabyAIBot
 
+    if env is None:
+        raise ValueError("babyai_expert reads the env it acts in: use vectorization='sync'")
     bot = BabyAIBot(env.unwrapped)
-    return lambda observation: int(bot.replan())
+    return lambda observation, executed: int(bot.replan(executed))
 
 
 __all__ = ["TILE_SIZE", "babyai_expert", "rgb_pixels"]

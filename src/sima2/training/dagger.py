@@ -7,8 +7,8 @@ dataset, clones the agent on everything gathered so far (`train_bc`, continuing 
 scores it greedily on fresh seeds. With `expert_share_decay=1` the expert always drives: plain behaviour
 cloning on the same label budget, through the same code, which is the comparison DAgger has to win:
 
-    records = dagger(agent, adapter, make_expert, config, out="runs/dagger")
-    plain = dagger(agent, adapter, make_expert, dataclasses.replace(config, expert_share_decay=1.0), out=...)
+    agent, records = dagger(agent, adapter, make_expert, config, out="runs/dagger")
+    _, plain = dagger(agent, adapter, make_expert, dataclasses.replace(config, expert_share_decay=1.0), out=...)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import datasets
 import jax
+from jaxtyping import PRNGKeyArray
 
 from sima2.contract import AbstractAgent
 from sima2.envs.adapter import GymnasiumAdapter
@@ -38,6 +39,7 @@ class DaggerConfig:
     expert_share_decay: float = 0.5  # beta of round r = decay ** r (1.0: the expert always drives: plain BC)
     eval_episodes: int = 100
     seed: int = 0
+    max_episode_steps: int | None = None  # cut longer episodes (for an env without a time limit of its own)
     bc: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="bc", num_updates=500))
 
     def __post_init__(self) -> None:
@@ -49,7 +51,7 @@ class DaggerConfig:
 
 def _labelled_rows(
     agent: AbstractAgent, env: GymnasiumAdapter, expert: Expert, beta: float, budget: int, first_seed: int,
-    key: jax.Array,
+    key: PRNGKeyArray, max_episode_steps: int | None,
 ) -> tuple[datasets.Dataset, int]:
     """Episodes (num_envs at a time, consecutive seeds) until `budget` labelled steps, cut to exactly that many
     (the last episode keeps its first steps); returns the rows and the next unused seed."""
@@ -57,7 +59,8 @@ def _labelled_rows(
     while steps < budget:
         seeds = range(seed, seed + env.num_envs)
         batch = run_episodes(env, seeds=seeds, agent=agent, expert=expert, expert_share=beta,
-                             key=jax.random.fold_in(key, seed), deterministic=False)
+                             key=jax.random.fold_in(key, seed), deterministic=False,
+                             max_episode_steps=max_episode_steps)
         episodes += batch
         steps += sum(e.length for e in batch)
         seed += env.num_envs
@@ -90,14 +93,16 @@ def dagger(
     eval_seeds = range(EVAL_SEED_START, EVAL_SEED_START + config.eval_episodes)
     for r in range(config.rounds):
         beta = config.expert_share_decay**r
-        rows, seed = _labelled_rows(agent, env, expert, beta, config.labels_per_round, seed, jax.random.fold_in(key, r))
+        rows, seed = _labelled_rows(agent, env, expert, beta, config.labels_per_round, seed, jax.random.fold_in(key, r),
+                                    config.max_episode_steps)
         if gathered is not None:  # episode ids continue after the ones already gathered
             offset = max(gathered["episode_id"]) + 1
             rows = rows.map(lambda row, shift=offset: {"episode_id": row["episode_id"] + shift})
         gathered = rows if gathered is None else datasets.concatenate_datasets([gathered, rows])
         round_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed + r, out=str(out / f"round-{r}"))
         agent = train_bc(round_config, agent, gathered, **bc_args).model
-        score = evaluate_gym(agent, env, eval_seeds, key=jax.random.fold_in(key, 10_000 + r)).summary
+        score = evaluate_gym(agent, env, eval_seeds, key=jax.random.fold_in(key, 10_000 + r),
+                             max_episode_steps=config.max_episode_steps).summary
         records.append({"round": r, "beta": beta, "expert_labels": len(gathered),
                         **{k: score[k] for k in ("success_rate", "episode_length", "return")}})
         (out / "dagger.json").write_text(json.dumps(records, indent=2) + "\n")

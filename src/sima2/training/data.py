@@ -193,6 +193,7 @@ def record_demonstrations(
     seeds: Sequence[int] | None = None,
     expert: Any = None,
     expert_actions: str = "native",
+    max_episode_steps: int | None = None,
     only_successful: bool = False,
     describe: Describe | None = None,
     keep_incomplete: bool = False,
@@ -203,8 +204,8 @@ def record_demonstrations(
     A sima2 `Env`: its built-in `expert_action` in `num_envs` worlds for `num_steps` steps, jitted (`key`
     draws the episodes; text, plans and incomplete episodes as in `record_rows`). A gymnasium env (an id, a
     factory, an env, a `SyncVectorEnv` or a `GymnasiumAdapter`, see `GymnasiumAdapter.of`): one episode per
-    seed of `seeds`, acted by `expert`, a factory `make_expert(env) -> policy(observation) -> action` (see
-    `sima2.training.host_episodes`).
+    seed of `seeds`, acted by `expert`, a factory `make_expert(env) -> policy(observation, executed) -> action`
+    (see `sima2.training.host_episodes`), episodes cut at `max_episode_steps` for an env without a time limit.
 
     `noise`: the probability that a step executes a uniformly random action instead of the expert's; its
     row still records the expert's action (noise injection, as in DART, Laskey et al. 2017). Demonstrations
@@ -218,7 +219,12 @@ def record_demonstrations(
         if expert is None or seeds is None:
             raise ValueError("a gymnasium env needs expert=make_expert and seeds= (one per episode)")
         adapter = GymnasiumAdapter.of(env, **({} if num_envs is None else {"num_envs": num_envs}))
-        episodes = run_episodes(adapter, seeds=seeds, expert=expert, expert_actions=expert_actions, noise=noise)
+        try:
+            episodes = run_episodes(adapter, seeds=seeds, expert=expert, expert_actions=expert_actions, noise=noise,
+                                    max_episode_steps=max_episode_steps)
+        finally:
+            if adapter is not env:  # made here: its envs (and any worker processes) end here
+                adapter.close()
         return episode_rows([e for e in episodes if e.success or not only_successful])
     if expert is not None or seeds is not None:
         raise ValueError(

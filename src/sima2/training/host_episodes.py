@@ -7,25 +7,30 @@ both mixed) and who labels (the expert, in every state the episode visits).
                                                                                      # the expert labels (DAgger)
 
 An expert is a factory `make_expert(env) -> policy`, called at each episode's start with the env instance that
-episode runs in (`GymnasiumAdapter.env_instances`; scripted bots such as BabyAI's read it), and
-`policy(observation) -> action` is called with the env's own observation at every step. Its actions are the
-env's native actions, turned into sima2's factors by the adapter's `DiscreteActionMap.inverse`, or sima2 factors
-(`expert_actions="factors"`).
+episode runs in (`GymnasiumAdapter.env_instances`; scripted bots such as BabyAI's read it; None with async
+vectorisation, whose envs live in other processes), and `policy(observation, executed) -> action` is called at
+every step with the env's own observation and the native action executed at the step before (None at the
+episode's first step): when the agent drives, that is not the expert's own suggestion, and a planning bot must
+know what really happened. Its actions are the env's native actions, turned into sima2's factors by the
+adapter's `DiscreteActionMap.inverse`, or sima2 factors (`expert_actions="factors"`); anything else is refused
+with the seed and step.
 
 The agent acts as in the one rollout (`sima2.training.rollout`): its memory is reset and its instruction
 features computed at each episode's start, greedy or sampled, a jitted step over the batch of envs. Each
 episode is run on its own seed (`GymnasiumAdapter.reset(episode_seeds=...)`), so evaluation seeds stay apart
-from demonstration seeds and every figure can be reproduced episode by episode.
+from demonstration seeds, and a greedy agent's or a deterministic expert's episode is the same whatever the
+number of envs (sampled actions, noise and mixing draw from keys shared by the batch).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import equinox as eqx
@@ -33,15 +38,16 @@ import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
 
 from sima2.contract import AbstractAgent
 from sima2.envs.adapter import GymnasiumAdapter
 from sima2.training.recurrent import initial_carries, reset_where
 from sima2.training.rollout import Actor, AgentActor
 
-# make_expert(env) -> policy(observation) -> action, called once per episode (see module docstring).
-Expert = Callable[[gym.Env], Callable[[Any], Any]]
+# make_expert(env) -> policy(observation, executed) -> action, called once per episode (see module docstring).
+Expert = Callable[[gym.Env | None], Callable[[Any, Any], Any]]
+ExpertActions = Literal["native", "factors"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +58,12 @@ class HostEpisode:
 
     seed: int
     mission: str
-    instruction_ids: np.ndarray  # int32 (L,)
-    frames: np.ndarray  # uint8 (T, H, W, 3)
-    proprio: np.ndarray  # float32 (T, P)
-    actions: np.ndarray  # int32 (T, F): sima2 factors
-    labels: np.ndarray | None  # int32 (T, F)
-    rewards: np.ndarray  # float32 (T,)
+    instruction_ids: Int[np.ndarray, " L"]
+    frames: UInt8[np.ndarray, "T H W 3"]
+    proprio: Float[np.ndarray, "T P"]
+    actions: Int[np.ndarray, "T F"]  # sima2 factors
+    labels: Int[np.ndarray, "T F"] | None
+    rewards: Float[np.ndarray, " T"]
     success: bool
     truncated: bool  # ended by a time limit (the env's or `max_episode_steps`) rather than the task
 
@@ -91,9 +97,15 @@ class _Step(eqx.Module):
 def random_actions(action_nvec: Sequence[int], seed: int = 0) -> Expert:
     """A uniformly random policy over sima2's action factors, as an expert (`expert_actions="factors"`): the
     chance level an agent's success is compared with."""
-    rng = np.random.default_rng(seed)
     nvec = np.asarray(action_nvec)
-    return lambda env: lambda observation: rng.integers(0, nvec)
+    episodes = itertools.count()
+
+    def make(env: gym.Env | None) -> Callable[[Any, Any], np.ndarray]:
+        del env
+        rng = np.random.default_rng([seed, next(episodes)])  # a stream per episode started
+        return lambda observation, executed: rng.integers(0, nvec)
+
+    return make
 
 
 def _empty_buffer() -> dict[str, list]:
@@ -107,12 +119,35 @@ def _check(env: Any, seeds: Sequence[int], agent: Any, expert: Any, expert_share
         raise ValueError("seeds is empty: give one seed per episode to run")
     if len(set(seeds)) != len(seeds):
         raise ValueError("seeds repeat: each episode needs its own seed")
+    if min(seeds) < 0:
+        raise ValueError(f"seeds must be >= 0, got {min(seeds)}")
     if agent is None and expert is None:
         raise ValueError("nobody acts: pass agent=, expert= or both")
     if not 0.0 <= expert_share <= 1.0 or not 0.0 <= noise < 1.0:
         raise ValueError(f"expert_share must be in [0, 1] and noise in [0, 1), got {expert_share} and {noise}")
-    if agent is None and expert_share < 1.0 and expert_share != 0.0:
-        raise ValueError("expert_share < 1 needs an agent to take the other steps")
+    if (agent is None or expert is None) and expert_share not in (0.0, 1.0):
+        raise ValueError("expert_share mixes the agent's and the expert's actions: it needs both agent= and expert=")
+
+
+def _label(env: GymnasiumAdapter, action: Any, expert_actions: str, seed: int, step: int) -> np.ndarray:
+    """The expert's action as sima2 factors, or a ValueError naming the seed and step of a bad one."""
+    nvec = np.asarray(env.action_nvec)
+    try:
+        if action is None:
+            raise ValueError("the expert returned None")
+        if expert_actions == "factors":
+            factors = np.asarray(action)
+            if factors.shape != nvec.shape or not np.issubdtype(factors.dtype, np.integer):
+                raise ValueError(f"expected {len(nvec)} integer factors, got {factors!r}")
+            if np.any(factors < 0) or np.any(factors >= nvec):
+                raise ValueError(f"factors {factors.tolist()} out of range for action_nvec={tuple(nvec.tolist())}")
+            return factors.astype(np.int32)
+        native = np.asarray(action)
+        if native.size != 1:
+            raise ValueError(f"expected one native action, got {native!r}")
+        return env.action_map.inverse(native.reshape(1))[0]
+    except ValueError as err:
+        raise ValueError(f"bad expert action in the episode of seed {seed}, step {step}: {err}") from err
 
 
 def run_episodes(
@@ -121,7 +156,7 @@ def run_episodes(
     seeds: Sequence[int],
     agent: AbstractAgent | None = None,
     expert: Expert | None = None,
-    expert_actions: str = "native",
+    expert_actions: ExpertActions = "native",
     expert_share: float | None = None,
     noise: float = 0.0,
     deterministic: bool = True,
@@ -148,7 +183,8 @@ def run_episodes(
     rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, 1))).ravel())
     nvec = np.asarray(env.action_nvec)
     num = env.num_envs
-    instances = env.env_instances if expert is not None else None
+    synced = isinstance(env.envs, gym.vector.SyncVectorEnv)
+    instances = env.env_instances if expert is not None and synced else [None] * env.num_envs
     step = eqx.filter_jit(_Step(AgentActor(agent, deterministic=deterministic))) if agent is not None else None
     carry = initial_carries(agent, num) if agent is not None else None
     episode_features = None
@@ -157,7 +193,8 @@ def run_episodes(
     first = np.ones(num, bool)
     buffers = [_empty_buffer() for _ in range(num)]
     starts: list[tuple[str, np.ndarray]] = [("", np.zeros(0, np.int32))] * num
-    policies: list[Callable[[Any], Any] | None] = [None] * num
+    policies: list[Callable[[Any, Any], Any] | None] = [None] * num
+    executed_native: list[Any] = [None] * num  # the native action each env executed last (None: a new episode)
     finished: dict[int, HostEpisode] = {}
     bar = None
     if progress:
@@ -171,12 +208,12 @@ def run_episodes(
             for i in np.flatnonzero(first & live).tolist():
                 starts[i] = (missions[i], np.asarray(host_obs["instruction"][i], np.int32))
                 policies[i] = expert(instances[i]) if expert is not None else None
+                executed_native[i] = None
         labels = np.zeros((num, len(nvec)), np.int32)
         if expert is not None:
             for i in np.flatnonzero(live).tolist():
-                action = policies[i](env.raw_observation(i))
-                labels[i] = (np.asarray(action, np.int32).reshape(len(nvec)) if expert_actions == "factors"
-                             else env.action_map.inverse(action)[0])
+                action = policies[i](env.raw_observation(i), executed_native[i])
+                labels[i] = _label(env, action, expert_actions, int(env.episode_seed[i]), len(buffers[i]["actions"]))
         if agent is not None:
             key, act_key = jax.random.split(key)
             action, carry, episode_features = step(act_key, obs, carry, episode_features, jnp.asarray(first))
@@ -191,6 +228,8 @@ def run_episodes(
             executed = np.where(slip[:, None], rng.integers(0, nvec, size=(num, len(nvec))), executed).astype(np.int32)
         host_obs = jax.device_get(obs)
         running_seed = env.episode_seed.copy()  # `step` moves finished envs on to their next seed
+        native = env.action_map(executed)
+        executed_native = [a.item() if np.ndim(a) == 0 else a for a in native]
         next_obs, reward, done, info = env.step(executed)
         reward, done = np.asarray(reward, np.float32), np.asarray(done, bool)
         success, truncated = np.asarray(info.success, bool), np.asarray(info.truncated, bool)
@@ -261,19 +300,32 @@ def episode_rows(episodes: Sequence[HostEpisode], *, labels: str = "expert") -> 
 
 
 @dataclasses.dataclass(frozen=True)
+class EpisodeRecord:
+    """One evaluated episode, as `episodes.jsonl` lists it."""
+
+    seed: int
+    mission: str
+    success: bool
+    length: int
+    episode_return: float
+    truncated: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class GymEvaluation:
-    """`evaluate_gym`'s result: the figures over all episodes and one record per episode (seed, mission,
-    success, length, return, truncated), in seed order."""
+    """`evaluate_gym`'s result: the figures over all episodes (`score_episodes`, `eval_seconds`) and one record
+    per episode, in seed order."""
 
     summary: dict[str, float]
-    episodes: list[dict[str, Any]]
+    episodes: list[EpisodeRecord]
 
     def write(self, folder: str | Path) -> Path:
         """`folder/eval.json` (the summary) and `folder/episodes.jsonl` (one line per episode)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "eval.json").write_text(json.dumps(self.summary, indent=2) + "\n")
-        (folder / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episodes))
+        lines = (json.dumps(dataclasses.asdict(e)) + "\n" for e in self.episodes)
+        (folder / "episodes.jsonl").write_text("".join(lines))
         return folder / "eval.json"
 
 
@@ -295,12 +347,9 @@ def evaluate_gym(
     start = time.perf_counter()
     episodes = run_episodes(env, seeds=seeds, agent=agent, deterministic=deterministic, key=key,
                             max_episode_steps=max_episode_steps, progress=progress)
-    summary = {**score_episodes(episodes), "eval_seconds": time.perf_counter() - start, "deterministic": deterministic}
-    records = [
-        {"seed": e.seed, "mission": e.mission, "success": e.success, "length": e.length,
-         "return": round(e.episode_return, 6), "truncated": e.truncated}
-        for e in episodes
-    ]
+    summary = {**score_episodes(episodes), "eval_seconds": time.perf_counter() - start}
+    records = [EpisodeRecord(e.seed, e.mission, e.success, e.length, round(e.episode_return, 6), e.truncated)
+               for e in episodes]
     if gif_dir is not None and num_gifs > 0:
         from sima2.training.episodes import Episode, write_episode_gifs
 
@@ -326,6 +375,14 @@ def score_episodes(episodes: Sequence[HostEpisode]) -> dict[str, float]:
 
 
 __all__ = [
-    "Expert", "GymEvaluation", "HostEpisode", "episode_rows", "evaluate_gym", "random_actions", "run_episodes",
+    "EpisodeRecord",
+    "Expert",
+    "ExpertActions",
+    "GymEvaluation",
+    "HostEpisode",
+    "episode_rows",
+    "evaluate_gym",
+    "random_actions",
+    "run_episodes",
     "score_episodes",
 ]
