@@ -229,3 +229,14 @@ class GRUAgent(_StandInAgent):
 
     def save_pretrained(self, directory):
         return save_pretrained(self, directory)
+
+
+def append_row(rows: dict[str, list], *, image, instruction: str, instruction_ids, proprio, action, episode: int,
+               step: int, touch=()) -> None:
+    """Add one demonstration row (the `FEATURES` columns) to `rows`: no plan, subgoal 0 not done."""
+    values = dict(image=image, instruction=instruction, instruction_ids=list(instruction_ids), proprio=list(proprio),
+                  touch=list(touch), action=list(action), episode_id=episode, step_id=step, plan=[],
+                  subgoal_index=0, subgoal_done=False)
+    for name, value in values.items():
+        rows[name].append(value)
+

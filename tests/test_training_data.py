@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _training_standins import NVEC, GRUAgent, LineParams, LineWorld, MemorylessMLPAgent
+from _training_standins import NVEC, GRUAgent, LineParams, LineWorld, MemorylessMLPAgent, append_row
 
 from sima2.perception import augment_images
 from sima2.training import (
@@ -202,17 +202,8 @@ def _recall_demos(num_episodes: int, length: int = 4) -> datasets.Dataset:
             image = np.zeros((4, 4, 3), np.uint8)
             if step == 0:
                 image[0, 0, cue] = 255
-            rows["image"].append(image)
-            rows["instruction"].append("repeat the cue")
-            rows["instruction_ids"].append([1])
-            rows["proprio"].append([0.0, 0.0])
-            rows["touch"].append([])  # a world without touch
-            rows["action"].append([cue, 0, 0])
-            rows["episode_id"].append(episode)
-            rows["step_id"].append(step)
-            rows["plan"].append([])
-            rows["subgoal_index"].append(0)
-            rows["subgoal_done"].append(False)
+            append_row(rows, image=image, instruction="repeat the cue", instruction_ids=[1], proprio=[0.0, 0.0],
+                       action=[cue, 0, 0], episode=episode, step=step)  # a world without touch
     return datasets.Dataset.from_dict(rows, features=FEATURES)
 
 

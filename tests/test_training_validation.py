@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 from _specs import world_spec
-from _training_standins import NVEC, MLPAgent
+from _training_standins import NVEC, MLPAgent, append_row
 
 from sima2.policy import Agent
 from sima2.training import (
@@ -41,17 +41,9 @@ def _cue_demos(
             cue = int(rng.random() < cue1_share)
             image = np.zeros((4, 4, 3), np.uint8)
             image[1 + cue, 1] = 255
-            rows["image"].append(image)
-            rows["instruction"].append("follow the cue")
-            rows["instruction_ids"].append([0])
-            rows["proprio"].append([float(flipped), 0.0])
-            rows["touch"].append([])
-            rows["action"].append([1 - cue if flipped else cue, 0, 0])
-            rows["episode_id"].append(episode)
-            rows["step_id"].append(step)
-            rows["plan"].append([])
-            rows["subgoal_index"].append(0)
-            rows["subgoal_done"].append(False)
+            append_row(rows, image=image, instruction="follow the cue", instruction_ids=[0],
+                       proprio=[float(flipped), 0.0], action=[1 - cue if flipped else cue, 0, 0], episode=episode,
+                       step=step)
     return datasets.Dataset.from_dict(rows, features=FEATURES)
 
 
@@ -122,17 +114,10 @@ def _random_demos(spec, lengths: list[int]) -> datasets.Dataset:
     for episode, length in enumerate(lengths):
         instruction = rng.integers(1, obs.vocab_size, 6).tolist()
         for step in range(length):
-            rows["image"].append(rng.integers(0, 256, obs.image.shape, np.uint8))
-            rows["instruction"].append("")
-            rows["instruction_ids"].append(instruction)
-            rows["proprio"].append(rng.normal(size=obs.proprio.shape).tolist())
-            rows["touch"].append(rng.random(obs.touch.shape).tolist())
-            rows["action"].append([int(rng.integers(n)) for n in nvec])
-            rows["episode_id"].append(episode)
-            rows["step_id"].append(step)
-            rows["plan"].append([])
-            rows["subgoal_index"].append(0)
-            rows["subgoal_done"].append(False)
+            append_row(rows, image=rng.integers(0, 256, obs.image.shape, np.uint8), instruction="",
+                       instruction_ids=instruction, proprio=rng.normal(size=obs.proprio.shape).tolist(),
+                       touch=rng.random(obs.touch.shape).tolist(), action=[int(rng.integers(n)) for n in nvec],
+                       episode=episode, step=step)
     return datasets.Dataset.from_dict(rows, features=FEATURES)
 
 
