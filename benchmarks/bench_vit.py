@@ -1,4 +1,5 @@
-"""ViT-B/16 forward (224x224, fp32, batch 1 and 8): sima2 jitted vs HF PyTorch eager, in one run.
+"""ViT-B/16 forward (fp32: 224x224 at batch 1 and 8, 512x512 at batch 1): sima2 jitted vs HF PyTorch eager, in one
+run.
 
 Also times `from_pretrained` for both and measures each loader's peak RSS growth in a fresh subprocess.
 Usage: python benchmarks/bench_vit.py [--repeats 20] [--threads N]
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
 
+    import equinox as eqx
     import jax
     import torch
     import transformers
@@ -78,18 +80,40 @@ def main() -> None:
         encoder = ViTEncoder.from_pretrained(folder)
         forward = jax.jit(jax.vmap(encoder))
 
-        print(f"ViT-B/16 fp32 224x224 | jax {jax.__version__} on {jax.devices()[0].platform} | "
+        print(f"ViT-B/16 fp32 | jax {jax.__version__} on {jax.devices()[0].platform} | "
               f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-        print(f"{'batch':>5} {'sima2 ms':>9} {'torch ms':>9} {'ratio':>6}  max|diff|")
-        for batch in (1, 8):
-            pixels = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
+        print(f"{'size':>5} {'batch':>5} {'sima2 ms':>9} {'torch ms':>9} {'ratio':>6}  max|diff|")
+        # 512x512 is the seed's render size: position embeddings resampled (HF: interpolate_pos_encoding).
+        for size, batch in ((224, 1), (224, 8), (512, 1)):
+            pixels = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
             x_jax, x_torch = jax.device_put(pixels), torch.from_numpy(pixels)
+            resample = size != config.image_size
             ours = median_ms(lambda: forward(x_jax).block_until_ready(), args.repeats)  # noqa: B023
             with torch.inference_mode():
-                theirs = median_ms(lambda: hf(pixel_values=x_torch), args.repeats)  # noqa: B023
-                ref = hf(pixel_values=x_torch).last_hidden_state.numpy()
+                run = lambda: hf(pixel_values=x_torch, interpolate_pos_encoding=resample)  # noqa: B023, E731
+                theirs = median_ms(run, args.repeats)
+                ref = run().last_hidden_state.numpy()
             diff = np.abs(np.asarray(forward(x_jax)) - ref).max()
-            print(f"{batch:>5} {ours:>9.1f} {theirs:>9.1f} {ours / theirs:>6.2f}  {diff:.1e}")
+            print(f"{size:>5} {batch:>5} {ours:>9.1f} {theirs:>9.1f} {ours / theirs:>6.2f}  {diff:.1e}")
+
+        # bf16 weights and activations (XLA:CPU as configured) vs PyTorch's bf16, and their error against fp32.
+        bf16 = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16) if eqx.is_inexact_array(x) else x, encoder)
+        forward16 = jax.jit(jax.vmap(bf16))
+        hf16 = transformers.ViTModel(config, add_pooling_layer=False).eval()
+        hf16.load_state_dict(hf.state_dict())
+        hf16 = hf16.to(torch.bfloat16)
+        print(f"\nbf16 {'size':>5} {'batch':>5} {'sima2 ms':>9} {'torch ms':>9} {'ratio':>6} {'vs fp32':>8}  rel.err")
+        for size, batch in ((224, 1), (224, 8)):
+            pixels = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
+            x16, t16 = jax.device_put(pixels).astype(jax.numpy.bfloat16), torch.from_numpy(pixels).to(torch.bfloat16)
+            ours = median_ms(lambda: forward16(x16).block_until_ready(), args.repeats)  # noqa: B023
+            fp32 = median_ms(lambda: forward(jax.device_put(pixels)).block_until_ready(), args.repeats)  # noqa: B023
+            with torch.inference_mode():
+                theirs = median_ms(lambda: hf16(pixel_values=t16), args.repeats)  # noqa: B023
+            exact = np.asarray(forward(jax.device_put(pixels)))
+            error = np.linalg.norm(np.asarray(forward16(x16), np.float32) - exact) / np.linalg.norm(exact)
+            print(f"     {size:>5} {batch:>5} {ours:>9.1f} {theirs:>9.1f} {ours / theirs:>6.2f} {ours / fp32:>7.2f}x  "
+                  f"{error:.1e}")
 
         print(f"\nfrom_pretrained ({weights_mb:.0f} MiB of weights), each in a fresh process:")
         results = {}
