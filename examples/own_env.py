@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--dagger", action="store_true", help="also compare DAgger with plain cloning")
     parser.add_argument("--out", default="runs/own_env")
     args = parser.parse_args()
+    logging.basicConfig(format="%(message)s", force=True)
+    logging.getLogger("sima2.training").setLevel(logging.INFO)  # e.g. the share of steps inside a training window
     out = Path(args.out)
     start = time.perf_counter()
 
@@ -89,7 +92,7 @@ def main() -> None:
         print(f"greedy success {evaluation.summary['success_rate']:.2f} on {args.eval_episodes} fresh seeds "
               f"(uniformly random actions: {chance['success_rate']:.2f})")
 
-        # 5. DAgger vs plain cloning, the same label budget (two rounds of a third of the demonstration steps).
+        # 5. DAgger vs plain cloning, the same label budget (three rounds of a third of the demonstration steps).
         if args.dagger:
             labels = max(1, len(demos) // 3)
             round_config = dataclasses.replace(config, num_updates=args.updates // 3)

@@ -161,8 +161,9 @@ def test_dagger_and_plain_cloning_gather_the_same_label_budget(tmp_path):
 def test_the_built_in_world_goes_through_the_same_recorder_with_its_own_expert():
     from sima2.envs.gym_env import world_expert
 
-    rows = record_demonstrations("sima2/GoTo-v0", seeds=range(3), expert=world_expert, expert_actions="factors",
-                                 num_envs=3, only_successful=True)
+    # A MultiDiscrete env's native actions are sima2's factors already.
+    rows = record_demonstrations("sima2/GoTo-v0", seeds=range(3), expert=world_expert, num_envs=3,
+                                 only_successful=True)
     assert rows.features == FEATURES and sorted(set(rows["episode_id"])) == [0, 1, 2]
     # Instruction ids and proprio pass through; the text decoded from the ids is the world's own.
     _, info = gym.make("sima2/GoTo-v0").reset(seed=0)

@@ -41,6 +41,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt8
 
 from sima2.contract import AbstractAgent
+from sima2.envs.action_maps import DiscreteActionMap
 from sima2.envs.adapter import GymnasiumAdapter
 from sima2.training.recurrent import initial_carries, reset_where
 from sima2.training.rollout import Actor, AgentActor
@@ -143,9 +144,10 @@ def _label(env: GymnasiumAdapter, action: Any, expert_actions: str, seed: int, s
                 raise ValueError(f"factors {factors.tolist()} out of range for action_nvec={tuple(nvec.tolist())}")
             return factors.astype(np.int32)
         native = np.asarray(action)
-        if native.size != 1:
+        per_action = 1 if isinstance(env.action_map, DiscreteActionMap) else len(nvec)  # a MultiDiscrete env's
+        if native.size != per_action:
             raise ValueError(f"expected one native action, got {native!r}")
-        return env.action_map.inverse(native.reshape(1))[0]
+        return env.action_map.inverse(native.reshape(1, per_action))[0]
     except ValueError as err:
         raise ValueError(f"bad expert action in the episode of seed {seed}, step {step}: {err}") from err
 
