@@ -78,21 +78,25 @@ class HostEpisode:
 
 
 class _Step(eqx.Module):
-    """The agent's batched decision: memory reset and instruction features where episodes start."""
+    """The agent's batched decision: memory reset where episodes start. Instruction features are computed by
+    `features`, called only in steps where some episode starts (for a frozen pretrained encoder they cost more
+    than the decision itself)."""
 
     actor: Actor
 
+    def features(self, obs: PyTree, episode: PyTree, first: Bool[Array, " E"]) -> PyTree:
+        fresh = jax.vmap(self.actor.episode_features)(obs)
+        return fresh if episode is None else reset_where(first, fresh, episode)
+
     def __call__(
         self, key: PRNGKeyArray, obs: PyTree, carry: PyTree, episode: PyTree, first: Bool[Array, " E"]
-    ) -> tuple[Array, PyTree, PyTree]:
+    ) -> tuple[Array, PyTree]:
         num = first.shape[0]
         carry = reset_where(first, initial_carries(self.actor, num), carry)
-        fresh = jax.vmap(self.actor.episode_features)(obs)
-        episode = fresh if episode is None else reset_where(first, fresh, episode)
         action, carry, _ = jax.vmap(self.actor, in_axes=(0, 0, None, None, 0, 0))(
             jax.random.split(key, num), obs, None, None, carry, episode
         )
-        return action, carry, episode
+        return action, carry
 
 
 def random_actions(action_nvec: Sequence[int], seed: int = 0) -> Expert:
@@ -187,7 +191,8 @@ def run_episodes(
     num = env.num_envs
     synced = isinstance(env.envs, gym.vector.SyncVectorEnv)
     instances = env.env_instances if expert is not None and synced else [None] * env.num_envs
-    step = eqx.filter_jit(_Step(AgentActor(agent, deterministic=deterministic))) if agent is not None else None
+    decide = _Step(AgentActor(agent, deterministic=deterministic)) if agent is not None else None
+    step, features = (eqx.filter_jit(decide), eqx.filter_jit(decide.features)) if decide is not None else (None, None)
     carry = initial_carries(agent, num) if agent is not None else None
     episode_features = None
 
@@ -205,8 +210,9 @@ def run_episodes(
         bar = tqdm(total=len(seeds), desc="episodes", dynamic_ncols=True)
     while len(finished) < len(seeds):
         live = env.episode_seed >= 0  # envs running an episode of the seed list
+        host_obs = jax.device_get(obs)
         if first.any():
-            missions, host_obs = env.missions(), jax.device_get(obs)
+            missions = env.missions()
             for i in np.flatnonzero(first & live).tolist():
                 starts[i] = (missions[i], np.asarray(host_obs["instruction"][i], np.int32))
                 policies[i] = expert(instances[i]) if expert is not None else None
@@ -218,7 +224,9 @@ def run_episodes(
                 labels[i] = _label(env, action, expert_actions, int(env.episode_seed[i]), len(buffers[i]["actions"]))
         if agent is not None:
             key, act_key = jax.random.split(key)
-            action, carry, episode_features = step(act_key, obs, carry, episode_features, jnp.asarray(first))
+            if first.any():
+                episode_features = features(obs, episode_features, jnp.asarray(first))
+            action, carry = step(act_key, obs, carry, episode_features, jnp.asarray(first))
             executed = np.asarray(action, np.int32)
             if expert is not None and share > 0:
                 use_expert = rng.random(num) < share
@@ -228,7 +236,6 @@ def run_episodes(
         if noise > 0:
             slip = rng.random(num) < noise
             executed = np.where(slip[:, None], rng.integers(0, nvec, size=(num, len(nvec))), executed).astype(np.int32)
-        host_obs = jax.device_get(obs)
         running_seed = env.episode_seed.copy()  # `step` moves finished envs on to their next seed
         native = env.action_map(executed)
         executed_native = [a.item() if np.ndim(a) == 0 else a for a in native]
