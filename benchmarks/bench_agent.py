@@ -137,7 +137,7 @@ def main() -> None:
 
     # --- behaviour cloning -----------------------------------------------------------------------------
     demos = record_demonstrations(env, params, jax.random.key(1), num_envs=64, num_steps=64)
-    transform, plan_loss = plan_supervision_for(agent, demos, config.planner)
+    transform, plan_loss = plan_supervision_for(agent, demos, subgoals=config.plans)
     if agent.config.freeze_planner and language is not None:
         features = frozen_instruction_features(agent, demos, longest_instruction(demos))
         transform = features if transform is None else _chain(transform, features)
