@@ -116,6 +116,40 @@ def bench_peer(python: str, level: str, size: int, seconds: float) -> float | No
     return json.loads(out.stdout.strip().splitlines()[-1])["fps"]
 
 
+def bench_team(num_worlds: int, size: int, steps: int, repeats: int, num_agents: int = 2) -> float:
+    """Agent-frames/s of team worlds (every agent's view rendered each step), random actions, both families
+    drawn at every reset."""
+    import jax
+    import jax.numpy as jnp
+
+    from sima2.envs.team import TEAM_ACTION_NVEC, TeamEnv
+
+    env = TeamEnv(num_agents, size)
+    params = env.default_params()
+    nvec = jnp.array(TEAM_ACTION_NVEC)
+
+    @jax.jit
+    def rollout(key, state):
+        def body(state, step_inputs):
+            keys, actions = step_inputs
+            obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(keys, state, actions, params)
+            return state, reward.sum() + obs["image"][:, :, 0, 0, 0].sum()
+
+        k_act, k_step = jax.random.split(key)
+        actions = (jax.random.uniform(k_act, (steps, num_worlds, num_agents, len(TEAM_ACTION_NVEC))) * nvec)
+        keys = jax.random.split(k_step, (steps, num_worlds))
+        return jax.lax.scan(body, state, (keys, actions.astype(jnp.int32)))
+
+    _, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(0), num_worlds), params)
+    state, totals = jax.block_until_ready(rollout(jax.random.key(1), state))  # compile
+    best = float("inf")
+    for r in range(repeats):
+        start = time.perf_counter()
+        state, totals = jax.block_until_ready(rollout(jax.random.key(2 + r), state))
+        best = min(best, time.perf_counter() - start)
+    return num_worlds * num_agents * steps / best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,6 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peer-python", default=sys.executable, help="interpreter that has `miniworld`")
     parser.add_argument("--peer-seconds", type=float, default=5.0)
+    parser.add_argument("--team-worlds", type=int, default=1024, help="team worlds of 2 agents (0: skip)")
     parser.add_argument("--one-core-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -147,6 +182,15 @@ def main() -> None:
             fps = bench_sima2(args.level, n, size, steps, args.repeats)
             results[(size, n)] = fps
             print(f"sima2 {size}x{size} N={n:5d}: {fps:12,.0f} frames/s  ({fps / cores:10,.0f} per core)")
+
+    if args.team_worlds:
+        size, n = min(args.sizes), args.team_worlds
+        team = bench_team(n, size, args.steps, args.repeats)
+        single = results.get((size, n)) or bench_sima2(args.level, n, size, args.steps, args.repeats)
+        print(
+            f"team worlds {size}x{size} N={n:5d} x 2 agents: {team:12,.0f} agent-frames/s | one-agent world, "
+            f"{n} worlds: {single:12,.0f} frames/s | ratio {team / single:.2f}"
+        )
 
     for size in args.sizes:
         largest = max(args.worlds)

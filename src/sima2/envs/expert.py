@@ -52,7 +52,7 @@ def _shift(grid: jax.Array, drow: int, dcol: int, fill) -> jax.Array:
     return padded[1 + drow : 1 + drow + rows, 1 + dcol : 1 + dcol + cols]
 
 
-def _adjacent(mask: Bool[Array, "GH GW"]) -> Bool[Array, "GH GW"]:
+def adjacent(mask: Bool[Array, "GH GW"]) -> Bool[Array, "GH GW"]:
     out = jnp.zeros_like(mask)
     for drow, dcol in _NEIGHBOURS:
         out = out | _shift(mask, drow, dcol, False)
@@ -148,22 +148,22 @@ def current_subgoal(
     return index, state.plan_kind[index], state.plan_a[index], state.plan_b[index]
 
 
-def _drop_spots(state: EnvState, b: Int32[Array, ""]) -> Bool[Array, "GH GW"]:
+def drop_spots(state: EnvState, b: Int32[Array, ""]) -> Bool[Array, "GH GW"]:
     """Free floor cells next to object b, where a held object may be dropped to be 'next to' it."""
     b_obj = jnp.clip(b, 0, state.obj_type.shape[0] - 1)
     target = jnp.zeros(state.wall.shape, bool).at[state.obj_pos[b_obj, 0], state.obj_pos[b_obj, 1]].set(True)
     free = ~state.wall & (state.door_id < 0) & ~object_grid(state)
-    return free & _adjacent(target)
+    return free & adjacent(target)
 
 
 def _at_drop_spot(state: EnvState, b: Int32[Array, ""]) -> Bool[Array, ""]:
-    goal = _stand_cells_for_drop(state, b)
+    goal = stand_cells_for_drop(state, b)
     cell = jnp.floor(state.agent_pos).astype(jnp.int32)
     return goal[cell[1], cell[0]]
 
 
-def _stand_cells_for_drop(state: EnvState, b: Int32[Array, ""]) -> Bool[Array, "GH GW"]:
-    return passable_grid(state) & (state.door_id < 0) & _adjacent(_drop_spots(state, b))
+def stand_cells_for_drop(state: EnvState, b: Int32[Array, ""]) -> Bool[Array, "GH GW"]:
+    return passable_grid(state) & (state.door_id < 0) & adjacent(drop_spots(state, b))
 
 
 def subgoal_goal_cells(state: EnvState) -> Bool[Array, "GH GW"]:
@@ -171,11 +171,11 @@ def subgoal_goal_cells(state: EnvState) -> Bool[Array, "GH GW"]:
     _, kind, a, b = current_subgoal(state)
     pos = entity_positions(state)[a]
     target = jnp.zeros(state.wall.shape, bool).at[pos[0], pos[1]].set(True, mode="drop")
-    near_entity = _adjacent(target) & passable_grid(state)
+    near_entity = adjacent(target) & passable_grid(state)
     # Carrying the object to put: go where it can be dropped next to the other one.
     t = jnp.minimum(state.stage, NUM_STAGES - 1)
     placing = (state.stage_kind[t] == voc.PUTNEXT) & (state.carrying == state.stage_a[t])
-    return jnp.where(placing, _stand_cells_for_drop(state, state.stage_b[t]), near_entity)
+    return jnp.where(placing, stand_cells_for_drop(state, state.stage_b[t]), near_entity)
 
 
 def goal_distances(state: EnvState, positions: Float32[Array, "Q 2"]) -> Float32[Array, " Q"]:
@@ -203,11 +203,20 @@ def _turn_or(
     return jnp.where(aligned, act, turn).astype(jnp.int32)
 
 
-def expert_action(state: EnvState) -> Int32[Array, "3"]:
-    """The expert's action (key, look, duration) in this state."""
-    _, kind, a, b = current_subgoal(state)
+def navigate(
+    state: EnvState,
+    goal: Bool[Array, "GH GW"],
+    face_point: Float32[Array, "2"],
+    act_key: Int32[Array, ""],
+    *,
+    recentre_tolerance: Float32[Array, ""] | float = 0.3,
+    skip_recentre: Bool[Array, ""] | bool = False,
+) -> Int32[Array, "3"]:
+    """The action (key, look, duration) that moves along a shortest path to the `goal` cells (opening closed
+    doors on the way) and, once there, re-centres in the cell (unless `skip_recentre` or within
+    `recentre_tolerance`), turns to `face_point` (x, y) and presses `act_key`. Shared by the world's expert
+    and the team expert, whose agents give every subgoal its own goal cells."""
     passable = passable_grid(state)
-    goal = subgoal_goal_cells(state)
     cell = jnp.floor(state.agent_pos).astype(jnp.int32)[::-1]  # (row, col)
     # Distances at the agent's cell and its four neighbours.
     distance = distances_at(goal, passable, cell[None, :] + jnp.asarray(((0, 0),) + _NEIGHBOURS, jnp.int32))
@@ -233,24 +242,38 @@ def expert_action(state: EnvState) -> Int32[Array, "3"]:
     travel = _turn_or(heading_to(next_centre), state, jnp.int32(FORWARD), move_ticks)
     open_door = _turn_or(heading_to(next_centre), state, jnp.int32(INTERACT), jnp.int32(0))
     travel = jnp.where(next_is_closed_door, open_door, travel)
+    # No path (another body in the way in a team world): wait rather than walk off.
+    stay = jnp.stack([jnp.int32(NOOP), jnp.int32(LOOK_CENTRE), jnp.int32(0)])
+    travel = jnp.where(jnp.min(neighbour_dist) >= UNREACHABLE, stay, travel)
 
     # In place: re-centre if far off the cell centre, then face the target and act.
     off_centre = jnp.linalg.norm(state.agent_pos - centre)
     recentre_ticks = jnp.argmin(jnp.abs(move_distance - off_centre)).astype(jnp.int32)
     recentre = _turn_or(heading_to(centre), state, jnp.int32(FORWARD), recentre_ticks)
+    arrive = _turn_or(heading_to(face_point), state, act_key, jnp.int32(0))
+    arrive = jnp.where((off_centre > recentre_tolerance) & ~skip_recentre, recentre, arrive)
+    return jnp.where(here == 0, arrive, travel).astype(jnp.int32)
+
+
+def expert_action(state: EnvState) -> Int32[Array, "3"]:
+    """The expert's action (key, look, duration) in this state."""
+    _, kind, a, b = current_subgoal(state)
+    cell = jnp.floor(state.agent_pos).astype(jnp.int32)[::-1]  # (row, col)
     target_pos = entity_positions(state)[a]
     target_centre = target_pos[::-1].astype(jnp.float32) + 0.5
-    spots = _drop_spots(state, b)
+    spots = drop_spots(state, b)
     spot_here = jnp.stack([_shift(spots, dr, dc, False)[cell[0], cell[1]] for dr, dc in _NEIGHBOURS])
     spot_cell = cell + jnp.asarray(_NEIGHBOURS, jnp.int32)[jnp.argmax(spot_here)]
     face_point = jnp.where(kind == SUBGOAL_PUT, spot_cell[::-1].astype(jnp.float32) + 0.5, target_centre)
     act_key = jnp.stack([jnp.int32(NOOP), jnp.int32(INTERACT), jnp.int32(INTERACT), jnp.int32(DROP)])[kind]
     # Going to an entity before picking it up / opening it needs no extra key press: turning is enough.
     act_key = jnp.where(kind == SUBGOAL_GOTO, NOOP, act_key).astype(jnp.int32)
-    arrive = _turn_or(heading_to(face_point), state, act_key, jnp.int32(0))
     reach, _ = entity_in_reach(state)
-    needs_recentre = (off_centre > jnp.where(kind == SUBGOAL_PUT, 0.2, 0.3)) & ~(
-        (kind != SUBGOAL_PUT) & reach[a]
+    return navigate(
+        state,
+        subgoal_goal_cells(state),
+        face_point,
+        act_key,
+        recentre_tolerance=jnp.where(kind == SUBGOAL_PUT, 0.2, 0.3),
+        skip_recentre=(kind != SUBGOAL_PUT) & reach[a],
     )
-    arrive = jnp.where(needs_recentre, recentre, arrive)
-    return jnp.where(here == 0, arrive, travel).astype(jnp.int32)

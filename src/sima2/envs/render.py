@@ -40,7 +40,9 @@ from sima2.envs.world.games import (
 
 FIELD_OF_VIEW = math.radians(GAMES[0].field_of_view_degrees)  # the classic game's camera
 SHADE_LEVELS = 8
-# Base colours: the six object colours (BabyAI palette), then wall, floor, ceiling.
+# Base colours: the six object colours (BabyAI palette), then wall, floor, ceiling, then the colours of up to
+# four agents of a team world (`sima2.envs.team`: their bodies, and the doors only that agent opens) and of
+# a floor switch.
 BASE_COLOURS = np.array(
     [
         [230, 40, 40],  # red
@@ -52,13 +54,24 @@ BASE_COLOURS = np.array(
         [225, 215, 195],  # wall
         [70, 60, 50],  # floor
         [40, 50, 75],  # ceiling
+        [255, 140, 0],  # agent 0: orange
+        [0, 210, 210],  # agent 1: cyan
+        [255, 105, 180],  # agent 2: pink
+        [120, 80, 40],  # agent 3: brown
+        [245, 245, 245],  # switch: white
     ],
     np.float32,
 )
 WALL, FLOOR, CEILING = 6, 7, 8
-SPRITE_SIZE = (0.7, 0.6, 0.55)  # ball, box, key: height in cells
-# Shape exponent p of |u|^p + |v|^p < 1: ball = disc, box = (near) square, key = diamond.
-SPRITE_EXPONENT = (2, 8, 1)
+AGENT_COLOURS = (9, 10, 11, 12)
+SWITCH_COLOUR = 13
+# Sprite kinds beyond the world's object types (ball, box, key): a team world's other agents and its floor
+# switch (drawn only, never objects of the world).
+AGENT_SPRITE, SWITCH_SPRITE = 3, 4
+SPRITE_SIZE = (0.7, 0.6, 0.55, 0.95, 0.2)  # ball, box, key, agent, switch: height in cells
+# Shape exponent p of |u|^p + |v|^p < 1: ball = disc, box = (near) square, key = diamond, agent = rounded
+# square, switch = square.
+SPRITE_EXPONENT = (2, 8, 1, 4, 8)
 
 
 def _palette(base: np.ndarray) -> np.ndarray:
@@ -134,8 +147,12 @@ def _cast_rays(
     return jnp.minimum(dist_x, dist_y), row, col, jnp.where(use_x, 0, 1)
 
 
-def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array, "{height} {width} 3"]:
-    """The agent's view as RGB uint8 [height, width, 3], in the colours and camera of the world's game."""
+def render_first_person(
+    state: EnvState, height: int, width: int, sprite_centres: Float32[Array, "K 2"] | None = None
+) -> UInt8[Array, "{height} {width} 3"]:
+    """The agent's view as RGB uint8 [height, width, 3], in the colours and camera of the world's game.
+    `sprite_centres`: the (x, y) of each object's sprite, for sprites that stand off their cell's centre (a
+    team world's other agents); by default the centres of the objects' cells."""
     tan_half = jnp.tan(jnp.asarray(GAME_FIELD_OF_VIEW)[state.game] / 2)
     focal = (width / 2) / tan_half
     eye = jnp.asarray(GAME_EYE_HEIGHT)[state.game]  # camera height, in wall heights
@@ -181,7 +198,7 @@ def render_first_person(state: EnvState, height: int, width: int) -> UInt8[Array
 
     # --- sprites, far to near, depth-tested per column against the walls
     n_obj = state.obj_type.shape[0]
-    centres = state.obj_pos[:, ::-1].astype(jnp.float32) + 0.5
+    centres = state.obj_pos[:, ::-1].astype(jnp.float32) + 0.5 if sprite_centres is None else sprite_centres
     rel = centres - pos[None, :]
     depth = precise_dot(rel, forward)
     lateral = precise_dot(rel, right)

@@ -111,8 +111,12 @@ def _interact(state: EnvState, key_index: Int32[Array, ""]) -> tuple[EnvState, B
     return new_state, failed
 
 
-def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[Array, ""]]:
+def physics(
+    state: EnvState, action: Int32[Array, "3"], others: Float32[Array, "K 2"] | None = None
+) -> tuple[EnvState, Bool[Array, ""]]:
     """Hold `action` for its duration at TICK_HZ: interact/drop first, then per-tick motion with collisions.
+    `others`: the (x, y) of other bodies (a team world's agents), squares of the agent's size that a move
+    may not push into (moving away from one it touches is free).
 
     Returns the new state and whether the action was invalid (bump, or an interaction that did nothing).
     """
@@ -139,13 +143,20 @@ def physics(state: EnvState, action: Int32[Array, "3"]) -> tuple[EnvState, Bool[
     steps_y = jnp.where(active, (body[0] * sin + body[1] * cos) * (speed * dt), 0.0)
     counts = active & ((steps_x != 0.0) | (steps_y != 0.0))  # ticks whose bumps count as contact
 
+    def bumps(x: Float32[Array, ""], y: Float32[Array, ""], new_x: Float32[Array, ""], new_y: Float32[Array, ""]):
+        if others is None:
+            return jnp.bool_(False)
+        near = jnp.all(jnp.abs(others - jnp.stack([new_x, new_y])) < 2 * AGENT_RADIUS, axis=-1)
+        closer = jnp.sum((others - jnp.stack([new_x, new_y])) ** 2, -1) < jnp.sum((others - jnp.stack([x, y])) ** 2, -1)
+        return jnp.any(near & closer)
+
     def tick(t, carry):
         # One array as the carry: the tick then has a single output and XLA fuses it into one kernel.
         x, y, pushed = carry[0], carry[1], carry[2]
         dx, dy = steps_x[t], steps_y[t]
-        hit_x = _blocked(row_bits, cols, x + dx, y)
+        hit_x = _blocked(row_bits, cols, x + dx, y) | bumps(x, y, x + dx, y)
         x = jnp.where(hit_x, x, x + dx)
-        hit_y = _blocked(row_bits, cols, x, y + dy)
+        hit_y = _blocked(row_bits, cols, x, y + dy) | bumps(x, y, x, y + dy)
         y = jnp.where(hit_y, y, y + dy)
         pushed = pushed + (counts[t] & (hit_x | hit_y)).astype(jnp.float32)
         return jnp.stack([x, y, pushed])

@@ -1,0 +1,139 @@
+"""The team expert: a central planner that gives every agent its role and subgoal from the whole state and
+moves each along a shortest path with the built-in world's `navigate` (on that agent's view, where the
+others are solid and doors it may not open are locked).
+
+- hold and pass: the agent on the switch, or else the one nearest to it, holds it; another walks through
+  the door to the target (waiting by the door while it is shut). Any further agents stay put.
+- joint placement: agent 1 opens the right room's door and then stands aside in the middle room; once it
+  is open, agent 0 opens the left room's door, picks up the target, and drops it next to the anchor.
+  Any further agents stay put.
+
+Messages stay silent: neither family needs them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Int32
+
+from sima2.envs.expert import (
+    UNREACHABLE,
+    adjacent,
+    distances_at,
+    drop_spots,
+    navigate,
+    passable_grid,
+    stand_cells_for_drop,
+)
+from sima2.envs.team.state import GRID_ROWS, HOLD_AND_PASS, MIDDLE_ROOM, TeamState, agent_cells, view
+from sima2.envs.world import DOOR_OPEN, DROP, INTERACT, LOOK_CENTRE, NOOP, EnvState
+
+_STAY = jnp.array([NOOP, LOOK_CENTRE, 0], jnp.int32)
+_MIDDLE_CELLS = np.array([(r, c) for r in range(1, GRID_ROWS - 1) for c in range(MIDDLE_ROOM[0], MIDDLE_ROOM[1] + 1)])
+
+
+def _cell_mask(shape: tuple[int, int], cell: Int32[Array, "2"]) -> Bool[Array, "GH GW"]:
+    return jnp.zeros(shape, bool).at[cell[0], cell[1]].set(True, mode="drop")
+
+
+def _centre(cell: Int32[Array, "2"]) -> jax.Array:
+    return cell[::-1].astype(jnp.float32) + 0.5
+
+
+def _reachable(seen: EnvState, goal: Bool[Array, "GH GW"]) -> Bool[Array, ""]:
+    cell = jnp.floor(seen.agent_pos).astype(jnp.int32)[::-1]
+    return distances_at(goal, passable_grid(seen), cell[None])[0] < UNREACHABLE
+
+
+def _go_to(seen: EnvState, cell: Int32[Array, "2"], act_key: int) -> Int32[Array, "3"]:
+    """Go next to `cell` (an entity's or a door's), face it and press `act_key`."""
+    goal = adjacent(_cell_mask(seen.wall.shape, cell)) & passable_grid(seen)
+    return navigate(seen, goal, _centre(cell), jnp.int32(act_key))
+
+
+def _stand_on(seen: EnvState, cell: Int32[Array, "2"]) -> Int32[Array, "3"]:
+    return navigate(seen, _cell_mask(seen.wall.shape, cell), _centre(cell) + 1.0, jnp.int32(NOOP))
+
+
+def _wait_by_door(seen: EnvState, door: Int32[Array, "2"]) -> Int32[Array, "3"]:
+    return _go_to(seen, door, NOOP)
+
+
+def _hold_and_pass(state: TeamState) -> Int32[Array, "A 3"]:
+    cells = agent_cells(state)
+    on_switch = jnp.all(cells == state.switch[None], axis=-1)
+    to_switch = jnp.stack([
+        distances_at(_cell_mask(state.wall.shape, state.switch), passable_grid(view(state, a)), cells[a][None])[0]
+        for a in range(state.num_agents)
+    ])  # fmt: skip
+    holder = jnp.where(jnp.any(on_switch), jnp.argmax(on_switch), jnp.argmin(to_switch))
+    passer = jnp.where(holder == 0, 1, 0)
+    door = state.door_pos[1]
+    target = state.obj_pos[state.target]
+
+    def act(agent: int) -> Int32[Array, "3"]:
+        seen = view(state, agent)
+        hold = _stand_on(seen, state.switch)
+        pass_through = jnp.where(
+            (state.door_state[1] == DOOR_OPEN) | _reachable(seen, adjacent(_cell_mask(seen.wall.shape, target))),
+            _go_to(seen, target, NOOP),
+            _wait_by_door(seen, door),
+        )
+        role = jnp.where(agent == holder, hold, jnp.where(agent == passer, pass_through, _STAY))
+        return role.astype(jnp.int32)
+
+    return jnp.stack([act(a) for a in range(state.num_agents)])
+
+
+def _joint_placement(state: TeamState) -> Int32[Array, "A 3"]:
+    right_door = state.door_pos[1]
+    target = state.obj_pos[state.target]
+    right_open = state.door_state[1] == DOOR_OPEN
+
+    def placer() -> Int32[Array, "3"]:
+        seen = view(state, 0)
+        carrying = state.bodies.carrying[0] == state.target
+        fetch = _go_to(seen, target, INTERACT)  # opens its own door on the way
+        cell = jnp.floor(seen.agent_pos).astype(jnp.int32)[::-1]
+        spots = drop_spots(seen, jnp.maximum(state.anchor, 0))
+        spot_here = jnp.stack([spots[cell[0] + dr, cell[1] + dc] for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))])
+        spot = cell + jnp.array(((-1, 0), (1, 0), (0, -1), (0, 1)), jnp.int32)[jnp.argmax(spot_here)]
+        place = navigate(
+            seen, stand_cells_for_drop(seen, jnp.maximum(state.anchor, 0)), _centre(spot), jnp.int32(DROP),
+            recentre_tolerance=0.2,
+        )  # fmt: skip
+        # The opener goes first: the placer waits where it stands until the right room is open (two bodies
+        # moving at once in a room three cells wide can block each other for good).
+        return jnp.where(right_open, jnp.where(carrying, place, fetch), _STAY)
+
+    def opener() -> Int32[Array, "3"]:
+        seen = view(state, 1)
+        # Then stand aside in the middle room, off both doors' approach cells (one body cannot cut a room
+        # three cells wide, so the placer's way stays open), as far from them as it can.
+        cells = jnp.asarray(_MIDDLE_CELLS)
+        approaches = jnp.stack([state.door_pos[0] + jnp.array([0, 1]), right_door + jnp.array([0, -1])])
+        distance = jnp.min(jnp.sum(jnp.abs(cells[:, None, :] - approaches[None]), axis=-1), axis=1)
+        corner = cells[jnp.argmax(distance)]
+        aside = _stand_on(seen, corner)
+        # Once the door is open the placer goes first: next to it, the opener stands still (unless it is on a
+        # doorway's approach, which it clears).
+        cell = agent_cells(state)[1]
+        near_placer = jnp.max(jnp.abs(agent_cells(state)[0] - cell)) <= 1
+        on_approach = jnp.any(jnp.all(approaches == cell[None], axis=-1))
+        aside = jnp.where(near_placer & ~on_approach, _STAY, aside)
+        return jnp.where(right_open, aside, _go_to(seen, right_door, INTERACT))
+
+    roles = [placer(), opener()] + [_STAY] * (state.num_agents - 2)
+    return jnp.stack(roles).astype(jnp.int32)
+
+
+def team_expert_actions(state: TeamState) -> Int32[Array, "A 4"]:
+    """Every agent's expert action (key, look, duration, message) in this state."""
+    moves = jax.lax.cond(state.family == HOLD_AND_PASS, _hold_and_pass, _joint_placement, state)
+    silent = jnp.zeros((state.num_agents, 1), jnp.int32)
+    return jnp.concatenate([moves, silent], axis=1)
+
+
+__all__ = ["team_expert_actions"]

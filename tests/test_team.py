@@ -1,0 +1,100 @@
+"""Team worlds: the team expert succeeds, one agent alone cannot, every agent sees the others, the world is
+the same under jit and vmap as step by step, bad input is refused by name, and PettingZoo's API test passes."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sima2.envs.team import FAMILIES, TEAM_ACTION_NVEC, TEAM_PROPRIO_SIZE, TeamEnv, team_expert_actions
+from sima2.envs.team.render import render_agent
+
+ENV = TeamEnv(num_agents=2, image_size=32)
+WORLDS, STEPS = 256, 130
+
+
+@jax.jit
+def _episodes(params, acting, key):
+    """Success of each world's first episode when the agents in `acting` follow the team expert and the
+    others stand still and stay silent."""
+    keys = jax.random.split(key, WORLDS)
+    _, state = jax.vmap(ENV.reset, in_axes=(0, None))(keys, params)
+
+    def step(carry, key):
+        state, finished, success = carry
+        actions = jax.vmap(team_expert_actions)(state)
+        actions = jnp.where(acting[None, :, None], actions, jnp.array([0, 3, 0, 0]))
+        state, _, done, info = jax.vmap(ENV.transition, in_axes=(0, 0, None))(state, actions, params)
+        success = success | (done & info.success & ~finished)
+        return (state, finished | done, success), None
+
+    carry = (state, jnp.zeros(WORLDS, bool), jnp.zeros(WORLDS, bool))
+    (_, finished, success), _ = jax.lax.scan(step, carry, jax.random.split(key, STEPS))
+    return finished, success
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_team_expert_succeeds_and_one_agent_alone_cannot(family):
+    params = ENV.default_params(family)
+    finished, success = _episodes(params, jnp.array([True, True]), jax.random.key(0))
+    assert bool(finished.all())
+    assert float(success.mean()) >= 0.99, f"{family}: team expert success {float(success.mean()):.3f}"
+    for alone in ([True, False], [False, True]):  # the partner stands still, silent
+        finished, success = _episodes(params, jnp.array(alone), jax.random.key(1))
+        assert bool(finished.all()) and not bool(success.any()), f"{family}: one agent alone succeeded"
+
+
+def test_agents_see_each_other_and_observe_their_index():
+    obs, state = ENV.reset(jax.random.key(3), ENV.default_params("hold_and_pass"))
+    assert obs["image"].shape == (2, 32, 32, 3) and obs["image"].dtype == jnp.uint8
+    assert obs["proprio"].shape == (2, TEAM_PROPRIO_SIZE) and obs["touch"].shape == (2, 9)
+    np.testing.assert_array_equal(obs["proprio"][:, 14:16], np.eye(2))  # agent index, one-hot
+    # Agent 0 in the middle of the middle room looking along +x; agent 1 a cell in front of it is drawn in its
+    # view (the switch, in the first column behind it, is not in view).
+    render = jax.jit(render_agent, static_argnums=(1, 2, 3))
+    posed = eqx.tree_at(lambda s: (s.bodies.pos, s.bodies.dir), state,
+                        (jnp.array([[5.5, 3.5], [6.6, 3.5]]), jnp.zeros(2)))  # fmt: skip
+    away = eqx.tree_at(lambda s: s.bodies.pos, posed, posed.bodies.pos.at[1].set(jnp.array([-50.0, -50.0])))
+    differs = jnp.any(render(posed, 0, 32, 32) != render(away, 0, 32, 32), axis=-1)
+    assert int(differs.sum()) > 30, int(differs.sum())
+
+
+def test_jit_and_vmap_equal_step_by_step():
+    params = ENV.default_params()
+    keys = jax.random.split(jax.random.key(5), 2)
+    obs, state = jax.vmap(ENV.reset, in_axes=(0, None))(keys, params)
+    actions = jax.random.randint(jax.random.key(6), (2, 2, 4), 0, jnp.asarray(TEAM_ACTION_NVEC))
+    batched = jax.jit(jax.vmap(ENV.step, in_axes=(0, 0, 0, None)))(keys, state, actions, params)
+    step = jax.jit(ENV.step)
+    for i in range(2):
+        single = step(keys[i], jax.tree.map(lambda x, i=i: x[i], state), actions[i], params)
+        for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(batched), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b)[i], atol=1e-5)
+
+
+def test_bad_input_is_refused_by_name():
+    with pytest.raises(ValueError, match="num_agents"):
+        TeamEnv(num_agents=1)
+    with pytest.raises(ValueError, match="unknown family"):
+        ENV.default_params("tag")
+    with pytest.raises(ValueError, match="team splits"):
+        ENV.default_params(split="heldout_game")
+    _, state = ENV.reset(jax.random.key(0), ENV.default_params())
+    with pytest.raises(ValueError, match="actions must have shape"):
+        ENV.step(jax.random.key(0), state, jnp.zeros((2, 3), jnp.int32), ENV.default_params())
+
+
+def test_pettingzoo_parallel_api():
+    pytest.importorskip("pettingzoo")
+    from pettingzoo.test import parallel_api_test
+
+    from sima2.envs.team.parallel import TeamParallelEnv
+
+    env = TeamParallelEnv(image_size=32, render_mode="rgb_array")
+    parallel_api_test(env, num_cycles=50)
+    observations, infos = env.reset(seed=0)
+    assert set(observations) == {"agent_0", "agent_1"} and infos["agent_0"]["family"] in FAMILIES
+    assert env.render().ndim == 3
+    with pytest.raises(ValueError, match="agent_1"):
+        env.step({"agent_0": np.zeros(4, np.int64), "agent_1": np.array([9, 0, 0, 0])})
