@@ -58,13 +58,13 @@ def test_the_mixture_draws_every_level_and_params_pick_one():
     counts = np.bincount(np.asarray(state.level), minlength=len(env.levels))
     assert counts.min() >= 20, counts  # uniform: 40 expected per level
     unlock = env.default_params("heldout_pairs", level="sima2/Unlock-v0")
-    _, state = reset(keys[:8], unlock)
+    _, state = reset(keys, unlock)  # the program compiled above (un-jitted, reset and step run op by op: slow)
     assert np.all(np.asarray(state.level) == env.level_index("Unlock"))
     assert int(unlock.split) == envs.SPLITS.index("heldout_pairs")
     # Each level keeps its own step limit: an Unlock world times out at Unlock's max_steps.
-    _, one = env.reset(keys[0], unlock)
+    one = jax.tree.map(lambda x: x[0], state)  # env.reset(keys[0], unlock)
     one = eqx.tree_at(lambda s: s.time, one, jnp.int32(env.levels[env.level_index("Unlock")].max_steps - 1))
-    _, _, _, done, info = env.step_no_reset(keys[1], one, jnp.zeros(3, jnp.int32), unlock)
+    _, _, _, done, info = eqx.filter_jit(env.step_no_reset)(keys[1], one, jnp.zeros(3, jnp.int32), unlock)
     assert bool(info.truncated) and bool(done)
 
 

@@ -13,13 +13,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from _compilation_cache import compilation_cache_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_example(name: str, *args: object, cwd: Path, timeout: int = 900) -> str:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
+    # The tests' own XLA settings (conftest.py: cheap compiles, unless SIMA2_TEST_XLA_OPT=1) and compilation
+    # cache: at their smallest settings the examples spend most of their time compiling, much of it programs
+    # the tests and the other examples compile too. Never a simulated device count: examples set their own.
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
+    env.update(compilation_cache_env())
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / name), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,

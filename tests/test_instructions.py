@@ -24,9 +24,14 @@ def minilm_tokenizer():
     return load_tokenizer(MINILM)
 
 
+# Compiled once per world and batch size, then reused for every split (each split's params are arguments):
+# un-jitted, the batched reset runs op by op and took about 25 s per call.
+_batched_reset = eqx.filter_jit(lambda env, keys, params: jax.vmap(env.reset, in_axes=(0, None))(keys, params))
+
+
 def _instructions(env, split: str, num: int = 48, seed: int = 0) -> tuple[list[str], np.ndarray]:
     params = env.default_params(split)
-    obs, states = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(seed), num), params)
+    obs, states = _batched_reset(env, jax.random.split(jax.random.key(seed), num), params)
     texts = [env.instruction_text(jax.tree.map(lambda x, i=i: x[i], states)) for i in range(num)]
     return texts, np.asarray(obs["instruction"])
 
@@ -135,7 +140,7 @@ def test_ppo_reuses_the_frozen_features_it_acted_with(minilm_tokenizer):
     env, params = envs.make("sima2/GoTo-v0", image_size=16, tokenizer=minilm_tokenizer)
     params = eqx.tree_at(lambda p: p.max_steps, params, jnp.int32(5))  # episodes end within the rollout
     agent = Agent.from_preset("tiny", env.spec, key=jax.random.key(0), text_encoder=MINILM, freeze_language=True)
-    start = init_rollout(AgentActor(agent), env, params, jax.random.key(1), 4)
+    start = eqx.filter_jit(init_rollout)(AgentActor(agent), env, params, jax.random.key(1), 4)  # 14 s un-jitted
     _, trajectory, carry, last_value = eqx.filter_jit(collect_rollout)(agent, env, params, start, jax.random.key(2), 12)
     assert trajectory.first[1:].any()  # episodes started within the rollout too
     expected = jax.vmap(jax.vmap(agent.instruction_features))(trajectory.obs["instruction"])
