@@ -68,11 +68,25 @@ def _train_gym(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_team(args: argparse.Namespace) -> int:
+    from sima2.training.team_pipeline import team_run_config, train_team
+
+    if args.env is not None:
+        raise ValueError("--team trains in the built-in team worlds: it cannot be combined with --env")
+    out = args.out or "runs/team"
+    summary = train_team(out, team_run_config(args.preset, args.overrides), resume=args.resume)
+    print(json.dumps(summary["families"], indent=2))
+    print(f"run folder: {out}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     import os
 
     from sima2.training.pipeline import train
 
+    if args.team:
+        return _train_team(args)
     if args.env is not None:
         return _train_gym(args)
 
@@ -329,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "policy(observation, executed) -> native action")
     train.add_argument("--obs-wrapper", default=None, help="with --env: module:callable applied to each env, e.g. "
                        "minigrid.wrappers:RGBImgPartialObsWrapper for pixels")
+    train.add_argument("--team", action="store_true", help="the team job: several agents in the built-in team "
+                       "worlds (sima2.envs.team), one shared policy cloned from the team expert, then team metrics")
     train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.bc.batch_size=128")
     train.set_defaults(func=_train)
 

@@ -20,7 +20,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from sima2.contract import AbstractAgent, Env, Transition
 from sima2.training.config import EvalConfig
-from sima2.training.rollout import AgentActor, PlanningActor, init_rollout, rollout
+from sima2.training.rollout import AgentActor, PlanningActor, init_rollout, reset_worlds, rollout
 
 
 @eqx.filter_jit
@@ -134,6 +134,14 @@ def check_eval_length(config: EvalConfig, env: Any) -> None:
         )
 
 
+@eqx.filter_jit
+def _write_plans(agent: Any, instructions: Array, tokens: Any) -> Any:
+    """The plans `agent` writes for a batch of instructions (compiled once per agent structure)."""
+    from sima2.policy.plans import write_plan
+
+    return jax.vmap(lambda ids: write_plan(agent, ids, tokens))(instructions)
+
+
 def plan_accuracy(
     agent: Any, env: Any, env_params: PyTree, key: PRNGKeyArray, num_worlds: int = 64
 ) -> float:
@@ -141,12 +149,11 @@ def plan_accuracy(
     observation's instruction is exactly the expert's subgoal sequence (`env.plan_text`), compared token for
     token in the ids the agent reads."""
     from sima2.planning.tokenizer import subgoal_ids
-    from sima2.policy.plans import instruction_tokenizer, plan_tokens, write_plan
+    from sima2.policy.plans import instruction_tokenizer, plan_tokens
 
     tokens, tokenizer = plan_tokens(agent), instruction_tokenizer(agent)
-    obs, states = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_worlds), env_params)
-    write = eqx.filter_jit(lambda a, ids: jax.vmap(lambda i: write_plan(a, i, tokens))(ids))
-    written = write(agent, obs["instruction"])
+    obs, states = reset_worlds(env, env_params, jax.random.split(key, num_worlds))
+    written = _write_plans(agent, obs["instruction"], tokens)
     subgoals, counts = jax.device_get((written.subgoals, written.count))
     states = jax.device_get(states)
     correct = 0

@@ -10,7 +10,7 @@ the one place that conversion is written.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import equinox as eqx
 import jax
@@ -116,9 +116,16 @@ class HostRollout:
         return transitions, start_carry, out.value
 
 
+@runtime_checkable
+class RolloutSource(Protocol):
+    """What `make_host_ppo` collects from: `HostRollout`, or the team worlds' `sima2.training.team.TeamRollout`."""
+
+    def collect(self, model: AbstractAgent, key: PRNGKeyArray) -> tuple[Transition, PyTree, Array]: ...
+
+
 def make_host_ppo(
     agent: AbstractAgent,
-    rollout: HostRollout,
+    rollout: RolloutSource,
     config: TrainConfig,
     *,
     filter_spec: PyTree | None = None,
@@ -144,4 +151,4 @@ def make_host_ppo(
     return init_fn, step_fn
 
 
-__all__ = ["HostRollout", "make_host_ppo"]
+__all__ = ["HostRollout", "RolloutSource", "make_host_ppo"]

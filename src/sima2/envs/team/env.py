@@ -17,12 +17,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float32, Int32, PRNGKeyArray
 
+from sima2.contract import ActionSpec, ArraySpec, EnvSpec, ObservationSpec
+from sima2.envs import vocabulary as voc
 from sima2.envs.team.dynamics import team_physics, team_success
 from sima2.envs.team.generation import generate
 from sima2.envs.team.render import render_agent, render_team_topdown
 from sima2.envs.team.state import (
     FAMILIES,
     FAMILY_MAX_STEPS,
+    INSTRUCTION_LENGTH,
     MAX_AGENTS,
     MESSAGE_VOCAB,
     SPLITS,
@@ -30,9 +33,10 @@ from sima2.envs.team.state import (
     TeamState,
     view,
 )
-from sima2.envs.world import ACTION_NVEC, GAME_NAMES, PROPRIO_SIZE, proprio, touch
+from sima2.envs.world import ACTION_NVEC, GAME_NAMES, PROPRIO_SIZE, TOUCH_SIZE, proprio, touch
 
 TEAM_ACTION_NVEC = (*ACTION_NVEC, MESSAGE_VOCAB)
+MAX_INSTRUCTION_WORDS = 9  # "put the X next to the Y"
 TEAM_PROPRIO_SIZE = PROPRIO_SIZE + MAX_AGENTS + MESSAGE_VOCAB
 
 
@@ -58,6 +62,22 @@ class TeamEnv(eqx.Module):
             raise ValueError(f"image_size must be an int of at least 8 pixels, got {image_size!r}")
         self.num_agents = num_agents
         self.image_size = image_size
+
+    @property
+    def spec(self) -> EnvSpec:
+        """One agent's observation and action (every agent of the team has the same: one shared policy acts
+        for all of them)."""
+        return EnvSpec(
+            observation=ObservationSpec(
+                image=ArraySpec((self.image_size, self.image_size, 3), "uint8"),
+                instruction=ArraySpec((INSTRUCTION_LENGTH,), "int32"),
+                proprio=ArraySpec((TEAM_PROPRIO_SIZE,), "float32"),
+                touch=ArraySpec((TOUCH_SIZE,), "float32"),
+                vocab_size=len(voc.vocabulary()),
+            ),
+            action=ActionSpec(TEAM_ACTION_NVEC),
+            max_instruction_words=MAX_INSTRUCTION_WORDS,
+        )
 
     def default_params(self, family: str | None = None, split: str = "train", game: str | None = None) -> TeamParams:
         """Params for one `family` (None: drawn at every reset), a split and a game (None: a training game

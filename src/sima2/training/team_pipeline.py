@@ -1,0 +1,152 @@
+"""The team job: the team expert's demonstrations -> behaviour cloning of one shared policy -> optional
+multi-agent PPO -> the team metrics, into one run folder.
+
+    from sima2.training.team_pipeline import team_run_config, train_team
+    summary = train_team("runs/team", team_run_config(overrides=["bc.num_updates=2000"]))
+
+`sima2 train --team` runs it. The policy is the preset's agent, sized from one agent's spec (its proprio holds
+its agent index, so one set of weights plays every role). PPO collects from every (world, agent) stream with
+the team's reward and per-agent values (`sima2.training.team.TeamRollout`) through the same `ppo_update` as
+every other job. The run folder holds `pipeline.json`, `demonstrations/`, `bc/` and `ppo/` (each `final/`
+loadable with `Agent.from_pretrained`), `final/` (the evaluated agent), `eval.json` (per family and split:
+self-play, cross-play with the expert partner in both roles, solo; and the untrained agent's figures on the
+training split, the random-policy baseline) and `gifs/` (every agent's view beside
+the shared map).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from sima2.envs.team import FAMILIES, TeamEnv
+from sima2.training.config import PPOConfig, TrainConfig, apply_overrides, config_to_dict
+from sima2.training.data import load_demonstrations, save_demonstrations
+from sima2.training.host_rollout import make_host_ppo
+from sima2.training.stages import run_stage, train_bc
+from sima2.training.team import compiled_team_rollout, evaluate_team, record_team_demonstrations
+
+log = logging.getLogger("sima2.training")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeamRunConfig:
+    """The team job's settings: the agent preset (model sizes), the team, how much expert data, the stages'
+    `TrainConfig`s and the evaluation's worlds per family, split and partner."""
+
+    preset: str = "cpu-small"
+    num_agents: int = 2
+    family: str | None = None  # None: every family, drawn at every reset
+    demo_worlds: int = 256
+    demo_steps: int = 128  # decision steps per demonstration world (several episodes each)
+    ppo_worlds: int = 32
+    eval_worlds: int = 128
+    seed: int = 0
+    bc: TrainConfig | None = None  # None: the preset's cloning settings, sized for the team data
+    ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_updates=0))
+
+    def __post_init__(self) -> None:
+        for name in ("demo_worlds", "demo_steps", "ppo_worlds", "eval_worlds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.family is not None and self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; families: {', '.join(FAMILIES)}")
+
+
+def team_run_config(preset: str = "cpu-small", overrides: Sequence[str] = ()) -> TeamRunConfig:
+    """A `TeamRunConfig` with the preset's cloning settings over whole episodes (4,000 updates), then `key=value`
+    overrides (`bc.num_updates=2000`, `family=hold_and_pass`, `ppo.num_updates=20`, ...)."""
+    from sima2.training.pipeline import pipeline_config
+
+    bc = pipeline_config(preset).bc
+    updates = min(bc.num_updates, 4000)
+    bc = dataclasses.replace(
+        bc, num_updates=updates, bc=dataclasses.replace(bc.bc, window_starts="whole_episodes"),
+        optim=dataclasses.replace(
+            bc.optim, decay_steps=updates, warmup_steps=min(bc.optim.warmup_steps, updates // 10)
+        ),
+        checkpoint=dataclasses.replace(bc.checkpoint, every=min(bc.checkpoint.every, max(1, updates // 3))),
+    )  # fmt: skip
+    ppo = TrainConfig(stage="ppo", num_updates=0, ppo=PPOConfig(num_envs=1, rollout_length=32, num_minibatches=1))
+    return apply_overrides(TeamRunConfig(preset=preset, bc=bc, ppo=ppo), list(overrides))
+
+
+def _episode_gif(agent: Any, env: TeamEnv, family: str, key: jax.Array, path: Path) -> None:
+    """One self-play episode of `family`: every agent's view side by side, then the shared map."""
+    from sima2.envs.video import write_episode
+
+    params = env.default_params(family)
+    steps = compiled_team_rollout(env, params, key, num_worlds=1, num_steps=64, agent=agent,
+                                  policy_slots=np.ones(env.num_agents, bool))  # fmt: skip
+    views = np.asarray(steps.obs["image"][:, 0])  # (T, A, H, W, 3)
+    frames = np.concatenate(list(views.transpose(1, 0, 2, 3, 4)), axis=2)  # agents side by side
+    end = int(np.argmax(np.asarray(steps.done[:, 0]))) + 1 if bool(np.asarray(steps.done[:, 0]).any()) else len(frames)
+    write_episode(frames[:end], str(path), fps=4)
+
+
+def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: bool = False) -> dict[str, Any]:
+    """Demonstrations, cloning, optional PPO and the team metrics (also in `eval.json`)."""
+    from sima2.policy.agent import Agent
+    from sima2.presets import preset as preset_named
+
+    config = team_run_config() if config is None else config
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    image_size = int(preset_named(config.preset).vision["image_size"])
+    env = TeamEnv(config.num_agents, image_size)
+    params = env.default_params(config.family)
+    record = config_to_dict(config)
+    (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str))
+    demo_folder = out / "demonstrations"
+    if resume and any((demo_folder / "data").glob("train-*.parquet")):
+        dataset = load_demonstrations(str(demo_folder), cache_dir=str(out / ".cache"))
+    else:
+        dataset = record_team_demonstrations(env, params, jax.random.key(config.seed), num_worlds=config.demo_worlds,
+                                             num_steps=config.demo_steps)  # fmt: skip
+        save_demonstrations(dataset, demo_folder)
+    log.info("%d demonstration episodes (per agent), %d steps", len(set(dataset["episode_id"])), len(dataset))
+    spec = env.spec
+    agent = Agent.from_preset(config.preset, spec, key=jax.random.key(config.seed))
+    # The baseline: the same agent before training (its near-uniform initial policy), on the training split.
+    untrained = evaluate_team(agent, env, jax.random.key(config.seed + 2), num_worlds=config.eval_worlds,
+                              splits=("train",))  # fmt: skip
+    shapes = dict(image_shape=spec.observation.image.shape, action_nvec=spec.action.nvec)
+    bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
+    agent = train_bc(bc_config, agent, dataset, **shapes, vocab_size=spec.observation.vocab_size,
+                     proprio_size=spec.observation.proprio.shape[0], resume=resume).model  # fmt: skip
+    if config.ppo.num_updates > 0:
+        from sima2.training.team import TeamRollout
+
+        streams = config.ppo_worlds * config.num_agents
+        ppo_config = dataclasses.replace(config.ppo, stage="ppo", seed=config.seed, out=str(out / "ppo"),
+                                         ppo=dataclasses.replace(config.ppo.ppo, num_envs=streams))  # fmt: skip
+        rollout = TeamRollout(
+            agent, env, params, config.ppo_worlds, ppo_config.ppo.rollout_length, seed=config.seed + 1
+        )
+        init_fn, step_fn = make_host_ppo(agent, rollout, ppo_config)
+        agent = run_stage(ppo_config, init_fn, step_fn, resume=resume, jit=False,
+                          samples_per_step=streams * ppo_config.ppo.rollout_length).model  # fmt: skip
+    agent.save_pretrained(out / "final")
+    metrics = evaluate_team(agent, env, jax.random.key(config.seed + 2), num_worlds=config.eval_worlds)
+    gifs = out / "gifs"
+    gifs.mkdir(exist_ok=True)
+    for number, family in enumerate(FAMILIES):
+        _episode_gif(agent, env, family, jax.random.key(config.seed + 3 + number), gifs / f"{family}.gif")
+    summary = {
+        "families": metrics,
+        "untrained_agent": untrained,
+        "demonstration_episodes": len(set(dataset["episode_id"])),
+        "demonstration_steps": len(dataset),
+    }
+    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+__all__ = ["TeamRunConfig", "team_run_config", "train_team"]
