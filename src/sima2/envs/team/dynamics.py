@@ -2,7 +2,7 @@
 world's physics on that agent's view, the switch's door, the messages, and the team's success.
 
 Bodies collide (a move may not push into another body); the switch's door is
-open exactly while an agent stands on the switch (or in the doorway, where it cannot close on a body); a
+open exactly while an agent stands on the switch, and closing pushes a body out of its frame; a
 door owned by one agent keeps its state whatever the others do.
 """
 
@@ -24,18 +24,27 @@ from sima2.envs.team.state import (
     switch_pressed,
     view,
 )
-from sima2.envs.world import AGENT_RADIUS, DOOR_CLOSED, DOOR_OPEN, entity_in_reach, physics
+from sima2.envs.world import AGENT_RADIUS, DOOR_CLOSED, DOOR_OPEN, physics
 
 
 def _switch_doors(state: TeamState) -> TeamState:
-    """The switch's door open while an agent stands on the switch or overlaps the doorway, else closed."""
+    """The switch's door open exactly while an agent stands on the switch. A door that closes pushes a body in
+    its frame back out to the side its centre is on (the team layout's doors sit in walls that run along y),
+    so a passer must be through while the switch is held: a moment's press is not enough."""
+    pressed = switch_pressed(state)
+    switched = (state.door_owner == OWNER_SWITCH) & state.door_valid
+    door_state = jnp.where(switched, jnp.where(pressed, DOOR_OPEN, DOOR_CLOSED), state.door_state)
     pos = state.bodies.pos
-    centres = state.door_pos[:, ::-1].astype(jnp.float32) + 0.5  # (x, y)
-    overlap = jnp.all(jnp.abs(pos[None, :, :] - centres[:, None, :]) < 0.5 + AGENT_RADIUS, axis=-1)  # [D, A]
-    held_open = switch_pressed(state) | jnp.any(overlap, axis=1)
-    switched = state.door_owner == OWNER_SWITCH
-    door_state = jnp.where(switched, jnp.where(held_open, DOOR_OPEN, DOOR_CLOSED), state.door_state)
-    return eqx.tree_at(lambda s: s.door_state, state, door_state.astype(jnp.int32))
+    for door in range(state.door_pos.shape[0]):
+        row, col = state.door_pos[door, 0].astype(jnp.float32), state.door_pos[door, 1].astype(jnp.float32)
+        in_frame = (jnp.abs(pos[:, 0] - (col + 0.5)) < 0.5 + AGENT_RADIUS) & (
+            jnp.abs(pos[:, 1] - (row + 0.5)) < 0.5 + AGENT_RADIUS
+        )
+        push = switched[door] & ~pressed & in_frame
+        out_x = jnp.where(pos[:, 0] < col + 0.5, col - AGENT_RADIUS - 0.01, col + 1.0 + AGENT_RADIUS + 0.01)
+        out_y = jnp.clip(pos[:, 1], row + AGENT_RADIUS + 0.01, row + 1.0 - AGENT_RADIUS - 0.01)
+        pos = jnp.where(push[:, None], jnp.stack([out_x, out_y], axis=1), pos)
+    return eqx.tree_at(lambda s: (s.door_state, s.bodies.pos), state, (door_state.astype(jnp.int32), pos))
 
 
 def _act(state: TeamState, agent: Int32[Array, ""], action: Int32[Array, "4"]) -> tuple[TeamState, Bool[Array, ""]]:
@@ -78,16 +87,12 @@ def team_physics(state: TeamState, actions: Int32[Array, "A 4"]) -> tuple[TeamSt
 
 
 def team_success(state: TeamState) -> Bool[Array, ""]:
-    """Hold and pass: an agent has the target within reach (as "go to" in the built-in world). Joint
-    placement: the target lies next to the anchor, held by nobody."""
-    reached = jax.vmap(lambda agent: entity_in_reach(view(state, agent, others_solid=False))[0][state.target])(
-        jnp.arange(state.num_agents)
-    )
+    """Hold and pass: an agent holds the target. Joint placement: the target lies next to the anchor, held by
+    nobody."""
     target, anchor = state.target, jnp.maximum(state.anchor, 0)
-    lying = ~jnp.any(state.bodies.carrying == target)
-    adjacent = jnp.sum(jnp.abs(state.obj_pos[target] - state.obj_pos[anchor])) == 1
-    placed = lying & adjacent
-    return jnp.where(state.family == HOLD_AND_PASS, jnp.any(reached), (state.family == JOINT_PLACEMENT) & placed)
+    held = jnp.any(state.bodies.carrying == target)
+    placed = ~held & (jnp.sum(jnp.abs(state.obj_pos[target] - state.obj_pos[anchor])) == 1)
+    return jnp.where(state.family == HOLD_AND_PASS, held, (state.family == JOINT_PLACEMENT) & placed)
 
 
 __all__ = ["team_physics", "team_success"]

@@ -3,7 +3,7 @@ moves each along a shortest path with the built-in world's `navigate` (on that a
 others are solid and doors it may not open are locked).
 
 - hold and pass: the agent on the switch, or else the one nearest to it, holds it; another walks through
-  the door to the target (waiting by the door while it is shut). Any further agents stay put.
+  the door and picks up the target (waiting by the door while it is shut). Any further agents stay put.
 - joint placement: agent 1 opens the right room's door and then stands aside in the middle room; once it
   is open, agent 0 opens the left room's door, picks up the target, and drops it next to the anchor.
   Any further agents stay put.
@@ -78,7 +78,7 @@ def _hold_and_pass(state: TeamState) -> Int32[Array, "A 3"]:
         hold = _stand_on(seen, state.switch)
         pass_through = jnp.where(
             (state.door_state[1] == DOOR_OPEN) | _reachable(seen, adjacent(_cell_mask(seen.wall.shape, target))),
-            _go_to(seen, target, NOOP),
+            _go_to(seen, target, INTERACT),
             _wait_by_door(seen, door),
         )
         role = jnp.where(agent == holder, hold, jnp.where(agent == passer, pass_through, _STAY))

@@ -3,7 +3,7 @@ poses and their instruction, drawn from a layout seed (held-out layouts: seeds d
 split's colour-object pairs (the built-in world's held-out pairs never occur in training).
 
 - hold and pass: the right room's door is open only while an agent stands on the switch, three cells from
-  the door in the middle room; the goal object lies beyond the door ("go to the X"). One agent must hold
+  the door in the middle room; the goal object lies beyond the door ("pick up the X"). One agent must hold
   the switch while another walks through.
 - joint placement: the left room's door opens only for agent 0, the right room's only for agent 1; "put
   the X next to the Y" with X in the left room and Y in the right one.
@@ -102,13 +102,13 @@ def _noun_phrase(pair: Int32[Array, ""]) -> Int32[Array, "3"]:
 
 def _instruction(family: Int32[Array, ""], target: Int32[Array, ""], anchor: Int32[Array, ""]) -> Int32[Array, " L"]:
     words = voc.word_to_id()
-    go_to = jnp.concatenate([jnp.array([words["go"], words["to"]], jnp.int32), _noun_phrase(target)])
+    pick_up = jnp.concatenate([jnp.array([words["pick"], words["up"]], jnp.int32), _noun_phrase(target)])
     put = jnp.concatenate([
         jnp.array([words["put"]], jnp.int32), _noun_phrase(target),
         jnp.array([words["next"], words["to"]], jnp.int32), _noun_phrase(anchor),
     ])  # fmt: skip
     pad = lambda ids: jnp.pad(ids, (0, INSTRUCTION_LENGTH - ids.shape[0]))  # noqa: E731
-    return jnp.where(family == JOINT_PLACEMENT, pad(put), pad(go_to)).astype(jnp.int32)
+    return jnp.where(family == JOINT_PLACEMENT, pad(put), pad(pick_up)).astype(jnp.int32)
 
 
 def generate(key: PRNGKeyArray, params: TeamParams, num_agents: int) -> TeamState:
