@@ -14,7 +14,10 @@ One concern per module (imports point down this list):
 - `dynamics`: one step of every agent's action, the switch's door, messages and success;
 - `render`: each agent's view (the others and the switch drawn) and the shared top-down map;
 - `expert`: the central-planner team expert;
-- `env`: `TeamEnv`, the functional env with auto-reset.
+- `env`: `TeamEnv`, the functional env with auto-reset;
+- `parallel`: `TeamParallelEnv`, a PettingZoo `ParallelEnv` (optional extra; not imported here).
+
+Training on them: `sima2 train --team` (`sima2.training.team_pipeline`).
 """
 
 from sima2.envs.team.env import TEAM_ACTION_NVEC, TEAM_PROPRIO_SIZE, TeamEnv, TeamStepInfo
