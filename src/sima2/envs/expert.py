@@ -203,6 +203,16 @@ def _turn_or(
     return jnp.where(aligned, act, turn).astype(jnp.int32)
 
 
+def drop_face_point(state: EnvState, b: Int32[Array, ""]) -> Float32[Array, "2"]:
+    """(x, y) centre of the cell a held object is dropped into from the agent's cell to lie next to object
+    `b`: the first of the four neighbours that is a drop spot."""
+    cell = jnp.floor(state.agent_pos).astype(jnp.int32)[::-1]  # (row, col)
+    spots = drop_spots(state, b)
+    spot_here = jnp.stack([_shift(spots, dr, dc, False)[cell[0], cell[1]] for dr, dc in _NEIGHBOURS])
+    spot_cell = cell + jnp.asarray(_NEIGHBOURS, jnp.int32)[jnp.argmax(spot_here)]
+    return spot_cell[::-1].astype(jnp.float32) + 0.5
+
+
 def navigate(
     state: EnvState,
     goal: Bool[Array, "GH GW"],
@@ -258,13 +268,9 @@ def navigate(
 def expert_action(state: EnvState) -> Int32[Array, "3"]:
     """The expert's action (key, look, duration) in this state."""
     _, kind, a, b = current_subgoal(state)
-    cell = jnp.floor(state.agent_pos).astype(jnp.int32)[::-1]  # (row, col)
     target_pos = entity_positions(state)[a]
     target_centre = target_pos[::-1].astype(jnp.float32) + 0.5
-    spots = drop_spots(state, b)
-    spot_here = jnp.stack([_shift(spots, dr, dc, False)[cell[0], cell[1]] for dr, dc in _NEIGHBOURS])
-    spot_cell = cell + jnp.asarray(_NEIGHBOURS, jnp.int32)[jnp.argmax(spot_here)]
-    face_point = jnp.where(kind == SUBGOAL_PUT, spot_cell[::-1].astype(jnp.float32) + 0.5, target_centre)
+    face_point = jnp.where(kind == SUBGOAL_PUT, drop_face_point(state, b), target_centre)
     act_key = jnp.stack([jnp.int32(NOOP), jnp.int32(INTERACT), jnp.int32(INTERACT), jnp.int32(DROP)])[kind]
     # Going to an entity before picking it up / opening it needs no extra key press: turning is enough.
     act_key = jnp.where(kind == SUBGOAL_GOTO, NOOP, act_key).astype(jnp.int32)

@@ -22,7 +22,7 @@ from sima2.envs.expert import (
     UNREACHABLE,
     adjacent,
     distances_at,
-    drop_spots,
+    drop_face_point,
     navigate,
     passable_grid,
     stand_cells_for_drop,
@@ -96,12 +96,9 @@ def _joint_placement(state: TeamState) -> Int32[Array, "A 3"]:
         seen = view(state, 0)
         carrying = state.bodies.carrying[0] == state.target
         fetch = _go_to(seen, target, INTERACT)  # opens its own door on the way
-        cell = jnp.floor(seen.agent_pos).astype(jnp.int32)[::-1]
-        spots = drop_spots(seen, jnp.maximum(state.anchor, 0))
-        spot_here = jnp.stack([spots[cell[0] + dr, cell[1] + dc] for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))])
-        spot = cell + jnp.array(((-1, 0), (1, 0), (0, -1), (0, 1)), jnp.int32)[jnp.argmax(spot_here)]
+        anchor = jnp.maximum(state.anchor, 0)
         place = navigate(
-            seen, stand_cells_for_drop(seen, jnp.maximum(state.anchor, 0)), _centre(spot), jnp.int32(DROP),
+            seen, stand_cells_for_drop(seen, anchor), drop_face_point(seen, anchor), jnp.int32(DROP),
             recentre_tolerance=0.2,
         )  # fmt: skip
         # The opener goes first: the placer waits where it stands until the right room is open (two bodies
