@@ -62,7 +62,12 @@ class CartPoleEnv(Env):
         return self.env.reset_env(key, params)[1]
 
     def observe(self, state, params):
-        return self.env.get_obs(state)
+        # The contract's observation: CartPole's 4 floats as proprio, and an empty image and instruction.
+        return {
+            "image": jnp.zeros((1, 1, 3), jnp.uint8),
+            "instruction": jnp.zeros((1,), jnp.int32),
+            "proprio": self.env.get_obs(state),
+        }
 
     def transition(self, key, state, action, params):
         out = self.env.step_env(key, state, action, params)
@@ -90,13 +95,14 @@ class MLPActorCritic(AbstractAgent):
         return jnp.zeros((0,), jnp.float32)
 
     def act(self, key, obs, carry, *, deterministic=False, instruction=None):
-        logits = jax.nn.log_softmax(self.actor(obs))
+        state = obs["proprio"]
+        logits = jax.nn.log_softmax(self.actor(state))
         action = jnp.argmax(logits) if deterministic else jax.random.categorical(key, logits)
         entropy = -(jnp.exp(logits) * logits).sum()
-        return action, carry, ActOutput(log_prob=logits[action], value=self.critic(obs), entropy=entropy)
+        return action, carry, ActOutput(log_prob=logits[action], value=self.critic(state), entropy=entropy)
 
     def observation_features(self, obs, instruction=None):
-        return obs
+        return obs["proprio"]
 
     def instruction_features(self, instruction):
         return None  # no instruction
