@@ -150,6 +150,9 @@ class DataConfig:
     shuffle: bool = True
     prefetch: int = 2
     on_invalid: str = "raise"  # "raise" or "drop" (dropped rows are logged with their index)
+    # Rows with an empty instruction are valid (an agent that is not told the task, as split knowledge's
+    # listener); otherwise they are refused as bad rows.
+    allow_empty_instructions: bool = False
     # Episodes (the ones with the largest `episode_id`s) kept out of behaviour cloning and scored by greedy
     # action accuracy every `checkpoint.every` updates and at the end (`sima2.training.validation`).
     validation_episodes: int = 0

@@ -27,11 +27,13 @@ def validate_rows(
     proprio_size: int | None = None,
     touch_size: int | None = None,
     chunk_size: int = 256,
+    allow_empty_instructions: bool = False,
 ) -> list[tuple[int, str]]:
     """Every bad row as `(index, problem)`: wrong image shape, out-of-range or mis-sized action, empty
-    instruction, instruction ids missing or outside `[0, vocab_size)`, proprioception or touch missing,
-    non-finite or of another length than `proprio_size` / `touch_size` (default: the first row's), or a
-    missing episode/step id. An empty list means the dataset is clean."""
+    instruction (unless `allow_empty_instructions`: data of agents that are not told the task), instruction
+    ids missing or outside `[0, vocab_size)`, proprioception or touch missing, non-finite or of another length
+    than `proprio_size` / `touch_size` (default: the first row's), or a missing episode/step id. An empty list
+    means the dataset is clean."""
     image_shape, action_nvec = tuple(image_shape), tuple(action_nvec)
     sizes = {"proprio": proprio_size, "touch": touch_size}
     problems: list[tuple[int, str]] = []
@@ -49,7 +51,7 @@ def validate_rows(
             elif any(not 0 <= a < n for a, n in zip(action, action_nvec, strict=True)):
                 problems.append((index, f"action {list(action)} out of range for {list(action_nvec)}"))
             text = rows["instruction"][offset]
-            if text is None or not str(text).strip():
+            if text is None or (not allow_empty_instructions and not str(text).strip()):
                 problems.append((index, "empty instruction"))
             if "instruction_ids" in rows:
                 ids = rows["instruction_ids"][offset]
@@ -92,6 +94,7 @@ def check_dataset(
     vocab_size: int | None = None,
     proprio_size: int | None = None,
     touch_size: int | None = None,
+    allow_empty_instructions: bool = False,
 ) -> datasets.Dataset:
     """Validate (see `validate_rows`); with `on_invalid="raise"` bad rows raise a ValueError listing them,
     with `"drop"` they are logged with their index and removed, together with the rest of their episode
@@ -106,6 +109,7 @@ def check_dataset(
         vocab_size=vocab_size,
         proprio_size=proprio_size,
         touch_size=touch_size,
+        allow_empty_instructions=allow_empty_instructions,
     )
     if not problems:
         return dataset

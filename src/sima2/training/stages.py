@@ -155,6 +155,7 @@ def train_bc(
         vocab_size=vocab_size,
         proprio_size=proprio_size,
         touch_size=touch_size,
+        allow_empty_instructions=config.data.allow_empty_instructions,
     )
     if precompute_instructions:
         features = frozen_instruction_features(agent, dataset, longest_instruction(dataset))
