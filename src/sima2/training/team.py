@@ -9,7 +9,8 @@ world: the shared policy is cloned on every agent's view), and the team metrics.
 A cooperation figure means something only against partners the agent never trained with and when one agent
 alone cannot succeed, so `evaluate_team` scores, per family and split, the first episode of each world:
 self-play (the agent in every slot), cross-play with the scripted team expert as the partner (the agent in
-one slot, both roles), and solo (the partner stands still and stays silent: about 0 by construction).
+one slot, both roles), and solo (the partner stands still and stays silent: 0 by construction, except
+that split knowledge's listener alone may guess right, at most once in 20 episodes).
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def _step_info(info: Any, state: Any, done: Bool[Array, " E"], num_agents: int) 
     streams = done.shape[0] * num_agents
     nan, false = jnp.full((streams,), jnp.nan, jnp.float32), jnp.zeros((streams,), bool)
     return StepInfo(
-        terminated=per_agent(info.success),
-        truncated=per_agent(done & ~info.success),
+        terminated=per_agent(info.success | info.failure),
+        truncated=per_agent(done & ~info.success & ~info.failure),
         success=per_agent(info.success),
         invalid_move=info.invalid_move.reshape(-1),
         contact=state.bodies.contact.reshape(-1),

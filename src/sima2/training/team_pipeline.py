@@ -73,6 +73,7 @@ def team_run_config(preset: str = "cpu-small", overrides: Sequence[str] = ()) ->
             bc.optim, decay_steps=updates, warmup_steps=min(bc.optim.warmup_steps, updates // 10)
         ),
         checkpoint=dataclasses.replace(bc.checkpoint, every=min(bc.checkpoint.every, max(1, updates // 3))),
+        data=dataclasses.replace(bc.data, allow_empty_instructions=True),  # split knowledge's listener
     )  # fmt: skip
     ppo = TrainConfig(stage="ppo", num_updates=0, ppo=PPOConfig(num_envs=1, rollout_length=32, num_minibatches=1))
     return apply_overrides(TeamRunConfig(preset=preset, bc=bc, ppo=ppo), list(overrides))

@@ -11,7 +11,7 @@ One concern per module (imports point down this list):
 - `state`: families, the message channel, `TeamParams`, `TeamState`, and one agent's view as the built-in
   world's `EnvState` (so its physics, senses, renderer and expert serve every agent);
 - `generation`: a fresh world of a family (layout, doors, switch, objects, instruction);
-- `dynamics`: one step of every agent's action, the switch's door, messages and success;
+- `dynamics`: one step of every agent's action, the switch's door, messages, success and failure;
 - `render`: each agent's view (the others and the switch drawn) and the shared top-down map;
 - `expert`: the central-planner team expert;
 - `env`: `TeamEnv`, the functional env with auto-reset;

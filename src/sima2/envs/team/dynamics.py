@@ -1,5 +1,5 @@
 """One decision step of a team world: every agent's held action in turn (index order) through the built-in
-world's physics on that agent's view, the switch's door, the messages, and the team's success.
+world's physics on that agent's view, the switch's door, the messages, and the team's success or failure.
 
 Bodies collide (a move may not push into another body); the switch's door is
 open exactly while an agent stands on the switch, and closing pushes a body out of its frame; a
@@ -15,10 +15,10 @@ from jaxtyping import Array, Bool, Int32
 
 from sima2.envs.team.state import (
     HOLD_AND_PASS,
-    JOINT_PLACEMENT,
     MESSAGE_VOCAB,
     OWNER_ANYONE,
     OWNER_SWITCH,
+    SPLIT_KNOWLEDGE,
     Bodies,
     TeamState,
     switch_pressed,
@@ -86,13 +86,23 @@ def team_physics(state: TeamState, actions: Int32[Array, "A 4"]) -> tuple[TeamSt
     return eqx.tree_at(lambda s: (s.said, s.time), state, (said, state.time + 1)), invalid
 
 
-def team_success(state: TeamState) -> Bool[Array, ""]:
-    """Hold and pass: an agent holds the target. Joint placement: the target lies next to the anchor, held by
-    nobody."""
-    target, anchor = state.target, jnp.maximum(state.anchor, 0)
-    held = jnp.any(state.bodies.carrying == target)
-    placed = ~held & (jnp.sum(jnp.abs(state.obj_pos[target] - state.obj_pos[anchor])) == 1)
-    return jnp.where(state.family == HOLD_AND_PASS, held, (state.family == JOINT_PLACEMENT) & placed)
+def team_success(before: TeamState, after: TeamState) -> Bool[Array, ""]:
+    """Whether a step completed the task. Hold and pass: an agent holds the target. Joint placement and split
+    knowledge: the target was dropped next to the anchor in this step."""
+    target, anchor = after.target, jnp.maximum(after.anchor, 0)
+    held = jnp.any(after.bodies.carrying == target)
+    dropped = jnp.any(before.bodies.carrying == target) & ~held
+    placed = dropped & (jnp.sum(jnp.abs(after.obj_pos[target] - after.obj_pos[anchor])) == 1)
+    return jnp.where(after.family == HOLD_AND_PASS, held, placed)
 
 
-__all__ = ["team_physics", "team_success"]
+def team_failure(before: TeamState, after: TeamState) -> Bool[Array, ""]:
+    """Split knowledge ends in failure when an agent picks up any object but the target, or drops the target
+    anywhere but next to the anchor: a listener that guesses succeeds at most once in 5 x 4 = 20 episodes."""
+    carrying = after.bodies.carrying
+    wrong_pick = jnp.any((carrying >= 0) & (carrying != after.target))
+    dropped = jnp.any(before.bodies.carrying == before.target) & ~jnp.any(carrying == after.target)
+    return (after.family == SPLIT_KNOWLEDGE) & (wrong_pick | (dropped & ~team_success(before, after)))
+
+
+__all__ = ["team_failure", "team_physics", "team_success"]

@@ -5,9 +5,10 @@ Every agent observes its own first-person image, instruction, proprio and touch 
 every observation array). Its proprio is the world's (motion, heading, what it holds), then its agent
 index (one-hot over `MAX_AGENTS`: one shared policy can tell the roles apart), then the tokens the others
 said in the previous step (counts over `MESSAGE_VOCAB`). Actions are the world's (key, look, duration)
-plus a message token. The team shares one reward, +1 when its task is done; an episode ends then, or at
-the family's step limit. `step` resets a finished world itself (the observation is then the new episode's
-first), as the single-agent `Env` does.
+plus a message token. The team shares one reward, +1 when its task is done; an episode ends then, when
+the task has failed for good (split knowledge's wrong object), or at the family's step limit. `step`
+resets a finished world itself (the observation is then the new episode's first), as the single-agent `Env`
+does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from jaxtyping import Array, Bool, Float32, Int32, PRNGKeyArray
 
 from sima2.contract import ActionSpec, ArraySpec, EnvSpec, ObservationSpec
 from sima2.envs import vocabulary as voc
-from sima2.envs.team.dynamics import team_physics, team_success
+from sima2.envs.team.dynamics import team_failure, team_physics, team_success
 from sima2.envs.team.generation import generate
 from sima2.envs.team.render import render_agent, render_team_topdown
 from sima2.envs.team.state import (
@@ -44,6 +45,7 @@ class TeamStepInfo(eqx.Module):
     """What one team step reports (before an auto-reset: the finished episode's last step)."""
 
     success: Bool[Array, ""]
+    failure: Bool[Array, ""]  # the episode ended early without success (split knowledge: a wrong object)
     invalid_move: Bool[Array, " A"]
     family: Int32[Array, ""]
     elapsed_steps: Int32[Array, ""]
@@ -124,11 +126,14 @@ class TeamEnv(eqx.Module):
                 f"message per agent), got {actions.shape}"
             )
         high = jnp.asarray(TEAM_ACTION_NVEC, jnp.int32) - 1
+        before = state
         state, invalid = team_physics(state, jnp.clip(actions.astype(jnp.int32), 0, high))
-        success = team_success(state)
+        success, failure = team_success(before, state), team_failure(before, state)
         limit = jnp.where(params.max_steps > 0, params.max_steps, jnp.asarray(FAMILY_MAX_STEPS)[state.family])
-        done = success | (state.time >= limit)
-        info = TeamStepInfo(success=success, invalid_move=invalid, family=state.family, elapsed_steps=state.time)
+        done = success | failure | (state.time >= limit)
+        info = TeamStepInfo(
+            success=success, failure=failure, invalid_move=invalid, family=state.family, elapsed_steps=state.time
+        )
         return state, jnp.full((self.num_agents,), success.astype(jnp.float32)), done, info
 
     def step(

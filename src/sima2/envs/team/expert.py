@@ -8,10 +8,18 @@ others are solid and doors it may not open are locked).
   is open, agent 0 opens the left room's door, picks up the target, and drops it next to the anchor.
   Any further agents stay put.
 
-Messages stay silent: neither family needs them.
+- split knowledge: agent 0, the one told the task, stays where it is and speaks; agent 1 acts on what it
+  hears only (so alone it waits). The speaker says the target's colour until it hears "holding", then the
+  anchor's colour. The listener opens its door and, empty-handed, fetches the object of the colour it
+  hears; holding it, it says "holding" and drops it next to the object of the colour it hears (after the
+  colour of what it holds, which it still hears for one step). Any further agents stay put.
+
+Only split knowledge speaks; in the other families every agent is silent.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +35,15 @@ from sima2.envs.expert import (
     passable_grid,
     stand_cells_for_drop,
 )
-from sima2.envs.team.state import GRID_ROWS, HOLD_AND_PASS, MIDDLE_ROOM, TeamState, agent_cells, view
+from sima2.envs.team.state import (
+    COLOUR_TOKENS,
+    GRID_ROWS,
+    HOLDING_TOKEN,
+    MIDDLE_ROOM,
+    TeamState,
+    agent_cells,
+    view,
+)
 from sima2.envs.world import DOOR_OPEN, DROP, INTERACT, LOOK_CENTRE, NOOP, EnvState
 
 _STAY = jnp.array([NOOP, LOOK_CENTRE, 0], jnp.int32)
@@ -126,11 +142,41 @@ def _joint_placement(state: TeamState) -> Int32[Array, "A 3"]:
     return jnp.stack(roles).astype(jnp.int32)
 
 
+def _split_knowledge(state: TeamState) -> Int32[Array, "A 4"]:
+    colour_token = lambda obj: jnp.asarray(COLOUR_TOKENS)[state.obj_colour[obj]]  # noqa: E731
+    anchor = jnp.maximum(state.anchor, 0)
+    speaker_says = jnp.where(state.said[1] == HOLDING_TOKEN, colour_token(anchor), colour_token(state.target))
+
+    seen = view(state, 1)
+    heard = state.said[0]
+    named = state.obj_valid & (jnp.asarray(COLOUR_TOKENS)[state.obj_colour] == heard)
+    obj = jnp.argmax(named)
+    carrying = state.bodies.carrying[1]
+    door = state.door_pos[1]
+    fetch = _go_to(seen, state.obj_pos[obj], INTERACT)
+    place = navigate(
+        seen, stand_cells_for_drop(seen, obj), drop_face_point(seen, obj), jnp.int32(DROP), recentre_tolerance=0.2
+    )
+    empty_handed = jnp.where(
+        state.door_state[1] != DOOR_OPEN, _go_to(seen, door, INTERACT), jnp.where(jnp.any(named), fetch, _STAY)
+    )
+    holding = jnp.where(jnp.any(named) & (obj != carrying), place, _STAY)
+    listener = jnp.where(carrying >= 0, holding, empty_handed)
+    listener_says = jnp.where(carrying >= 0, HOLDING_TOKEN, 0)
+
+    moves = jnp.stack([_STAY, listener] + [_STAY] * (state.num_agents - 2))
+    says = jnp.zeros((state.num_agents,), jnp.int32).at[:2].set(jnp.stack([speaker_says, listener_says]))
+    return jnp.concatenate([moves, says[:, None]], axis=1).astype(jnp.int32)
+
+
+def _silent(moves: Callable[[TeamState], Int32[Array, "A 3"]]) -> Callable[[TeamState], Int32[Array, "A 4"]]:
+    return lambda state: jnp.concatenate([moves(state), jnp.zeros((state.num_agents, 1), jnp.int32)], axis=1)
+
+
 def team_expert_actions(state: TeamState) -> Int32[Array, "A 4"]:
     """Every agent's expert action (key, look, duration, message) in this state."""
-    moves = jax.lax.cond(state.family == HOLD_AND_PASS, _hold_and_pass, _joint_placement, state)
-    silent = jnp.zeros((state.num_agents, 1), jnp.int32)
-    return jnp.concatenate([moves, silent], axis=1)
+    families = [_silent(_hold_and_pass), _silent(_joint_placement), _split_knowledge]  # in FAMILIES' order
+    return jax.lax.switch(state.family, families, state)
 
 
 __all__ = ["team_expert_actions"]

@@ -7,6 +7,9 @@ split's colour-object pairs (the built-in world's held-out pairs never occur in 
   the switch while another walks through.
 - joint placement: the left room's door opens only for agent 0, the right room's only for agent 1; "put
   the X next to the Y" with X in the left room and Y in the right one.
+- split knowledge: only agent 0 is told "put the X next to the Y" (the others' instructions are empty);
+  both lie among five objects of five different colours in the right room, whose door opens only for agent
+  1. A colour names each object there, so the message channel can carry the task.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sima2.envs.team.state import (
     NUM_OBJECTS,
     OWNER_SWITCH,
     RIGHT_ROOM,
+    SPLIT_KNOWLEDGE,
     WALL_COLUMNS,
     Bodies,
     TeamParams,
@@ -63,21 +67,18 @@ def _approachable(
     cells: Int32[Array, "N 2"],
     valid: Bool[Array, " N"],
     entrances: Int32[Array, "2 2"],
-    hold: Bool[Array, ""],
+    family: Int32[Array, ""],
 ) -> Bool[Array, ""]:
-    """Whether the target (object 0) and, in joint placement, the anchor (object 1) each have a free neighbour
-    reachable from their room's doorway (hold and pass: all objects lie in the right room)."""
-    blocked = wall.at[cells[:, 0], cells[:, 1]].max(valid)
-    free = ~blocked
+    """Whether the target (object 0) and the anchor (object 1, where there is one) each have a free neighbour
+    reachable from a doorway, and the target does not lie next to the anchor already. (One search from both
+    doorways: it runs for every placement tried at every reset.)"""
+    free = ~wall.at[cells[:, 0], cells[:, 1]].max(valid)
     steps = jnp.array(((-1, 0), (1, 0), (0, -1), (0, 1)), jnp.int32)
-
-    def reachable(obj: int, entrance: Int32[Array, "2"]) -> Bool[Array, ""]:
-        near = cells[obj][None] + steps
-        distance = distances_at(jnp.zeros_like(wall).at[entrance[0], entrance[1]].set(True), free, near)
-        return jnp.any(distance < UNREACHABLE)
-
-    target_room = jnp.where(hold, entrances[1], entrances[0])
-    return reachable(0, target_room) & (hold | reachable(1, entrances[1]))
+    near = jnp.concatenate([cells[0][None] + steps, cells[1][None] + steps])
+    doorways = jnp.zeros_like(wall).at[entrances[:, 0], entrances[:, 1]].set(True)
+    reached = (distances_at(doorways, free, near) < UNREACHABLE).reshape(2, 4).any(axis=1)
+    apart = jnp.sum(jnp.abs(cells[0] - cells[1])) > 1
+    return reached[0] & ((family == HOLD_AND_PASS) | (reached[1] & apart))
 
 
 def _pairs(key: PRNGKeyArray, split: Int32[Array, ""]) -> Int32[Array, " N"]:
@@ -90,6 +91,20 @@ def _pairs(key: PRNGKeyArray, split: Int32[Array, ""]) -> Int32[Array, " N"]:
     rest_allowed = ~held_out & (jnp.arange(NUM_PAIRS) != target)
     priority = jax.random.uniform(k_rest, (NUM_PAIRS,)) + jnp.where(rest_allowed, 0.0, 2.0)
     return jnp.concatenate([target[None], jnp.argsort(priority)[: NUM_OBJECTS - 1]]).astype(jnp.int32)
+
+
+def _distinct_colour_pairs(key: PRNGKeyArray, split: Int32[Array, ""]) -> Int32[Array, " N"]:
+    """As `_pairs`, every object of another colour (so a colour names each): the target as `_pairs` draws it,
+    then the other colours in random order, each with an object type that makes no held-out pair."""
+    held_out = jnp.asarray(HELDOUT_PAIR_MASK).reshape(-1, len(voc.COLOURS))  # [type, colour]
+    k_target, k_colours, k_types = jax.random.split(key, 3)
+    target = _pairs(k_target, split)[0]
+    colours = jnp.arange(len(voc.COLOURS))
+    priority = jax.random.uniform(k_colours, colours.shape) + jnp.where(colours == target % len(voc.COLOURS), 2.0, 0.0)
+    others = jnp.argsort(priority)[: NUM_OBJECTS - 1]
+    type_priority = jax.random.uniform(k_types, (NUM_OBJECTS - 1, held_out.shape[0])) - held_out[:, others].T
+    types = jnp.argmax(type_priority, axis=1)
+    return jnp.concatenate([target[None], types * len(voc.COLOURS) + others]).astype(jnp.int32)
 
 
 def _noun_phrase(pair: Int32[Array, ""]) -> Int32[Array, "3"]:
@@ -108,7 +123,7 @@ def _instruction(family: Int32[Array, ""], target: Int32[Array, ""], anchor: Int
         jnp.array([words["next"], words["to"]], jnp.int32), _noun_phrase(anchor),
     ])  # fmt: skip
     pad = lambda ids: jnp.pad(ids, (0, INSTRUCTION_LENGTH - ids.shape[0]))  # noqa: E731
-    return jnp.where(family == JOINT_PLACEMENT, pad(put), pad(pick_up)).astype(jnp.int32)
+    return jnp.where(family == HOLD_AND_PASS, pad(pick_up), pad(put)).astype(jnp.int32)
 
 
 def generate(key: PRNGKeyArray, params: TeamParams, num_agents: int) -> TeamState:
@@ -129,7 +144,7 @@ def generate(key: PRNGKeyArray, params: TeamParams, num_agents: int) -> TeamStat
     door_rows = jax.random.randint(k_doors, (2,), 1, GRID_ROWS - 1)
     door_pos = jnp.stack([door_rows, jnp.asarray(WALL_COLUMNS)], axis=1).astype(jnp.int32)
     hold = family == HOLD_AND_PASS
-    door_valid = jnp.stack([~hold, jnp.bool_(True)])  # hold and pass: the left wall has no door
+    door_valid = jnp.stack([family == JOINT_PLACEMENT, jnp.bool_(True)])  # only joint placement's left room
     wall = np.zeros((GRID_ROWS, GRID_COLS), bool)
     wall[0, :] = wall[-1, :] = wall[:, 0] = wall[:, -1] = True
     wall[:, list(WALL_COLUMNS)] = True
@@ -146,24 +161,34 @@ def generate(key: PRNGKeyArray, params: TeamParams, num_agents: int) -> TeamStat
     switch = jnp.where(hold, jnp.stack([switch_row, jnp.int32(MIDDLE_ROOM[0])]), -1).astype(jnp.int32)
     # Objects away from the doorways: the target (and the anchor) and distractors.
     entrances = jnp.stack([door_pos[0] + jnp.array([0, -1]), door_pos[1] + jnp.array([0, 1])])
-    obj_valid = jnp.where(hold, jnp.array([True, True, True, False]), jnp.ones((NUM_OBJECTS,), bool))
+    obj_valid = jnp.arange(NUM_OBJECTS) < jnp.asarray((3, 4, 5))[family]
 
     def objects(key: PRNGKeyArray) -> Int32[Array, "N 2"]:
-        # hold and pass: target and two distractors in the right room, one object slot empty; joint
-        # placement: target and a distractor on the left, anchor and a distractor on the right.
+        # hold and pass: target and two distractors in the right room; joint placement: target and a
+        # distractor on the left, anchor and a distractor on the right; split knowledge: all five on the
+        # right. The slots a family leaves empty are marked invalid.
         k_left, k_right = jax.random.split(key)
-        left, right = _draw_cells(k_left, _LEFT, 2, entrances), _draw_cells(k_right, _RIGHT, 3, entrances)
-        return jnp.where(hold, jnp.stack([right[0], right[1], right[2], left[1]]),
-                         jnp.stack([left[0], right[0], left[1], right[1]]))  # fmt: skip
+        left, right = _draw_cells(k_left, _LEFT, 2, entrances), _draw_cells(k_right, _RIGHT, 5, entrances)
+        # Split knowledge's anchor: the first of the others that is not next to the target.
+        far = 1 + jnp.argmax(jnp.sum(jnp.abs(right[1:] - right[0]), axis=1) > 1)
+        by_family = jnp.stack([
+            jnp.stack([right[0], right[1], right[2], left[0], left[1]]),
+            jnp.stack([left[0], right[0], left[1], right[1], right[2]]),
+            right.at[1].set(right[far]).at[far].set(right[1]),
+        ])  # fmt: skip
+        return by_family[family]
 
     # Objects can wall one another in: of a few drawn placements, the first where the target and the anchor
     # can be walked up to from their room's doorway.
     candidates = jax.vmap(objects)(jax.random.split(k_objects, _PLACEMENT_TRIES))
-    valid = jax.vmap(lambda cells: _approachable(wall, cells, obj_valid, entrances, hold))(candidates)
+    valid = jax.vmap(lambda cells: _approachable(wall, cells, obj_valid, entrances, family))(candidates)
     obj_pos = candidates[jnp.argmax(valid)]
-    pairs = _pairs(jax.random.fold_in(key, _PAIR_STREAM), params.split)
+    k_pairs = jax.random.fold_in(key, _PAIR_STREAM)
+    split_knowledge = family == SPLIT_KNOWLEDGE
+    pairs = jnp.where(split_knowledge, _distinct_colour_pairs(k_pairs, params.split), _pairs(k_pairs, params.split))
     target, anchor = jnp.int32(0), jnp.where(hold, -1, 1).astype(jnp.int32)
-    instruction = _instruction(family, pairs[0], pairs[1])
+    told = jnp.where(split_knowledge, jnp.arange(num_agents) == 0, True)  # who is told the instruction
+    instruction = jnp.where(told[:, None], _instruction(family, pairs[0], pairs[1])[None], voc.PAD_ID)
 
     # Agents start in the middle room, off the switch and the doorways' approach cells.
     approach = jnp.stack([door_pos[0] + jnp.array([0, 1]), door_pos[1] + jnp.array([0, -1]), switch])
@@ -195,7 +220,7 @@ def generate(key: PRNGKeyArray, params: TeamParams, num_agents: int) -> TeamStat
         switch=switch,
         bodies=bodies,
         said=jnp.zeros((num_agents,), jnp.int32),
-        instruction=jnp.broadcast_to(instruction, (num_agents, INSTRUCTION_LENGTH)),
+        instruction=instruction.astype(jnp.int32),
         family=family,
         target=target,
         anchor=anchor,

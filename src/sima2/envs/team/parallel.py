@@ -93,11 +93,11 @@ class TeamParallelEnv(ParallelEnv):
                     f"{agent}'s action {action.tolist()} is not in MultiDiscrete({list(TEAM_ACTION_NVEC)})"
                 )
         self._state, rewards, done, info = self._transition(self._state, jnp.asarray(stacked, jnp.int32), self.params)
-        success, elapsed = bool(info.success), int(info.elapsed_steps)
+        success, failure, elapsed = bool(info.success), bool(info.failure), int(info.elapsed_steps)
         rewards = {agent: float(r) for agent, r in zip(self.possible_agents, np.asarray(rewards), strict=True)}
-        terminated = {agent: success for agent in self.agents}
-        truncated = {agent: bool(done) and not success for agent in self.agents}
-        infos = {agent: {"success": success, "elapsed_steps": elapsed} for agent in self.agents}
+        terminated = {agent: success or failure for agent in self.agents}
+        truncated = {agent: bool(done) and not (success or failure) for agent in self.agents}
+        infos = {agent: {"success": success, "failure": failure, "elapsed_steps": elapsed} for agent in self.agents}
         observations = self._split(self._observe(self._state))
         if bool(done):
             self.agents = []

@@ -15,10 +15,10 @@ from sima2.envs import vocabulary as voc
 from sima2.envs.world import DOOR_LOCKED, DOOR_OPEN, MAX_PLAN, NUM_STAGES, EnvState
 
 # Families, each impossible for one agent by construction.
-FAMILIES = ("hold_and_pass", "joint_placement")
-HOLD_AND_PASS, JOINT_PLACEMENT = range(len(FAMILIES))
+FAMILIES = ("hold_and_pass", "joint_placement", "split_knowledge")
+HOLD_AND_PASS, JOINT_PLACEMENT, SPLIT_KNOWLEDGE = range(len(FAMILIES))
 # Decision steps before an episode is truncated, per family (the team expert needs at most about half).
-FAMILY_MAX_STEPS = (64, 128)
+FAMILY_MAX_STEPS = (64, 128, 96)
 SPLITS = ("train", "heldout_layouts", "heldout_pairs")
 TRAIN, HELDOUT_LAYOUTS, HELDOUT_PAIRS = range(len(SPLITS))
 
@@ -26,6 +26,11 @@ MAX_AGENTS = 4
 # The message channel: one token per step from this vocabulary (0: silence) as a fourth action factor; each
 # agent hears the tokens the others said in the previous step.
 MESSAGE_VOCAB = 8
+# What the tokens mean where a family gives them a meaning (split knowledge): a colour (token colour + 1),
+# and "holding it".
+COLOUR_TOKENS = tuple(range(1, len(voc.COLOURS) + 1))
+HOLDING_TOKEN = MESSAGE_VOCAB - 1
+assert len(voc.COLOURS) < HOLDING_TOKEN, "the message vocabulary must hold a token per colour and 'holding'"
 # Door owners: any agent may toggle (an ordinary door), or only while an agent stands on the switch, or
 # only agent i (0 <= i < MAX_AGENTS).
 OWNER_ANYONE, OWNER_SWITCH = -1, -2
@@ -35,7 +40,7 @@ OWNER_ANYONE, OWNER_SWITCH = -1, -2
 GRID_ROWS, GRID_COLS = 7, 13
 LEFT_ROOM, MIDDLE_ROOM, RIGHT_ROOM = (1, 3), (5, 7), (9, 11)  # first and last column
 WALL_COLUMNS = (4, 8)
-NUM_OBJECTS = 4
+NUM_OBJECTS = 5  # object slots; a family leaves the ones it does not use empty
 INSTRUCTION_LENGTH = voc.MAX_INSTRUCTION_LENGTH
 
 
@@ -178,8 +183,10 @@ def view(state: TeamState, agent: int | Int32[Array, ""], *, others_solid: bool 
 
 
 __all__ = [
+    "COLOUR_TOKENS",
     "FAMILIES",
     "FAMILY_MAX_STEPS",
+    "HOLDING_TOKEN",
     "HOLD_AND_PASS",
     "JOINT_PLACEMENT",
     "MAX_AGENTS",
@@ -187,6 +194,7 @@ __all__ = [
     "OWNER_ANYONE",
     "OWNER_SWITCH",
     "SPLITS",
+    "SPLIT_KNOWLEDGE",
     "Bodies",
     "TeamParams",
     "TeamState",
