@@ -2,8 +2,9 @@
 moves each along a shortest path with the built-in world's `navigate` (on that agent's view, where the
 others are solid and doors it may not open are locked).
 
-- hold and pass: the agent on the switch, or else the one nearest to it, holds it; another walks through
-  the door and picks up the target (waiting by the door while it is shut). Any further agents stay put.
+- hold and pass: agent 0 holds the switch (agent 1 does if it already stands on it); the other walks
+  through the door and picks up the target (waiting by the door while it is shut). Any further agents
+  stay put.
 - joint placement: agent 1 opens the right room's door and then stands aside in the middle room; once it
   is open, agent 0 opens the left room's door, picks up the target, and drops it next to the anchor.
   Any further agents stay put.
@@ -78,14 +79,10 @@ def _wait_by_door(seen: EnvState, door: Int32[Array, "2"]) -> Int32[Array, "3"]:
 
 
 def _hold_and_pass(state: TeamState) -> Int32[Array, "A 3"]:
-    cells = agent_cells(state)
-    on_switch = jnp.all(cells == state.switch[None], axis=-1)
-    to_switch = jnp.stack([
-        distances_at(_cell_mask(state.wall.shape, state.switch), passable_grid(view(state, a)), cells[a][None])[0]
-        for a in range(state.num_agents)
-    ])  # fmt: skip
-    holder = jnp.where(jnp.any(on_switch), jnp.argmax(on_switch), jnp.argmin(to_switch))
-    passer = jnp.where(holder == 0, 1, 0)
+    # Roles by index (a shared policy reads its index), unless the partner already stands on the switch.
+    on_switch = jnp.all(agent_cells(state) == state.switch[None], axis=-1)
+    holder = jnp.where(on_switch[1] & ~on_switch[0], 1, 0)
+    passer = 1 - holder
     door = state.door_pos[1]
     target = state.obj_pos[state.target]
 
