@@ -141,3 +141,10 @@ def test_team_job_writes_its_run_folder(tmp_path):
         assert (tmp_path / "gifs" / f"{family}.gif").stat().st_size > 0
     for folder in ("bc/final", "ppo/final", "final"):
         assert Agent.from_pretrained(tmp_path / folder).config.policy.action_nvec == TEAM_ACTION_NVEC
+    # `sima2 eval` on the run folder: the run's seed gives its figures again; the other figures stay.
+    from sima2.cli import main
+
+    (tmp_path / "eval.json").write_text(json.dumps({**summary, "families": {}}))
+    assert main(["eval", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text()) == summary
+    assert main(["eval", str(tmp_path), "--episodes", "0"]) == 2  # refused with one line naming --episodes

@@ -170,6 +170,20 @@ def gym_make(env_id: str) -> Any:
     return gymnasium.make(env_id)
 
 
+def _eval_team(args: argparse.Namespace) -> int:
+    """`sima2 eval RUN` on a team run: the team metrics again, into its eval.json."""
+    from sima2.training.team_pipeline import evaluate_team_run
+
+    if args.episodes is not None and args.episodes < 1:
+        raise ValueError(f"--episodes must be positive, got {args.episodes}")
+    summary = evaluate_team_run(args.run, num_worlds=args.episodes, seed=args.seed)
+    for name, figures in summary["families"].items():
+        print(f"{name}: self-play {figures['self_play']:.3f}, cross-play {figures['cross_play']:.3f}, "
+              f"solo {figures['solo']:.3f}")  # fmt: skip
+    print(f"wrote {Path(args.run) / 'eval.json'}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import jax
 
@@ -177,6 +191,10 @@ def _eval(args: argparse.Namespace) -> int:
     run = json.loads(pipeline.read_text()) if pipeline.is_file() else {}
     if args.env is not None or "expert" in run:  # a gymnasium env, or a run trained on one (`train --env`)
         return _eval_gym(args, run)
+    from sima2.training.team_pipeline import TEAM_JOB
+
+    if run.get("job") == TEAM_JOB:
+        return _eval_team(args)
 
     import sima2.envs as envs
     from sima2.policy import Agent
@@ -356,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate a run folder's final agent on every split; write eval.json and the report"
     )
     evaluate.add_argument("run", help="run folder written by `sima2 train`")
-    evaluate.add_argument("--episodes", type=int, default=None, help="episodes per split (default: the run's)")
+    evaluate.add_argument("--episodes", type=int, default=None, help="episodes per split (default: the run's; a "
+                          "team run: worlds per family, split and partner)")
     evaluate.add_argument("--seed", type=int, default=None, help="default: the run's training seed")
     evaluate.add_argument("--no-report", action="store_true", help="only eval.json: no plots, GIFs or summary")
     evaluate.add_argument("--env", default=None, help="evaluate on this gymnasium env id (default for a run of "

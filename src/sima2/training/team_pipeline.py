@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from sima2.envs.team import FAMILIES, TeamEnv
+from sima2.interop.pretrained import atomic_write
 from sima2.training.config import PPOConfig, TrainConfig, apply_overrides, config_to_dict
 from sima2.training.data import load_demonstrations, save_demonstrations
 from sima2.training.host_rollout import make_host_ppo
@@ -34,6 +35,7 @@ from sima2.training.stages import run_stage, train_bc
 from sima2.training.team import compiled_team_rollout, evaluate_team, record_team_demonstrations
 
 log = logging.getLogger("sima2.training")
+TEAM_JOB = "team"  # `pipeline.json`'s "job" in a team run folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +105,8 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
     image_size = int(preset_named(config.preset).vision["image_size"])
     env = TeamEnv(config.num_agents, image_size)
     params = env.default_params(config.family)
-    record = config_to_dict(config)
-    (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str))
+    record = {"job": TEAM_JOB, **config_to_dict(config)}
+    atomic_write(out / "pipeline.json", lambda p: Path(p).write_text(json.dumps(record, indent=2, default=str)))
     demo_folder = out / "demonstrations"
     if resume and any((demo_folder / "data").glob("train-*.parquet")):
         dataset = load_demonstrations(str(demo_folder), cache_dir=str(out / ".cache"))
@@ -146,8 +148,38 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
         "demonstration_episodes": len(set(dataset["episode_id"])),
         "demonstration_steps": len(dataset),
     }
-    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_json(out / "eval.json", summary)
     return summary
 
 
-__all__ = ["TeamRunConfig", "team_run_config", "train_team"]
+def evaluate_team_run(run: str | Path, *, num_worlds: int | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Evaluate a team run folder's final agent again (`sima2 eval RUN` on a team run): the team metrics per
+    family and split replace `families` in its `eval.json`; the run's other figures (the untrained agent,
+    the demonstrations) stay. `num_worlds` per family, split and partner (default: the run's `eval_worlds`),
+    `seed` (default: the run's, which gives its figures again)."""
+    from sima2.policy.agent import Agent
+    from sima2.presets import preset as preset_named
+
+    folder = Path(run)
+    pipeline = folder / "pipeline.json"
+    run_config = json.loads(pipeline.read_text()) if pipeline.is_file() else {}
+    if run_config.get("job") != TEAM_JOB:
+        raise ValueError(f"{folder} is not a team run folder (what `sima2 train --team --out {folder}` writes)")
+    num_worlds = run_config["eval_worlds"] if num_worlds is None else num_worlds
+    if num_worlds < 1:
+        raise ValueError(f"num_worlds must be >= 1, got {num_worlds}")
+    seed = run_config["seed"] if seed is None else seed
+    agent = Agent.from_pretrained(folder / "final")
+    env = TeamEnv(run_config["num_agents"], int(preset_named(run_config["preset"]).vision["image_size"]))
+    metrics = evaluate_team(agent, env, jax.random.key(seed + 2), num_worlds=num_worlds)
+    summary = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
+    summary["families"] = metrics
+    _write_json(folder / "eval.json", summary)
+    return summary
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
+
+
+__all__ = ["TEAM_JOB", "TeamRunConfig", "evaluate_team_run", "team_run_config", "train_team"]
