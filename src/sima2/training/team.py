@@ -281,10 +281,14 @@ def evaluate_team(
     num_worlds: int = 128,
     deterministic: bool = True,
     splits: Sequence[str] = SPLITS,
+    families: Sequence[str] = FAMILIES,
 ) -> dict[str, Any]:
     """Success of the first episode of `num_worlds` worlds per family and split: `self_play`, `cross_play`
     (the team expert as partner, the agent in slot 0 / slot 1, and their mean) and `solo` (the partner still,
     both slots, and their mean). Each world runs until its family's step limit."""
+    unknown = [name for name in (*families, *splits) if name not in (*FAMILIES, *SPLITS)]
+    if unknown:
+        raise ValueError(f"unknown families or splits {unknown}; families: {FAMILIES}, splits: {SPLITS}")
     from sima2.envs.team.state import FAMILY_MAX_STEPS
 
     num_steps = max(FAMILY_MAX_STEPS)
@@ -294,7 +298,7 @@ def evaluate_team(
 
     alone = [np.eye(env.num_agents, dtype=bool)[i] for i in range(2)]
     results: dict[str, Any] = {}
-    for family in FAMILIES:
+    for family in families:
         for split in splits:
             params = env.default_params(family, split)
             k = jax.random.fold_in(key, FAMILIES.index(family) * len(SPLITS) + SPLITS.index(split))

@@ -45,7 +45,7 @@ class TeamRunConfig:
 
     preset: str = "cpu-small"
     num_agents: int = 2
-    family: str | None = None  # None: every family, drawn at every reset
+    family: str | None = None  # the one family trained and scored; None: every family, drawn at every reset
     demo_worlds: int = 256
     demo_steps: int = 128  # decision steps per demonstration world (several episodes each)
     ppo_worlds: int = 32
@@ -79,6 +79,11 @@ def team_run_config(preset: str = "cpu-small", overrides: Sequence[str] = ()) ->
     )  # fmt: skip
     ppo = TrainConfig(stage="ppo", num_updates=0, ppo=PPOConfig(num_envs=1, rollout_length=32, num_minibatches=1))
     return apply_overrides(TeamRunConfig(preset=preset, bc=bc, ppo=ppo), list(overrides))
+
+
+def _families(config: TeamRunConfig) -> tuple[str, ...]:
+    """The families a run trains and is scored on."""
+    return FAMILIES if config.family is None else (config.family,)
 
 
 def _episode_gif(agent: Any, env: TeamEnv, family: str, key: jax.Array, path: Path) -> None:
@@ -119,7 +124,7 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
     agent = Agent.from_preset(config.preset, spec, key=jax.random.key(config.seed))
     # The baseline: the same agent before training (its near-uniform initial policy), on the training split.
     untrained = evaluate_team(agent, env, jax.random.key(config.seed + 2), num_worlds=config.eval_worlds,
-                              splits=("train",))  # fmt: skip
+                              splits=("train",), families=_families(config))  # fmt: skip
     shapes = dict(image_shape=spec.observation.image.shape, action_nvec=spec.action.nvec)
     bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
     agent = train_bc(bc_config, agent, dataset, **shapes, vocab_size=spec.observation.vocab_size,
@@ -137,10 +142,11 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
         agent = run_stage(ppo_config, init_fn, step_fn, resume=resume, jit=False,
                           samples_per_step=streams * ppo_config.ppo.rollout_length).model  # fmt: skip
     agent.save_pretrained(out / "final")
-    metrics = evaluate_team(agent, env, jax.random.key(config.seed + 2), num_worlds=config.eval_worlds)
+    metrics = evaluate_team(agent, env, jax.random.key(config.seed + 2), num_worlds=config.eval_worlds,
+                            families=_families(config))  # fmt: skip
     gifs = out / "gifs"
     gifs.mkdir(exist_ok=True)
-    for number, family in enumerate(FAMILIES):
+    for number, family in enumerate(_families(config)):
         _episode_gif(agent, env, family, jax.random.key(config.seed + 3 + number), gifs / f"{family}.gif")
     summary = {
         "families": metrics,
@@ -171,7 +177,8 @@ def evaluate_team_run(run: str | Path, *, num_worlds: int | None = None, seed: i
     seed = run_config["seed"] if seed is None else seed
     agent = Agent.from_pretrained(folder / "final")
     env = TeamEnv(run_config["num_agents"], int(preset_named(run_config["preset"]).vision["image_size"]))
-    metrics = evaluate_team(agent, env, jax.random.key(seed + 2), num_worlds=num_worlds)
+    families = FAMILIES if run_config["family"] is None else (run_config["family"],)
+    metrics = evaluate_team(agent, env, jax.random.key(seed + 2), num_worlds=num_worlds, families=families)
     summary = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
     summary["families"] = metrics
     _write_json(folder / "eval.json", summary)
