@@ -84,6 +84,9 @@ def test_bad_rows_are_reported_with_their_index(demos):
     problems = validate_rows(broken, image_shape=(4, 4, 3), action_nvec=NVEC)
     assert [index for index, _ in problems] == [1, 3, 4]
     assert "image shape" in problems[0][1] and "out of range" in problems[1][1] and "empty" in problems[2][1]
+    # Data of an agent that is not told the task (a team's listener) may have empty instructions.
+    allowed = validate_rows(broken, image_shape=(4, 4, 3), action_nvec=NVEC, allow_empty_instructions=True)
+    assert [index for index, _ in allowed] == [1, 3]
     with pytest.raises(ValueError, match="row 1: image shape.*row 3: action.*row 4: empty instruction"):
         check_dataset(broken, image_shape=(4, 4, 3), action_nvec=NVEC)
     kept = check_dataset(broken, image_shape=(4, 4, 3), action_nvec=NVEC, on_invalid="drop")
