@@ -148,3 +148,30 @@ def test_team_job_writes_its_run_folder(tmp_path):
     assert main(["eval", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "eval.json").read_text()) == summary
     assert main(["eval", str(tmp_path), "--episodes", "0"]) == 2  # refused with one line naming --episodes
+
+
+def test_centralised_critic_reads_every_agents_proprio_and_keeps_the_policy():
+    from sima2.policy import Agent
+    from sima2.training.team_critic import CentralisedCritic, team_observation
+
+    env = TeamEnv(num_agents=2, image_size=64)
+    agent = Agent.from_preset("tiny", env.spec, key=jax.random.key(0))
+    critic = CentralisedCritic.around(agent, num_agents=2, proprio_size=TEAM_PROPRIO_SIZE, key=jax.random.key(1))
+    obs, _ = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(2), 1), env.default_params())
+    seen = jax.tree.map(lambda x: x[0, 0], team_observation(obs))  # agent 0 of world 0
+    action = jnp.zeros(len(TEAM_ACTION_NVEC), jnp.int32)
+    own = agent.evaluate(seen, agent.initial_carry(), action)
+    assert critic.evaluate(seen, critic.initial_carry(), action)[2] == own[2]  # starts as the agent's own value
+    # A trained correction: the value now moves with the partner's proprio; the policy never reads it.
+    critic = eqx.tree_at(
+        lambda c: c.correction.layers[-1].weight, critic, jnp.ones_like(critic.correction.layers[-1].weight)
+    )
+    moved = {**seen, "team": seen["team"].at[TEAM_PROPRIO_SIZE:].add(1.0)}
+    first, second = (
+        critic.evaluate(seen, critic.initial_carry(), action),
+        critic.evaluate(moved, critic.initial_carry(), action),
+    )
+    assert first[0] == second[0] == own[0] and first[2] != second[2]
+    deployed = {k: v for k, v in seen.items() if k != "team"}  # what a deployed agent observes
+    with pytest.raises(ValueError, match="'team'"):
+        critic.evaluate(deployed, critic.initial_carry(), action)

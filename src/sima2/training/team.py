@@ -30,6 +30,7 @@ from sima2.envs.team import FAMILIES, SPLITS, TeamEnv, TeamParams, team_expert_a
 from sima2.envs.vocabulary import decode_ids
 from sima2.envs.world import LOOK_CENTRE, NOOP
 from sima2.training.recurrent import initial_carries, reset_where
+from sima2.training.team_critic import team_observation
 
 # What a slot the policy does not control does: the team expert acts in it, or it stands still, silent.
 PARTNER_EXPERT, PARTNER_STILL = 0, 1
@@ -150,7 +151,8 @@ def _collect(
         k_act, k_env = jax.random.split(key)
         carry = reset_where(streams.first, initial_carries(model, streams.first.shape[0]), streams.carry)
         keys = jax.random.split(k_act, streams.first.shape[0])
-        action, carry, out = jax.vmap(model.act)(keys, jax.tree.map(flat, streams.obs), carry)
+        seen = jax.tree.map(flat, team_observation(streams.obs))  # with the privileged team view
+        action, carry, out = jax.vmap(model.act)(keys, seen, carry)
         expert = jax.vmap(team_expert_actions)(streams.state)
         obs, state, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(k_env, num_worlds), streams.state, action.reshape(num_worlds, env.num_agents, -1), params
@@ -159,7 +161,7 @@ def _collect(
         done_s, reward_s = per_agent(done), reward.reshape(-1)
         episode_return, episode_length = streams.episode_return + reward_s, streams.episode_length + 1
         transition = Transition(
-            obs=jax.tree.map(flat, streams.obs),
+            obs=seen,
             action=action,
             reward=reward_s,
             done=done_s,
@@ -179,7 +181,7 @@ def _collect(
     streams, transitions = jax.lax.scan(step, streams, jax.random.split(key, num_steps + 1)[:-1])
     carry = reset_where(streams.first, initial_carries(model, streams.first.shape[0]), streams.carry)
     keys = jax.random.split(jax.random.fold_in(key, num_steps), streams.first.shape[0])
-    _, _, out = jax.vmap(model.act)(keys, jax.tree.map(flat, streams.obs), carry)
+    _, _, out = jax.vmap(model.act)(keys, jax.tree.map(flat, team_observation(streams.obs)), carry)
     return streams, transitions, start_carry, out.value
 
 
@@ -187,7 +189,8 @@ class TeamRollout:
     """PPO rollouts in `num_worlds` team worlds (one jitted scan per update), feeding the same `ppo_update`
     through `make_host_ppo`: each (world, agent) slot is one stream of the learner's batch with the team's
     reward and its own value, so advantages are per agent; the team expert's action in each state rides
-    along for expert distillation (`ppo.expert_coef`)."""
+    along for expert distillation (`ppo.expert_coef`). Observations carry the privileged `team` view (every
+    agent's proprio) that a `sima2.training.team_critic.CentralisedCritic` reads; an agent ignores it."""
 
     def __init__(self, agent: Any, env: TeamEnv, params: TeamParams, num_worlds: int, num_steps: int, seed: int = 0):
         self.env, self.params, self.num_steps = env, params, num_steps

@@ -33,6 +33,7 @@ from sima2.training.data import load_demonstrations, save_demonstrations
 from sima2.training.host_rollout import make_host_ppo
 from sima2.training.stages import run_stage, train_bc
 from sima2.training.team import compiled_team_rollout, evaluate_team, record_team_demonstrations
+from sima2.training.team_critic import CentralisedCritic
 
 log = logging.getLogger("sima2.training")
 TEAM_JOB = "team"  # `pipeline.json`'s "job" in a team run folder
@@ -53,6 +54,9 @@ class TeamRunConfig:
     seed: int = 0
     bc: TrainConfig | None = None  # None: the preset's cloning settings, sized for the team data
     ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_updates=0))
+    # PPO's value reads every agent's proprio (training only: `sima2.training.team_critic`); False: each
+    # agent's own value.
+    centralised_critic: bool = True
 
     def __post_init__(self) -> None:
         for name in ("demo_worlds", "demo_steps", "ppo_worlds", "eval_worlds"):
@@ -138,9 +142,15 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
         rollout = TeamRollout(
             agent, env, params, config.ppo_worlds, ppo_config.ppo.rollout_length, seed=config.seed + 1
         )
-        init_fn, step_fn = make_host_ppo(agent, rollout, ppo_config)
-        agent = run_stage(ppo_config, init_fn, step_fn, resume=resume, jit=False,
-                          samples_per_step=streams * ppo_config.ppo.rollout_length).model  # fmt: skip
+        learner = agent
+        if config.centralised_critic:
+            learner = CentralisedCritic.around(agent, num_agents=config.num_agents,
+                                               proprio_size=spec.observation.proprio.shape[0],
+                                               key=jax.random.key(config.seed + 4))  # fmt: skip
+        init_fn, step_fn = make_host_ppo(learner, rollout, ppo_config)
+        learner = run_stage(ppo_config, init_fn, step_fn, resume=resume, jit=False,
+                            samples_per_step=streams * ppo_config.ppo.rollout_length).model  # fmt: skip
+        agent = learner.agent if isinstance(learner, CentralisedCritic) else learner
     agent.save_pretrained(out / "final")
     metrics = evaluate_team(agent, env, jax.random.key(config.seed + 2), num_worlds=config.eval_worlds,
                             families=_families(config))  # fmt: skip
