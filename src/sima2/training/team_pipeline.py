@@ -85,9 +85,9 @@ def team_run_config(preset: str = "cpu-small", overrides: Sequence[str] = ()) ->
     return apply_overrides(TeamRunConfig(preset=preset, bc=bc, ppo=ppo), list(overrides))
 
 
-def _families(config: TeamRunConfig) -> tuple[str, ...]:
-    """The families a run trains and is scored on."""
-    return FAMILIES if config.family is None else (config.family,)
+def _families(family: str | None) -> tuple[str, ...]:
+    """The families a run of `TeamRunConfig.family` trains and is scored on."""
+    return FAMILIES if family is None else (family,)
 
 
 def _episode_gif(agent: Any, env: TeamEnv, family: str, key: jax.Array, path: Path) -> None:
@@ -115,7 +115,7 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
     env = TeamEnv(config.num_agents, image_size)
     params = env.default_params(config.family)
     record = {"job": TEAM_JOB, **config_to_dict(config)}
-    atomic_write(out / "pipeline.json", lambda p: Path(p).write_text(json.dumps(record, indent=2, default=str)))
+    _write_json(out / "pipeline.json", record)
     demo_folder = out / "demonstrations"
     if resume and any((demo_folder / "data").glob("train-*.parquet")):
         dataset = load_demonstrations(str(demo_folder), cache_dir=str(out / ".cache"))
@@ -128,7 +128,7 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
     agent = Agent.from_preset(config.preset, spec, key=jax.random.key(config.seed))
     # The baseline: the same agent before training (its near-uniform initial policy), on the training split.
     untrained = evaluate_team(agent, env, jax.random.key(config.seed + 2), num_worlds=config.eval_worlds,
-                              splits=("train",), families=_families(config))  # fmt: skip
+                              splits=("train",), families=_families(config.family))  # fmt: skip
     shapes = dict(image_shape=spec.observation.image.shape, action_nvec=spec.action.nvec)
     bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
     agent = train_bc(bc_config, agent, dataset, **shapes, vocab_size=spec.observation.vocab_size,
@@ -153,10 +153,10 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
         agent = learner.agent if isinstance(learner, CentralisedCritic) else learner
     agent.save_pretrained(out / "final")
     metrics = evaluate_team(agent, env, jax.random.key(config.seed + 2), num_worlds=config.eval_worlds,
-                            families=_families(config))  # fmt: skip
+                            families=_families(config.family))  # fmt: skip
     gifs = out / "gifs"
     gifs.mkdir(exist_ok=True)
-    for number, family in enumerate(_families(config)):
+    for number, family in enumerate(_families(config.family)):
         _episode_gif(agent, env, family, jax.random.key(config.seed + 3 + number), gifs / f"{family}.gif")
     summary = {
         "families": metrics,
@@ -187,8 +187,8 @@ def evaluate_team_run(run: str | Path, *, num_worlds: int | None = None, seed: i
     seed = run_config["seed"] if seed is None else seed
     agent = Agent.from_pretrained(folder / "final")
     env = TeamEnv(run_config["num_agents"], int(preset_named(run_config["preset"]).vision["image_size"]))
-    families = FAMILIES if run_config["family"] is None else (run_config["family"],)
-    metrics = evaluate_team(agent, env, jax.random.key(seed + 2), num_worlds=num_worlds, families=families)
+    metrics = evaluate_team(agent, env, jax.random.key(seed + 2), num_worlds=num_worlds,
+                            families=_families(run_config["family"]))  # fmt: skip
     summary = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
     summary["families"] = metrics
     _write_json(folder / "eval.json", summary)
@@ -196,7 +196,7 @@ def evaluate_team_run(run: str | Path, *, num_worlds: int | None = None, seed: i
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=2, default=str) + "\n"))
 
 
 __all__ = ["TEAM_JOB", "TeamRunConfig", "evaluate_team_run", "team_run_config", "train_team"]

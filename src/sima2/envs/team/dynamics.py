@@ -96,13 +96,14 @@ def team_success(before: TeamState, after: TeamState) -> Bool[Array, ""]:
     return jnp.where(after.family == HOLD_AND_PASS, held, placed)
 
 
-def team_failure(before: TeamState, after: TeamState) -> Bool[Array, ""]:
+def team_failure(before: TeamState, after: TeamState, success: Bool[Array, ""]) -> Bool[Array, ""]:
     """Split knowledge ends in failure when an agent picks up any object but the target, or drops the target
-    anywhere but next to the anchor: a listener that guesses succeeds at most once in 5 x 4 = 20 episodes."""
+    anywhere but next to the anchor (a drop without the step's `success`): a listener that guesses succeeds
+    at most once in 5 x 4 = 20 episodes."""
     carrying = after.bodies.carrying
     wrong_pick = jnp.any((carrying >= 0) & (carrying != after.target))
     dropped = jnp.any(before.bodies.carrying == before.target) & ~jnp.any(carrying == after.target)
-    return (after.family == SPLIT_KNOWLEDGE) & (wrong_pick | (dropped & ~team_success(before, after)))
+    return (after.family == SPLIT_KNOWLEDGE) & (wrong_pick | (dropped & ~success))
 
 
 __all__ = ["team_failure", "team_physics", "team_success"]

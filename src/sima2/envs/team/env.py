@@ -128,7 +128,8 @@ class TeamEnv(eqx.Module):
         high = jnp.asarray(TEAM_ACTION_NVEC, jnp.int32) - 1
         before = state
         state, invalid = team_physics(state, jnp.clip(actions.astype(jnp.int32), 0, high))
-        success, failure = team_success(before, state), team_failure(before, state)
+        success = team_success(before, state)
+        failure = team_failure(before, state, success)
         limit = jnp.where(params.max_steps > 0, params.max_steps, jnp.asarray(FAMILY_MAX_STEPS)[state.family])
         done = success | failure | (state.time >= limit)
         info = TeamStepInfo(

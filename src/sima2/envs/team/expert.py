@@ -70,6 +70,13 @@ def _go_to(seen: EnvState, cell: Int32[Array, "2"], act_key: int) -> Int32[Array
     return navigate(seen, goal, _centre(cell), jnp.int32(act_key))
 
 
+def _place_next_to(seen: EnvState, obj: Int32[Array, ""]) -> Int32[Array, "3"]:
+    """Carry what is held next to object `obj` and drop it there."""
+    return navigate(
+        seen, stand_cells_for_drop(seen, obj), drop_face_point(seen, obj), jnp.int32(DROP), recentre_tolerance=0.2
+    )
+
+
 def _stand_on(seen: EnvState, cell: Int32[Array, "2"]) -> Int32[Array, "3"]:
     return navigate(seen, _cell_mask(seen.wall.shape, cell), _centre(cell) + 1.0, jnp.int32(NOOP))
 
@@ -109,11 +116,7 @@ def _joint_placement(state: TeamState) -> Int32[Array, "A 3"]:
         seen = view(state, 0)
         carrying = state.bodies.carrying[0] == state.target
         fetch = _go_to(seen, target, INTERACT)  # opens its own door on the way
-        anchor = jnp.maximum(state.anchor, 0)
-        place = navigate(
-            seen, stand_cells_for_drop(seen, anchor), drop_face_point(seen, anchor), jnp.int32(DROP),
-            recentre_tolerance=0.2,
-        )  # fmt: skip
+        place = _place_next_to(seen, jnp.maximum(state.anchor, 0))
         # The opener goes first: the placer waits where it stands until the right room is open (two bodies
         # moving at once in a room three cells wide can block each other for good).
         return jnp.where(right_open, jnp.where(carrying, place, fetch), _STAY)
@@ -151,9 +154,7 @@ def _split_knowledge(state: TeamState) -> Int32[Array, "A 4"]:
     carrying = state.bodies.carrying[1]
     door = state.door_pos[1]
     fetch = _go_to(seen, state.obj_pos[obj], INTERACT)
-    place = navigate(
-        seen, stand_cells_for_drop(seen, obj), drop_face_point(seen, obj), jnp.int32(DROP), recentre_tolerance=0.2
-    )
+    place = _place_next_to(seen, obj)
     empty_handed = jnp.where(
         state.door_state[1] != DOOR_OPEN, _go_to(seen, door, INTERACT), jnp.where(jnp.any(named), fetch, _STAY)
     )
