@@ -17,6 +17,7 @@ in one process:
     python benchmarks/bench_agent.py                                  # the main job's agent
     python benchmarks/bench_agent.py --text-encoder none              # the small world-words LM instead
     python benchmarks/bench_agent.py --preset base --image-size 224 --text-encoder none --ppo-envs 8
+    python benchmarks/bench_agent.py --no-ppo bc.bc.batch_size=64    # cloning alone, at another batch size
 """
 
 from __future__ import annotations
@@ -113,11 +114,14 @@ def main() -> None:
     parser.add_argument("--ppo-envs", type=int, default=None, help="default: the preset's")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bc-steps", type=int, default=30, help="updates timed with the batches served")
+    parser.add_argument("--no-ppo", action="store_true", help="time behaviour cloning alone")
+    parser.add_argument("overrides", nargs="*", help="pipeline overrides: bc.bc.batch_size=64")
     args = parser.parse_args()
 
     overrides = [f"level={args.level}"] if args.level else []
     overrides += [f"image_size={args.image_size}"] if args.image_size else []
     overrides += [f"ppo.ppo.num_envs={args.ppo_envs}"] if args.ppo_envs else []
+    overrides += args.overrides
     config = pipeline_config(args.preset, overrides)
     if args.text_encoder is not None:
         encoder = None if args.text_encoder.lower() == "none" else args.text_encoder
@@ -194,6 +198,8 @@ def main() -> None:
     for name, seconds in parts.items():
         print(f"  {name:<32} {seconds * 1e3:8.1f} ms  ({seconds / step_s:.0%} of the update)")
 
+    if args.no_ppo:
+        return
     # --- PPO -------------------------------------------------------------------------------------------
     print("\nPPO (one update: rollout, then epochs x minibatches)")
     init_ppo, step_ppo = make_ppo(agent, env, params, config.ppo)

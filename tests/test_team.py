@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sima2.envs.team import FAMILIES, TEAM_ACTION_NVEC, TEAM_PROPRIO_SIZE, TeamEnv, team_expert_actions
+from sima2.envs.team import FAMILIES, TEAM_ACTION_NVEC, TEAM_PROPRIO_SIZE, TEAM_TOUCH_SIZE, TeamEnv, team_expert_actions
 from sima2.envs.team.render import render_agent
 from sima2.envs.team.state import COLOUR_TOKENS, NUM_OBJECTS
 
@@ -63,7 +63,7 @@ def test_split_knowledge_only_the_speaker_knows_and_a_wrong_object_fails():
 def test_agents_see_each_other_and_observe_their_index():
     obs, state = ENV.reset(jax.random.key(3), ENV.default_params("hold_and_pass"))
     assert obs["image"].shape == (2, 32, 32, 3) and obs["image"].dtype == jnp.uint8
-    assert obs["proprio"].shape == (2, TEAM_PROPRIO_SIZE) and obs["touch"].shape == (2, 9)
+    assert obs["proprio"].shape == (2, TEAM_PROPRIO_SIZE) and obs["touch"].shape == (2, TEAM_TOUCH_SIZE)
     np.testing.assert_array_equal(obs["proprio"][:, 14:16], np.eye(2))  # agent index, one-hot
     # Agent 0 in the middle of the middle room looking along +x; agent 1 a cell in front of it is drawn in its
     # view (the switch, in the first column behind it, is not in view).
@@ -73,6 +73,11 @@ def test_agents_see_each_other_and_observe_their_index():
     away = eqx.tree_at(lambda s: s.bodies.pos, posed, posed.bodies.pos.at[1].set(jnp.array([-50.0, -50.0])))
     differs = jnp.any(render(posed, 0, 32, 32) != render(away, 0, 32, 32), axis=-1)
     assert int(differs.sum()) > 30, int(differs.sum())
+    # The last touch value is the floor under the feet: 1 for the agent on the switch alone.
+    on_switch = state.switch[::-1].astype(jnp.float32) + 0.5
+    pressed = eqx.tree_at(lambda s: s.bodies.pos, posed, posed.bodies.pos.at[1].set(on_switch))
+    np.testing.assert_array_equal(ENV.observe(pressed)["touch"][:, -1], [0.0, 1.0])
+    np.testing.assert_array_equal(ENV.observe(posed)["touch"][:, -1], [0.0, 0.0])
 
 
 def test_jit_and_vmap_equal_step_by_step():

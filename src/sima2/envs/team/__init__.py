@@ -20,7 +20,7 @@ One concern per module (imports point down this list):
 Training on them: `sima2 train --team` (`sima2.training.team_pipeline`).
 """
 
-from sima2.envs.team.env import TEAM_ACTION_NVEC, TEAM_PROPRIO_SIZE, TeamEnv, TeamStepInfo
+from sima2.envs.team.env import TEAM_ACTION_NVEC, TEAM_PROPRIO_SIZE, TEAM_TOUCH_SIZE, TeamEnv, TeamStepInfo
 from sima2.envs.team.expert import team_expert_actions
 from sima2.envs.team.state import FAMILIES, MAX_AGENTS, MESSAGE_VOCAB, SPLITS, TeamParams, TeamState
 
@@ -31,6 +31,7 @@ __all__ = [
     "SPLITS",
     "TEAM_ACTION_NVEC",
     "TEAM_PROPRIO_SIZE",
+    "TEAM_TOUCH_SIZE",
     "TeamEnv",
     "TeamParams",
     "TeamState",

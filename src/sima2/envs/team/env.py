@@ -4,7 +4,8 @@
 Every agent observes its own first-person image, instruction, proprio and touch (leading agent axis on
 every observation array). Its proprio is the world's (motion, heading, what it holds), then its agent
 index (one-hot over `MAX_AGENTS`: one shared policy can tell the roles apart), then the tokens the others
-said in the previous step (counts over `MESSAGE_VOCAB`). Actions are the world's (key, look, duration)
+said in the previous step (counts over `MESSAGE_VOCAB`). Its touch is the world's, then whether it stands
+on the switch (`TEAM_TOUCH_SIZE`). Actions are the world's (key, look, duration)
 plus a message token. The team shares one reward, +1 when its task is done; an episode ends then, when
 the task has failed for good (split knowledge's wrong object), or at the family's step limit. `step`
 resets a finished world itself (the observation is then the new episode's first), as the single-agent `Env`
@@ -32,6 +33,7 @@ from sima2.envs.team.state import (
     SPLITS,
     TeamParams,
     TeamState,
+    agent_cells,
     view,
 )
 from sima2.envs.world import ACTION_NVEC, GAME_NAMES, PROPRIO_SIZE, TOUCH_SIZE, proprio, touch
@@ -39,6 +41,10 @@ from sima2.envs.world import ACTION_NVEC, GAME_NAMES, PROPRIO_SIZE, TOUCH_SIZE, 
 TEAM_ACTION_NVEC = (*ACTION_NVEC, MESSAGE_VOCAB)
 MAX_INSTRUCTION_WORDS = 9  # "put the X next to the Y"
 TEAM_PROPRIO_SIZE = PROPRIO_SIZE + MAX_AGENTS + MESSAGE_VOCAB
+# The world's touch, then the floor under the feet: whether this agent stands on the switch. The switch is a
+# floor plate drawn as a sprite, out of view once an agent stands on it, so without this a holder cannot
+# tell that it holds (its first-person view and the world's touch look the same one cell off the switch).
+TEAM_TOUCH_SIZE = TOUCH_SIZE + 1
 
 
 class TeamStepInfo(eqx.Module):
@@ -74,7 +80,7 @@ class TeamEnv(eqx.Module):
                 image=ArraySpec((self.image_size, self.image_size, 3), "uint8"),
                 instruction=ArraySpec((INSTRUCTION_LENGTH,), "int32"),
                 proprio=ArraySpec((TEAM_PROPRIO_SIZE,), "float32"),
-                touch=ArraySpec((TOUCH_SIZE,), "float32"),
+                touch=ArraySpec((TEAM_TOUCH_SIZE,), "float32"),
                 vocab_size=len(voc.vocabulary()),
             ),
             action=ActionSpec(TEAM_ACTION_NVEC),
@@ -103,13 +109,14 @@ class TeamEnv(eqx.Module):
         heard = jax.nn.one_hot(state.said, MESSAGE_VOCAB)  # [A, V]
         heard_by = heard.sum(axis=0)[None, :] - heard  # what the others said
         seen = jax.vmap(lambda a: view(state, a, others_solid=False))(agents)
+        on_switch = jnp.all(agent_cells(state) == state.switch[None], axis=-1)  # no switch: cells are never -1
         return {
             "image": jax.vmap(lambda a: render_agent(state, a, self.image_size, self.image_size))(agents),
             "instruction": state.instruction,
             "proprio": jnp.concatenate(
                 [jax.vmap(proprio)(seen), jax.nn.one_hot(agents, MAX_AGENTS), heard_by], axis=1
             ).astype(jnp.float32),
-            "touch": jax.vmap(touch)(seen),
+            "touch": jnp.concatenate([jax.vmap(touch)(seen), on_switch[:, None]], axis=1).astype(jnp.float32),
         }
 
     def reset(self, key: PRNGKeyArray, params: TeamParams) -> tuple[dict[str, Array], TeamState]:
@@ -151,4 +158,4 @@ class TeamEnv(eqx.Module):
         return render_team_topdown(state, cell_px)
 
 
-__all__ = ["TEAM_ACTION_NVEC", "TEAM_PROPRIO_SIZE", "TeamEnv", "TeamStepInfo"]
+__all__ = ["TEAM_ACTION_NVEC", "TEAM_PROPRIO_SIZE", "TEAM_TOUCH_SIZE", "TeamEnv", "TeamStepInfo"]

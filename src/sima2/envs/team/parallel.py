@@ -16,10 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
-from sima2.envs.team.env import TEAM_ACTION_NVEC, TEAM_PROPRIO_SIZE, TeamEnv
+from sima2.envs.team.env import TEAM_ACTION_NVEC, TEAM_PROPRIO_SIZE, TEAM_TOUCH_SIZE, TeamEnv
 from sima2.envs.team.state import FAMILIES, INSTRUCTION_LENGTH
 from sima2.envs.vocabulary import vocabulary
-from sima2.envs.world import TOUCH_SIZE
 
 try:
     from pettingzoo import ParallelEnv
@@ -48,7 +47,7 @@ class TeamParallelEnv(ParallelEnv):
             "image": spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
             "instruction": spaces.Box(0, len(vocabulary()) - 1, (INSTRUCTION_LENGTH,), np.int32),
             "proprio": spaces.Box(-np.inf, np.inf, (TEAM_PROPRIO_SIZE,), np.float32),
-            "touch": spaces.Box(-np.inf, np.inf, (TOUCH_SIZE,), np.float32),
+            "touch": spaces.Box(-np.inf, np.inf, (TEAM_TOUCH_SIZE,), np.float32),
         })  # fmt: skip
         self._observation_spaces = {agent: observation for agent in self.possible_agents}
         self._action_spaces = {agent: spaces.MultiDiscrete(TEAM_ACTION_NVEC) for agent in self.possible_agents}
