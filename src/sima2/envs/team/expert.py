@@ -5,9 +5,9 @@ others are solid and doors it may not open are locked).
 - hold and pass: agent 0 holds the switch (agent 1 does if it already stands on it); the other walks
   through the door and picks up the target (waiting by the door while it is shut). Any further agents
   stay put.
-- joint placement: agent 1 opens the right room's door and then stands aside in the middle room; once it
-  is open, agent 0 opens the left room's door, picks up the target, and drops it next to the anchor.
-  Any further agents stay put.
+- joint placement: agent 1 opens the right room's door and then stands aside in the middle room; agent 0
+  waits facing that door, and once it is open, opens the left room's door, picks up the target, and drops
+  it next to the anchor. Any further agents stay put.
 
 - split knowledge: agent 0, the one told the task, stays where it is and speaks; agent 1 acts on what it
   hears only (so alone it waits). The speaker says the target's colour until it hears "holding", then the
@@ -118,8 +118,12 @@ def _joint_placement(state: TeamState) -> Int32[Array, "A 3"]:
         fetch = _go_to(seen, target, INTERACT)  # opens its own door on the way
         place = _place_next_to(seen, jnp.maximum(state.anchor, 0))
         # The opener goes first: the placer waits where it stands until the right room is open (two bodies
-        # moving at once in a room three cells wide can block each other for good).
-        return jnp.where(right_open, jnp.where(carrying, place, fetch), _STAY)
+        # moving at once in a room three cells wide can block each other for good), turned to the right door,
+        # so that what it waits for is in its view (a policy cloned from it cannot see the door behind it).
+        cell = agent_cells(state)[0]
+        watch = navigate(seen, _cell_mask(seen.wall.shape, cell), _centre(right_door), jnp.int32(NOOP),
+                         skip_recentre=True)  # fmt: skip
+        return jnp.where(right_open, jnp.where(carrying, place, fetch), watch)
 
     def opener() -> Int32[Array, "3"]:
         seen = view(state, 1)
