@@ -33,7 +33,7 @@ from sima2.envs.team.state import (
     SPLITS,
     TeamParams,
     TeamState,
-    agent_cells,
+    on_switch,
     view,
 )
 from sima2.envs.world import ACTION_NVEC, GAME_NAMES, PROPRIO_SIZE, TOUCH_SIZE, proprio, touch
@@ -109,14 +109,13 @@ class TeamEnv(eqx.Module):
         heard = jax.nn.one_hot(state.said, MESSAGE_VOCAB)  # [A, V]
         heard_by = heard.sum(axis=0)[None, :] - heard  # what the others said
         seen = jax.vmap(lambda a: view(state, a, others_solid=False))(agents)
-        on_switch = jnp.all(agent_cells(state) == state.switch[None], axis=-1)  # no switch: cells are never -1
         return {
             "image": jax.vmap(lambda a: render_agent(state, a, self.image_size, self.image_size))(agents),
             "instruction": state.instruction,
             "proprio": jnp.concatenate(
                 [jax.vmap(proprio)(seen), jax.nn.one_hot(agents, MAX_AGENTS), heard_by], axis=1
             ).astype(jnp.float32),
-            "touch": jnp.concatenate([jax.vmap(touch)(seen), on_switch[:, None]], axis=1).astype(jnp.float32),
+            "touch": jnp.concatenate([jax.vmap(touch)(seen), on_switch(state)[:, None]], axis=1).astype(jnp.float32),
         }
 
     def reset(self, key: PRNGKeyArray, params: TeamParams) -> tuple[dict[str, Array], TeamState]:

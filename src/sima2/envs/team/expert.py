@@ -43,6 +43,7 @@ from sima2.envs.team.state import (
     MIDDLE_ROOM,
     TeamState,
     agent_cells,
+    on_switch,
     view,
 )
 from sima2.envs.world import DOOR_OPEN, DROP, INTERACT, LOOK_CENTRE, NOOP, EnvState
@@ -87,8 +88,8 @@ def _wait_by_door(seen: EnvState, door: Int32[Array, "2"]) -> Int32[Array, "3"]:
 
 def _hold_and_pass(state: TeamState) -> Int32[Array, "A 3"]:
     # Roles by index (a shared policy reads its index), unless the partner already stands on the switch.
-    on_switch = jnp.all(agent_cells(state) == state.switch[None], axis=-1)
-    holder = jnp.where(on_switch[1] & ~on_switch[0], 1, 0)
+    standing = on_switch(state)
+    holder = jnp.where(standing[1] & ~standing[0], 1, 0)
     passer = 1 - holder
     door = state.door_pos[1]
     target = state.obj_pos[state.target]

@@ -104,9 +104,14 @@ def agent_cells(state: TeamState) -> Int32[Array, "A 2"]:
     return jnp.floor(state.bodies.pos).astype(jnp.int32)[:, ::-1]
 
 
+def on_switch(state: TeamState) -> Bool[Array, " A"]:
+    """Whether each agent stands on the switch (never, in a world without one: its cell is (-1, -1))."""
+    return jnp.all(agent_cells(state) == state.switch[None, :], axis=-1)
+
+
 def switch_pressed(state: TeamState) -> Bool[Array, ""]:
     """Whether an agent stands on the switch."""
-    return jnp.any(jnp.all(agent_cells(state) == state.switch[None, :], axis=-1))
+    return jnp.any(on_switch(state))
 
 
 def view(state: TeamState, agent: int | Int32[Array, ""], *, others_solid: bool = True) -> EnvState:
@@ -199,6 +204,7 @@ __all__ = [
     "TeamParams",
     "TeamState",
     "agent_cells",
+    "on_switch",
     "switch_pressed",
     "view",
 ]
