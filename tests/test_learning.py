@@ -7,15 +7,11 @@ rollout that feeds the wrong observations) fails this test; a check that success
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _user_training import train_as_a_user
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 import sima2.envs as envs
@@ -76,16 +72,9 @@ def test_the_agent_learns_to_pick_up_objects(tmp_path):
         f"eval.num_episodes={EVAL_EPISODES}",
         f"eval.max_steps={EVAL_STEPS}",
     ]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)  # the tests' cheap-compile settings would slow the training itself down
     # The small language model over the world's words: within this budget it learns faster than the frozen
     # MiniLM of the default agent (Pickup: 0.38 after 1,200 updates, against MiniLM's 0.30 after 1,800).
-    command = [sys.executable, "-m", "sima2.cli", "train", "--preset", "cpu-small", "--text-encoder", "none",
-               "--out", str(tmp_path)]
-    command += ["--no-report", *overrides]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads((tmp_path / "eval.json").read_text())
+    report = train_as_a_user(["--preset", "cpu-small", "--text-encoder", "none", *overrides], tmp_path)
     success = report["success_rate"]["train"]
     assert report["episodes"]["train"] >= EVAL_EPISODES // 2
     assert success >= random_success + MARGIN, (

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _user_training import train_as_a_user
 
 from sima2.envs.team import FAMILIES, TEAM_ACTION_NVEC, TEAM_PROPRIO_SIZE, TEAM_TOUCH_SIZE, TeamEnv, team_expert_actions
 from sima2.envs.team.render import render_agent
@@ -189,19 +190,8 @@ def test_the_cloned_holder_holds_the_switch(tmp_path):
     untrained, whose wandering crosses the switch now and then (both measured by the run, 64 worlds per split).
     Measured when the test was written: 0.84-0.89 on the three splits (0.87 over their 192 episodes), 0.52
     untrained (64 episodes; the standard error of each figure is 0.03-0.06); 4.9 minutes on a 2-core CPU."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)  # the tests' cheap-compile settings would slow the training itself down
-    command = [sys.executable, "-m", "sima2.cli", "train", "--team", "--out", str(tmp_path), "--no-report",
-               "family=hold_and_pass", "demo_worlds=64", "eval_worlds=64", "bc.num_updates=600",
-               "bc.monitor.progress=False"]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads((tmp_path / "eval.json").read_text())
+    report = train_as_a_user(["--team", "family=hold_and_pass", "demo_worlds=64", "eval_worlds=64",
+                              "bc.num_updates=600", "bc.monitor.progress=False"], tmp_path)  # fmt: skip
     trained = np.mean([figures["cross_play_slot_0"] for figures in report["families"].values()])
     untrained = report["untrained_agent"]["hold_and_pass/train"]["cross_play_slot_0"]
     assert trained >= untrained + 0.15, f"the cloned holder succeeds in {trained:.2f}, the untrained in {untrained:.2f}"
