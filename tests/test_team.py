@@ -131,7 +131,7 @@ def test_team_job_writes_its_run_folder(tmp_path):
 
     config = team_run_config("tiny", [
         "demo_worlds=8", "demo_steps=48", "eval_worlds=4", "bc.num_updates=6", "ppo.num_updates=1", "ppo_worlds=2",
-        "ppo.ppo.rollout_length=8",
+        "ppo.ppo.rollout_length=8", "dagger_rounds=1", "dagger_worlds=2", "dagger_updates=2",
     ])  # fmt: skip
     summary = train_team(tmp_path, config)
     assert json.loads((tmp_path / "eval.json").read_text()) == summary
@@ -145,7 +145,7 @@ def test_team_job_writes_its_run_folder(tmp_path):
         assert 0.0 <= figures["cross_play"] <= 1.0 and figures["episodes"] == 4
     for family in FAMILIES:
         assert (tmp_path / "gifs" / f"{family}.gif").stat().st_size > 0
-    for folder in ("bc/final", "ppo/final", "final"):
+    for folder in ("bc/final", "dagger/round_0/bc/final", "ppo/final", "final"):
         assert Agent.from_pretrained(tmp_path / folder).config.policy.action_nvec == TEAM_ACTION_NVEC
     # `sima2 eval` on the run folder: the run's seed gives its figures again; the other figures stay.
     from sima2.cli import main
@@ -154,6 +154,28 @@ def test_team_job_writes_its_run_folder(tmp_path):
     assert main(["eval", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "eval.json").read_text()) == summary
     assert main(["eval", str(tmp_path), "--episodes", "0"]) == 2  # refused with one line naming --episodes
+
+
+def test_self_play_is_labelled_by_the_team_expert():
+    """DAgger's rows: the agent drives every slot, each state is labelled with the expert's action, and the
+    episodes it fails are kept. The untrained agent speaks at random; the expert never speaks in hold and pass,
+    so a label copied from the agent would show."""
+    from sima2.policy import Agent
+    from sima2.training.team import compiled_team_rollout, record_team_demonstrations
+
+    env = TeamEnv(num_agents=2, image_size=64)
+    params = env.default_params("hold_and_pass")
+    agent = Agent.from_preset("tiny", env.spec, key=jax.random.key(0))
+    key = jax.random.key(3)
+    rows = record_team_demonstrations(env, params, key, num_worlds=2, num_steps=80, agent=agent,
+                                      first_episode_id=100)  # fmt: skip
+    played = compiled_team_rollout(env, params, key, num_worlds=2, num_steps=80, agent=agent,
+                                   policy_slots=np.ones(2, bool), deterministic=False)  # fmt: skip
+    assert np.asarray(played.action)[..., 3].any()  # the agent itself spoke
+    actions = np.asarray(rows["action"])
+    assert len(actions) > 0 and not actions[:, 3].any()  # the labels are the silent expert's
+    assert min(rows["episode_id"]) == 100
+    assert sum(rows["subgoal_done"]) < len(set(rows["episode_id"]))  # episodes it failed are kept too
 
 
 def test_centralised_critic_reads_every_agents_proprio_and_keeps_the_policy():

@@ -1,6 +1,7 @@
 """Agents in team worlds: one jitted team rollout (a shared policy, the team expert or a still partner in each
 agent slot), demonstrations of the team expert as ordinary demonstration rows (one episode per agent and
-world: the shared policy is cloned on every agent's view), and the team metrics.
+world: the shared policy is cloned on every agent's view; or the agent's own self-play labelled by the
+expert, for DAgger), and the team metrics.
 
     from sima2.training.team import evaluate_team, record_team_demonstrations
     rows = record_team_demonstrations(env, params, key, num_worlds=128, num_steps=64)
@@ -212,36 +213,54 @@ class TeamRollout:
 
 
 def record_team_demonstrations(
-    env: TeamEnv, params: TeamParams, key: PRNGKeyArray, *, num_worlds: int, num_steps: int
+    env: TeamEnv,
+    params: TeamParams,
+    key: PRNGKeyArray,
+    *,
+    num_worlds: int,
+    num_steps: int,
+    agent: Any = None,
+    first_episode_id: int = 0,
 ) -> datasets.Dataset:
-    """The team expert's finished, successful episodes as demonstration rows (`sima2.training.FEATURES`): one
-    episode per agent and world episode, so the shared policy learns every role from its own view."""
+    """Team episodes as demonstration rows (`sima2.training.FEATURES`), one episode per agent and world
+    episode, so the shared policy learns every role from its own view; every row's action is the team
+    expert's in that state.
+
+    Without `agent` the expert drives and its successful episodes are kept. With `agent`, the agent drives
+    every slot (self-play, sampled actions) and every episode is kept, success or not, finished or not: the states
+    its own mistakes lead to, each labelled with what the expert would do there (DAgger's relabelling, for
+    a team). Episode ids count from `first_episode_id`, so the rows can join an existing dataset."""
     from sima2.training.data import FEATURES
 
-    steps = compiled_team_rollout(env, params, key, num_worlds=num_worlds, num_steps=num_steps)
+    slots = None if agent is None else np.ones(env.num_agents, bool)
+    steps = compiled_team_rollout(env, params, key, num_worlds=num_worlds, num_steps=num_steps, agent=agent,
+                                  policy_slots=slots, deterministic=False)  # fmt: skip
     steps = jax.tree.map(np.asarray, steps)
     columns: dict[str, list] = {name: [] for name in FEATURES}
-    episode = 0
+    episode = first_episode_id
     for world in range(num_worlds):
-        ends = np.flatnonzero(steps.done[:, world])
+        ends = list(np.flatnonzero(steps.done[:, world]))
+        if agent is not None and (not ends or ends[-1] != num_steps - 1):
+            ends.append(num_steps - 1)  # the episode still running: its states are labelled too
         start = 0
         for end in ends:
-            if steps.success[end, world]:
-                for agent in range(env.num_agents):
+            succeeded = bool(steps.done[end, world] and steps.success[end, world])
+            if succeeded or agent is not None:
+                for slot in range(env.num_agents):
                     for t in range(start, end + 1):
-                        ids = steps.obs["instruction"][t, world, agent]
+                        ids = steps.obs["instruction"][t, world, slot]
                         row = {
-                            "image": steps.obs["image"][t, world, agent],
+                            "image": steps.obs["image"][t, world, slot],
                             "instruction": decode_ids(ids),
                             "instruction_ids": ids.tolist(),
-                            "proprio": steps.obs["proprio"][t, world, agent].tolist(),
-                            "touch": steps.obs["touch"][t, world, agent].tolist(),
-                            "action": steps.action[t, world, agent].tolist(),
+                            "proprio": steps.obs["proprio"][t, world, slot].tolist(),
+                            "touch": steps.obs["touch"][t, world, slot].tolist(),
+                            "action": steps.expert_action[t, world, slot].tolist(),
                             "episode_id": episode,
                             "step_id": t - start,
                             "plan": [],
                             "subgoal_index": 0,
-                            "subgoal_done": bool(t == end),  # one subgoal: the team's task
+                            "subgoal_done": bool(t == end and succeeded),  # one subgoal: the team's task
                         }
                         for name in FEATURES:
                             columns[name].append(row[name])

@@ -7,7 +7,9 @@ multi-agent PPO -> the team metrics, into one run folder.
 `sima2 train --team` runs it. The policy is the preset's agent, sized from one agent's spec (its proprio holds
 its agent index, so one set of weights plays every role). PPO collects from every (world, agent) stream with
 the team's reward and per-agent values (`sima2.training.team.TeamRollout`) through the same `ppo_update` as
-every other job. The run folder holds `pipeline.json`, `demonstrations/`, `bc/` and `ppo/` (each `final/`
+every other job. `dagger_rounds` > 0 adds DAgger between the two: the cloned agent plays
+with itself, the team expert labels every state it reaches, and cloning continues on the grown data. The
+run folder holds `pipeline.json`, `demonstrations/`, `bc/`, `dagger/round_N/` and `ppo/` (each `final/`
 loadable with `Agent.from_pretrained`), `final/` (the evaluated agent), `eval.json` (per family and split:
 self-play, cross-play with the expert partner in both roles, solo; and the untrained agent's figures on the
 training split, the random-policy baseline) and `gifs/` (every agent's view beside
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import jax
 import numpy as np
 
@@ -54,14 +57,22 @@ class TeamRunConfig:
     seed: int = 0
     bc: TrainConfig | None = None  # None: the preset's cloning settings, sized for the team data
     ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_updates=0))
+    # DAgger for the team: rounds of the cloned agent's own self-play (`dagger_worlds` worlds x `demo_steps`
+    # steps, sampled actions), every state labelled with the team expert's action and added to the data, each
+    # round followed by `dagger_updates` cloning updates on everything gathered; 0 rounds: cloning only.
+    dagger_rounds: int = 0
+    dagger_worlds: int = 64
+    dagger_updates: int = 1000
     # PPO's value reads every agent's proprio (training only: `sima2.training.team_critic`); False: each
     # agent's own value.
     centralised_critic: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("demo_worlds", "demo_steps", "ppo_worlds", "eval_worlds"):
+        for name in ("demo_worlds", "demo_steps", "ppo_worlds", "eval_worlds", "dagger_worlds", "dagger_updates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dagger_rounds < 0:
+            raise ValueError(f"dagger_rounds must be >= 0, got {self.dagger_rounds}")
         if self.family is not None and self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; families: {', '.join(FAMILIES)}")
 
@@ -72,17 +83,21 @@ def team_run_config(preset: str = "cpu-small", overrides: Sequence[str] = ()) ->
     from sima2.training.pipeline import pipeline_config
 
     bc = pipeline_config(preset).bc
-    updates = min(bc.num_updates, 4000)
     bc = dataclasses.replace(
-        bc, num_updates=updates, bc=dataclasses.replace(bc.bc, window_starts="whole_episodes"),
-        optim=dataclasses.replace(
-            bc.optim, decay_steps=updates, warmup_steps=min(bc.optim.warmup_steps, updates // 10)
-        ),
-        checkpoint=dataclasses.replace(bc.checkpoint, every=min(bc.checkpoint.every, max(1, updates // 3))),
+        _sized(bc, min(bc.num_updates, 4000)), bc=dataclasses.replace(bc.bc, window_starts="whole_episodes"),
         data=dataclasses.replace(bc.data, allow_empty_instructions=True),  # split knowledge's listener
     )  # fmt: skip
     ppo = TrainConfig(stage="ppo", num_updates=0, ppo=PPOConfig(num_envs=1, rollout_length=32, num_minibatches=1))
     return apply_overrides(TeamRunConfig(preset=preset, bc=bc, ppo=ppo), list(overrides))
+
+
+def _sized(bc: TrainConfig, updates: int) -> TrainConfig:
+    """`bc` for `updates` cloning updates: its learning-rate schedule and checkpoints fitted to them."""
+    warmup = min(bc.optim.warmup_steps, updates // 10)
+    return dataclasses.replace(
+        bc, num_updates=updates, optim=dataclasses.replace(bc.optim, decay_steps=updates, warmup_steps=warmup),
+        checkpoint=dataclasses.replace(bc.checkpoint, every=min(bc.checkpoint.every, max(1, updates // 3))),
+    )  # fmt: skip
 
 
 def _families(family: str | None) -> tuple[str, ...]:
@@ -101,6 +116,32 @@ def _episode_gif(agent: Any, env: TeamEnv, family: str, key: jax.Array, path: Pa
     frames = np.concatenate(list(views.transpose(1, 0, 2, 3, 4)), axis=2)  # agents side by side
     end = int(np.argmax(np.asarray(steps.done[:, 0]))) + 1 if bool(np.asarray(steps.done[:, 0]).any()) else len(frames)
     write_episode(frames[:end], str(path), fps=4)
+
+
+def _dagger_round(
+    config: TeamRunConfig, number: int, agent: Any, dataset: datasets.Dataset, env: TeamEnv, params: Any,
+    out: Path, *, resume: bool,
+) -> tuple[Any, datasets.Dataset]:  # fmt: skip
+    """One DAgger round in `out/dagger/round_N/`: the agent's self-play labelled by the team expert
+    (`demonstrations/`), joined to the data so far, and cloning continued on it (`bc/`)."""
+    folder = out / "dagger" / f"round_{number}"
+    if resume and any((folder / "demonstrations" / "data").glob("train-*.parquet")):
+        rows = load_demonstrations(str(folder / "demonstrations"), cache_dir=str(out / ".cache"))
+    else:
+        key = jax.random.fold_in(jax.random.key(config.seed + 5), number)
+        rows = record_team_demonstrations(env, params, key, num_worlds=config.dagger_worlds,
+                                          num_steps=config.demo_steps, agent=agent,
+                                          first_episode_id=max(dataset["episode_id"]) + 1)  # fmt: skip
+        save_demonstrations(rows, folder / "demonstrations")
+    dataset = datasets.concatenate_datasets([dataset, rows])
+    log.info("DAgger round %d: %d labelled self-play steps, %d steps in all", number, len(rows), len(dataset))
+    round_config = dataclasses.replace(_sized(config.bc, config.dagger_updates), stage="bc",
+                                       seed=config.seed + 1 + number, out=str(folder / "bc"))  # fmt: skip
+    spec = env.spec
+    agent = train_bc(round_config, agent, dataset, image_shape=spec.observation.image.shape,
+                     action_nvec=spec.action.nvec, vocab_size=spec.observation.vocab_size,
+                     proprio_size=spec.observation.proprio.shape[0], resume=resume).model  # fmt: skip
+    return agent, dataset
 
 
 def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: bool = False) -> dict[str, Any]:
@@ -133,6 +174,8 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
     bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
     agent = train_bc(bc_config, agent, dataset, **shapes, vocab_size=spec.observation.vocab_size,
                      proprio_size=spec.observation.proprio.shape[0], resume=resume).model  # fmt: skip
+    for number in range(config.dagger_rounds):
+        agent, dataset = _dagger_round(config, number, agent, dataset, env, params, out, resume=resume)
     if config.ppo.num_updates > 0:
         from sima2.training.team import TeamRollout
 
