@@ -158,8 +158,9 @@ def test_team_job_writes_its_run_folder(tmp_path):
 
 def test_self_play_is_labelled_by_the_team_expert():
     """DAgger's rows: the agent drives every slot, each state is labelled with the expert's action, and the
-    episodes it fails are kept. The untrained agent speaks at random; the expert never speaks in hold and pass,
-    so a label copied from the agent would show."""
+    episodes it fails are kept; with DAgger's mixing the expert may take the agent's steps. The untrained
+    agent speaks at random; the expert never speaks in hold and pass, so a label copied from the agent would
+    show."""
     from sima2.policy import Agent
     from sima2.training.team import compiled_team_rollout, record_team_demonstrations
 
@@ -176,6 +177,10 @@ def test_self_play_is_labelled_by_the_team_expert():
     assert len(actions) > 0 and not actions[:, 3].any()  # the labels are the silent expert's
     assert min(rows["episode_id"]) == 100
     assert sum(rows["subgoal_done"]) < len(set(rows["episode_id"]))  # episodes it failed are kept too
+    # DAgger's mixing at share 1: the expert takes every step, and every episode but each world's unfinished
+    # last one (2 worlds x 2 agents) succeeds.
+    helped = record_team_demonstrations(env, params, key, num_worlds=2, num_steps=80, agent=agent, expert_share=1.0)
+    assert sum(helped["subgoal_done"]) >= len(set(helped["episode_id"])) - 4 > 0
 
 
 def test_centralised_critic_reads_every_agents_proprio_and_keeps_the_policy():

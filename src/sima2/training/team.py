@@ -61,11 +61,13 @@ def team_rollout(
     partner: int = PARTNER_EXPERT,
     deterministic: bool = True,
     keep_obs: bool = True,
+    expert_share: float | Float[Array, ""] = 0.0,
 ) -> TeamSteps:
     """`num_steps` steps of `num_worlds` team worlds: `agent` (a sima2 agent, one policy for every slot it
     controls, its memory reset where an episode starts) acts in the `policy_slots`, the `partner` (the team
     expert or a still agent) in the others; without an agent every slot is the partner's. `keep_obs=False`
-    drops the observations (an evaluation needs only the outcomes)."""
+    drops the observations (an evaluation needs only the outcomes). `expert_share`: the probability that an
+    agent's step in a policy slot is the team expert's instead (DAgger's mixing)."""
     num_agents = env.num_agents
     slots = jnp.zeros((num_agents,), bool) if agent is None or policy_slots is None else jnp.asarray(policy_slots)
     k_reset, k_steps = jax.random.split(key)
@@ -90,7 +92,8 @@ def team_rollout(
                 keys, jax.tree.map(flat, obs), carry
             )
             acted = acted.reshape(num_worlds, num_agents, -1)
-            actions = jnp.where(slots[None, :, None], acted, partner_action)
+            helped = jax.random.bernoulli(jax.random.fold_in(k_act, 1), expert_share, (num_worlds, num_agents, 1))
+            actions = jnp.where(slots[None, :, None] & ~helped, acted, partner_action)
         next_obs, state, _, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(k_env, num_worlds), state, actions, params
         )
@@ -220,6 +223,7 @@ def record_team_demonstrations(
     num_worlds: int,
     num_steps: int,
     agent: Any = None,
+    expert_share: float = 0.0,
     first_episode_id: int = 0,
 ) -> datasets.Dataset:
     """Team episodes as demonstration rows (`sima2.training.FEATURES`), one episode per agent and world
@@ -227,14 +231,16 @@ def record_team_demonstrations(
     expert's in that state.
 
     Without `agent` the expert drives and its successful episodes are kept. With `agent`, the agent drives
-    every slot (self-play, sampled actions) and every episode is kept, success or not, finished or not: the states
-    its own mistakes lead to, each labelled with what the expert would do there (DAgger's relabelling, for
-    a team). Episode ids count from `first_episode_id`, so the rows can join an existing dataset."""
+    every slot (self-play, sampled actions; each agent's step is the expert's with probability `expert_share`)
+    and every episode is kept, success or not, finished or not: the states its own mistakes lead to, each
+    labelled with what the expert would do there (DAgger's relabelling, for a team). Episode ids count
+    from `first_episode_id`, so the rows can join an existing dataset."""
     from sima2.training.data import FEATURES
 
     slots = None if agent is None else np.ones(env.num_agents, bool)
+    share = jnp.float32(expert_share)  # an array argument: one compiled program for every share
     steps = compiled_team_rollout(env, params, key, num_worlds=num_worlds, num_steps=num_steps, agent=agent,
-                                  policy_slots=slots, deterministic=False)  # fmt: skip
+                                  policy_slots=slots, deterministic=False, expert_share=share)  # fmt: skip
     steps = jax.tree.map(np.asarray, steps)
     columns: dict[str, list] = {name: [] for name in FEATURES}
     episode = first_episode_id

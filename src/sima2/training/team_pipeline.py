@@ -59,10 +59,13 @@ class TeamRunConfig:
     ppo: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(stage="ppo", num_updates=0))
     # DAgger for the team: rounds of the cloned agent's own self-play (`dagger_worlds` worlds x `demo_steps`
     # steps, sampled actions), every state labelled with the team expert's action and added to the data, each
-    # round followed by `dagger_updates` cloning updates on everything gathered; 0 rounds: cloning only.
+    # round followed by `dagger_updates` cloning updates on everything gathered; 0 rounds: cloning only. In
+    # round n (from 0) each agent's step is the expert's with probability `dagger_expert_share_decay ** (n+1)`
+    # (DAgger's mixing, the demonstrations being round "-1"; 0: the agents alone).
     dagger_rounds: int = 0
     dagger_worlds: int = 64
     dagger_updates: int = 1000
+    dagger_expert_share_decay: float = 0.5
     # PPO's value reads every agent's proprio (training only: `sima2.training.team_critic`); False: each
     # agent's own value.
     centralised_critic: bool = True
@@ -73,6 +76,8 @@ class TeamRunConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dagger_rounds < 0:
             raise ValueError(f"dagger_rounds must be >= 0, got {self.dagger_rounds}")
+        if not 0.0 <= self.dagger_expert_share_decay <= 1.0:
+            raise ValueError(f"dagger_expert_share_decay must be in [0, 1], got {self.dagger_expert_share_decay}")
         if self.family is not None and self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; families: {', '.join(FAMILIES)}")
 
@@ -131,6 +136,7 @@ def _dagger_round(
         key = jax.random.fold_in(jax.random.key(config.seed + 5), number)
         rows = record_team_demonstrations(env, params, key, num_worlds=config.dagger_worlds,
                                           num_steps=config.demo_steps, agent=agent,
+                                          expert_share=config.dagger_expert_share_decay ** (number + 1),
                                           first_episode_id=max(dataset["episode_id"]) + 1)  # fmt: skip
         save_demonstrations(rows, folder / "demonstrations")
     dataset = datasets.concatenate_datasets([dataset, rows])
