@@ -216,16 +216,9 @@ class TeamRollout:
 
 
 def record_team_demonstrations(
-    env: TeamEnv,
-    params: TeamParams,
-    key: PRNGKeyArray,
-    *,
-    num_worlds: int,
-    num_steps: int,
-    agent: Any = None,
-    expert_share: float = 0.0,
-    first_episode_id: int = 0,
-) -> datasets.Dataset:
+    env: TeamEnv, params: TeamParams, key: PRNGKeyArray, *, num_worlds: int, num_steps: int, agent: Any = None,
+    expert_share: float = 0.0, first_episode_id: int = 0,
+) -> datasets.Dataset:  # fmt: skip
     """Team episodes as demonstration rows (`sima2.training.FEATURES`), one episode per agent and world
     episode, so the shared policy learns every role from its own view; every row's action is the team
     expert's in that state.
