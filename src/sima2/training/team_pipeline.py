@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,23 @@ def _episode_gif(agent: Any, env: TeamEnv, family: str, key: jax.Array, path: Pa
     write_episode(frames[:end], str(path), fps=4)
 
 
+def _recorded(folder: Path, cache: Path, record: Callable[[], datasets.Dataset], *, resume: bool) -> datasets.Dataset:
+    """The demonstrations in `folder`: those a resumed run already saved there, else `record()`'s, saved."""
+    if resume and any((folder / "data").glob("train-*.parquet")):
+        return load_demonstrations(str(folder), cache_dir=str(cache))
+    dataset = record()
+    save_demonstrations(dataset, folder)
+    return dataset
+
+
+def _clone(bc: TrainConfig, agent: Any, dataset: datasets.Dataset, env: TeamEnv, *, resume: bool) -> Any:
+    """`train_bc` of `agent` on team rows, bounded by one agent's spec."""
+    spec = env.spec
+    return train_bc(bc, agent, dataset, image_shape=spec.observation.image.shape, action_nvec=spec.action.nvec,
+                    vocab_size=spec.observation.vocab_size, proprio_size=spec.observation.proprio.shape[0],
+                    resume=resume).model  # fmt: skip
+
+
 def _dagger_round(
     config: TeamRunConfig, number: int, agent: Any, dataset: datasets.Dataset, env: TeamEnv, params: Any,
     out: Path, *, resume: bool,
@@ -130,24 +147,16 @@ def _dagger_round(
     """One DAgger round in `out/dagger/round_N/`: the agent's self-play labelled by the team expert
     (`demonstrations/`), joined to the data so far, and cloning continued on it (`bc/`)."""
     folder = out / "dagger" / f"round_{number}"
-    if resume and any((folder / "demonstrations" / "data").glob("train-*.parquet")):
-        rows = load_demonstrations(str(folder / "demonstrations"), cache_dir=str(out / ".cache"))
-    else:
-        key = jax.random.fold_in(jax.random.key(config.seed + 5), number)
-        rows = record_team_demonstrations(env, params, key, num_worlds=config.dagger_worlds,
-                                          num_steps=config.demo_steps, agent=agent,
-                                          expert_share=config.dagger_expert_share_decay ** (number + 1),
-                                          first_episode_id=max(dataset["episode_id"]) + 1)  # fmt: skip
-        save_demonstrations(rows, folder / "demonstrations")
+    rows = _recorded(folder / "demonstrations", out / ".cache", lambda: record_team_demonstrations(
+        env, params, jax.random.fold_in(jax.random.key(config.seed + 5), number), num_worlds=config.dagger_worlds,
+        num_steps=config.demo_steps, agent=agent, expert_share=config.dagger_expert_share_decay ** (number + 1),
+        first_episode_id=max(dataset["episode_id"]) + 1,
+    ), resume=resume)  # fmt: skip
     dataset = datasets.concatenate_datasets([dataset, rows])
     log.info("DAgger round %d: %d labelled self-play steps, %d steps in all", number, len(rows), len(dataset))
     round_config = dataclasses.replace(_sized(config.bc, config.dagger_updates), stage="bc",
                                        seed=config.seed + 1 + number, out=str(folder / "bc"))  # fmt: skip
-    spec = env.spec
-    agent = train_bc(round_config, agent, dataset, image_shape=spec.observation.image.shape,
-                     action_nvec=spec.action.nvec, vocab_size=spec.observation.vocab_size,
-                     proprio_size=spec.observation.proprio.shape[0], resume=resume).model  # fmt: skip
-    return agent, dataset
+    return _clone(round_config, agent, dataset, env, resume=resume), dataset
 
 
 def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: bool = False) -> dict[str, Any]:
@@ -163,23 +172,17 @@ def train_team(out: str | Path, config: TeamRunConfig | None = None, *, resume: 
     params = env.default_params(config.family)
     record = {"job": TEAM_JOB, **config_to_dict(config)}
     _write_json(out / "pipeline.json", record)
-    demo_folder = out / "demonstrations"
-    if resume and any((demo_folder / "data").glob("train-*.parquet")):
-        dataset = load_demonstrations(str(demo_folder), cache_dir=str(out / ".cache"))
-    else:
-        dataset = record_team_demonstrations(env, params, jax.random.key(config.seed), num_worlds=config.demo_worlds,
-                                             num_steps=config.demo_steps)  # fmt: skip
-        save_demonstrations(dataset, demo_folder)
+    dataset = _recorded(out / "demonstrations", out / ".cache", lambda: record_team_demonstrations(
+        env, params, jax.random.key(config.seed), num_worlds=config.demo_worlds, num_steps=config.demo_steps
+    ), resume=resume)  # fmt: skip
     log.info("%d demonstration episodes (per agent), %d steps", len(set(dataset["episode_id"])), len(dataset))
     spec = env.spec
     agent = Agent.from_preset(config.preset, spec, key=jax.random.key(config.seed))
     # The baseline: the same agent before training (its near-uniform initial policy), on the training split.
     untrained = evaluate_team(agent, env, jax.random.key(config.seed + 2), num_worlds=config.eval_worlds,
                               splits=("train",), families=_families(config.family))  # fmt: skip
-    shapes = dict(image_shape=spec.observation.image.shape, action_nvec=spec.action.nvec)
     bc_config = dataclasses.replace(config.bc, stage="bc", seed=config.seed, out=str(out / "bc"))
-    agent = train_bc(bc_config, agent, dataset, **shapes, vocab_size=spec.observation.vocab_size,
-                     proprio_size=spec.observation.proprio.shape[0], resume=resume).model  # fmt: skip
+    agent = _clone(bc_config, agent, dataset, env, resume=resume)
     for number in range(config.dagger_rounds):
         agent, dataset = _dagger_round(config, number, agent, dataset, env, params, out, resume=resume)
     if config.ppo.num_updates > 0:
