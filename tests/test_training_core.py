@@ -273,9 +273,16 @@ def test_checkpoint_restores_exactly_keeps_last_k_and_exports_safetensors(tmp_pa
         ),
     )
     assert all(jax.tree.leaves(same))
+    # Placed as the template is (uncommitted on one device), so the compiled step is reused, not recompiled.
+    template_arrays = jax.tree.leaves(eqx.filter(init(jax.random.key(7)), eqx.is_array))
+    assert [x.committed for x in jax.tree.leaves(eqx.filter(restored, eqx.is_array))] == [
+        x.committed for x in template_arrays
+    ]
     # One more step from the restored state matches one more step from the original.
     a, _ = step(state, None)
+    compiled = step._cached._cache_size()
     b, _ = step(restored, None)
+    assert step._cached._cache_size() == compiled
     assert np.array_equal(a.model.policy.weight, b.model.policy.weight)
     folder = state.model.save_pretrained(tmp_path / "final")  # what a stage writes to out/final
     tensors = load_file(str(folder / "model.safetensors"))

@@ -16,6 +16,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jaxtyping import PyTree
 
@@ -36,6 +37,16 @@ def _flatten(state: PyTree) -> dict[str, Any]:
     return flat
 
 
+def _like(template: Any, value: Any) -> Any:
+    """`value` placed as `template` is: orbax restores onto the template's device and so commits every array,
+    but a template that was not committed to a device (a single-device run) must get an uncommitted array
+    back, or every jitted program that takes the restored state compiles again instead of reusing the
+    program (in memory and in the persistent compilation cache) that the same run compiled before."""
+    if isinstance(template, jax.Array) and not template.committed and isinstance(value, jax.Array) and value.committed:
+        return jax.device_put(np.asarray(value))
+    return value
+
+
 def _unflatten(template: PyTree, flat: dict[str, Any]) -> PyTree:
     arrays, static = eqx.partition(template, eqx.is_array)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(arrays)
@@ -44,7 +55,7 @@ def _unflatten(template: PyTree, flat: dict[str, Any]) -> PyTree:
         raise ValueError(f"checkpoint does not match the training state; missing entries: {missing[:5]}")
     leaves = []
     for path, leaf in leaves_with_path:
-        value = flat[jax.tree_util.keystr(path)]
+        value = _like(leaf, flat[jax.tree_util.keystr(path)])
         leaves.append(
             jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf)) if _is_key(leaf) else value
         )
