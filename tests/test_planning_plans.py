@@ -83,6 +83,7 @@ def test_plan_format_round_trip(tokenizer):
         plan_target_ids(tokenizer, [])
 
 
+@pytest.mark.usefixtures("unique_programs_not_cached")
 def test_finetuned_planner_reproduces_held_in_plans(tokenizer):
     pairs = [(text, expert_plan(text)) for text in instructions(np.random.default_rng(0), 24)]
     batch = {k: jnp.asarray(v) for k, v in encode_plan_pairs(tokenizer, pairs).items()}
