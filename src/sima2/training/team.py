@@ -58,16 +58,17 @@ def team_rollout(
     num_steps: int,
     agent: Any = None,
     policy_slots: Bool[ArrayLike, " A"] | None = None,
-    partner: int = PARTNER_EXPERT,
+    partner: int | Int[Array, ""] = PARTNER_EXPERT,
     deterministic: bool = True,
     keep_obs: bool = True,
     expert_share: float | Float[Array, ""] = 0.0,
 ) -> TeamSteps:
     """`num_steps` steps of `num_worlds` team worlds: `agent` (a sima2 agent, one policy for every slot it
     controls, its memory reset where an episode starts) acts in the `policy_slots`, the `partner` (the team
-    expert or a still agent) in the others; without an agent every slot is the partner's. `keep_obs=False`
-    drops the observations (an evaluation needs only the outcomes). `expert_share`: the probability that an
-    agent's step in a policy slot is the team expert's instead (DAgger's mixing)."""
+    expert or a still agent; an int or an int array, so one compiled program serves both) in the others;
+    without an agent every slot is the partner's. `keep_obs=False` drops the observations (an evaluation needs
+    only the outcomes). `expert_share`: the probability that an agent's step in a policy slot is the team
+    expert's instead (DAgger's mixing)."""
     num_agents = env.num_agents
     slots = jnp.zeros((num_agents,), bool) if agent is None or policy_slots is None else jnp.asarray(policy_slots)
     k_reset, k_steps = jax.random.split(key)
@@ -83,7 +84,8 @@ def team_rollout(
         state, obs, carry = loop
         k_act, k_env = jax.random.split(key)
         expert = jax.vmap(team_expert_actions)(state)
-        partner_action = expert if partner == PARTNER_EXPERT else jnp.broadcast_to(_STILL, expert.shape)
+        still = jnp.broadcast_to(_STILL, expert.shape)
+        partner_action = jnp.where(jnp.asarray(partner) == PARTNER_EXPERT, expert, still)
         if agent is None:
             actions, new_carry = partner_action, carry
         else:
@@ -284,7 +286,7 @@ compiled_team_rollout = eqx.filter_jit(team_rollout)
 
 @eqx.filter_jit
 def _success_rate(
-    agent: Any, env: TeamEnv, params: TeamParams, slots: Array, partner: int, key: PRNGKeyArray, num_worlds: int,
+    agent: Any, env: TeamEnv, params: TeamParams, slots: Array, partner: Array, key: PRNGKeyArray, num_worlds: int,
     num_steps: int, deterministic: bool,
 ) -> Array:  # fmt: skip
     steps = team_rollout(
@@ -315,7 +317,8 @@ def evaluate_team(
     num_steps = max(FAMILY_MAX_STEPS)
 
     def rollout(params: TeamParams, slots: Array, partner: int, key: PRNGKeyArray) -> Array:
-        return _success_rate(agent, env, params, slots, partner, key, num_worlds, num_steps, deterministic)
+        # The partner is an array argument: one compiled program for the expert partner and the still one.
+        return _success_rate(agent, env, params, slots, jnp.int32(partner), key, num_worlds, num_steps, deterministic)
 
     alone = [np.eye(env.num_agents, dtype=bool)[i] for i in range(2)]
     results: dict[str, Any] = {}
