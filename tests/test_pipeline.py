@@ -111,6 +111,8 @@ def test_a_refused_run_leaves_the_run_folder_untouched(tmp_path):
         train("tiny", tmp_path, overrides=["level=sima2/Nope-v0"], report=False, progress=False)
     with pytest.raises(ValueError, match=r"eval.max_steps \(64\) is shorter than the longest episode"):
         train("tiny", tmp_path, overrides=["level=sima2/AllFamilies-v0"], report=False, progress=False)
+    with pytest.raises(ValueError, match=r"eval.splits names \['heldout_compositions'\], which GoTo does not have"):
+        train("tiny", tmp_path, overrides=["eval.splits=heldout_compositions"], report=False, progress=False)
     with pytest.raises(ValueError, match=r"demo_level names \['Pickup'\], which level=sima2/GoTo-v0 does not"):
         train("tiny", tmp_path, overrides=["demo_level=sima2/Pickup-v0"], report=False, progress=False)
     with pytest.raises(ValueError, match=r"ppo.ppo.num_envs \(6\) must be divisible by ppo.ppo.num_minibatches \(4\)"):

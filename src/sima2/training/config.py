@@ -233,8 +233,12 @@ class EvalConfig:
     # True: the agent writes each episode's plan and acts on its current subgoal (`PlanningActor`); False:
     # it acts from the instruction alone.
     use_plan: bool = False
+    # The splits the main job scores (names of `sima2.envs.SPLITS`, e.g. `eval.splits=train`); empty: every
+    # split of the world's levels.
+    splits: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "splits", tuple(self.splits))  # a list, as read back from pipeline.json
         check_fields(
             self,
             num_envs=(self.num_envs >= 1, "must be >= 1"),

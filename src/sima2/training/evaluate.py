@@ -122,9 +122,14 @@ def decision_latency(agent: Any, obs: PyTree, key: PRNGKeyArray, repeats: int = 
     return float(np.median(times))
 
 
-def check_eval_length(config: EvalConfig, env: Any) -> None:
-    """An evaluation shorter than the longest episode would never see a failing episode end (only
-    successes finish early) and so overstate success: refuse it, naming the override."""
+def check_eval_config(config: EvalConfig, env: Any) -> None:
+    """Refuse, naming the override, splits the world does not have and an evaluation shorter than the
+    longest episode (it would never see a failing episode end, only successes finish early, and so would
+    overstate success)."""
+    unknown = [split for split in config.splits if split not in env.splits]
+    if unknown:
+        raise ValueError(f"eval.splits names {unknown}, which {','.join(env.level_names)} does not have; "
+                         f"its splits: {', '.join(env.splits)}")
     if config.max_steps < env.max_steps:
         names = ",".join(env.level_names)
         raise ValueError(
@@ -196,13 +201,15 @@ def evaluate_world(
     (exact subgoal sequence) on each split: the planner ablation."""
     from sima2.envs import level_has_split
 
-    check_eval_length(config, env)
+    check_eval_config(config, env)
+    splits = config.splits or env.splits
     if len(env.levels) == 1:
-        levels = {s: [None] for s in env.splits}
+        levels = {s: [None] for s in splits}
     else:
-        levels = {s: [lv.name for lv in env.levels if level_has_split(lv, s)] for s in env.splits}
-    cells = {(s, level): env.default_params(s, level=level) for s in env.splits for level in levels[s]}
+        levels = {s: [lv.name for lv in env.levels if level_has_split(lv, s)] for s in splits}
+    cells = {(s, level): env.default_params(s, level=level) for s in splits for level in levels[s]}
     named = {s if level is None else f"{s}/{level}": params for (s, level), params in cells.items()}
+    config = dataclasses.replace(config, splits=())  # one compiled rollout whichever splits are scored
     by_cell = evaluate_splits(
         agent, env, named, key, dataclasses.replace(config, use_plan=plans), progress=progress
     )
@@ -216,5 +223,5 @@ def evaluate_world(
     if len(env.levels) == 1:
         return by_cell
     return {
-        split: _merge_levels({level: by_cell[f"{split}/{level}"] for level in levels[split]}) for split in env.splits
+        split: _merge_levels({level: by_cell[f"{split}/{level}"] for level in levels[split]}) for split in splits
     }

@@ -34,7 +34,7 @@ from sima2.envs.shaping import ShapingCoefficients
 from sima2.interop.pretrained import atomic_write
 from sima2.training.config import EvalConfig, TrainConfig, apply_overrides, check_fields, config_to_dict
 from sima2.training.data import Judge
-from sima2.training.evaluate import check_eval_length, evaluate_world
+from sima2.training.evaluate import check_eval_config, evaluate_world
 from sima2.training.experience import world_success
 from sima2.training.pipeline_agent import (
     build_agent,
@@ -276,7 +276,7 @@ def train(
         if (config.text_encoder or config.planner) is None or "tokenizer" not in str(err):
             raise
         raise unloadable(config, err) from None
-    check_eval_length(config.eval, env)
+    check_eval_config(config.eval, env)
     demo_env, demo_params = _sub_world(env, config.demo_level, "demo_level", config)
     practice_env, practice_params = _sub_world(env, config.self_improvement.practice_level,
                                                "self_improvement.practice_level", config)
