@@ -3,6 +3,7 @@ linear layers with HF-style initialisation, and torch-exact bicubic resampling."
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -62,12 +63,21 @@ def check_token_ids(ids: Any, limit: int, *, name: str = "input_ids", bound: str
 def linear(in_features: int, out_features: int, *, use_bias: bool = True, std: float = 0.02,
            key: PRNGKeyArray) -> eqx.nn.Linear:
     """An `eqx.nn.Linear` initialised like HF transformers (normal(0, std) weights, zero bias)."""
-    layer = eqx.nn.Linear(in_features, out_features, use_bias=use_bias, key=key)
-    weight = std * jax.random.normal(key, (out_features, in_features))
-    layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+    # Only the layer's structure is built (no arrays): its own uniform initialisation, replaced here anyway,
+    # would compile one more random program per weight shape when a model is built outside jit.
+    layer = eqx.filter_eval_shape(eqx.nn.Linear, in_features, out_features, use_bias=use_bias, key=key)
+    layer = eqx.tree_at(lambda m: m.weight, layer, _normal(key, (out_features, in_features), std))
     if use_bias:
-        layer = eqx.tree_at(lambda m: m.bias, layer, jnp.zeros((out_features,)))
+        layer = eqx.tree_at(lambda m: m.bias, layer, jnp.asarray(np.zeros((out_features,), np.float32)))
     return layer
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _normal(key: PRNGKeyArray, shape: tuple[int, ...], std: float) -> Float[Array, "..."]:
+    """`std * normal(key, shape)` as one program per shape (eagerly it is two: the draw and the scaling). The
+    barrier keeps XLA from folding `std` into the draw's own constants, so the weights are the eager ones bit
+    for bit."""
+    return std * jax.lax.optimization_barrier(jax.random.normal(key, shape))
 
 
 def attention(
