@@ -19,9 +19,11 @@ from pathlib import Path
 from sima2.policy import Agent
 from sima2.training.pipeline import train
 
-# Just enough of every stage to see it run (on top of the preset).
+# Just enough of every stage to see it run (on top of the preset). No self-improvement round: like the
+# default `sima2 train`, this runs demonstrations, cloning, PPO and evaluation (examples/self_improvement.py
+# shows that stage).
 QUICK = ["demo_envs=4", "demo_steps=32", "bc.num_updates=8", "ppo.num_updates=2", "ppo.ppo.num_envs=8",
-         "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32",
+         "self_improvement.rounds=0", "eval.num_envs=4", "eval.num_episodes=4", "eval.max_steps=32",
          "bc.monitor.progress=False", "bc.monitor.tensorboard=False",
          "ppo.monitor.progress=False", "ppo.monitor.tensorboard=False"]
 
