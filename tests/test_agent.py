@@ -359,7 +359,8 @@ def test_drives_the_built_in_world():
     assert agent.planner.backbone.config.vocab_size >= len(vocabulary())
     worlds = 2
     try:
-        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(1), worlds), params)
+        reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))  # one program, not one per operation
+        obs, state = reset(jax.random.split(jax.random.key(1), worlds), params)
     except jaxtyping.AnnotationError as error:  # the world's own annotations, not the agent's
         pytest.skip(f"sima2.envs does not run under the runtime type checker: {error}")
 

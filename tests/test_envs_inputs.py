@@ -33,7 +33,7 @@ def no_runtime_checks():
 @pytest.mark.parametrize("shape", [(2,), (4,), (1, 3)])
 def test_step_refuses_actions_of_the_wrong_shape(goto, no_runtime_checks, shape):
     env, params = goto
-    _, state = env.reset(jax.random.key(0), params)
+    _, state = jax.jit(env.reset)(jax.random.key(0), params)  # one program, not one per operation
     action = jnp.ones(shape, jnp.int32)
     expected = re.escape("shape (3,)") + ".*" + re.escape(f"got shape {shape}")
     for step in (env.step, jax.jit(env.step)):
@@ -41,8 +41,8 @@ def test_step_refuses_actions_of_the_wrong_shape(goto, no_runtime_checks, shape)
             step(jax.random.key(1), state, action, params)
     # Under vmap each world's action is (3,): a batch of (3,) actions works, a batch of shape-(4,) ones does not.
     keys = jax.random.split(jax.random.key(2), 2)
-    _, states = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
-    batched_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    _, states = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, params)
+    batched_step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
     assert batched_step(keys, states, jnp.ones((2, 3), jnp.int32), params)[2].shape == (2,)
     with pytest.raises(ValueError, match="got shape"):
         batched_step(keys, states, jnp.ones((2, 4), jnp.int32), params)
@@ -50,7 +50,7 @@ def test_step_refuses_actions_of_the_wrong_shape(goto, no_runtime_checks, shape)
 
 def test_out_of_range_action_values_are_clipped_for_everything(goto):
     env, params = goto
-    _, state = env.reset(jax.random.key(0), params)
+    _, state = jax.jit(env.reset)(jax.random.key(0), params)  # one program, not one per operation
     step = jax.jit(env.step)
     key = jax.random.key(1)
     for bad, clipped in [([-1, -1, -1], [0, 0, 0]), ([100, 100, 100], [6, 6, 2])]:

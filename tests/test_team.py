@@ -16,6 +16,11 @@ ENV = TeamEnv(num_agents=2, image_size=32)
 WORLDS, STEPS = 256, 130
 
 
+# Worlds reset in one compiled program: run op by op, a team reset compiles each operation on its own
+# (27 s against 5 s for 64 worlds here).
+_reset = jax.jit(jax.vmap(ENV.reset, in_axes=(0, None)))
+
+
 @jax.jit
 def _episodes(params, acting, key, misleading=False):
     """Success (and failure) of each world's first episode when the agents in `acting` follow the team expert
@@ -52,7 +57,7 @@ def test_the_team_expert_succeeds_and_one_agent_alone_cannot(family):
 
 def test_split_knowledge_only_the_speaker_knows_and_a_wrong_object_fails():
     params = ENV.default_params("split_knowledge")
-    _, state = jax.vmap(ENV.reset, in_axes=(0, None))(jax.random.split(jax.random.key(7), 64), params)
+    _, state = _reset(jax.random.split(jax.random.key(7), 64), params)
     assert bool(jnp.all(state.instruction[:, 0, 0] != 0)) and bool(jnp.all(state.instruction[:, 1] == 0))
     colours = np.asarray(state.obj_colour)
     assert all(len(set(row)) == NUM_OBJECTS for row in colours), "a colour must name each object"
@@ -84,7 +89,7 @@ def test_agents_see_each_other_and_observe_their_index():
 def test_jit_and_vmap_equal_step_by_step():
     params = ENV.default_params()
     keys = jax.random.split(jax.random.key(5), 2)
-    obs, state = jax.vmap(ENV.reset, in_axes=(0, None))(keys, params)
+    obs, state = _reset(keys, params)
     actions = jax.random.randint(jax.random.key(6), (2, 2, 4), 0, jnp.asarray(TEAM_ACTION_NVEC))
     batched = jax.jit(jax.vmap(ENV.step, in_axes=(0, 0, 0, None)))(keys, state, actions, params)
     step = jax.jit(ENV.step)
@@ -190,7 +195,8 @@ def test_centralised_critic_reads_every_agents_proprio_and_keeps_the_policy():
     env = TeamEnv(num_agents=2, image_size=64)
     agent = Agent.from_preset("tiny", env.spec, key=jax.random.key(0))
     critic = CentralisedCritic.around(agent, num_agents=2, proprio_size=TEAM_PROPRIO_SIZE, key=jax.random.key(1))
-    obs, _ = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(2), 1), env.default_params())
+    reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
+    obs, _ = reset(jax.random.split(jax.random.key(2), 1), env.default_params())
     seen = jax.tree.map(lambda x: x[0, 0], team_observation(obs))  # agent 0 of world 0
     action = jnp.zeros(len(TEAM_ACTION_NVEC), jnp.int32)
     own = agent.evaluate(seen, agent.initial_carry(), action)
