@@ -188,10 +188,10 @@ def test_bumping_a_wall_is_an_invalid_move_with_contact(goto):
 
 def test_touch_reports_holding_and_objects_within_reach():
     env, params = envs.make("sima2/Pickup-v0", image_size=SIZE)
-    step, expert = _jitted_step_no_reset(env), jax.jit(env.expert_action)
+    step, expert, reset = _jitted_step_no_reset(env), jax.jit(env.expert_action), jax.jit(env.reset)
     picked = 0
     for seed in range(4):
-        obs, state = jax.jit(env.reset)(jax.random.key(seed), params)
+        obs, state = reset(jax.random.key(seed), params)
         for _ in range(32):
             action = expert(state, params)
             touch_before = np.asarray(obs["touch"])
@@ -249,9 +249,10 @@ def test_max_instruction_words_is_the_longest_instruction(level):
     env, _ = envs.make(f"sima2/{level}-v0", image_size=8)
     bound = env.max_instruction_words
     longest = 0
+    reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))  # built once: one program for every split
     for split in env.splits:
         keys = jax.random.split(jax.random.key(7), 2048)
-        obs, _ = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, env.default_params(split))
+        obs, _ = reset(keys, env.default_params(split))
         ids = np.asarray(obs["instruction"])
         lengths = (ids != 0).sum(axis=1)
         assert (ids[:, bound:] == 0).all() and (ids[np.arange(len(ids)), np.maximum(lengths - 1, 0)] != 0).all()
@@ -264,8 +265,9 @@ def test_instruction_ids_match_the_hf_tokenizer():
     assert tokenizer.pad_token_id == 0 and len(tokenizer) == len(voc.vocabulary())
     for level in ("sima2/Sequence-v0", "sima2/GoToLoc-v0"):
         env, params = envs.make(level, image_size=SIZE)
+        reset = jax.jit(env.reset)  # built once: a jit of a new bound method each time would compile again
         for seed in range(5):
-            _, state = jax.jit(env.reset)(jax.random.key(seed), params)
+            _, state = reset(jax.random.key(seed), params)
             ids = np.asarray(state.instruction)
             text = env.instruction_text(state)
             n = int((ids != 0).sum())
