@@ -62,7 +62,7 @@ def test_agent_reads_free_text_through_its_encoder(minilm_tokenizer, tmp_path):
     env, params = envs.make("sima2/GoTo-v0", tokenizer=MINILM)
     agent = Agent.from_preset("tiny", env.spec, key=jax.random.key(0), text_encoder=MINILM, freeze_language=True)
     assert agent.config.tokenizer == MINILM and agent.config.text_bridge is None and agent.planner.lora is None
-    obs, state = env.reset(jax.random.key(3), params)
+    obs, state = jax.jit(env.reset)(jax.random.key(3), params)  # one program, not one per operation
     length = agent.config.instruction_length
     np.testing.assert_array_equal(agent.tokenize(env.instruction_text(state)), np.asarray(obs["instruction"])[:length])
     free = "Could you wander over towards that crimson sphere?"

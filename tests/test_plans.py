@@ -98,7 +98,7 @@ def _agent(env, seed=0):
 def test_the_planning_actor_feeds_the_current_subgoal_and_moves_on_when_the_head_fires():
     env, params = envs.make("sima2/Sequence-v0")
     agent = _agent(env)
-    obs, _ = env.reset(jax.random.key(1), params)
+    obs, _ = jax.jit(env.reset)(jax.random.key(1), params)  # one program, not one per operation
     tokens = plan_tokens(agent)
     written = [*agent.tokenize("go to the red key")[:5], tokens.separator, *agent.tokenize("open the door")[:3],
                tokens.eos]
