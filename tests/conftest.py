@@ -22,7 +22,10 @@ _cache = os.environ.get("SIMA2_TEST_COMPILATION_CACHE") or os.path.join(
 )
 if _cache != "off":
     jax.config.update("jax_compilation_cache_dir", _cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    # Only programs worth sharing: serialising an executable for the cache is where XLA:CPU crashes a worker
+    # (below), so the many sub-second programs (single operations run op by op, small optimiser updates) are
+    # not written; compiling one again costs less than a second.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
@@ -40,8 +43,8 @@ def unique_programs_not_cached():
 
 
 # XLA:CPU now and then kills a test worker with a native crash while the persistent compilation cache
-# serialises or loads an executable (one or two per full run on a slow 2-core machine; every such test
-# passes when run again). A test whose worker crashes runs once
+# serialises or loads an executable (one or two per full run on a slow 2-core machine, with sub-second
+# programs written too; every such test passes when run again). A test whose worker crashes runs once
 # more on a fresh worker; a second crash fails it, so a test that really crashes still fails.
 _CRASH_RERUNS = 1
 _crash_counts = pytest.StashKey[dict[str, int]]()
