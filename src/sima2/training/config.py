@@ -238,7 +238,8 @@ class EvalConfig:
     splits: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "splits", tuple(self.splits))  # a list, as read back from pipeline.json
+        # One name, or a list as read back from pipeline.json.
+        object.__setattr__(self, "splits", (self.splits,) if isinstance(self.splits, str) else tuple(self.splits))
         check_fields(
             self,
             num_envs=(self.num_envs >= 1, "must be >= 1"),
