@@ -22,9 +22,8 @@ _cache = os.environ.get("SIMA2_TEST_COMPILATION_CACHE") or os.path.join(
 )
 if _cache != "off":
     jax.config.update("jax_compilation_cache_dir", _cache)
-    # Only programs worth sharing: serialising an executable for the cache is where XLA:CPU crashes a worker
-    # (below), so the many sub-second programs (single operations run op by op, small optimiser updates) are
-    # not written; compiling one again costs less than a second.
+    # Only programs worth sharing: the many sub-second ones (single operations run op by op, small optimiser
+    # updates) compile again in less than the time their serialising and loading take.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
@@ -42,9 +41,9 @@ def unique_programs_not_cached():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
 
 
-# XLA:CPU now and then kills a test worker with a native crash while the persistent compilation cache
-# serialises or loads an executable (one or two per full run on a slow 2-core machine, with sub-second
-# programs written too; every such test passes when run again). A test whose worker crashes runs once
+# XLA:CPU now and then kills a test worker with a native crash while it compiles an executable or the
+# persistent compilation cache serialises or loads one (one or two per full run on a slow 2-core machine,
+# in the same tests run after run, which pass alone and when run again). A test whose worker crashes runs once
 # more on a fresh worker; a second crash fails it, so a test that really crashes still fails.
 _CRASH_RERUNS = 1
 _crash_counts = pytest.StashKey[dict[str, int]]()
