@@ -23,7 +23,7 @@ _cache = os.environ.get("SIMA2_TEST_COMPILATION_CACHE") or os.path.join(
 if _cache != "off":
     jax.config.update("jax_compilation_cache_dir", _cache)
     # Only programs worth sharing: the many sub-second ones (single operations run op by op, small optimiser
-    # updates) compile again in less than the time their serialising and loading take.
+    # updates) are not written, as compiling one again costs under a second.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
