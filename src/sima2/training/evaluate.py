@@ -25,27 +25,29 @@ from sima2.training.rollout import AgentActor, PlanningActor, init_rollout, rese
 
 @eqx.filter_jit
 def _rollout(
-    agent: AbstractAgent, env: Env, env_params: PyTree, key: PRNGKeyArray, config: EvalConfig
-) -> tuple[Array, ...]:
-    """`config.max_steps` steps of `config.num_envs` worlds through the one rollout: per step whether an
-    episode ended, its return, length, success and path lengths.
+    agent: AbstractAgent, env: Env, env_params: PyTree, key: PRNGKeyArray, num_envs: int, max_steps: int,
+    deterministic: bool, use_plan: bool,
+) -> tuple[Array, ...]:  # fmt: skip
+    """`max_steps` steps of `num_envs` worlds through the one rollout: per step whether an episode ended,
+    its return, length, success and path lengths.
 
-    The agent's and the params' arrays are arguments, not constants, so every split (and every checkpoint
+    The agent's and the params' arrays are arguments, not constants, and only the settings the rollout reads
+    are static (not how many episodes are scored, nor which splits), so every split (and every checkpoint
     of the same agent) reuses one compiled program.
     """
     reset_key, run_key = jax.random.split(key)
-    if config.use_plan:
-        actor = PlanningActor.of(agent, deterministic=config.deterministic)
+    if use_plan:
+        actor = PlanningActor.of(agent, deterministic=deterministic)
     else:
-        actor = AgentActor(agent, deterministic=config.deterministic)
-    state = init_rollout(actor, env, env_params, reset_key, config.num_envs)
+        actor = AgentActor(agent, deterministic=deterministic)
+    state = init_rollout(actor, env, env_params, reset_key, num_envs)
 
     def keep(step: Transition, _: PyTree) -> tuple[Array, ...]:
         info = step.info
         return step.done, step.episode_return, step.episode_length, info.success, info.path_length, \
             info.optimal_path_length
 
-    _, kept = rollout(actor, env, env_params, state, run_key, config.max_steps, keep=keep)
+    _, kept = rollout(actor, env, env_params, state, run_key, max_steps, keep=keep)
     return kept
 
 
@@ -58,7 +60,7 @@ def evaluate(
     compilation. Navigation efficiency (optimal / travelled path over successful episodes) is reported
     when the env reports path lengths."""
     config = EvalConfig() if config is None else config
-    args = (agent, env, env_params, key, config)
+    args = (agent, env, env_params, key, config.num_envs, config.max_steps, config.deterministic, config.use_plan)
     compiled = _rollout.lower(*args).compile()  # cached: compiles once per agent / env structure
     start = time.perf_counter()
     outs = jax.device_get(jax.block_until_ready(compiled(*args)))
@@ -209,7 +211,6 @@ def evaluate_world(
         levels = {s: [lv.name for lv in env.levels if level_has_split(lv, s)] for s in splits}
     cells = {(s, level): env.default_params(s, level=level) for s in splits for level in levels[s]}
     named = {s if level is None else f"{s}/{level}": params for (s, level), params in cells.items()}
-    config = dataclasses.replace(config, splits=())  # one compiled rollout whichever splits are scored
     by_cell = evaluate_splits(
         agent, env, named, key, dataclasses.replace(config, use_plan=plans), progress=progress
     )
